@@ -1,0 +1,202 @@
+"""The ``autoopt`` command: parse, validate, call the API, print. No logic of its own.
+
+Exit codes: 0 done, 1 the run failed, 2 bad input (one line naming the fix), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autoopt.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
+out = Console()
+err = Console(stderr=True)
+
+
+class Sampler(str, Enum):
+    tpe = "tpe"
+    random = "random"
+    cmaes = "cmaes"
+    gp = "gp"
+
+
+class Pruner(str, Enum):
+    none = "none"
+    median = "median"
+    hyperband = "hyperband"
+
+
+class Format(str, Enum):
+    json = "json"
+    yaml = "yaml"
+    python = "python"
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the API's exceptions into one line and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from autoopt.study import StorageDown
+
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except StorageDown as exc:
+            err.print(f"[red]error:[/red] {exc}; finished trials are kept, run the same command "
+                      "again when the database is back", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: the study is saved; run the same command again to finish it")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if os.environ.get("AUTOOPT_DEBUG"):
+                raise
+            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="digits, mnist, cifar10 or module:function")]
+StorageOpt = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the Optuna storage "
+                                                     "[default: AUTOOPT_STORAGE or sqlite:///autoopt.db]")]
+
+
+@app.command()
+@_errors
+def tune(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="digits, mnist, cifar10 or module:function")] = None,
+    study_file: Annotated[str | None, typer.Option(help="a study YAML file (default: studies/<task>.yaml)")] = None,
+    trials: Annotated[int | None, typer.Option(help="the study's total number of trials")] = None,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs per trial")] = None,
+    optimizers: Annotated[str | None, typer.Option(help="families or a preset: classic, modern, all")] = None,
+    schedulers: Annotated[str | None, typer.Option(help="e.g. none,cosine,onecycle")] = None,
+    sampler: Annotated[Sampler | None, typer.Option(help="Optuna sampler")] = None,
+    pruner: Annotated[Pruner | None, typer.Option(help="Optuna pruner")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the sampler and the trials")] = None,
+    storage: StorageOpt = None,
+    study: Annotated[str | None, typer.Option(help="study name [default: the task name]")] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db]")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster [default: a local Ray]")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial (0.25 packs four per GPU)")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="trials in flight [default: what fits]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="override the task's batch size")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder [default: ~/.cache/autoopt/data]")] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="where <task>.json goes")] = None,
+    confirm: Annotated[bool | None, typer.Option("--confirm/--no-confirm",
+                                                 help="retrain the best configs and baselines on seeds")] = None,
+    confirm_top: Annotated[int | None, typer.Option(help="configs to confirm")] = None,
+    confirm_seeds: Annotated[int | None, typer.Option(help="seeds per confirmed config")] = None,
+    compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile")] = None,
+) -> None:
+    """Run (or resume) the study for a task and write its recommendation."""
+    _setup_logging()
+    from autoopt.spec import load_spec
+
+    spec = load_spec(task, study_file, trials=trials, timeout_s=timeout, epochs=epochs, optimizers=optimizers,
+                     schedulers=schedulers, sampler=sampler.value if sampler else None,
+                     pruner=pruner.value if pruner else None, seed=seed, storage=storage, study_name=study,
+                     mlflow_uri=mlflow_uri, ray_address=ray_address, gpus_per_trial=gpus_per_trial,
+                     cpus_per_trial=cpus_per_trial, concurrency=concurrency, batch_size=batch_size,
+                     data_dir=data_dir, out=out_dir, confirm=confirm, confirm_top=confirm_top,
+                     confirm_seeds=confirm_seeds, compile=compile_model)
+    from autoopt.progress import TuneDisplay
+    from autoopt.study import mask_url
+    from autoopt.tuning import run
+
+    err.print(f"tuning [bold]{spec.task}[/bold]: {spec.trials} trials x {spec.epochs} epochs, "
+              f"{','.join(spec.optimizers)}; storage {mask_url(spec.storage)}, "
+              f"MLflow {mask_url(spec.mlflow_uri)}", highlight=False)
+    with TuneDisplay(err, spec.trials) as display:
+        rec = run(spec, on_progress=display.update)
+    _print_recommendation(rec.to_dict(), spec.out)
+
+
+def _print_recommendation(data: dict[str, Any], out_folder: str | None = None) -> None:
+    table = Table(title=f"recommendation for {data['task']}", show_header=False)
+    table.add_row("optimizer", f"{data['optimizer']} {json.dumps(data['optimizer_params'])}")
+    table.add_row("scheduler", f"{data['scheduler']} {json.dumps(data['scheduler_params'])}")
+    table.add_row("grad clip", str(data["grad_clip_norm"]))
+    if data.get("value") is not None:
+        table.add_row(data["metric"], f"{data['value']:.4f}")
+    if data.get("improvement"):
+        imp = data["improvement"]
+        table.add_row("vs best baseline", f"{imp['metric']} {imp['delta']:+.4f} (spread {imp['spread']:.4f}, "
+                                          f"{imp.get('versus')})")
+    out.print(table)
+    if out_folder:
+        out.print(f"written to {out_folder}/{data['task']}.json; load it with "
+                  f"`from autoopt import recommend; recommend({data['task']!r})`", highlight=False)
+
+
+@app.command()
+@_errors
+def recommend(
+    task: TaskOpt,
+    storage: StorageOpt = None,
+    study: Annotated[str | None, typer.Option(help="study name [default: the task name]")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="json, yaml or python")] = Format.json,
+) -> None:
+    """Print the stored recommendation for a task."""
+    from autoopt.recommend import recommend as load
+
+    data = load(task, storage=storage, study=study).to_dict()
+    if fmt is Format.json:
+        print(json.dumps(data, indent=2))
+    elif fmt is Format.yaml:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        from autoopt.recommend import python_snippet
+
+        print(python_snippet(data))
+
+
+@app.command()
+@_errors
+def tasks() -> None:
+    """List the built-in tasks and where their data comes from."""
+    from autoopt.tasks import task_sources
+
+    table = Table("task", "data", "metric")
+    for name, source in task_sources().items():
+        table.add_row(name, source, "val_accuracy (maximize)")
+    table.add_row("module:function", "your function returning an autoopt Task", "yours (accuracy or rmse)")
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``autoopt`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""Ray: warm workers and the driver's ask/tell loop. The only module that imports ray.
+
+Each worker is a Ray actor that lives for the whole ``tune``: it loads the task once (data
+on its device), then trains trial after trial, reporting every epoch to the Optuna trial
+(so pruning works across processes) and to its MLflow run. The driver asks Optuna for
+trials, keeps every worker busy (one trial running and one queued, so a worker never waits
+for the driver), tells Optuna the results and sends heartbeats for the trials in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+from autoopt.space import TrialConfig
+
+log = logging.getLogger(__name__)
+
+QUEUE_PER_WORKER = 2  # one running, one waiting on the worker: no idle gap between trials
+
+
+@dataclass
+class TrialRef:
+    """How a worker reaches the Optuna trial it trains."""
+
+    storage_url: str
+    study_name: str
+    trial_id: int
+    number: int
+    pruner: str
+    epochs: int
+    warmup: float
+
+
+@dataclass
+class Job:
+    """One training run for a worker: a search trial, or a confirmation/baseline run."""
+
+    task: str
+    data_dir: str | None
+    config: TrialConfig
+    epochs: int
+    seed: int
+    batch_size: int | None = None
+    compile: bool = False
+    evaluate_test: bool = False
+    trial: TrialRef | None = None
+    tracking: dict[str, Any] | None = None
+    run_name: str = "trial"
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+class TrialWorker:
+    """A warm worker: tasks (with their data on the device) and study handles are cached."""
+
+    def __init__(self, threads: int, gpu_fraction: float = 0.0) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        if self.device == "cuda" and 0 < gpu_fraction < 1:
+            # Several trials share the GPU: bound this one's share of its memory.
+            torch.cuda.set_per_process_memory_fraction(gpu_fraction)
+        self.tasks: dict[tuple, Any] = {}
+        self.studies: dict[tuple, Any] = {}
+        self.trials_run = 0
+        from autoopt.tracking import TrialRecorder
+
+        self.recorder = TrialRecorder()
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "trials_run": self.trials_run, "device": self.device,
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def flush(self) -> None:
+        self.recorder.flush()
+
+    def _task(self, job: Job) -> Any:
+        key = (job.task, job.data_dir, job.batch_size)
+        if key not in self.tasks:
+            from autoopt.tasks import load_task
+
+            task = load_task(job.task, job.data_dir).to(self.device)
+            if job.batch_size:
+                task.batch_size = job.batch_size
+            self.tasks[key] = task
+        return self.tasks[key]
+
+    def _trial(self, ref: TrialRef) -> Any:
+        import optuna
+
+        from autoopt.study import build_pruner, open_storage
+
+        key = (ref.storage_url, ref.study_name, ref.pruner, ref.epochs, ref.warmup)
+        if key not in self.studies:
+            storage = open_storage(ref.storage_url, pool_size=1, heartbeat=False)
+            pruner = build_pruner(ref.pruner, epochs=ref.epochs, warmup=ref.warmup)
+            self.studies[key] = optuna.load_study(study_name=ref.study_name, storage=storage, pruner=pruner)
+        return optuna.trial.Trial(self.studies[key], ref.trial_id)
+
+    def run(self, job: Job) -> dict[str, Any]:
+        """Train one job; never raises for a failing trial (the error is returned)."""
+        from autoopt.train import train
+
+        start = time.perf_counter()
+        self.trials_run += 1
+        handle = dict(job.tracking) if job.tracking else None
+        if handle is not None:
+            self.recorder.start(handle, run_name=job.run_name, params=job.config.flat_params(), tags=job.tags)
+        trial = self._trial(job.trial) if job.trial is not None else None
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+            if handle is not None:
+                self.recorder.log_epoch(handle, epoch, metrics)
+            if trial is None:
+                return False
+            value = metrics[task.metric]
+            if value != value:  # NaN: let the divergence check end the trial
+                return False
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        try:
+            task = self._task(job)
+            result = train(task, job.config, epochs=job.epochs, seed=job.seed, on_epoch=on_epoch,
+                           evaluate_test=job.evaluate_test, compile_model=job.compile).to_dict()
+        except Exception as exc:  # a bug in a user's task, out of memory, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            result = {"status": "fail", "reason": f"{type(exc).__name__}: {first}"[:500],
+                      "traceback": traceback.format_exc()[-4000:], "history": [], "train_s": 0.0,
+                      "test": {}, "value": None}
+        state = {"complete": "COMPLETE", "pruned": "PRUNED", "diverged": "PRUNED", "fail": "FAIL"}[result["status"]]
+        if handle is not None:
+            tags = {"autoopt.reason": result["reason"]} if result.get("reason") else {}
+            self.recorder.finish(handle, state=state, tags=tags,
+                                 metrics={f"test_{k.removeprefix('test_')}": v for k, v in result["test"].items()})
+        result["state"] = state
+        result["worker_s"] = time.perf_counter() - start
+        result["pid"] = os.getpid()
+        return result
+
+
+@dataclass
+class InFlight:
+    worker: int
+    job: Job
+    trial: Any = None  # the driver's optuna.trial.Trial for search trials
+    submitted: float = field(default_factory=time.monotonic)
+
+
+def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Join ``address`` or start a local Ray sized to this machine. Returns True when this
+    call started it (and so should stop it)."""
+    if ray.is_initialized():
+        return False
+    from autoopt.errors import UsageError
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": False, "configure_logging": True}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UsageError(f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}); "
+                             "check --ray-address or RAY_ADDRESS") from None
+        return True
+    # Workers must import a user's `module:function` from the folder tune runs in.
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+             runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    return True
+
+
+def stop_ray() -> None:
+    ray.shutdown()
+
+
+class WorkerPool:
+    """``size`` warm workers, each with ``cpus``/``gpus`` reserved from Ray."""
+
+    def __init__(self, size: int, *, cpus: float, gpus: float) -> None:
+        self.cpus, self.gpus = cpus, gpus
+        self._remote = ray.remote(TrialWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
+                                                       max_concurrency=1)
+        self.workers = [self._new() for _ in range(size)]
+        self.load = [0] * size
+
+    def _new(self) -> Any:
+        return self._remote.remote(max(1, int(self.cpus)), self.gpus)
+
+    def replace(self, index: int) -> None:
+        """Start a fresh worker in place of a dead one."""
+        try:
+            ray.kill(self.workers[index])
+        except Exception:
+            pass
+        self.workers[index] = self._new()
+        self.load[index] = 0
+
+    def free(self) -> int | None:
+        """The least-loaded worker that can take another job, or None."""
+        best = min(range(len(self.workers)), key=lambda i: self.load[i], default=None)
+        if best is None or self.load[best] >= QUEUE_PER_WORKER:
+            return None
+        return best
+
+    def submit(self, index: int, job: Job) -> ray.ObjectRef:
+        self.load[index] += 1
+        return self.workers[index].run.remote(job)
+
+    def done(self, index: int) -> None:
+        self.load[index] = max(0, self.load[index] - 1)
+
+    def flush(self) -> None:
+        refs = [w.flush.remote() for w in self.workers]
+        try:
+            ray.get(refs, timeout=120)
+        except Exception as exc:
+            log.warning("could not flush a worker's tracking: %s", exc)
+
+    def info(self) -> list[dict[str, Any]]:
+        return ray.get([w.info.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            try:
+                ray.kill(w)
+            except Exception:
+                pass
+
+
+def default_concurrency(cpus: float, gpus: float) -> int:
+    """How many trials fit at once in the cluster's resources."""
+    res = ray.cluster_resources()
+    if gpus > 0:
+        return max(1, int(res.get("GPU", 0) // gpus))
+    return max(1, int(res.get("CPU", 1) // cpus))
+
+
+def run_jobs(pool: WorkerPool, jobs: list[Job], on_result: Callable[[Job, dict[str, Any]], None]) -> None:
+    """Run independent jobs (confirmation, baselines, comparisons) on the pool; a dead worker's
+    job is retried once on a fresh worker."""
+    queue = list(jobs)
+    retried: set[int] = set()
+    inflight: dict[ray.ObjectRef, InFlight] = {}
+    while queue or inflight:
+        while queue and (w := pool.free()) is not None:
+            job = queue.pop(0)
+            inflight[pool.submit(w, job)] = InFlight(w, job)
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        for ref in ready:
+            item = inflight.pop(ref)
+            pool.done(item.worker)
+            try:
+                result = ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as exc:
+                pool.replace(item.worker)
+                if id(item.job) not in retried:
+                    retried.add(id(item.job))
+                    queue.append(item.job)
+                    continue
+                result = {"status": "fail", "state": "FAIL", "reason": f"worker died: {exc}"[:300],
+                          "history": [], "test": {}, "value": None, "train_s": 0.0}
+            except RayTaskError as exc:
+                result = {"status": "fail", "state": "FAIL", "reason": str(exc).splitlines()[0][:300],
+                          "history": [], "test": {}, "value": None, "train_s": 0.0}
+            on_result(item.job, result)
+
+
+@dataclass
+class SearchProgress:
+    """What the progress display shows; updated after every event of the search."""
+
+    total: int
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    best: float | None = None
+    best_trial: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished_here: int = 0
+    last: str = ""
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    def eta_s(self) -> float | None:
+        if self.finished_here == 0:
+            return None
+        per = (time.monotonic() - self.started) / self.finished_here
+        return max(0.0, (self.total - self.done) * per)
+
+
+Progress = Callable[[SearchProgress], None]
+
+
+def _refresh(progress: SearchProgress, study: Any) -> None:
+    from autoopt.study import counts
+
+    trials = study.get_trials(deepcopy=False)
+    c = counts(trials)
+    progress.complete, progress.pruned = c["complete"], c["pruned"]
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    progress.failed = sum(1 for t in trials if t.state.name == "FAIL" and t.number not in retried)
+    progress.running = c["running"]
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    if done:
+        pick = max if study.direction.name == "MAXIMIZE" else min
+        best = pick(done, key=lambda t: t.value)
+        progress.best, progress.best_trial = best.value, best.number
+
+
+def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
+               pool: WorkerPool, on_progress: Progress | None = None) -> SearchProgress:
+    """Ask, dispatch, tell until the study holds ``spec.trials`` trials (counting those of
+    other drivers and those already finished), or ``spec.timeout_s`` passes.
+
+    Ctrl-C fails the trials in flight and re-queues them (the study stays resumable), then
+    re-raises ``KeyboardInterrupt``.
+    """
+    from autoopt.space import suggest_config
+    from autoopt.study import (
+        HEARTBEAT_S, ask_lock, budget_used, fail_stale, retry_trial, with_retry,
+    )
+
+    space = spec.search_space()
+    storage = study._storage
+    progress = SearchProgress(total=spec.trials)
+    inflight: dict[ray.ObjectRef, InFlight] = {}
+    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+    last_beat = 0.0
+    exhausted = False
+
+    def notify(event: str) -> None:
+        progress.last = event
+        with_retry(lambda: _refresh(progress, study), what="read the study")
+        if on_progress is not None:
+            on_progress(progress)
+
+    def ask() -> Any:
+        with ask_lock(storage_url):
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state.name == "WAITING" for t in trials)
+            if not waiting and budget_used(trials) >= spec.trials:
+                return None
+            trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        return trial
+
+    def submit(worker: int) -> bool:
+        trial = with_retry(ask, what="ask for a trial")
+        if trial is None:
+            return False
+        config = suggest_config(trial, space)
+        trial.set_user_attr("config", config.to_dict())
+        ref = TrialRef(storage_url, study.study_name, trial._trial_id, trial.number, spec.pruner,
+                       spec.epochs, spec.pruner_warmup)
+        tags = {"autoopt.study": study.study_name, "autoopt.trial_number": trial.number,
+                "autoopt.optimizer": config.optimizer, "autoopt.kind": "trial", "autoopt.state": "RUNNING"}
+        job = Job(spec.task, spec.data_dir, config, spec.epochs, spec.seed + trial.number, spec.batch_size,
+                  spec.compile, trial=ref, tracking=tracking, run_name=f"trial-{trial.number}", tags=tags)
+        inflight[pool.submit(worker, job)] = InFlight(worker, job, trial)
+        return True
+
+    def tell(item: InFlight, result: dict[str, Any]) -> None:
+        from optuna.trial import TrialState
+
+        trial = item.trial
+        try:
+            if result.get("reason"):
+                trial.set_user_attr("reason", result["reason"])
+            trial.set_user_attr("train_s", round(result.get("train_s", 0.0), 4))
+            if result["state"] == "COMPLETE":
+                study.tell(trial, result["value"])
+            elif result["state"] == "PRUNED":
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+        except Exception as exc:  # e.g. failed meanwhile as stale by another driver
+            log.warning("could not record trial %d: %s", trial.number, exc)
+
+    try:
+        notify("start")
+        while True:
+            now = time.monotonic()
+            if now - last_beat >= HEARTBEAT_S:
+                for item in inflight.values():
+                    with_retry(lambda i=item: storage.record_heartbeat(i.trial._trial_id), what="heartbeat")
+                with_retry(lambda: fail_stale(study), what="fail stale trials")
+                last_beat = now
+            if deadline is not None and now >= deadline:
+                exhausted = True
+            while not exhausted and (w := pool.free()) is not None:
+                if not submit(w):
+                    exhausted = True
+            if not inflight:
+                # Trials of another driver (or of a dead one, until their heartbeat goes
+                # stale) are still running: wait for them, so the study ends complete.
+                _refresh(progress, study)
+                if progress.running == 0 or deadline is not None and time.monotonic() >= deadline:
+                    break
+                time.sleep(1.0)
+                exhausted = False
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=HEARTBEAT_S)
+            for ref in ready:
+                item = inflight.pop(ref)
+                pool.done(item.worker)
+                try:
+                    result = ray.get(ref)
+                except (RayActorError, WorkerCrashedError) as exc:
+                    # The worker died mid-trial (killed, out of host memory): fail and re-queue.
+                    log.warning("worker died during trial %d: %s", item.trial.number, str(exc)[:200])
+                    pool.replace(item.worker)
+                    tell(item, {"state": "FAIL", "reason": "worker died during the trial"})
+                    with_retry(lambda i=item: retry_trial(study, i.trial.number), what="re-queue a trial")
+                    notify(f"trial {item.trial.number} lost its worker; re-queued")
+                    continue
+                except RayTaskError as exc:
+                    result = {"state": "FAIL", "reason": str(exc).splitlines()[0][:300]}
+                with_retry(lambda i=item, r=result: tell(i, r), what="record a trial")
+                progress.finished_here += 1
+                notify(f"trial {item.trial.number} {result['state'].lower()}")
+    except KeyboardInterrupt:
+        _interrupt(study, inflight, pool)
+        raise
+    return progress
+
+
+def _interrupt(study: Any, inflight: dict[ray.ObjectRef, InFlight], pool: WorkerPool) -> None:
+    """Ctrl-C: fail the trials in flight and re-queue them, so running the command again
+    finishes exactly the remainder."""
+    from optuna.trial import TrialState
+
+    from autoopt.study import retry_trial
+
+    pool.shutdown()
+    for item in inflight.values():
+        try:
+            item.trial.set_user_attr("reason", "interrupted")
+            study.tell(item.trial, state=TrialState.FAIL)
+            retry_trial(study, item.trial.number)
+        except Exception as exc:
+            log.warning("could not re-queue trial %d: %s", item.trial.number, exc)

@@ -1,0 +1,467 @@
+"""THE registry: optimizer families, schedulers, gradient clipping and their search space.
+
+One table (``FAMILIES``) maps a family name to its optimizer class, its conditional
+search space and its protocol (whether it takes a scheduler, whether it needs
+``optimizer.train()``/``optimizer.eval()``, whether it splits the parameters). The same
+table feeds ``suggest_config`` (Optuna), ``build_optimizer`` (trials and ``recommend()``),
+``autoopt tasks``/docs and the tests that loop over every family. Adding an optimizer is
+one entry, or one call to ``register_optimizer``.
+
+>>> import torch
+>>> model = torch.nn.Linear(4, 2)
+>>> opt = build_optimizer(model, "sgd", {"lr": 0.1, "momentum": 0.9, "nesterov": True})
+>>> type(opt).__name__
+'SGD'
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from autoopt.errors import UsageError
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+
+# --- search dimensions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """A float searched on a log scale between ``low`` and ``high``."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A float searched uniformly between ``low`` and ``high``."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer searched between ``low`` and ``high`` (both included)."""
+
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few values (bool, int, float or str)."""
+
+    options: tuple[Any, ...]
+
+    def __init__(self, *options: Any) -> None:
+        object.__setattr__(self, "options", tuple(options))
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A value that is not searched."""
+
+    value: Any
+
+
+Dimension = LogUniform | Uniform | IntRange | Choice | Fixed
+
+
+def suggest(trial: optuna.trial.BaseTrial, name: str, dim: Dimension) -> Any:
+    """Ask ``trial`` for the value of one dimension."""
+    match dim:
+        case Fixed(value):
+            return value
+        case LogUniform(low, high):
+            return trial.suggest_float(name, low, high, log=True)
+        case Uniform(low, high):
+            return trial.suggest_float(name, low, high)
+        case IntRange(low, high):
+            return trial.suggest_int(name, low, high)
+        case Choice(options):
+            return trial.suggest_categorical(name, list(options))
+    raise TypeError(f"not a search dimension: {dim!r}")
+
+
+def default_of(dim: Dimension) -> Any:
+    """A representative value of a dimension (its midpoint), for smoke tests and priors."""
+    match dim:
+        case Fixed(value):
+            return value
+        case LogUniform(low, high):
+            return math.sqrt(low * high)
+        case Uniform(low, high):
+            return (low + high) / 2
+        case IntRange(low, high):
+            return (low + high) // 2
+        case Choice(options):
+            return options[0]
+    raise TypeError(f"not a search dimension: {dim!r}")
+
+
+def parse_dimension(raw: Any, where: str) -> Dimension:
+    """Read a dimension from a study file.
+
+    ``{log: [1e-4, 1]}``, ``{uniform: [0, 0.99]}``, ``{int: [1, 5]}``, ``{choice: [a, b]}``,
+    or a plain value (fixed).
+    """
+    if isinstance(raw, Mapping):
+        if len(raw) != 1:
+            raise UsageError(f"{where}: give one of log, uniform, int, choice; got {sorted(raw)}")
+        (kind, value), = raw.items()
+        kinds = {"log": LogUniform, "uniform": Uniform, "int": IntRange}
+        if kind == "choice" and isinstance(value, list) and value:
+            return Choice(*value)
+        if kind in kinds and isinstance(value, list) and len(value) == 2:
+            low, high = value
+            if not (isinstance(low, int | float) and isinstance(high, int | float)) or low >= high:
+                raise UsageError(f"{where}: {kind} needs [low, high] with low < high, got {value}")
+            if kind == "log" and low <= 0:
+                raise UsageError(f"{where}: log needs low > 0, got {value}")
+            cast = int if kind == "int" else float
+            return kinds[kind](cast(low), cast(high))
+        raise UsageError(f"{where}: write {{log: [low, high]}}, {{uniform: [low, high]}}, "
+                         f"{{int: [low, high]}}, {{choice: [...]}} or a fixed value; got {dict(raw)}")
+    if isinstance(raw, bool | int | float | str) or raw is None:
+        return Fixed(raw)
+    raise UsageError(f"{where}: cannot read {raw!r} as a search dimension")
+
+
+# --- optimizer families ------------------------------------------------------------------
+
+
+def _no_nesterov_without_momentum(params: dict[str, Any]) -> dict[str, Any]:
+    # torch.optim.SGD refuses nesterov=True with zero momentum.
+    if params.get("nesterov") and not params.get("momentum"):
+        return {**params, "nesterov": False}
+    return params
+
+
+@dataclass(frozen=True)
+class Family:
+    """One optimizer family: its class, its search space and its protocol.
+
+    ``optimizer_class`` is an import path (``"torch.optim:SGD"``) or a class, loaded only
+    when a trial builds the optimizer. ``schedulers=False`` means the family takes no
+    learning-rate scheduler (Schedule-Free); ``train_eval=True`` means the training loop calls
+    ``optimizer.train()`` before training and ``optimizer.eval()`` before evaluation;
+    ``split`` builds the parameter groups itself (Muon); ``extra`` names the pip extra the
+    class comes from.
+    """
+
+    name: str
+    optimizer_class: str | type
+    space: Mapping[str, Dimension]
+    schedulers: bool = True
+    train_eval: bool = False
+    split: Callable[[Any, dict[str, Any]], list[dict[str, Any]]] | None = None
+    adjust: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    extra: str | None = None
+    presets: tuple[str, ...] = ("all",)
+    summary: str = ""
+
+    def load_class(self) -> type[torch.optim.Optimizer]:
+        if not isinstance(self.optimizer_class, str):
+            return self.optimizer_class
+        module_name, _, attr = self.optimizer_class.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if self.extra:
+                raise UsageError(f"optimizer '{self.name}' needs the extra '{self.extra}': "
+                                 f"pip install 'autoopt[{self.extra}]'") from exc
+            raise UsageError(f"optimizer '{self.name}': cannot import {module_name} ({exc})") from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError as exc:
+            raise UsageError(f"optimizer '{self.name}': {module_name} has no {attr}") from exc
+
+    def available(self) -> bool:
+        """Whether the family's class can be imported here."""
+        try:
+            self.load_class()
+        except UsageError:
+            return False
+        return True
+
+
+def _adam_like(wd: Dimension, lr: Dimension = LogUniform(1e-5, 1e-1)) -> dict[str, Dimension]:
+    return {"lr": lr, "beta1": Uniform(0.8, 0.99), "beta2": Uniform(0.9, 0.9999),
+            "eps": LogUniform(1e-10, 1e-6), "weight_decay": wd}
+
+
+CLASSIC = ("all", "classic")
+MODERN = ("all", "modern")
+
+FAMILIES: dict[str, Family] = {
+    "sgd": Family(
+        "sgd", "torch.optim:SGD",
+        {"lr": LogUniform(1e-4, 1.0), "momentum": Uniform(0.0, 0.99), "nesterov": Choice(True, False),
+         "weight_decay": LogUniform(1e-6, 1e-2)},
+        adjust=_no_nesterov_without_momentum, presets=CLASSIC, summary="SGD with (Nesterov) momentum"),
+    "adam": Family("adam", "torch.optim:Adam", _adam_like(LogUniform(1e-6, 1e-2)), presets=CLASSIC,
+                   summary="Adam (Kingma & Ba 2015)"),
+    "adamw": Family("adamw", "torch.optim:AdamW", _adam_like(LogUniform(1e-5, 1e-1)), presets=CLASSIC,
+                    summary="Adam with decoupled weight decay"),
+    "rmsprop": Family(
+        "rmsprop", "torch.optim:RMSprop",
+        {"lr": LogUniform(1e-5, 1e-1), "alpha": Uniform(0.9, 0.999), "momentum": Uniform(0.0, 0.9),
+         "eps": LogUniform(1e-10, 1e-6), "weight_decay": LogUniform(1e-6, 1e-2)},
+        presets=CLASSIC, summary="RMSprop (Hinton)"),
+    "adagrad": Family(
+        "adagrad", "torch.optim:Adagrad",
+        {"lr": LogUniform(1e-4, 1.0), "weight_decay": LogUniform(1e-6, 1e-2), "eps": LogUniform(1e-10, 1e-6)},
+        presets=CLASSIC, summary="Adagrad (Duchi et al. 2011)"),
+    "nadam": Family("nadam", "torch.optim:NAdam", _adam_like(LogUniform(1e-6, 1e-2)), presets=CLASSIC,
+                    summary="Adam with Nesterov momentum"),
+    "radam": Family("radam", "torch.optim:RAdam", _adam_like(LogUniform(1e-6, 1e-2)), presets=CLASSIC,
+                    summary="Rectified Adam"),
+}
+
+PRESETS = ("classic", "modern", "all")
+
+
+def register_optimizer(
+    name: str,
+    optimizer_class: str | type,
+    space: Mapping[str, Dimension | Any],
+    **protocol: Any,
+) -> Family:
+    """Register an optimizer family (a ``torch.optim.Optimizer`` subclass) with its search space.
+
+    Values of ``space`` are dimensions (``LogUniform(1e-4, 1e-1)``) or fixed values. The family
+    joins the preset ``all`` and can be named in ``--optimizers``.
+
+    >>> import torch
+    >>> class MySGD(torch.optim.SGD): pass
+    >>> register_optimizer("mysgd", MySGD, {"lr": LogUniform(1e-3, 1.0)}).name
+    'mysgd'
+    """
+    if not name.isidentifier():
+        raise UsageError(f"optimizer name {name!r} must be an identifier (letters, digits, _)")
+    dims = {k: v if isinstance(v, Dimension) else Fixed(v) for k, v in space.items()}
+    if "lr" not in dims:
+        raise UsageError(f"optimizer '{name}': its space needs an 'lr' entry (a range or a fixed value)")
+    family = Family(name, optimizer_class, dims, **protocol)
+    FAMILIES[name] = family
+    return family
+
+
+def family(name: str) -> Family:
+    """The registered family called ``name``; bad names are a ``UsageError`` listing known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UsageError(f"unknown optimizer '{name}'; known: {', '.join(FAMILIES)} "
+                         f"or a preset: {', '.join(PRESETS)}") from None
+
+
+def resolve_optimizers(names: str | Iterable[str]) -> list[str]:
+    """Expand a preset or a comma-separated list into family names, checking each."""
+    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    out: list[str] = []
+    for item in items:
+        if not item:
+            continue
+        if item in PRESETS:
+            chosen = [f.name for f in FAMILIES.values() if item in f.presets]
+        else:
+            chosen = [family(item).name]
+        out.extend(n for n in chosen if n not in out)
+    if not out:
+        raise UsageError("no optimizers given; name some (sgd,adam) or a preset: " + ", ".join(PRESETS))
+    return out
+
+
+# --- schedulers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule: its search space and how it is built.
+
+    ``build(optimizer, params, epochs, steps_per_epoch)`` returns a torch scheduler that is
+    stepped once per optimizer step, except ``per_epoch`` ones (plateau), stepped once per
+    epoch with the validation loss. ``warmup`` says whether linear warmup may be put in front.
+    """
+
+    name: str
+    space: Mapping[str, Dimension]
+    build: Callable[..., Any] | None
+    per_epoch: bool = False
+    warmup: bool = True
+
+
+def _step_lr(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+    from torch.optim.lr_scheduler import StepLR
+
+    return StepLR(opt, step_size=max(1, int(p["step_epochs"] * steps)), gamma=p["gamma"])
+
+
+def _cosine(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
+    base = opt.param_groups[0]["lr"]
+    return CosineAnnealingLR(opt, T_max=max(1, epochs * steps), eta_min=base * p["eta_min_ratio"])
+
+
+def _onecycle(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    # max_lr is the tuned lr; momentum cycling only where the family has momentum or betas.
+    cycle = all("momentum" in g or "betas" in g for g in opt.param_groups)
+    return OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(2, epochs * steps),
+                      pct_start=p["pct_start"], cycle_momentum=cycle)
+
+
+def _plateau(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return ReduceLROnPlateau(opt, factor=p["factor"], patience=p["patience"])
+
+
+def _exponential(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+    from torch.optim.lr_scheduler import ExponentialLR
+
+    # gamma is searched per epoch (what people reason about) and applied per step.
+    return ExponentialLR(opt, gamma=p["gamma"] ** (1.0 / max(1, steps)))
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "none": Schedule("none", {}, None),
+    "step": Schedule("step", {"step_epochs": IntRange(1, 5), "gamma": Uniform(0.1, 0.7)}, _step_lr),
+    "cosine": Schedule("cosine", {"eta_min_ratio": LogUniform(1e-3, 0.1)}, _cosine),
+    "onecycle": Schedule("onecycle", {"pct_start": Uniform(0.1, 0.4)}, _onecycle, warmup=False),
+    "plateau": Schedule("plateau", {"factor": Uniform(0.1, 0.7), "patience": IntRange(0, 3)}, _plateau,
+                        per_epoch=True, warmup=False),
+    "exponential": Schedule("exponential", {"gamma": Uniform(0.7, 0.99)}, _exponential),
+}
+WARMUP = Choice(0.0, 0.05, 0.1)  # fraction of all steps spent in linear warmup
+GRAD_CLIP = LogUniform(0.1, 10.0)
+
+
+def schedule(name: str) -> Schedule:
+    try:
+        return SCHEDULES[name]
+    except KeyError:
+        raise UsageError(f"unknown scheduler '{name}'; known: {', '.join(SCHEDULES)}") from None
+
+
+# --- one trial's configuration ---------------------------------------------------------------
+
+
+@dataclass
+class TrialConfig:
+    """Everything a trial trains with, as plain data (it crosses process boundaries)."""
+
+    optimizer: str
+    optimizer_params: dict[str, Any]
+    scheduler: str = "none"
+    scheduler_params: dict[str, Any] = field(default_factory=dict)
+    grad_clip_norm: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "optimizer_params": dict(self.optimizer_params),
+                "scheduler": self.scheduler, "scheduler_params": dict(self.scheduler_params),
+                "grad_clip_norm": self.grad_clip_norm}
+
+    def flat_params(self) -> dict[str, Any]:
+        """All hyperparameters as one flat dict (MLflow params, tables)."""
+        flat: dict[str, Any] = {"optimizer": self.optimizer, "scheduler": self.scheduler,
+                                "grad_clip_norm": self.grad_clip_norm}
+        flat.update(self.optimizer_params)
+        flat.update({f"scheduler.{k}": v for k, v in self.scheduler_params.items()})
+        return flat
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The space one study searches: families (with per-family overrides), schedules, clipping."""
+
+    optimizers: tuple[str, ...]
+    schedulers: tuple[str, ...] = tuple(SCHEDULES)
+    grad_clip: bool = True
+    overrides: Mapping[str, Mapping[str, Dimension]] = field(default_factory=dict)
+
+    def family_space(self, name: str) -> dict[str, Dimension]:
+        return {**family(name).space, **self.overrides.get(name, {})}
+
+
+def suggest_config(trial: optuna.trial.BaseTrial, space: SearchSpace) -> TrialConfig:
+    """Sample one trial's configuration. Parameters are named ``family.param`` so that each
+    family's conditional subspace keeps its own distributions."""
+    name = suggest(trial, "optimizer", Choice(*space.optimizers))
+    fam = family(name)
+    params = {k: suggest(trial, f"{name}.{k}", d) for k, d in space.family_space(name).items()}
+    sched_name, sched_params = "none", {}
+    if fam.schedulers and space.schedulers:
+        sched_name = suggest(trial, "scheduler", Choice(*space.schedulers))
+        sched = schedule(sched_name)
+        sched_params = {k: suggest(trial, f"{sched_name}.{k}", d) for k, d in sched.space.items()}
+        if sched.warmup and sched.build is not None:
+            sched_params["warmup_ratio"] = suggest(trial, "warmup_ratio", WARMUP)
+    clip = None
+    if space.grad_clip and suggest(trial, "grad_clip", Choice(False, True)):
+        clip = suggest(trial, "grad_clip_norm", GRAD_CLIP)
+    return TrialConfig(name, params, sched_name, sched_params, clip)
+
+
+# --- builders (used by trials and by recommend()) ------------------------------------------
+
+
+def param_groups(model_or_params: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups with no weight decay on biases and normalisation weights (ndim < 2)."""
+    params = model_or_params.parameters() if hasattr(model_or_params, "parameters") else model_or_params
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def optimizer_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn searched names into constructor arguments (``beta1``, ``beta2`` -> ``betas``)."""
+    kwargs = dict(params)
+    betas = [kwargs.pop(k) for k in ("beta1", "beta2", "beta3") if k in kwargs]
+    if betas:
+        kwargs["betas"] = tuple(betas)
+    return kwargs
+
+
+def build_optimizer(model_or_params: Any, name: str, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Build family ``name`` with ``params`` on a module (preferred) or an iterable of parameters."""
+    fam = family(name)
+    params = fam.adjust(dict(params)) if fam.adjust else dict(params)
+    cls = fam.load_class()
+    kwargs = optimizer_kwargs(params)
+    if fam.split is not None:
+        return cls(fam.split(model_or_params, kwargs), **{k: v for k, v in kwargs.items()
+                                                           if k != "weight_decay"})
+    wd = kwargs.pop("weight_decay", 0.0)
+    return cls(param_groups(model_or_params, wd), **kwargs)
+
+
+def build_scheduler(optimizer: Any, name: str, params: Mapping[str, Any], *, epochs: int,
+                    steps_per_epoch: int) -> Any:
+    """Build schedule ``name``; ``None`` for ``none``. Step it once per optimizer step, except
+    ``plateau``: once per epoch with the validation loss (``Schedule.per_epoch``)."""
+    sched = schedule(name)
+    if sched.build is None:
+        return None
+    from torch.optim.lr_scheduler import LinearLR, SequentialLR
+
+    main = sched.build(optimizer, dict(params), epochs, steps_per_epoch)
+    warm_steps = int(params.get("warmup_ratio", 0.0) * epochs * steps_per_epoch)
+    if not sched.warmup or warm_steps < 1:
+        return main
+    warm = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warm_steps)
+    return SequentialLR(optimizer, [warm, main], milestones=[warm_steps])
