@@ -174,7 +174,8 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int
         return True
     # Workers must import a user's `module:function` from the folder tune runs in.
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+    # address="local": always a fresh in-process cluster, never one some `ray start` left running.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
              runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
     return True
 

@@ -1,7 +1,7 @@
 """Storage URLs, the Optuna study (create, load, resume), its sampler and pruner.
 
 Heartbeats (recorded by the driver for every trial in flight) let any driver fail the
-trials of a dead one (``fail_stale``), and ``RetryFailedTrialCallback`` re-queues them, so a
+trials of a dead one (``fail_stale``) and ``RetryHeartbeatStaleTrialCallback`` re-queues them, so a
 study survives crashes. ``budget_used`` counts trials against ``--trials`` so that several
 drivers, or a resumed one, stop at exactly the requested total.
 """
@@ -13,12 +13,13 @@ import fcntl
 import hashlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.errors import UsageError
@@ -32,6 +33,10 @@ MAX_RETRY = 2
 STORAGE_RETRY_S = 60.0
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats, groups and stale-trial failing are "experimental" in Optuna but are what a
+# distributed ask/tell loop needs; their warnings would only clutter the user's terminal.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used with Study.optimize.*")
 
 
 class StorageDown(RuntimeError):
@@ -77,7 +82,7 @@ def open_storage(url: str, *, pool_size: int = 2, heartbeat: bool = True) -> RDB
             url, engine_kwargs=_engine_kwargs(url, pool_size),
             heartbeat_interval=HEARTBEAT_S if heartbeat else None,
             grace_period=GRACE_S if heartbeat else None,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRY) if heartbeat else None,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None,
         )
     except ModuleNotFoundError as exc:
         hint = " (pip install 'autoopt[postgres]')" if "psycopg" in str(exc) else ""
@@ -137,8 +142,7 @@ def build_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed,
-                                      warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
 
 
 def build_pruner(name: str, *, epochs: int, warmup: float) -> optuna.pruners.BasePruner:
@@ -197,7 +201,7 @@ def retry_trial(study: optuna.Study, trial_number: int) -> None:
     """Re-queue a failed trial, as the heartbeat path does for a dead driver."""
     frozen = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
         study._study_id, trial_number))
-    RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, frozen)
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
 
 
 @contextlib.contextmanager
