@@ -155,7 +155,9 @@ class Family:
     learning-rate scheduler (Schedule-Free); ``train_eval=True`` means the training loop calls
     ``optimizer.train()`` before training and ``optimizer.eval()`` before evaluation;
     ``split`` builds the parameter groups itself (Muon); ``extra`` names the pip extra the
-    class comes from.
+    class comes from. ``defaults`` are the fixed settings ``autoopt compare`` and baselines
+    train with (the torch or paper defaults, in the space's names: ``lr``, ``beta1``, ...);
+    empty means the class's own defaults with the space's representative ``lr``.
     """
 
     name: str
@@ -168,6 +170,7 @@ class Family:
     extra: str | None = None
     presets: tuple[str, ...] = ("all",)
     summary: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def load_class(self) -> type[torch.optim.Optimizer]:
         if not isinstance(self.optimizer_class, str):
@@ -207,24 +210,25 @@ FAMILIES: dict[str, Family] = {
         "sgd", "torch.optim:SGD",
         {"lr": LogUniform(1e-4, 1.0), "momentum": Uniform(0.0, 0.99), "nesterov": Choice(True, False),
          "weight_decay": LogUniform(1e-6, 1e-2)},
-        adjust=_no_nesterov_without_momentum, presets=CLASSIC, summary="SGD with (Nesterov) momentum"),
+        adjust=_no_nesterov_without_momentum, presets=CLASSIC, summary="SGD with (Nesterov) momentum",
+        defaults={"lr": 0.01, "momentum": 0.9}),  # the tutorial's SGD
     "adam": Family("adam", "torch.optim:Adam", _adam_like(LogUniform(1e-6, 1e-2)), presets=CLASSIC,
-                   summary="Adam (Kingma & Ba 2015)"),
+                   summary="Adam (Kingma & Ba 2015)", defaults={"lr": 1e-3}),
     "adamw": Family("adamw", "torch.optim:AdamW", _adam_like(LogUniform(1e-5, 1e-1)), presets=CLASSIC,
-                    summary="Adam with decoupled weight decay"),
+                    summary="Adam with decoupled weight decay", defaults={"lr": 1e-3, "weight_decay": 1e-2}),
     "rmsprop": Family(
         "rmsprop", "torch.optim:RMSprop",
         {"lr": LogUniform(1e-5, 1e-1), "alpha": Uniform(0.9, 0.999), "momentum": Uniform(0.0, 0.9),
          "eps": LogUniform(1e-10, 1e-6), "weight_decay": LogUniform(1e-6, 1e-2)},
-        presets=CLASSIC, summary="RMSprop (Hinton)"),
+        presets=CLASSIC, summary="RMSprop (Hinton)", defaults={"lr": 1e-3}),  # the tutorial's comparison
     "adagrad": Family(
         "adagrad", "torch.optim:Adagrad",
         {"lr": LogUniform(1e-4, 1.0), "weight_decay": LogUniform(1e-6, 1e-2), "eps": LogUniform(1e-10, 1e-6)},
-        presets=CLASSIC, summary="Adagrad (Duchi et al. 2011)"),
+        presets=CLASSIC, summary="Adagrad (Duchi et al. 2011)", defaults={"lr": 0.01}),
     "nadam": Family("nadam", "torch.optim:NAdam", _adam_like(LogUniform(1e-6, 1e-2)), presets=CLASSIC,
-                    summary="Adam with Nesterov momentum"),
+                    summary="Adam with Nesterov momentum", defaults={"lr": 2e-3}),
     "radam": Family("radam", "torch.optim:RAdam", _adam_like(LogUniform(1e-6, 1e-2)), presets=CLASSIC,
-                    summary="Rectified Adam"),
+                    summary="Rectified Adam", defaults={"lr": 1e-3}),
 }
 
 PRESETS = ("classic", "modern", "all")
