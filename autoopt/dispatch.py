@@ -9,8 +9,10 @@ for the driver), tells Optuna the results and sends heartbeats for the trials in
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -56,6 +58,13 @@ class Job:
     tracking: dict[str, Any] | None = None
     run_name: str = "trial"
     tags: dict[str, Any] = field(default_factory=dict)
+    # The config names its family only; the entry itself travels with the job, so a family
+    # registered in the driver (register_optimizer, a study file's class) exists on the worker.
+    family: Any = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = shippable_family(self.config.optimizer)
 
 
 class TrialWorker:
@@ -108,10 +117,13 @@ class TrialWorker:
 
     def run(self, job: Job) -> dict[str, Any]:
         """Train one job; never raises for a failing trial (the error is returned)."""
+        from autoopt.space import FAMILIES
         from autoopt.train import train
 
         start = time.perf_counter()
         self.trials_run += 1
+        if job.family is not None and FAMILIES.get(job.family.name) != job.family:
+            FAMILIES[job.family.name] = job.family
         handle = dict(job.tracking) if job.tracking else None
         if handle is not None:
             self.recorder.start(handle, run_name=job.run_name, params=job.config.flat_params(), tags=job.tags)
@@ -146,6 +158,36 @@ class TrialWorker:
         result["worker_s"] = time.perf_counter() - start
         result["pid"] = os.getpid()
         return result
+
+
+@functools.cache  # scanning the installed distributions takes about a second
+def _installed_top_levels() -> frozenset[str]:
+    import importlib.metadata
+
+    return frozenset(importlib.metadata.packages_distributions()) | frozenset(sys.stdlib_module_names)
+
+
+def shippable_family(name: str) -> Any:
+    """The registry entry of family ``name``, ready to travel to a worker.
+
+    A class from an installed package travels by reference (the worker imports it); a class
+    from the user's own code (a script, a notebook, a test module) may not be importable on the
+    worker, so its module is pickled by value.
+    """
+    from autoopt.space import family
+
+    fam = family(name)
+    for obj in (fam.optimizer_class, fam.split, fam.adjust):
+        module = getattr(obj, "__module__", None) if obj is not None and not isinstance(obj, str) else None
+        if (module and module != "__main__" and module in sys.modules
+                and module.partition(".")[0] not in _installed_top_levels()):
+            ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+    return fam
+
+
+def compact_history(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per-epoch losses, metrics and lr, rounded: small enough to keep as a trial attribute."""
+    return [{k: round(float(v), 6) for k, v in h.items() if k != "epoch_s"} for h in history]
 
 
 @dataclass
@@ -381,6 +423,7 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
             if result.get("reason"):
                 trial.set_user_attr("reason", result["reason"])
             trial.set_user_attr("train_s", round(result.get("train_s", 0.0), 4))
+            trial.set_user_attr("history", compact_history(result.get("history") or []))  # for reports
             if result["state"] == "COMPLETE":
                 study.tell(trial, result["value"])
             elif result["state"] == "PRUNED":
