@@ -17,8 +17,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "tune": "autoopt.tuning",
-    "recommend": "autoopt.recommend",
-    "Recommendation": "autoopt.recommend",
+    "recommend": "autoopt.recommendation",
+    "Recommendation": "autoopt.recommendation",
     "register_optimizer": "autoopt.space",
     "LogUniform": "autoopt.space",
     "Uniform": "autoopt.space",

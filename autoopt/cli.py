@@ -162,7 +162,7 @@ def recommend(
     fmt: Annotated[Format, typer.Option("--format", help="json, yaml or python")] = Format.json,
 ) -> None:
     """Print the stored recommendation for a task."""
-    from autoopt.recommend import recommend as load
+    from autoopt.recommendation import recommend as load
 
     data = load(task, storage=storage, study=study).to_dict()
     if fmt is Format.json:
@@ -172,7 +172,7 @@ def recommend(
 
         print(yaml.safe_dump(data, sort_keys=False), end="")
     else:
-        from autoopt.recommend import python_snippet
+        from autoopt.recommendation import python_snippet
 
         print(python_snippet(data))
 

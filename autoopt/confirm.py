@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from autoopt.recommend import Recommendation
+from autoopt.recommendation import Recommendation
 from autoopt.space import FAMILIES, TrialConfig
 
 log = logging.getLogger(__name__)

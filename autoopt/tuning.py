@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoopt.recommend import Recommendation
+from autoopt.recommendation import Recommendation
 from autoopt.spec import StudySpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def best_recommendation(spec: StudySpec, study: Any, task: Any) -> Recommendatio
 
 def save(spec: StudySpec, study: Any, rec: Recommendation, tracker: Any) -> Path:
     """Store with the study, write ``<out>/<task>.json``, and log both plus the plots to MLflow."""
-    from autoopt import recommend as recommend_mod
+    from autoopt import recommendation as recommend_mod
 
     recommend_mod.store(study, rec)
     path = rec.save(spec.out)
