@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -35,9 +36,11 @@ TUNING_FREE: dict[str, TrialConfig] = {
 
 
 def baselines() -> dict[str, TrialConfig]:
-    """The baselines that can run here."""
+    """The baselines that can run here: the tutorial's three, plus the tuning-free optimizers
+    at their defaults where their extra is installed."""
     out = dict(BASELINES)
-    out.update({k: c for k, c in TUNING_FREE.items() if c.optimizer in FAMILIES and FAMILIES[c.optimizer].available()})
+    out.update({k: c for k, c in TUNING_FREE.items()
+                if c.optimizer in FAMILIES and FAMILIES[c.optimizer].available()})
     return out
 
 
@@ -58,21 +61,83 @@ def top_configs(study: Any, k: int, direction: str) -> list[tuple[int, TrialConf
     return out
 
 
-def summarize(values: list[float]) -> dict[str, Any]:
-    clean = [v for v in values if v is not None]
+def confirmation_seeds(base_seed: int, n: int) -> list[int]:
+    """The seeds confirmation runs use: the same for every config and baseline, and apart from
+    the search's seeds (``base_seed + trial number``), so no config is scored on the seed it won on."""
+    return [base_seed + 10_000 + i for i in range(n)]
+
+
+def summarize(values: list[float | None]) -> dict[str, Any]:
+    """Mean, population std and the per-seed values (None for a seed whose run did not
+    complete); ``complete`` counts the seeds that did.
+
+    >>> summarize([0.5, None, 0.7])["mean"], summarize([0.5, None, 0.7])["complete"]
+    (0.6, 2)
+    """
+    clean = [v for v in values if v is not None and math.isfinite(v)]
     if not clean:
-        return {"mean": None, "std": None, "values": values}
+        return {"mean": None, "std": None, "values": values, "complete": 0}
     return {"mean": statistics.fmean(clean), "std": statistics.pstdev(clean) if len(clean) > 1 else 0.0,
-            "values": values}
+            "values": values, "complete": len(clean)}
+
+
+def rank_key(entry: dict[str, Any], direction: str, *, baseline: bool) -> tuple:
+    """Sort key, best first: configs that completed on every seed before those that failed on
+    some (a mean over the seeds that survived flatters them), then by mean validation metric,
+    then a baseline before a tuned config it ties with (the simpler choice)."""
+    val = entry["val"]
+    if val["mean"] is None:
+        return (2, 0.0, 1)
+    all_done = val["complete"] == len(val["values"])
+    sign = -1.0 if direction == "maximize" else 1.0
+    return (0 if all_done else 1, sign * val["mean"], 0 if baseline else 1)
+
+
+def choose(table: dict[str, dict[str, Any]], candidates: list[str], bases: list[str],
+           direction: str) -> tuple[str | None, str | None, str | None]:
+    """(winner, best tuned config, best baseline) by mean validation metric over the seeds.
+
+    The winner is the better of the two bests, so if a baseline is best it is the recommendation.
+    """
+    def best(names: list[str], baseline: bool) -> str | None:
+        ok = [n for n in names if table[n]["val"]["mean"] is not None]
+        return min(ok, key=lambda n: rank_key(table[n], direction, baseline=baseline), default=None)
+
+    best_candidate, best_baseline = best(candidates, False), best(bases, True)
+    ranked = [(rank_key(table[n], direction, baseline=n in bases), n)
+              for n in (best_candidate, best_baseline) if n is not None]
+    winner = min(ranked)[1] if ranked else None
+    return winner, best_candidate, best_baseline
+
+
+def improvement(table: dict[str, dict[str, Any]], winner: str, best_baseline: str | None,
+                direction: str, metric: str, split: str = "test") -> dict[str, Any] | None:
+    """What tuning bought over the best baseline (the one with the best mean validation metric).
+
+    ``delta`` is the recommendation's mean ``metric`` minus the baseline's, signed so that
+    positive means better (for a minimized metric such as RMSE: baseline minus recommendation);
+    ``spread`` is the larger of the two standard deviations over the seeds, the scale a delta
+    has to beat to mean something. 0 when a baseline is the recommendation.
+    """
+    if best_baseline is None:
+        return None
+    w, b = table[winner][split], table[best_baseline][split]
+    if w["mean"] is None or b["mean"] is None:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    return {"metric": metric, "delta": sign * (w["mean"] - b["mean"]),
+            "spread": max(w["std"] or 0.0, b["std"] or 0.0), "versus": best_baseline,
+            "recommended": w["mean"], "baseline": b["mean"]}
 
 
 def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any], rec: Recommendation,
             *, on_progress: Callable[[Any], None] | None = None) -> Recommendation:
-    """Retrain the top configs and the baselines on ``spec.confirm_seeds`` seeds; return the
+    """Retrain the top configs and the baselines on ``spec.confirm_seeds`` seeds (Ray jobs,
+    nested MLflow runs tagged ``autoopt.kind`` = ``confirm`` or ``baseline``); return the
     recommendation with ``confirmation``, ``baselines`` and ``improvement`` filled in."""
     from autoopt.dispatch import Job, SearchProgress, run_jobs
 
-    seeds = [spec.seed + 10_000 + i for i in range(spec.confirm_seeds)]
+    seeds = confirmation_seeds(spec.seed, spec.confirm_seeds)
     candidates = {f"trial_{n}": (n, cfg) for n, cfg in top_configs(study, spec.confirm_top, task.direction)}
     bases = {name: (None, cfg) for name, cfg in baselines().items()}
     entries = {**candidates, **bases}
@@ -85,7 +150,8 @@ def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any],
             if number is not None:
                 tags["autoopt.source_trial"] = number
             jobs.append(Job(spec.task, spec.data_dir, cfg, spec.epochs, seed, spec.batch_size, spec.compile,
-                            evaluate_test=True, tracking=handle, run_name=f"{kind}-{name}-s{seed}", tags=tags))
+                            evaluate_test=True, tracking=handle, run_name=f"{kind}-{name}-s{seed}",
+                            tags=tags))
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in entries}
     progress = SearchProgress(total=len(jobs), last="confirming")
 
@@ -99,51 +165,40 @@ def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any],
 
     run_jobs(pool, jobs, on_result)
 
-    test_key = f"test_{task.score}"
+    # Without a test split the comparison falls back to the validation metric.
+    has_test = getattr(task, "test", None) is not None
+    test_key = f"test_{task.score}" if has_test else task.metric
     table: dict[str, dict[str, Any]] = {}
     for name, (number, cfg) in entries.items():
         per_seed = [results[name].get(s, {}) for s in seeds]
-        val = [r.get("value") if r.get("state") == "COMPLETE" else None for r in per_seed]
-        test = [r.get("test", {}).get(test_key) if r.get("state") == "COMPLETE" else None for r in per_seed]
+        done = [r if r.get("state") == "COMPLETE" else {} for r in per_seed]
+        val = [r.get("value") for r in done]
+        test = [r.get("test", {}).get(test_key) for r in done] if has_test else list(val)
         table[name] = {"name": name, "trial_number": number, **cfg.to_dict(), "seeds": seeds,
-                       "val": summarize(val), "test": summarize(test)}
+                       "val": summarize(val), "test": summarize(test),
+                       "failed": [r.get("reason") for r in per_seed if r.get("state") != "COMPLETE"]}
 
-    better = (lambda a, b: a > b) if task.direction == "maximize" else (lambda a, b: a < b)
-
-    def best_of(names: list[str]) -> str | None:
-        pick = None
-        for n in names:
-            m = table[n]["val"]["mean"]
-            if m is not None and (pick is None or better(m, table[pick]["val"]["mean"])):
-                pick = n
-        return pick
-
-    best_candidate = best_of(list(candidates))
-    best_baseline = best_of(list(bases))
-    winner = best_of([n for n in (best_candidate, best_baseline) if n])
+    winner, best_candidate, best_baseline = choose(table, list(candidates), list(bases), task.direction)
     if winner is None:
         log.warning("no confirmation run completed; keeping the search's best trial")
         return rec
     w = table[winner]
+    log.info("confirmed: %s (val %.4f ± %.4f); best tuned %s, best baseline %s", winner, w["val"]["mean"],
+             w["val"]["std"], best_candidate, best_baseline)
     chosen = TrialConfig(w["optimizer"], w["optimizer_params"], w["scheduler"], w["scheduler_params"],
                          w["grad_clip_norm"])
-    improvement = None
-    if best_baseline is not None:
-        b = table[best_baseline]
-        if w["test"]["mean"] is not None and b["test"]["mean"] is not None:
-            sign = 1 if task.direction == "maximize" else -1
-            improvement = {"metric": test_key, "delta": sign * (w["test"]["mean"] - b["test"]["mean"]),
-                           "spread": max(w["test"]["std"] or 0.0, b["test"]["std"] or 0.0),
-                           "versus": best_baseline}
     extra = dict(rec.extra)
     extra.update({
         "source": "study",
         "chosen": winner,
+        "chosen_kind": "baseline" if winner in bases else "tuned",
         "search_value": rec.value,
+        "search_trial_number": rec.trial_number,
         "confirmation": {n: table[n] for n in candidates},
         "baselines": [{"name": n, "optimizer": table[n]["optimizer"], "params": table[n]["optimizer_params"],
-                       "val": table[n]["val"], "test": table[n]["test"]} for n in bases],
-        "improvement": improvement,
+                       "scheduler": table[n]["scheduler"], "val": table[n]["val"], "test": table[n]["test"]}
+                      for n in bases],
+        "improvement": improvement(table, winner, best_baseline, task.direction, test_key),
         test_key: w["test"]["mean"],
     })
     return Recommendation(task=rec.task, **chosen.to_dict(), metric=rec.metric, direction=rec.direction,
