@@ -69,14 +69,15 @@ def _param_value(value: Any) -> str:
 class StudyRun:
     """The parent run of one ``tune`` invocation."""
 
-    def __init__(self, uri: str, task: str, study_name: str, params: dict[str, Any]) -> None:
+    def __init__(self, uri: str, task: str, study_name: str, params: dict[str, Any], *,
+                 kind: str = "study", run_name: str | None = None) -> None:
         from mlflow.entities import Param
 
         self.uri = local_tracking_uri(uri)
         self.client = _client(self.uri)
         self.experiment_id = ensure_experiment(self.client, task, self.uri)
-        run = self.client.create_run(self.experiment_id, run_name=f"tune-{study_name}",
-                                     tags={STUDY_TAG: study_name, KIND_TAG: "study"})
+        run = self.client.create_run(self.experiment_id, run_name=run_name or f"tune-{study_name}",
+                                     tags={STUDY_TAG: study_name, KIND_TAG: kind})
         self.run_id = run.info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
 
@@ -115,6 +116,42 @@ class StudyRun:
             self.client.set_terminated(run.info.run_id, status="FAILED")
             closed += 1
         return closed
+
+
+def latest_study_run(uri: str, task: str, study_name: str) -> str | None:
+    """The id of the newest parent run (``tune``) of ``study_name`` in experiment ``autoopt/<task>``."""
+    client = _client(local_tracking_uri(uri))
+    exp = client.get_experiment_by_name(experiment_name(task))
+    if exp is None:
+        return None
+    where = f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{KIND_TAG}` = 'study'"
+    runs = client.search_runs([exp.experiment_id], filter_string=where,
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def log_folder(uri: str, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+    """Log every file of ``folder`` as artifacts of run ``run_id`` (a report, say)."""
+    _client(local_tracking_uri(uri)).log_artifacts(run_id, str(folder), artifact_path)
+
+
+def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
+    """The artifact paths logged to a run under ``path``."""
+    return [f.path for f in _client(local_tracking_uri(uri)).list_artifacts(run_id, path)]
+
+
+def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """The nested runs of a parent run as plain dicts: ``run_id``, ``name``, ``status``, ``tags``,
+    ``params``, ``metrics`` (the last value of each)."""
+    client = _client(local_tracking_uri(uri))
+    exp = client.get_experiment_by_name(experiment_name(task))
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=5000)
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "tags": dict(r.data.tags), "params": dict(r.data.params), "metrics": dict(r.data.metrics)}
+            for r in runs]
 
 
 class TrialRecorder:
