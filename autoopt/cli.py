@@ -190,6 +190,108 @@ def tasks() -> None:
     out.print(table)
 
 
+MlflowOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db]")]
+RayOpt = Annotated[str | None, typer.Option(help="join this Ray cluster [default: a local Ray]")]
+StudyNameOpt = Annotated[str | None, typer.Option(help="study name [default: the task name]")]
+
+
+@app.command()
+@_errors
+def report(
+    task: TaskOpt,
+    storage: StorageOpt = None,
+    study: StudyNameOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="report folder [default: reports/<task>]")
+                       ] = None,
+    mlflow_uri: MlflowOpt = None,
+) -> None:
+    """Write plots and a one-minute summary of a finished study; log them to its MLflow run."""
+    _setup_logging()
+    from autoopt.report import write_report
+
+    result = write_report(task, storage=storage, study_name=study, out=out_dir, mlflow_uri=mlflow_uri)
+    for name in result.files:
+        out.print(f"wrote {result.folder / name}", highlight=False)
+    where = f"MLflow run {result.run_id}" if result.run_id else "not logged to MLflow (no tune run found)"
+    out.print(f"summary: {result.folder / 'summary.md'}; {where}", highlight=False)
+
+
+@app.command()
+@_errors
+def compare(
+    task: TaskOpt,
+    optimizers: Annotated[str, typer.Option(help="families to compare, or a preset: classic, modern, all")
+                          ] = "sgd,adam,rmsprop",
+    lrs: Annotated[str | None, typer.Option(help="learning rates to try for each family, e.g. "
+                                                 "0.1,0.01,0.001,0.0001 [default: each family's default]")
+                   ] = None,
+    seeds: Annotated[int, typer.Option(help="seeds per row (mean ± std)")] = 3,
+    epochs: Annotated[int | None, typer.Option(help="epochs per run [default: the task's study file]")
+                      ] = None,
+    seed: Annotated[int | None, typer.Option(help="first seed")] = None,
+    mlflow_uri: MlflowOpt = None,
+    ray_address: RayOpt = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per run")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per run")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="runs in flight [default: what fits]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="override the task's batch size")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="data folder [default: ~/.cache/autoopt/data]")] = None,
+    out_dir: Annotated[str, typer.Option("--out", help="where <task>.png and <task>.json go")] = "compare",
+) -> None:
+    """Compare optimizers at fixed settings (no search), as the tutorial does: a table and the
+    train-loss curves."""
+    _setup_logging()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autoopt.compare import parse_lrs, run_compare
+
+    lr_list = parse_lrs(lrs)
+    with Progress(TextColumn("compare"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        job = bar.add_task("compare", total=None, info="starting")
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(job, completed=done, total=total, info=what)
+
+        result = run_compare(task, optimizers, lrs=lr_list, seeds=seeds, epochs=epochs, out=out_dir,
+                             on_progress=progress,
+                             seed=seed, mlflow_uri=mlflow_uri, ray_address=ray_address,
+                             gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+                             concurrency=concurrency, batch_size=batch_size, data_dir=data_dir)
+    _print_comparison(result)
+
+
+def _mean_std(stats: dict[str, Any], digits: int = 4) -> str:
+    if stats.get("mean") is None:
+        return "-"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def _print_comparison(result: Any) -> None:
+    n_seeds = len(result.rows[0].seeds) if result.rows else 0
+    table = Table(title=f"{result.task}: {result.epochs} epochs, constant lr; at the last epoch, "
+                        f"mean ± std over {n_seeds} seed(s)")
+    # The label names the family: never wrap or cut it (a narrow terminal squeezes settings instead).
+    width = max((len(r.label) for r in result.rows), default=9)
+    table.add_column("optimizer", no_wrap=True, min_width=width)
+    table.add_column("settings", overflow="fold")
+    table.add_column(result.metric, justify="right")
+    table.add_column("train_loss", justify="right")
+    table.add_column(result.test_metric, justify="right")
+    table.add_column("ok", justify="right")
+    for row in result.rows:
+        settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in row.config.optimizer_params.items())
+        done = row.val.get("complete", 0)
+        table.add_row(row.label, settings, _mean_std(row.val), _mean_std(row.train_loss), _mean_std(row.test),
+                      f"{done}/{len(row.seeds)}")
+    out.print(table)
+    for row in result.rows:
+        for reason in row.failed:
+            out.print(f"[yellow]{row.label}[/yellow] {reason}", highlight=False)
+    out.print(f"loss curves: {result.plot}; table: {result.json_path}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``autoopt`` console script."""
     try:

@@ -1,8 +1,31 @@
-"""Plots of a study: optimization history (more in ``autoopt report``)."""
+"""Plots and a one-minute summary of a finished study (``autoopt report``).
+
+Every plotting function takes plain inputs (an Optuna study, the recommendation dict, a
+list of curves) and returns a matplotlib ``Figure``, so tests can check what a figure shows
+and ``write_report`` can save it. Figures are drawn off-screen (Agg).
+
+>>> fig = comparison_curves([{"label": "sgd lr=0.01", "train_loss": [2.0, 1.0, 0.5]}], title="demo")
+>>> [line.get_label() for line in fig.axes[0].get_lines()]
+['sgd lr=0.01']
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from autoopt.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+FIGSIZE = (8.0, 4.5)  # inches; at DPI that is an 800 x 450 PNG
+DPI = 100
+MIN_IMPORTANCE_TRIALS = 4  # fewer complete trials than this and an importance estimate is noise
 
 
 def _pyplot() -> Any:
@@ -14,12 +37,69 @@ def _pyplot() -> Any:
     return plt
 
 
+def _figure() -> tuple[Any, Any]:
+    plt = _pyplot()
+    return plt.subplots(figsize=FIGSIZE, dpi=DPI)
+
+
+def _integer_ticks() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _note(ax: Any, text: str) -> None:
+    """Write why a plot is empty on the plot itself, so an empty figure still explains itself."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True, color="0.3")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _complete(study: Any) -> list[Any]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+
+
+def _maximize(study: Any) -> bool:
+    return study.direction.name == "MAXIMIZE"
+
+
+def _metric(study: Any) -> str:
+    return study.user_attrs.get("metric", "objective")
+
+
+def _family_of(trial: Any) -> str | None:
+    config = trial.user_attrs.get("config")
+    return config["optimizer"] if config else trial.params.get("optimizer")
+
+
+def family_colors(families: Iterable[str]) -> dict[str, Any]:
+    """One colour per family, the same in every figure of a report."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10")
+    return {name: cmap(i % 10) for i, name in enumerate(sorted(set(families)))}
+
+
+def best_per_family(study: Any) -> dict[str, Any]:
+    """Each optimizer family's best complete trial."""
+    maximize = _maximize(study)
+    best: dict[str, Any] = {}
+    for t in _complete(study):
+        fam = _family_of(t)
+        if fam is None:
+            continue
+        if fam not in best or (t.value > best[fam].value if maximize else t.value < best[fam].value):
+            best[fam] = t
+    return dict(sorted(best.items()))
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
 def optimization_history(study: Any) -> Any:
     """Each complete trial's value and the best so far, by trial number."""
-    plt = _pyplot()
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
-    maximize = study.direction.name == "MAXIMIZE"
-    fig, ax = plt.subplots(figsize=(7, 4))
+    trials = _complete(study)
+    maximize = _maximize(study)
+    fig, ax = _figure()
     xs = [t.number for t in trials]
     ys = [t.value for t in trials]
     best, run = [], None
@@ -29,8 +109,405 @@ def optimization_history(study: Any) -> Any:
     ax.scatter(xs, ys, s=18, label="trial", color="tab:blue", alpha=0.7)
     ax.step(xs, best, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("trial")
-    ax.set_ylabel(study.user_attrs.get("metric", "objective"))
+    ax.set_ylabel(_metric(study))
     ax.set_title(f"optimization history: {study.study_name}")
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def importance_study(study: Any) -> Any:
+    """An in-memory study over what every trial has, whatever its family: ``optimizer``, ``lr``,
+    ``scheduler`` and ``grad_clip``. The study's own parameters are conditional
+    (``adam.lr`` exists only for Adam trials), so importance over them would see only the
+    few parameters all trials share."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    rows = []
+    for t in _complete(study):
+        config = t.user_attrs.get("config")
+        if not config:
+            continue
+        lr = config["optimizer_params"].get("lr")
+        rows.append(({"optimizer": config["optimizer"], "scheduler": config["scheduler"],
+                      "grad_clip": config["grad_clip_norm"] is not None},
+                     float(lr) if isinstance(lr, int | float) and lr > 0 else None, t.value))
+    derived = optuna.create_study(direction=study.direction.name.lower())
+    lrs = [lr for _, lr, _ in rows if lr is not None]
+    use_lr = len(set(lrs)) > 1 and len(lrs) == len(rows)
+    for cats, lr, value in rows:
+        params: dict[str, Any] = dict(cats)
+        dists: dict[str, Any] = {k: CategoricalDistribution(sorted({str(c[k]) for c, _, _ in rows}))
+                                 for k in cats}
+        params = {k: str(v) for k, v in params.items()}
+        if use_lr:
+            params["lr"] = lr
+            dists["lr"] = FloatDistribution(min(lrs), max(lrs), log=True)
+        derived.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    return derived
+
+
+def param_importances(study: Any) -> tuple[Any, dict[str, float]]:
+    """A bar chart of parameter importances (Optuna's fANOVA, PED-ANOVA if that fails) and the
+    importances themselves. With fewer than ``MIN_IMPORTANCE_TRIALS`` complete trials the
+    figure says so instead and the dict is empty."""
+    import optuna
+
+    fig, ax = _figure()
+    n = len(_complete(study))
+    ax.set_title(f"parameter importances: {study.study_name}")
+    if n < MIN_IMPORTANCE_TRIALS:
+        _note(ax, f"{n} complete trial(s): at least {MIN_IMPORTANCE_TRIALS} are needed to estimate "
+                  "parameter importances; run more trials")
+        fig.tight_layout()
+        return fig, {}
+    derived = importance_study(study)
+    importances: dict[str, float] = {}
+    method = ""
+    for evaluator in (optuna.importance.FanovaImportanceEvaluator(seed=0),
+                      optuna.importance.PedAnovaImportanceEvaluator()):
+        try:
+            importances = {k: float(v) for k, v in
+                           optuna.importance.get_param_importances(derived, evaluator=evaluator).items()}
+            method = type(evaluator).__name__.removesuffix("ImportanceEvaluator")
+            break
+        except Exception as exc:  # e.g. every parameter took a single value
+            log.info("importance with %s failed: %s", type(evaluator).__name__, exc)
+    if not importances:
+        _note(ax, "no parameter varied across the complete trials: nothing to rank")
+        fig.tight_layout()
+        return fig, {}
+    names = list(importances)[::-1]  # most important on top
+    ax.barh(names, [importances[k] for k in names], color="tab:blue")
+    ax.set_xlabel(f"importance for {_metric(study)} ({method}, {n} trials)")
+    fig.tight_layout()
+    return fig, importances
+
+
+def loss_curves(study: Any) -> Any:
+    """Per epoch, the train loss (solid) and validation loss (dashed) of each family's best
+    trial, on one axis: the tutorial's comparison figure, after tuning."""
+    fig, ax = _figure()
+    best = {f: t for f, t in best_per_family(study).items() if t.user_attrs.get("history")}
+    colors = family_colors(best)
+    for fam, t in best.items():
+        history = t.user_attrs["history"]
+        epochs = list(range(1, len(history) + 1))
+        ax.plot(epochs, [h.get("train_loss", math.nan) for h in history], color=colors[fam],
+                label=f"{fam} (#{t.number}) train")
+        ax.plot(epochs, [h.get("val_loss", math.nan) for h in history], color=colors[fam], linestyle="--",
+                label=f"{fam} (#{t.number}) val")
+    ax.set_title("best loss curve per optimizer family")
+    if not best:
+        _note(ax, "no complete trial with a stored per-epoch history")
+    else:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(_integer_ticks())
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def lr_vs_metric(study: Any) -> Any:
+    """Learning rate (log axis) against the final metric, one colour per family; pruned trials
+    as crosses of their family's colour at their last reported value."""
+    fig, ax = _figure()
+    by_family: dict[str, list[tuple[float, float]]] = {}
+    pruned: dict[str, list[tuple[float, float]]] = {}
+    for t in study.get_trials(deepcopy=False):
+        config = t.user_attrs.get("config")
+        lr = config["optimizer_params"].get("lr") if config else None
+        if not isinstance(lr, int | float) or lr <= 0:
+            continue
+        if t.state.name == "COMPLETE" and t.value is not None:
+            by_family.setdefault(config["optimizer"], []).append((lr, t.value))
+        elif t.state.name == "PRUNED" and t.intermediate_values:
+            last = t.intermediate_values[max(t.intermediate_values)]
+            if math.isfinite(last):
+                pruned.setdefault(config["optimizer"], []).append((lr, last))
+    colors = family_colors([*by_family, *pruned])
+    for fam in sorted(by_family):
+        xs, ys = zip(*by_family[fam], strict=True)
+        ax.scatter(xs, ys, color=colors[fam], label=fam, s=28, alpha=0.85)
+    for fam in sorted(pruned):
+        xs, ys = zip(*pruned[fam], strict=True)
+        ax.scatter(xs, ys, color=colors[fam], marker="x", s=22, alpha=0.6,
+                   label=f"{fam} (pruned)" if fam not in by_family else "_pruned")
+    ax.set_title(f"learning rate vs {_metric(study)}")
+    if not by_family and not pruned:
+        _note(ax, "no trial with a learning rate finished")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"{_metric(study)} (x: pruned, last reported)" if pruned else _metric(study))
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def confirmation_entries(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The confirmed configs and the baselines of a recommendation dict, as one list of
+    ``{"name", "kind", "optimizer", "val", "test"}``."""
+    out = [{"name": name, "kind": "tuned", "optimizer": e["optimizer"], "val": e["val"], "test": e["test"]}
+           for name, e in (rec.get("confirmation") or {}).items()]
+    out += [{"name": b["name"], "kind": "baseline", "optimizer": b["optimizer"], "val": b["val"],
+             "test": b["test"]} for b in rec.get("baselines") or []]
+    return out
+
+
+def confirmation_plot(rec: dict[str, Any]) -> Any:
+    """Mean ± std over the seeds of the validation and test metric for each confirmed config
+    and baseline; the recommendation's label is marked with a star."""
+    fig, ax = _figure()
+    entries = [e for e in confirmation_entries(rec) if e["val"]["mean"] is not None]
+    ax.set_title("confirmation over seeds: tuned configs vs baselines")
+    if not entries:
+        _note(ax, "no confirmation in this recommendation (tuned with --no-confirm?)")
+        fig.tight_layout()
+        return fig
+    xs = list(range(len(entries)))
+    split = rec.get("improvement", {}) or {}
+    test_name = split.get("metric") or f"test_{rec.get('metric', 'val_').removeprefix('val_')}"
+    for offset, key, label, color in ((-0.12, "val", rec.get("metric", "val"), "tab:blue"),
+                                      (0.12, "test", test_name, "tab:orange")):
+        ys = [e[key]["mean"] if e[key]["mean"] is not None else math.nan for e in entries]
+        err = [e[key]["std"] or 0.0 for e in entries]
+        ax.errorbar([x + offset for x in xs], ys, yerr=err, fmt="o", capsize=4, color=color, label=label)
+        seeds = [(x + offset, v) for x, e in zip(xs, entries, strict=True) for v in e[key]["values"]
+                 if v is not None]
+        if seeds:
+            ax.scatter(*zip(*seeds, strict=True), s=8, color=color, alpha=0.35)
+    chosen = rec.get("chosen")
+    labels = [f"{'★ ' if e['name'] == chosen else ''}{e['name']}\n{e['optimizer']}" for e in entries]
+    ax.set_xticks(xs, labels, fontsize="small")
+    for x, e in zip(xs, entries, strict=True):
+        if e["kind"] == "baseline":
+            ax.axvspan(x - 0.4, x + 0.4, color="0.92", zorder=0)
+    ax.set_ylabel("metric (mean ± std over seeds)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def comparison_curves(curves: list[dict[str, Any]], *, title: str = "optimizer comparison",
+                      key: str = "train_loss") -> Any:
+    """One line per curve (``{"label", key: [per-epoch values], "std": [...] optional}``) on one
+    axis: the tutorial's comparison figure. A ``std`` list draws a band of ±1 std."""
+    fig, ax = _figure()
+    for c in curves:
+        ys = c[key]
+        epochs = list(range(1, len(ys) + 1))
+        (line,) = ax.plot(epochs, ys, marker="o", markersize=3, label=c["label"])
+        if c.get("std"):
+            lo = [y - s for y, s in zip(ys, c["std"], strict=True)]
+            hi = [y + s for y, s in zip(ys, c["std"], strict=True)]
+            ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_ylabel(key.replace("_", " "))
+    if curves:
+        ax.set_yscale("log")
+        ax.legend(fontsize="small", ncol=2 if len(curves) > 6 else 1)
+    else:
+        _note(ax, "no run finished")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG of exactly ``FIGSIZE * DPI`` pixels and free it."""
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+# --- the summary -------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v, 3)}" for k, v in params.items()) or "defaults"
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    if not stats or stats.get("mean") is None:
+        return "–"
+    return f"{stats['mean']:.4f} ± {stats['std'] or 0.0:.4f}"
+
+
+def summary_markdown(study: Any, rec: dict[str, Any] | None, importances: dict[str, float],
+                     plots: dict[str, str]) -> str:
+    """The report's ``summary.md``: what to use, how sure, and the evidence, in a minute."""
+    from autoopt.study import counts
+
+    trials = study.get_trials(deepcopy=False)
+    c = counts(trials)
+    metric = _metric(study)
+    lines = [f"# autoopt report: {study.study_name}", ""]
+    lines.append(f"{len(trials)} trials: {c['complete']} complete, {c['pruned']} pruned, "
+                 f"{len(trials) - c['complete'] - c['pruned'] - c['running']} failed; "
+                 f"metric `{metric}` ({study.direction.name.lower()}).")
+    lines.append("")
+    if rec is None:
+        lines += ["No recommendation is stored with this study yet: run `autoopt tune` to the end.", ""]
+    else:
+        lines += ["## Recommendation", ""]
+        lines.append(f"- **{rec['optimizer']}** ({_params(rec['optimizer_params'])})")
+        sched = rec["scheduler"]
+        if rec["scheduler_params"]:
+            sched += f" ({_params(rec['scheduler_params'])})"
+        lines.append(f"- scheduler: {sched}; gradient clipping: {_fmt(rec.get('grad_clip_norm'), 3)}")
+        chosen = rec.get("chosen")
+        entries = {e["name"]: e for e in confirmation_entries(rec)}
+        if chosen in entries:
+            e = entries[chosen]
+            kind = "a baseline: no tuned config beat it" if e["kind"] == "baseline" else "a tuned config"
+            lines.append(f"- chosen: `{chosen}`, {kind}; {metric} {_mean_std(e['val'])}, "
+                         f"test {_mean_std(e['test'])} over {len(e['val']['values'])} seeds")
+        elif rec.get("value") is not None:
+            lines.append(f"- {metric} {rec['value']:.4f} (one run: not confirmed over seeds)")
+        imp = rec.get("improvement")
+        if imp:
+            verdict = ("beyond the seed-to-seed spread" if imp["delta"] > imp["spread"]
+                       else "within the seed-to-seed spread: tuning bought little here")
+            lines.append(f"- versus the best baseline (`{imp.get('versus')}`): {imp['metric']} "
+                         f"{imp['delta']:+.4f}, spread {imp['spread']:.4f} — {verdict}")
+        lines.append("")
+        if entries:
+            lines += ["## Confirmation over seeds", "",
+                      f"| config | kind | optimizer | {metric} | test |", "| --- | --- | --- | --- | --- |"]
+            for name, e in entries.items():
+                mark = " ★" if name == chosen else ""
+                lines.append(f"| {name}{mark} | {e['kind']} | {e['optimizer']} | {_mean_std(e['val'])} | "
+                             f"{_mean_std(e['test'])} |")
+            lines.append("")
+    best = best_per_family(study)
+    if best:
+        lines += ["## Best trial per optimizer family", "", f"| family | trial | {metric} | lr |",
+                  "| --- | --- | --- | --- |"]
+        ordered = sorted(best.items(), key=lambda kv: kv[1].value, reverse=_maximize(study))
+        for fam, t in ordered:
+            lr = (t.user_attrs.get("config") or {}).get("optimizer_params", {}).get("lr")
+            lines.append(f"| {fam} | #{t.number} | {t.value:.4f} | {_fmt(lr, 3)} |")
+        lines.append("")
+    if importances:
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(importances.items())[:4])
+        lines += [f"Parameter importances: {top}.", ""]
+    lines += ["## Plots", ""] + [f"- [{title}]({name})" for title, name in plots.items()]
+    lines += ["", "Use it: `from autoopt import recommend; rec = recommend("
+              f"{(rec or {}).get('task', study.study_name)!r}); opt = rec.build_optimizer(model)`", ""]
+    return "\n".join(lines)
+
+
+# --- the report folder ----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What ``write_report`` wrote: the folder, its files by name, and the MLflow run it was
+    logged to (None when there was none)."""
+
+    folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    run_id: str | None = None
+    importances: dict[str, float] = field(default_factory=dict)
+
+
+PLOTS = {
+    "optimization_history.png": "optimization history",
+    "param_importances.png": "parameter importances",
+    "loss_curves.png": "best loss curve per optimizer family",
+    "lr_vs_metric.png": "learning rate vs metric per family",
+    "confirmation.png": "confirmation and baselines (mean ± std over seeds)",
+}
+
+
+def load_study_for_report(task: str, storage: str | None = None, study_name: str | None = None) -> Any:
+    """The study of ``task`` (or ``study_name``) in ``storage``; a clear ``UsageError`` when
+    there is none."""
+    from autoopt.spec import DEFAULT_STORAGE
+    from autoopt.study import absolute_sqlite, load_existing_study, mask_url, open_storage, sqlite_path
+
+    url = absolute_sqlite(storage or os.environ.get("AUTOOPT_STORAGE") or DEFAULT_STORAGE)
+    name = study_name or task
+    path = sqlite_path(url)
+    study = None
+    if path is None or path.exists():  # don't create an empty database just to look
+        study = load_existing_study(open_storage(url, heartbeat=False), name)
+    if study is None:
+        raise UsageError(f"no study '{name}' in {mask_url(url)}; run: autoopt tune --task {task} "
+                         "(or pass --storage / --study)")
+    return study
+
+
+def write_report(task: str, *, storage: str | None = None, study_name: str | None = None,
+                 out: str | Path | None = None, mlflow_uri: str | None = None) -> Report:
+    """Write ``reports/<task>/`` (or ``out``): five PNGs and ``summary.md``; log the folder to
+    the study's latest parent MLflow run under ``report/``.
+
+    >>> report = write_report("digits")        # doctest: +SKIP
+    >>> sorted(report.files)[:2]               # doctest: +SKIP
+    ['confirmation.png', 'loss_curves.png']
+    """
+    from autoopt.recommendation import STUDY_ATTR
+
+    study = load_study_for_report(task, storage, study_name)
+    if not _complete(study):
+        raise UsageError(f"study '{study.study_name}' has no complete trial to report on; "
+                         f"run: autoopt tune --task {task}")
+    rec = study.user_attrs.get(STUDY_ATTR)
+    folder = Path(out) if out else Path("reports") / task
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report(folder)
+    importance_fig, report.importances = param_importances(study)
+    figures = {
+        "optimization_history.png": optimization_history(study),
+        "param_importances.png": importance_fig,
+        "loss_curves.png": loss_curves(study),
+        "lr_vs_metric.png": lr_vs_metric(study),
+        "confirmation.png": confirmation_plot(rec or {}),
+    }
+    for name, fig in figures.items():
+        report.files[name] = save_figure(fig, folder / name)
+    summary = folder / "summary.md"
+    summary.write_text(summary_markdown(study, rec, report.importances,
+                                        {PLOTS[n]: n for n in figures}))
+    report.files["summary.md"] = summary
+    report.run_id = _log_to_mlflow(task, study.study_name, folder, mlflow_uri)
+    return report
+
+
+def _log_to_mlflow(task: str, study_name: str, folder: Path, mlflow_uri: str | None) -> str | None:
+    from autoopt.spec import DEFAULT_TRACKING
+    from autoopt.study import sqlite_path
+
+    uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING
+    path = sqlite_path(uri) if uri.startswith("sqlite") else None
+    if path is not None and not path.exists():
+        log.warning("no MLflow database at %s: the report is not logged to MLflow", uri)
+        return None
+    try:
+        from autoopt import tracking
+
+        run_id = tracking.latest_study_run(uri, task, study_name)
+        if run_id is None:
+            log.warning("no MLflow run of study %s in %s: the report is not logged", study_name, uri)
+            return None
+        tracking.log_folder(uri, run_id, folder, "report")
+        return run_id
+    except Exception as exc:  # the report on disk is what matters; tracking is a copy
+        log.warning("could not log the report to MLflow: %s", exc)
+        return None

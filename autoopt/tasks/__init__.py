@@ -1,7 +1,7 @@
 """Tasks: the built-in ones and a user's own ``module:function``.
 
 >>> sorted(BUILTIN)
-['cifar10', 'digits', 'mnist']
+['cifar10', 'digits', 'digits_lstm', 'mnist', 'mnist_lstm']
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autoopt.errors import UsageError
 from autoopt.tasks.base import Task
@@ -18,6 +19,9 @@ BUILTIN: dict[str, str] = {
     "digits": "autoopt.tasks.digits",
     "mnist": "autoopt.tasks.mnist",
     "cifar10": "autoopt.tasks.cifar10",
+    # module:function where one module builds several tasks
+    "digits_lstm": "autoopt.tasks.sequence:load_digits",
+    "mnist_lstm": "autoopt.tasks.sequence:load_mnist",
 }
 
 __all__ = ["BUILTIN", "Task", "check_task_name", "default_data_dir", "load_task"]
@@ -58,13 +62,24 @@ def load_task(name: str, data_dir: Path | str | None = None) -> Task:
     root = Path(data_dir) if data_dir else default_data_dir()
     check_task_name(name)
     if name in BUILTIN:
-        return importlib.import_module(BUILTIN[name]).load(root)
+        return _builtin(name)[1](root)
     task = _resolve_function(name)(root)
     if not isinstance(task, Task):
         raise UsageError(f"task '{name}' returned {type(task).__name__}, not an autoopt Task")
     return task
 
 
+def _builtin(name: str) -> tuple[Any, Callable[..., Task]]:
+    """A built-in task's module and loader: ``module`` (its ``load``) or ``module:function``."""
+    module_name, _, fn = BUILTIN[name].partition(":")
+    module = importlib.import_module(module_name)
+    return module, getattr(module, fn or "load")
+
+
 def task_sources() -> dict[str, str]:
     """Where each built-in task's data comes from (``autoopt tasks``)."""
-    return {n: importlib.import_module(m).SOURCE for n, m in BUILTIN.items()}
+    sources = {}
+    for name in BUILTIN:
+        module = _builtin(name)[0]
+        sources[name] = getattr(module, "SOURCES", {}).get(name, module.SOURCE)
+    return sources
