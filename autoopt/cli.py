@@ -50,15 +50,18 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.markup import escape
+
         from autoopt.study import StorageDown
 
+        # Messages are escaped: rich would eat "[modern]" in "pip install 'autoopt[modern]'" as markup.
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except StorageDown as exc:
-            err.print(f"[red]error:[/red] {exc}; finished trials are kept, run the same command "
+            err.print(f"[red]error:[/red] {escape(str(exc))}; finished trials are kept, run the same command "
                       "again when the database is back", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -69,7 +72,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if os.environ.get("AUTOOPT_DEBUG"):
                 raise
-            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -28,10 +28,11 @@ BASELINES: dict[str, TrialConfig] = {
     "adam_tutorial": TrialConfig("adam", {"lr": 1e-3}),
     "rmsprop_tutorial": TrialConfig("rmsprop", {"lr": 1e-3}),
 }
-# Tuning-free optimizers at their defaults (when the `modern` extra is installed).
+# Tuning-free optimizers at their published defaults (when the `modern` extra is installed):
+# Schedule-Free AdamW at lr 0.0025, betas (0.9, 0.999), no warmup; Prodigy at lr 1.0, d_coef 1.0.
+# Their registry entries' defaults, so `autoopt compare` trains the very same configs.
 TUNING_FREE: dict[str, TrialConfig] = {
-    "sfadamw_default": TrialConfig("sfadamw", {"lr": 0.0025}),
-    "prodigy_default": TrialConfig("prodigy", {"lr": 1.0}),
+    f"{name}_default": TrialConfig(name, dict(FAMILIES[name].defaults)) for name in ("sfadamw", "prodigy")
 }
 
 

@@ -88,6 +88,9 @@ class StudySpec(BaseModel):
             register_optimizer(name, custom.class_path, self._parse_space(name, custom.space),
                                schedulers=custom.schedulers, train_eval=custom.train_eval)
         self.optimizers = resolve_optimizers(self.optimizers)
+        for name in self.optimizers:
+            # A missing extra (pip install 'autoopt[modern]') is bad input: say so before anything starts.
+            family(name).load_class()
         for name in self.schedulers:
             if name not in SCHEDULES:
                 raise UsageError(f"unknown scheduler '{name}'; known: {', '.join(SCHEDULES)}")
