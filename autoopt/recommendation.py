@@ -59,11 +59,24 @@ class Recommendation:
         return TrialConfig(self.optimizer, dict(self.optimizer_params), self.scheduler,
                            dict(self.scheduler_params), self.grad_clip_norm)
 
+    def family(self) -> Any:
+        """The optimizer's registry entry. A family this process has not registered (a user's
+        own class, recommended by a study run elsewhere) is registered from the stored
+        ``optimizer_class`` import path."""
+        from autoopt.space import FAMILIES, Fixed, register_optimizer
+
+        path = self.extra.get("optimizer_class")
+        if self.optimizer in FAMILIES or not isinstance(path, str) or ":" not in path:
+            return family(self.optimizer)
+        return register_optimizer(self.optimizer, path, {"lr": Fixed(self.optimizer_params.get("lr", 1e-3))},
+                                  train_eval=bool(self.extra.get("train_eval_mode", False)))
+
     def build_optimizer(self, model_or_params: Any) -> Any:
         """The optimizer, built on a module (preferred: parameter splits need it) or on
         ``model.parameters()``. Biases and norm weights get no weight decay."""
         from autoopt.space import build_optimizer
 
+        self.family()
         return build_optimizer(model_or_params, self.optimizer, self.optimizer_params)
 
     def build_scheduler(self, optimizer: Any, *, epochs: int, steps_per_epoch: int) -> Any:
@@ -71,12 +84,15 @@ class Recommendation:
         scheduler instead once per epoch with the validation loss (``scheduler_step`` says)."""
         from autoopt.space import build_scheduler
 
-        name = self.scheduler if family(self.optimizer).schedulers else "none"
+        name = self.scheduler if self.family().schedulers else "none"
         return build_scheduler(optimizer, name, self.scheduler_params, epochs=epochs,
                                steps_per_epoch=steps_per_epoch)
 
     def to_dict(self) -> dict[str, Any]:
-        fam = family(self.optimizer) if self.optimizer else None
+        fam = self.family() if self.optimizer else None
+        cls = fam.optimizer_class if fam else None
+        if cls is not None and not isinstance(cls, str):
+            cls = f"{cls.__module__}:{cls.__qualname__}"
         out: dict[str, Any] = {
             "task": self.task, "optimizer": self.optimizer, "optimizer_params": self.optimizer_params,
             "scheduler": self.scheduler, "scheduler_params": self.scheduler_params,
@@ -85,6 +101,8 @@ class Recommendation:
             "created_at": self.created_at,
             "scheduler_step": "epoch" if schedule(self.scheduler).per_epoch else "batch",
             "train_eval_mode": bool(fam and fam.train_eval),
+            # where the class comes from: recommend() in another process rebuilds a user's own family
+            "optimizer_class": cls,
         }
         out.update(self.extra)
         return out
@@ -92,7 +110,7 @@ class Recommendation:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recommendation:
         core = {k: data[k] for k in CORE_KEYS if k in data}
-        derived = {"scheduler_step", "train_eval_mode"}
+        derived = {"scheduler_step"}  # train_eval_mode stays: family() re-registers a user's class with it
         extra = {k: v for k, v in data.items() if k not in CORE_KEYS and k not in derived}
         return cls(**core, extra=extra)
 
