@@ -435,17 +435,22 @@ def _step_lr(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
 
 
 def _cosine(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
-    from torch.optim.lr_scheduler import CosineAnnealingLR
+    from torch.optim.lr_scheduler import LambdaLR
 
-    base = opt.param_groups[0]["lr"]
-    return CosineAnnealingLR(opt, T_max=max(1, epochs * steps), eta_min=base * p["eta_min_ratio"])
+    # A factor, not CosineAnnealingLR's one absolute eta_min: each group decays to its own
+    # lr x eta_min_ratio (Muon's AdamW group runs ~100x below its Muon group).
+    total, floor = max(1, epochs * steps), p["eta_min_ratio"]
+    return LambdaLR(opt, lambda step: (
+        floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))))
 
 
 def _onecycle(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
     from torch.optim.lr_scheduler import OneCycleLR
 
-    # max_lr is the tuned lr; momentum cycling only where the family has momentum or betas.
-    cycle = all("momentum" in g or "betas" in g for g in opt.param_groups)
+    # max_lr is the tuned lr; momentum is cycled only where every group has the key OneCycleLR
+    # cycles (it reads the optimizer's defaults: Muon's mixed groups have neither there).
+    key = "betas" if "betas" in opt.defaults else "momentum" if "momentum" in opt.defaults else None
+    cycle = key is not None and all(key in g for g in opt.param_groups)
     return OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(2, epochs * steps),
                       pct_start=p["pct_start"], cycle_momentum=cycle)
 

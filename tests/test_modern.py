@@ -18,7 +18,7 @@ from autoopt import space
 from autoopt.confirm import TUNING_FREE, baselines
 from autoopt.errors import UsageError
 from autoopt.recommendation import Recommendation
-from autoopt.tasks import load_task
+from autoopt.tasks import Task, load_task
 from autoopt.train import evaluate, train
 
 MODERN = ("lion", "adopt", "sfadamw", "prodigy", "muon", "soap")
@@ -44,6 +44,11 @@ def fixed_problem() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(96, 1, 8, 8, generator=gen)
     y = (x[:, 0, :4].mean((1, 2)) > 0).long() * 2 + (x[:, 0, :, :4].mean((1, 2)) > 0).long()
     return x, y
+
+
+@pytest.fixture(scope="module")
+def digits_task() -> Task:
+    return load_task("digits")
 
 
 def midpoint(name: str) -> dict:
@@ -170,6 +175,37 @@ def test_muon_orthogonalises_a_conv_filter_as_a_flattened_matrix() -> None:
     assert sv.max() / sv.min() < 3, sv
 
 
+@pytest.mark.parametrize("sched", list(space.SCHEDULES))
+def test_muon_groups_keep_their_lr_ratio_under_every_scheduler(sched: str) -> None:
+    # A study sampled muon + onecycle and failed (OneCycleLR reads the optimizer's defaults),
+    # and cosine decayed every group towards the Muon group's floor.
+    params = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0, "adamw_lr": 3e-4}
+    optimizer = space.build_optimizer(ConvNet(), "muon", params)
+    sched_params = {k: space.default_of(d) for k, d in space.SCHEDULES[sched].space.items()}
+    # Warmup in front, except for cosine, whose floor is checked at the end.
+    warmup = 0.0 if sched == "cosine" else 0.1
+    scheduler = space.build_scheduler(optimizer, sched, {**sched_params, "warmup_ratio": warmup}, epochs=2,
+                                      steps_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step(1.0) if space.SCHEDULES[sched].per_epoch else scheduler.step()
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+    for muon_lr, *adamw_lrs in lrs:
+        assert muon_lr <= params["lr"] * (1 + 1e-9)
+        for lr in adamw_lrs:
+            assert lr == pytest.approx(muon_lr * params["adamw_lr"] / params["lr"], rel=1e-6, abs=1e-12)
+    if sched == "cosine":
+        assert lrs[-1][0] == pytest.approx(params["lr"] * sched_params["eta_min_ratio"], rel=1e-6)
+
+
+def test_muon_trains_with_onecycle(digits_task: Task) -> None:
+    cfg = space.TrialConfig("muon", midpoint("muon"), "onecycle", {"pct_start": 0.25})
+    result = train(digits_task, cfg, epochs=1, seed=0)
+    assert result.status == "complete" and result.value > 0.5
+
+
 def _probe_family(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimizer]:
     """Register a Schedule-Free AdamW that remembers its instances, with sfadamw's protocol."""
     from pytorch_optimizer import ScheduleFreeAdamW
@@ -186,9 +222,10 @@ def _probe_family(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimizer
     return made
 
 
-def test_schedule_free_validates_at_its_averaged_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schedule_free_validates_at_its_averaged_weights(monkeypatch: pytest.MonkeyPatch,
+                                                        digits_task: Task) -> None:
     made = _probe_family(monkeypatch)
-    digits = load_task("digits")
+    digits = digits_task
     models: list[nn.Module] = []
 
     def build() -> nn.Module:
@@ -318,7 +355,7 @@ def test_modern_defaults_are_the_published_ones(name: str) -> None:
     assert {k: expected[k] for k in kwargs} == kwargs
 
 
-def test_tuning_free_baselines_run_at_their_defaults() -> None:
+def test_tuning_free_baselines_run_at_their_defaults(digits_task: Task) -> None:
     assert {"sfadamw_default", "prodigy_default"} <= set(baselines())
     for cfg in TUNING_FREE.values():
         assert cfg.scheduler == "none" and cfg.grad_clip_norm is None
@@ -327,7 +364,6 @@ def test_tuning_free_baselines_run_at_their_defaults() -> None:
         assert {k: expected[k] for k in kwargs} == kwargs
     assert TUNING_FREE["prodigy_default"].optimizer_params["lr"] == 1.0
     assert TUNING_FREE["sfadamw_default"].optimizer_params["lr"] == 0.0025
-    task = load_task("digits")
     for cfg in TUNING_FREE.values():
-        result = train(task, cfg, epochs=2, seed=0)
+        result = train(digits_task, cfg, epochs=2, seed=0)
         assert result.status == "complete" and result.value > 0.8, (cfg, result.value)
