@@ -1,0 +1,182 @@
+"""The CLI end to end on digits, in an empty folder, as a new user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+
+from conftest import run_cli
+
+FAST = ["--task", "digits", "--epochs", "2", "--no-confirm", "--concurrency", "2"]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small study, shared by the tests that read what it wrote."""
+    folder = tmp_path_factory.mktemp("tuned")
+    res = run_cli("tune", *FAST, "--trials", "6", cwd=folder)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return folder
+
+
+def finished(folder: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{folder / 'autoopt.db'}")
+    return [t for t in study.trials if t.state.is_finished()]
+
+
+def test_tune_writes_storage_tracking_and_recommendation(tuned: Path) -> None:
+    rec = json.loads((tuned / "recommendations" / "digits.json").read_text())
+    assert rec["task"] == "digits" and rec["study_name"] == "digits"
+    assert rec["metric"] == "val_accuracy" and rec["direction"] == "maximize"
+    assert rec["optimizer"] in {"sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam"}
+    assert 0.5 < rec["value"] <= 1.0
+    trials = finished(tuned)
+    assert len(trials) == 6
+    best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert rec["trial_number"] == best.number and rec["value"] == pytest.approx(best.value)
+    # Every trial reported its validation metric per epoch (pruning works across processes).
+    assert all(len(t.intermediate_values) >= 1 for t in trials)
+
+
+def test_mlflow_holds_parent_and_nested_runs_with_epoch_metrics(tuned: Path) -> None:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tuned / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("autoopt/digits")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 6
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert all(c.info.status == "FINISHED" for c in children)
+    child = children[0]
+    assert {"autoopt.trial_number", "autoopt.state", "autoopt.optimizer"} <= set(child.data.tags)
+    fam = child.data.tags["autoopt.optimizer"]
+    assert child.data.params["optimizer"] == fam and "lr" in child.data.params
+    for metric in ("train_loss", "val_loss", "val_accuracy", "lr"):
+        history = client.get_metric_history(child.info.run_id, metric)
+        assert [m.step for m in history] == list(range(1, len(history) + 1)), metric
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "recommendation")}
+    assert "recommendation/digits.json" in artifacts
+    plots = {a.path for a in client.list_artifacts(parents[0].info.run_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+
+
+def test_recommend_builds_working_optimizer_and_scheduler(tuned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoopt import recommend
+
+    monkeypatch.chdir(tuned)
+    rec = recommend("digits")
+    assert rec.to_dict()["optimizer_params"] == json.loads(
+        (tuned / "recommendations" / "digits.json").read_text())["optimizer_params"]
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = rec.build_optimizer(model)
+    sched = rec.build_scheduler(opt, epochs=3, steps_per_epoch=4)
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    before = model[0].weight.detach().clone()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step(loss.item()) if rec.to_dict()["scheduler_step"] == "epoch" else sched.step()
+    assert not torch.equal(before, model[0].weight)
+
+    shown = run_cli("recommend", "--task", "digits", cwd=tuned)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["optimizer"] == rec.optimizer
+    code = run_cli("recommend", "--task", "digits", "--format", "python", cwd=tuned)
+    assert code.returncode == 0 and "rec.build_optimizer(model)" in code.stdout
+    compile(code.stdout, "snippet", "exec")
+
+
+def test_rerun_with_more_trials_extends_the_same_study(tuned: Path) -> None:
+    res = run_cli("tune", *FAST, "--trials", "8", cwd=tuned)
+    assert res.returncode == 0, res.stderr[-2000:]
+    trials = finished(tuned)
+    assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
+    # Same command again: nothing left to do, no duplicate work.
+    again = run_cli("tune", *FAST, "--trials", "8", cwd=tuned)
+    assert again.returncode == 0 and len(finished(tuned)) == 8
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["tune", "--task", "cifar"], "unknown task 'cifar'; known tasks: cifar10, digits"),
+    (["tune", "--task", "digits", "--optimizers", "sgd,adamz"], "unknown optimizer 'adamz'"),
+    (["tune", "--task", "digits", "--epochs", "0"], "--epochs"),
+    (["tune", "--task", "digits", "--trials", "-3"], "--trials"),
+    (["tune", "--task", "digits", "--storage", "nosuchdb://x"], "cannot open storage"),
+    (["tune", "--task", "digits", "--storage", "postgresql+psycopg://u:hunter2@127.0.0.1:9/db"],
+     "cannot open storage"),
+    (["tune", "--task", "digits", "--study-file", "missing.yaml"], "does not exist"),
+    (["recommend", "--task", "digits"], "run: autoopt tune --task digits"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], expect: str) -> None:
+    res = run_cli(*args, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert expect in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "hunter2" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expect in errors[0]  # one line that names the fix
+
+
+def test_malformed_study_file_names_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("task: digits\ntrials: [1, 2\n")
+    res = run_cli("tune", "--study-file", "bad.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "not valid YAML" in res.stderr
+    (tmp_path / "typo.yaml").write_text("task: digits\ntrails: 3\n")
+    res = run_cli("tune", "--study-file", "typo.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "trails" in res.stderr and "unknown key" in res.stderr
+    (tmp_path / "space.yaml").write_text("task: digits\nspace:\n  sgd:\n    lr: {log: [0, 1]}\n")
+    res = run_cli("tune", "--study-file", "space.yaml", cwd=tmp_path)
+    assert res.returncode == 2 and "sgd.lr" in res.stderr
+
+
+def test_user_study_file_is_used(tmp_path: Path) -> None:
+    (tmp_path / "mine.yaml").write_text(
+        "task: digits\ntrials: 3\nepochs: 1\noptimizers: [adam]\nschedulers: [none]\ngrad_clip: false\n"
+        "confirm: false\nstudy_name: mine\nspace:\n  adam:\n    lr: {log: [1.0e-3, 3.0e-3]}\n")
+    res = run_cli("tune", "--study-file", "mine.yaml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{tmp_path / 'autoopt.db'}")
+    assert len(study.trials) == 3
+    assert all(t.params["optimizer"] == "adam" and 1e-3 <= t.params["adam.lr"] <= 3e-3 for t in study.trials)
+
+
+def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "autoopt", "tune", *FAST, "--trials", "40", "--epochs", "4"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "autoopt.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        if db.exists():
+            try:
+                if len(finished(tmp_path)) >= 3:
+                    break
+            except Exception:
+                continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command again" in err
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert (tmp_path / "recommendations" / "digits.json").exists()  # best so far
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("autoopt/digits")
+    assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    # Resuming finishes exactly the remainder: re-queued trials run, the total is honoured.
+    res = run_cli("tune", *FAST, "--trials", "12", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
+    counted = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(counted) >= 12 - len([t for t in study.trials if t.state.name == "FAIL"])
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
