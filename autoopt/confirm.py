@@ -91,7 +91,8 @@ def rank_key(entry: dict[str, Any], direction: str, *, baseline: bool) -> tuple:
         return (2, 0.0, 1)
     all_done = val["complete"] == len(val["values"])
     sign = -1.0 if direction == "maximize" else 1.0
-    return (0 if all_done else 1, sign * val["mean"], 0 if baseline else 1)
+    # Rounded: means equal up to float noise (0.85 vs 0.8500000000000001) are a tie.
+    return (0 if all_done else 1, round(sign * val["mean"], 9), 0 if baseline else 1)
 
 
 def choose(table: dict[str, dict[str, Any]], candidates: list[str], bases: list[str],

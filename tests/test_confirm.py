@@ -1,0 +1,194 @@
+"""Confirmation over seeds against the tutorial's baselines, and recommend() without a study."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from autoopt import recommend
+from autoopt.confirm import BASELINES, baselines, choose, confirmation_seeds, improvement, summarize
+from autoopt.errors import UsageError
+
+# --- the rules, on hand-made tables ---------------------------------------------------------------
+
+
+def _entry(val: list[float | None], test: list[float | None] | None = None) -> dict:
+    return {"val": summarize(val), "test": summarize(test if test is not None else val)}
+
+
+def test_summarize_counts_only_completed_seeds() -> None:
+    s = summarize([0.9, None, 0.7])
+    assert s["mean"] == pytest.approx(0.8) and s["std"] == pytest.approx(0.1)
+    assert s["complete"] == 2 and s["values"] == [0.9, None, 0.7]
+    assert summarize([None, None]) == {"mean": None, "std": None, "values": [None, None], "complete": 0}
+
+
+def test_best_mean_wins_and_a_baseline_that_is_best_is_the_recommendation() -> None:
+    table = {"trial_1": _entry([0.90, 0.92]), "trial_2": _entry([0.80, 0.99]),
+             "adam_tutorial": _entry([0.93, 0.93]), "sgd_tutorial": _entry([0.5, 0.5])}
+    winner, cand, base = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "sgd_tutorial"], "maximize")
+    assert (cand, base) == ("trial_1", "adam_tutorial")  # 0.91 beats 0.895 on the mean, not on the best seed
+    assert winner == "adam_tutorial"
+
+
+def test_a_tie_goes_to_the_baseline() -> None:
+    table = {"trial_1": _entry([0.9, 0.8]), "adam_tutorial": _entry([0.85, 0.85])}
+    assert choose(table, ["trial_1"], ["adam_tutorial"], "maximize")[0] == "adam_tutorial"
+
+
+def test_a_config_that_failed_on_a_seed_ranks_below_complete_ones() -> None:
+    # trial_1's surviving seed looks great, but it diverged on the other.
+    table = {"trial_1": _entry([0.99, None]), "trial_2": _entry([0.7, 0.72]),
+             "adam_tutorial": _entry([0.6, 0.6])}
+    assert choose(table, ["trial_1", "trial_2"], ["adam_tutorial"], "maximize")[:2] == ("trial_2", "trial_2")
+
+
+def test_minimized_metric_picks_the_lowest_mean() -> None:
+    table = {"trial_1": _entry([0.30, 0.32]), "adam_tutorial": _entry([0.40, 0.42])}
+    assert choose(table, ["trial_1"], ["adam_tutorial"], "minimize")[0] == "trial_1"
+    imp = improvement(table, "trial_1", "adam_tutorial", "minimize", "test_rmse")
+    # positive means better: the baseline's RMSE minus the recommendation's
+    assert imp["delta"] == pytest.approx(0.41 - 0.31) and imp["spread"] == pytest.approx(0.01)
+
+
+def test_improvement_is_recommended_minus_best_baseline_with_the_larger_spread() -> None:
+    table = {"trial_1": _entry([0.9, 0.9], test=[0.95, 0.97]),
+             "adam_tutorial": _entry([0.8, 0.8], test=[0.90, 0.94])}
+    imp = improvement(table, "trial_1", "adam_tutorial", "maximize", "test_accuracy")
+    assert imp["metric"] == "test_accuracy" and imp["versus"] == "adam_tutorial"
+    assert imp["delta"] == pytest.approx(0.96 - 0.92)
+    assert imp["spread"] == pytest.approx(max(statistics.pstdev([0.95, 0.97]),
+                                              statistics.pstdev([0.90, 0.94])))
+    assert improvement(table, "trial_1", None, "maximize", "test_accuracy") is None
+
+
+def test_baselines_are_the_tutorials_defaults() -> None:
+    assert BASELINES["sgd_tutorial"].optimizer_params == {"lr": 0.01, "momentum": 0.9}
+    assert BASELINES["adam_tutorial"].optimizer_params == {"lr": 1e-3}
+    assert BASELINES["rmsprop_tutorial"].optimizer_params == {"lr": 1e-3}
+    assert all(b.scheduler == "none" and b.grad_clip_norm is None for b in BASELINES.values())
+
+
+# --- a real study whose search space is hopeless: the baseline must win -----------------------------
+
+POOR_STUDY = """\
+task: digits
+optimizers: [sgd]
+schedulers: [none]
+grad_clip: false
+pruner: none
+space:
+  sgd:
+    lr: {log: [1.0e-7, 1.0e-6]}
+    momentum: 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def poor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished study whose trials could only pick learning rates that cannot learn in an epoch."""
+    folder = tmp_path_factory.mktemp("poor")
+    (folder / "poor.yaml").write_text(POOR_STUDY)
+    res = run_cli("tune", "--study-file", "poor.yaml", "--trials", "3", "--epochs", "1", "--confirm-top", "2",
+                  "--confirm-seeds", "2", "--concurrency", "2", cwd=folder)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return folder
+
+
+def _rec(folder: Path) -> dict:
+    return json.loads((folder / "recommendations" / "digits.json").read_text())
+
+
+def test_baseline_wins_over_a_hopeless_search(poor: Path) -> None:
+    rec = _rec(poor)
+    assert rec["source"] == "study"
+    # the tutorial's three, plus the tuning-free optimizers where their extra is installed
+    assert set(baselines()) == {b["name"] for b in rec["baselines"]} >= set(BASELINES)
+    assert rec["chosen"] in baselines() and rec["chosen_kind"] == "baseline"
+    winner = next(b for b in rec["baselines"] if b["name"] == rec["chosen"])
+    assert rec["optimizer"] == winner["optimizer"] and rec["optimizer_params"] == winner["params"]
+    assert rec["scheduler"] == "none" and rec["grad_clip_norm"] is None and rec["trial_number"] is None
+    assert rec["value"] == winner["val"]["mean"]
+    # Every tuned config trained at lr <= 1e-6 and stays far below the baseline.
+    for entry in rec["confirmation"].values():
+        assert entry["optimizer_params"]["lr"] <= 1e-6
+        assert entry["val"]["mean"] < winner["val"]["mean"] - 0.2
+    # The best baseline is the recommendation itself: tuning bought nothing.
+    assert rec["improvement"]["versus"] == rec["chosen"]
+    assert rec["improvement"]["delta"] == 0.0 and rec["improvement"]["metric"] == "test_accuracy"
+
+
+def test_confirmation_numbers_are_the_runs_numbers(poor: Path) -> None:
+    """mean/std/per-seed values in the JSON are those of the nested MLflow runs, seed by seed."""
+    import mlflow
+
+    rec = _rec(poor)
+    seeds = confirmation_seeds(0, 2)
+    entries = {**rec["confirmation"], **{b["name"]: b for b in rec["baselines"]}}
+    assert len(rec["confirmation"]) == 2 and set(BASELINES) <= {b["name"] for b in rec["baselines"]}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{poor / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("autoopt/digits")
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("autoopt.kind") in ("confirm", "baseline")]
+    assert len(runs) == len(entries) * 2
+    by_key = {(r.data.tags["autoopt.candidate"], int(r.data.tags["autoopt.seed"])): r for r in runs}
+    for name, entry in entries.items():
+        for key in ("val", "test"):
+            stats = entry[key]
+            assert len(stats["values"]) == 2 and None not in stats["values"]
+            assert stats["mean"] == pytest.approx(statistics.fmean(stats["values"]))
+            assert stats["std"] == pytest.approx(statistics.pstdev(stats["values"]))
+        for seed, val, test in zip(seeds, entry["val"]["values"], entry["test"]["values"], strict=True):
+            run = by_key[(name, seed)]
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["val_accuracy"] == pytest.approx(val)
+            assert run.data.metrics["test_accuracy"] == pytest.approx(test)
+    # The confirmed configs are the study's best trials, and the search's pick is kept for reference.
+    import optuna
+
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{poor / 'autoopt.db'}")
+    best_two = sorted(study.trials, key=lambda t: t.value, reverse=True)[:2]
+    assert {e["trial_number"] for e in rec["confirmation"].values()} == {t.number for t in best_two}
+    assert rec["search_value"] == study.best_value
+
+
+def test_stored_recommendation_is_what_recommend_returns(poor: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(poor)
+    monkeypatch.delenv("AUTOOPT_STORAGE", raising=False)
+    data = recommend("digits").to_dict()
+    file = _rec(poor)
+    for key in ("optimizer", "optimizer_params", "confirmation", "baselines", "improvement", "source"):
+        assert data[key] == file[key]
+
+
+# --- recommend() without a study --------------------------------------------------------------------
+
+
+def test_recommend_without_a_study_names_the_command(workdir: Path) -> None:
+    with pytest.raises(UsageError, match=r"autoopt tune --task mnist"):
+        recommend("mnist")
+    assert not (workdir / "autoopt.db").exists()  # looking did not create a database
+
+
+def test_recommend_falls_back_to_the_documented_prior(workdir: Path) -> None:
+    import torch
+
+    rec = recommend("mnist", fallback="prior")
+    data = rec.to_dict()
+    assert data["source"] == "prior" and data["optimizer"] == "adamw" and data["scheduler"] == "cosine"
+    model = torch.nn.Linear(4, 2)
+    opt = rec.build_optimizer(model)
+    assert type(opt).__name__ == "AdamW" and rec.build_scheduler(opt, epochs=2, steps_per_epoch=3) is not None
+    with pytest.raises(UsageError, match="fallback"):
+        recommend("mnist", fallback="guess")
+
+
+def test_cli_recommend_without_a_study_is_one_line_exit_2(workdir: Path) -> None:
+    res = run_cli("recommend", "--task", "mnist", cwd=workdir)
+    assert res.returncode == 2
+    assert "autoopt tune --task mnist" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
