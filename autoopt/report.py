@@ -136,11 +136,12 @@ def importance_study(study: Any) -> Any:
     derived = optuna.create_study(direction=study.direction.name.lower())
     lrs = [lr for _, lr, _ in rows if lr is not None]
     use_lr = len(set(lrs)) > 1 and len(lrs) == len(rows)
+    # A parameter that never varied explains nothing: leave it out rather than rank it 0.
+    choices = {k: sorted({str(c[k]) for c, _, _ in rows}) for k in ("optimizer", "scheduler", "grad_clip")}
+    varied = [k for k, v in choices.items() if len(v) > 1]
     for cats, lr, value in rows:
-        params: dict[str, Any] = dict(cats)
-        dists: dict[str, Any] = {k: CategoricalDistribution(sorted({str(c[k]) for c, _, _ in rows}))
-                                 for k in cats}
-        params = {k: str(v) for k, v in params.items()}
+        params: dict[str, Any] = {k: str(cats[k]) for k in varied}
+        dists: dict[str, Any] = {k: CategoricalDistribution(choices[k]) for k in varied}
         if use_lr:
             params["lr"] = lr
             dists["lr"] = FloatDistribution(min(lrs), max(lrs), log=True)

@@ -165,6 +165,32 @@ def test_stored_recommendation_is_what_recommend_returns(poor: Path, monkeypatch
         assert data[key] == file[key]
 
 
+def test_report_of_the_confirmed_study(poor: Path) -> None:
+    """``autoopt report`` on a study that really ran: curves from the trials' stored histories,
+    the confirmation with the baseline marked as chosen, a summary that says tuning lost."""
+    import optuna
+
+    from autoopt import report
+
+    res = run_cli("report", "--task", "digits", cwd=poor)
+    assert res.returncode == 0, res.stderr[-2000:]
+    folder = poor / "reports" / "digits"
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(report.PLOTS)
+    rec = _rec(poor)
+    summary = (folder / "summary.md").read_text()
+    assert f"`{rec['chosen']}`, a baseline: no tuned config beat it" in summary
+    assert "within the seed-to-seed spread" in summary
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{poor / 'autoopt.db'}")
+    (ax,) = report.loss_curves(study).axes
+    best = max(study.trials, key=lambda t: t.value)
+    assert sorted(line.get_label() for line in ax.get_lines()) == [f"sgd (#{best.number}) train",
+                                                                   f"sgd (#{best.number}) val"]
+    train = next(line for line in ax.get_lines() if line.get_label().endswith("train"))
+    assert list(train.get_ydata()) == pytest.approx([h["train_loss"] for h in best.user_attrs["history"]])
+    labels = [t.get_text() for t in report.confirmation_plot(rec).axes[0].get_xticklabels()]
+    assert f"★ {rec['chosen']}" in [lbl.split("\n")[0] for lbl in labels]
+
+
 # --- recommend() without a study --------------------------------------------------------------------
 
 
