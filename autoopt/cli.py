@@ -247,9 +247,13 @@ def compare(
     _setup_logging()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from autoopt.compare import parse_lrs, run_compare
+    from autoopt.compare import parse_lrs, plan_compare, run_compare
 
-    lr_list = parse_lrs(lrs)
+    # Validate everything before the progress bar starts: bad input is one line, nothing else.
+    plan = plan_compare(task, optimizers, lrs=parse_lrs(lrs), seeds=seeds, epochs=epochs, seed=seed,
+                        mlflow_uri=mlflow_uri, ray_address=ray_address, gpus_per_trial=gpus_per_trial,
+                        cpus_per_trial=cpus_per_trial, concurrency=concurrency, batch_size=batch_size,
+                        data_dir=data_dir)
     with Progress(TextColumn("compare"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err) as bar:
         job = bar.add_task("compare", total=None, info="starting")
@@ -257,11 +261,7 @@ def compare(
         def progress(done: int, total: int, what: str) -> None:
             bar.update(job, completed=done, total=total, info=what)
 
-        result = run_compare(task, optimizers, lrs=lr_list, seeds=seeds, epochs=epochs, out=out_dir,
-                             on_progress=progress,
-                             seed=seed, mlflow_uri=mlflow_uri, ray_address=ray_address,
-                             gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
-                             concurrency=concurrency, batch_size=batch_size, data_dir=data_dir)
+        result = run_compare(plan, out=out_dir, on_progress=progress)
     _print_comparison(result)
 
 

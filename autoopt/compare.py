@@ -139,7 +139,8 @@ def mean_curve(histories: list[list[dict[str, float]]], key: str = "train_loss"
 def summarize_rows(configs: list[tuple[str, TrialConfig]], seeds: list[int],
                    results: dict[tuple[str, int], dict[str, Any]], metric: str, test_metric: str
                    ) -> list[CompareRow]:
-    """Fold the per-seed results into one row per config."""
+    """Fold the per-seed results into one row per config (``test_metric`` equal to ``metric``:
+    the task has no test split, and the validation metric stands in)."""
     rows = []
     for label, cfg in configs:
         runs = [results.get((label, s), {}) for s in seeds]
@@ -151,7 +152,8 @@ def summarize_rows(configs: list[tuple[str, TrialConfig]], seeds: list[int],
             val=summarize([r.get("value") for r in done]),
             train_loss=summarize([r["history"][-1]["train_loss"] if r.get("history") else None
                                   for r in done]),
-            test=summarize([r.get("test", {}).get(test_metric) for r in done]),
+            test=summarize([r.get("test", {}).get(test_metric) if test_metric != metric else r.get("value")
+                            for r in done]),
             curve=curve, curve_std=curve_std,
             failed=[f"seed {s}: {r.get('reason') or 'no result'}" for s, r in zip(seeds, runs, strict=True)
                     if r.get("state") != "COMPLETE"],
@@ -159,27 +161,32 @@ def summarize_rows(configs: list[tuple[str, TrialConfig]], seeds: list[int],
     return rows
 
 
-def run_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop", *,
-                lrs: Sequence[float] | None = None, seeds: int = 3, epochs: int | None = None,
-                out: str | Path = "compare", on_progress: Callable[[int, int, str], None] | None = None,
-                **options: Any) -> Comparison:
-    """Train each family (at each lr) on ``seeds`` seeds as Ray jobs; write
-    ``<out>/<task>.png`` (train loss per epoch, one line per row) and ``<out>/<task>.json``.
+@dataclass
+class ComparePlan:
+    """A validated comparison, before anything runs: the spec (where and how), the rows'
+    configs, the seeds, and the task's metric names."""
+
+    spec: Any
+    configs: list[tuple[str, TrialConfig]]
+    seeds: list[int]
+    lrs: list[float] | None
+    metric: str
+    test_metric: str | None
+    direction: str
+
+
+def plan_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop", *,
+                 lrs: Sequence[float] | None = None, seeds: int = 3, epochs: int | None = None,
+                 **options: Any) -> ComparePlan:
+    """Check everything a comparison needs (families, their extras, learning rates, seeds, the
+    task's data) and return the plan; bad input is a ``UsageError``, raised before any work.
 
     ``options`` are the study options that say where and how to run (``seed``, ``mlflow_uri``,
     ``ray_address``, ``cpus_per_trial``, ``gpus_per_trial``, ``concurrency``, ``data_dir``,
-    ``batch_size``); ``epochs`` defaults to the task's study file. ``on_progress(done, total,
-    what)`` is called after every run.
-
-    >>> cmp = run_compare("digits", "sgd,adam", seeds=2, epochs=2)   # doctest: +SKIP
-    >>> [(r.label, round(r.val["mean"], 3)) for r in cmp.rows]         # doctest: +SKIP
-    [('sgd', 0.95), ('adam', 0.96)]
+    ``batch_size``); ``epochs`` defaults to the task's study file.
     """
-    from autoopt import dispatch
-    from autoopt.report import comparison_curves, save_figure
     from autoopt.spec import load_spec
     from autoopt.tasks import load_task
-    from autoopt.tracking import StudyRun
 
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {seeds}")
@@ -187,9 +194,35 @@ def run_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop",
     spec = load_spec(task, optimizers=names, epochs=epochs, **options)
     configs = compare_configs(spec.optimizers, lrs)
     loaded = load_task(spec.task, spec.data_dir)  # fails fast (exit 2) on missing data
-    has_test = loaded.test is not None
-    test_metric = f"test_{loaded.score}" if has_test else loaded.metric
-    seed_list = [spec.seed + i for i in range(seeds)]
+    test_metric = f"test_{loaded.score}" if loaded.test is not None else None
+    return ComparePlan(spec, configs, [spec.seed + i for i in range(seeds)], list(lrs) if lrs else None,
+                       loaded.metric, test_metric, loaded.direction)
+
+
+def run_compare(task: str | ComparePlan, optimizers: str | Sequence[str] = "sgd,adam,rmsprop", *,
+                lrs: Sequence[float] | None = None, seeds: int = 3, epochs: int | None = None,
+                out: str | Path = "compare", on_progress: Callable[[int, int, str], None] | None = None,
+                **options: Any) -> Comparison:
+    """Train each family (at each lr) on ``seeds`` seeds as Ray jobs; write
+    ``<out>/<task>.png`` (train loss per epoch, one line per row) and ``<out>/<task>.json``.
+
+    ``task`` is a task name (the other arguments as in ``plan_compare``) or a ``ComparePlan``.
+    ``on_progress(done, total, what)`` is called after every run.
+
+    >>> cmp = run_compare("digits", "sgd,adam", seeds=2, epochs=2)   # doctest: +SKIP
+    >>> [(r.label, round(r.val["mean"], 3)) for r in cmp.rows]         # doctest: +SKIP
+    [('sgd', 0.95), ('adam', 0.96)]
+    """
+    from autoopt import dispatch
+    from autoopt.report import comparison_curves, save_figure
+    from autoopt.tracking import StudyRun
+
+    plan = task if isinstance(task, ComparePlan) else plan_compare(
+        task, optimizers, lrs=lrs, seeds=seeds, epochs=epochs, **options)
+    spec, configs, seed_list, lrs = plan.spec, plan.configs, plan.seeds, plan.lrs
+    seeds = len(seed_list)
+    has_test = plan.test_metric is not None
+    test_metric = plan.test_metric or plan.metric
     params = {"task": spec.task, "optimizers": ",".join(spec.optimizers),
               "lrs": ",".join(map(str, lrs or [])), "seeds": seeds, "epochs": spec.epochs}
     tracker = StudyRun(spec.mlflow_uri, spec.task, "compare", params, kind="compare",
@@ -232,8 +265,8 @@ def run_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop",
         if status != "FINISHED":
             tracker.finish(status)
 
-    rows = summarize_rows(configs, seed_list, results, loaded.metric, test_metric)
-    cmp = Comparison(spec.task, loaded.metric, test_metric, loaded.direction, spec.epochs, rows,
+    rows = summarize_rows(configs, seed_list, results, plan.metric, test_metric)
+    cmp = Comparison(spec.task, plan.metric, test_metric, plan.direction, spec.epochs, rows,
                      run_id=tracker.run_id)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
