@@ -80,8 +80,17 @@ def test_modern_families_are_registered_with_their_extra_and_paper() -> None:
     assert lion["weight_decay"].low >= adamw["weight_decay"].low * 3
 
 
+@pytest.fixture()
+def one_thread():
+    # A tiny model steps faster on one thread than on threads fighting over a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", list(space.FAMILIES))
-def test_every_family_builds_through_recommend_and_lowers_the_loss(name: str) -> None:
+def test_every_family_builds_through_recommend_and_lowers_the_loss(name: str, one_thread: None) -> None:
     fam = space.FAMILIES[name]
     x, y = fixed_problem()
     torch.manual_seed(0)
@@ -176,7 +185,7 @@ def test_muon_orthogonalises_a_conv_filter_as_a_flattened_matrix() -> None:
 
 
 @pytest.mark.parametrize("sched", list(space.SCHEDULES))
-def test_muon_groups_keep_their_lr_ratio_under_every_scheduler(sched: str) -> None:
+def test_muon_groups_keep_their_lr_ratio_under_every_scheduler(sched: str, one_thread: None) -> None:
     # A study sampled muon + onecycle and failed (OneCycleLR reads the optimizer's defaults),
     # and cosine decayed every group towards the Muon group's floor.
     params = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0, "adamw_lr": 3e-4}
@@ -200,7 +209,7 @@ def test_muon_groups_keep_their_lr_ratio_under_every_scheduler(sched: str) -> No
         assert lrs[-1][0] == pytest.approx(params["lr"] * sched_params["eta_min_ratio"], rel=1e-6)
 
 
-def test_muon_trains_with_onecycle(digits_task: Task) -> None:
+def test_muon_trains_with_onecycle(digits_task: Task, one_thread: None) -> None:
     cfg = space.TrialConfig("muon", midpoint("muon"), "onecycle", {"pct_start": 0.25})
     result = train(digits_task, cfg, epochs=1, seed=0)
     assert result.status == "complete" and result.value > 0.5
@@ -223,7 +232,7 @@ def _probe_family(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimizer
 
 
 def test_schedule_free_validates_at_its_averaged_weights(monkeypatch: pytest.MonkeyPatch,
-                                                        digits_task: Task) -> None:
+                                                        digits_task: Task, one_thread: None) -> None:
     made = _probe_family(monkeypatch)
     digits = digits_task
     models: list[nn.Module] = []
@@ -355,7 +364,7 @@ def test_modern_defaults_are_the_published_ones(name: str) -> None:
     assert {k: expected[k] for k in kwargs} == kwargs
 
 
-def test_tuning_free_baselines_run_at_their_defaults(digits_task: Task) -> None:
+def test_tuning_free_baselines_run_at_their_defaults(digits_task: Task, one_thread: None) -> None:
     assert {"sfadamw_default", "prodigy_default"} <= set(baselines())
     for cfg in TUNING_FREE.values():
         assert cfg.scheduler == "none" and cfg.grad_clip_norm is None
