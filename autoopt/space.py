@@ -591,9 +591,10 @@ def build_scheduler(optimizer: Any, name: str, params: Mapping[str, Any], *, epo
         return None
     from torch.optim.lr_scheduler import LinearLR, SequentialLR
 
-    main = sched.build(optimizer, dict(params), epochs, steps_per_epoch)
-    warm_steps = int(params.get("warmup_ratio", 0.0) * epochs * steps_per_epoch)
-    if not sched.warmup or warm_steps < 1:
-        return main
+    warm_steps = int(params.get("warmup_ratio", 0.0) * epochs * steps_per_epoch) if sched.warmup else 0
+    if warm_steps < 1:
+        return sched.build(optimizer, dict(params), epochs, steps_per_epoch)
+    # The main schedule spans what is left after warmup, so cosine still reaches its floor.
+    main = sched.build(optimizer, dict(params), epochs - warm_steps / steps_per_epoch, steps_per_epoch)
     warm = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warm_steps)
     return SequentialLR(optimizer, [warm, main], milestones=[warm_steps])
