@@ -72,7 +72,9 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if os.environ.get("AUTOOPT_DEBUG"):
                 raise
-            err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}", highlight=False,
+            from autoopt.study import redact  # a library's message may quote a URL with its password
+
+            err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(redact(str(exc)))}", highlight=False,
                       soft_wrap=True)
             raise typer.Exit(1) from None
 

@@ -9,6 +9,7 @@ for the driver), tells Optuna the results and sends heartbeats for the trials in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -81,7 +82,10 @@ class TrialWorker:
         self.tasks: dict[tuple, Any] = {}
         self.studies: dict[tuple, Any] = {}
         self.trials_run = 0
+        from autoopt.study import redact_logs
         from autoopt.tracking import TrialRecorder
+
+        redact_logs()  # this worker holds the storage and tracking URLs: keep their passwords out of its logs
 
         self.recorder = TrialRecorder()
 
@@ -106,18 +110,22 @@ class TrialWorker:
     def _trial(self, ref: TrialRef) -> Any:
         import optuna
 
-        from autoopt.study import build_pruner, open_storage
+        from autoopt.study import build_pruner, open_storage, with_retry
 
         key = (ref.storage_url, ref.study_name, ref.pruner, ref.epochs, ref.warmup)
         if key not in self.studies:
-            storage = open_storage(ref.storage_url, pool_size=1, heartbeat=False)
+            # The worker reaches the storage itself (no shared filesystem), with a pool of one.
+            storage = open_storage(ref.storage_url, pool_size=1, heartbeat=False, retry=True)
             pruner = build_pruner(ref.pruner, epochs=ref.epochs, warmup=ref.warmup)
-            self.studies[key] = optuna.load_study(study_name=ref.study_name, storage=storage, pruner=pruner)
-        return optuna.trial.Trial(self.studies[key], ref.trial_id)
+            self.studies[key] = with_retry(
+                lambda: optuna.load_study(study_name=ref.study_name, storage=storage, pruner=pruner),
+                what="load the study")
+        return with_retry(lambda: optuna.trial.Trial(self.studies[key], ref.trial_id), what="load a trial")
 
     def run(self, job: Job) -> dict[str, Any]:
         """Train one job; never raises for a failing trial (the error is returned)."""
         from autoopt.space import FAMILIES
+        from autoopt.study import redact, with_retry
         from autoopt.train import train
 
         start = time.perf_counter()
@@ -127,7 +135,7 @@ class TrialWorker:
         handle = dict(job.tracking) if job.tracking else None
         if handle is not None:
             self.recorder.start(handle, run_name=job.run_name, params=job.config.flat_params(), tags=job.tags)
-        trial = self._trial(job.trial) if job.trial is not None else None
+        trial: Any = None
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
             if handle is not None:
@@ -137,26 +145,32 @@ class TrialWorker:
             value = metrics[task.metric]
             if value != value:  # NaN: let the divergence check end the trial
                 return False
-            trial.report(value, epoch)
-            return trial.should_prune()
+            # A database that is away for a moment is waited for, not a failed trial.
+            with_retry(lambda: trial.report(value, epoch), what="report an epoch")
+            return with_retry(trial.should_prune, what="ask the pruner")
 
         try:
+            trial = self._trial(job.trial) if job.trial is not None else None
             task = self._task(job)
             result = train(task, job.config, epochs=job.epochs, seed=job.seed, on_epoch=on_epoch,
                            evaluate_test=job.evaluate_test, compile_model=job.compile).to_dict()
         except Exception as exc:  # a bug in a user's task, out of memory, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            result = {"status": "fail", "reason": f"{type(exc).__name__}: {first}"[:500],
-                      "traceback": traceback.format_exc()[-4000:], "history": [], "train_s": 0.0,
+            result = {"status": "fail", "reason": redact(f"{type(exc).__name__}: {first}")[:500],
+                      "traceback": redact(traceback.format_exc())[-4000:], "history": [], "train_s": 0.0,
                       "test": {}, "value": None}
-        state = {"complete": "COMPLETE", "pruned": "PRUNED", "diverged": "PRUNED", "fail": "FAIL"}[result["status"]]
+        state = {"complete": "COMPLETE", "pruned": "PRUNED", "diverged": "PRUNED",
+                 "fail": "FAIL"}[result["status"]]
         if handle is not None:
             tags = {"autoopt.reason": result["reason"]} if result.get("reason") else {}
-            self.recorder.finish(handle, state=state, tags=tags,
-                                 metrics={f"test_{k.removeprefix('test_')}": v for k, v in result["test"].items()})
+            if result.get("traceback"):
+                tags["autoopt.traceback"] = result["traceback"][-3000:]  # the failure, readable in the UI
+            test = {f"test_{k.removeprefix('test_')}": v for k, v in result["test"].items()}
+            self.recorder.finish(handle, state=state, tags=tags, metrics=test)
         result["state"] = state
         result["worker_s"] = time.perf_counter() - start
         result["pid"] = os.getpid()
+        result["node"] = ray.get_runtime_context().get_node_id()
         return result
 
 
@@ -196,6 +210,7 @@ class InFlight:
     job: Job
     trial: Any = None  # the driver's optuna.trial.Trial for search trials
     submitted: float = field(default_factory=time.monotonic)
+    actor: Any = None  # the worker it was sent to (the pool may replace it meanwhile)
 
 
 def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
@@ -227,30 +242,80 @@ def stop_ray() -> None:
 
 
 class WorkerPool:
-    """``size`` warm workers, each with ``cpus``/``gpus`` reserved from Ray."""
+    """``size`` warm workers, each with ``cpus``/``gpus`` reserved from Ray.
+
+    A worker takes jobs only once Ray has placed it (it answered a ping). On a shared cluster
+    the actors of a second driver may wait for resources that the first driver's workers hold;
+    jobs queued on them would wait too, while the first driver waits for those very trials to
+    finish before it lets its workers go: a deadlock.
+    """
+
+    MAX_START_FAILURES = 3  # workers that die before answering: past this, the cluster is broken
 
     def __init__(self, size: int, *, cpus: float, gpus: float) -> None:
         self.cpus, self.gpus = cpus, gpus
         self._remote = ray.remote(TrialWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
                                                        max_concurrency=1)
-        self.workers = [self._new() for _ in range(size)]
+        self.workers: list[Any] = []
         self.load = [0] * size
+        self.ready = [False] * size
+        self._pings: dict[ray.ObjectRef, tuple[int, Any]] = {}
+        self._start_failures = 0
+        for i in range(size):
+            self.workers.append(None)
+            self._start(i)
 
     def _new(self) -> Any:
         return self._remote.remote(max(1, int(self.cpus)), self.gpus)
 
-    def replace(self, index: int) -> None:
-        """Start a fresh worker in place of a dead one."""
-        try:
+    def _start(self, index: int) -> None:
+        actor = self._new()
+        self.workers[index], self.load[index], self.ready[index] = actor, 0, False
+        self._pings[actor.info.remote()] = (index, actor)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Mark the workers Ray has placed since the last call as ready (waits up to
+        ``timeout_s`` for one when none is ready yet)."""
+        if not self._pings:
+            return
+        done, _ = ray.wait(list(self._pings), num_returns=len(self._pings), timeout=timeout_s)
+        for ref in done:
+            index, actor = self._pings.pop(ref)
+            if self.workers[index] is not actor:
+                continue  # replaced meanwhile
+            try:
+                ray.get(ref)
+                self.ready[index] = True
+            except (RayActorError, WorkerCrashedError, RayTaskError) as exc:
+                self._start_failures += 1
+                if self._start_failures > self.MAX_START_FAILURES:
+                    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                    raise RuntimeError(f"Ray workers die as they start: {first}") from None
+                log.warning("a worker died as it started; starting another: %s", str(exc)[:200])
+                self._start(index)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Nothing to wait on but workers Ray has not placed yet: wait for one (or ``timeout_s``)."""
+        if self._pings:
+            self.poll(timeout_s)
+        else:
+            time.sleep(min(timeout_s, 1.0))
+
+    def replace(self, index: int, dead: Any = None) -> None:
+        """Start a fresh worker in place of a dead one. With ``dead`` (the actor a failed job ran
+        on), only if that actor is still the one at ``index``: the jobs queued behind a dead
+        worker fail too, and must not replace its replacement."""
+        if dead is not None and self.workers[index] is not dead:
+            return
+        with contextlib.suppress(Exception):
             ray.kill(self.workers[index])
-        except Exception:
-            pass
-        self.workers[index] = self._new()
-        self.load[index] = 0
+        self._start(index)
 
     def free(self) -> int | None:
-        """The least-loaded worker that can take another job, or None."""
-        best = min(range(len(self.workers)), key=lambda i: self.load[i], default=None)
+        """The least-loaded ready worker that can take another job, or None."""
+        self.poll()
+        ready = [i for i in range(len(self.workers)) if self.ready[i]]
+        best = min(ready, key=lambda i: self.load[i], default=None)
         if best is None or self.load[best] >= QUEUE_PER_WORKER:
             return None
         return best
@@ -259,11 +324,16 @@ class WorkerPool:
         self.load[index] += 1
         return self.workers[index].run.remote(job)
 
-    def done(self, index: int) -> None:
+    def done(self, index: int, actor: Any = None) -> None:
+        """A job of worker ``index`` ended (``actor``: the worker it ran on, when it may have been
+        replaced since)."""
+        if actor is not None and self.workers[index] is not actor:
+            return
         self.load[index] = max(0, self.load[index] - 1)
 
     def flush(self) -> None:
-        refs = [w.flush.remote() for w in self.workers]
+        # Only placed workers: a flush queued on one still waiting for resources would wait with it.
+        refs = [w.flush.remote() for w, ready in zip(self.workers, self.ready, strict=True) if ready]
         try:
             ray.get(refs, timeout=120)
         except Exception as exc:
@@ -274,10 +344,8 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         for w in self.workers:
-            try:
+            with contextlib.suppress(Exception):
                 ray.kill(w)
-            except Exception:
-                pass
 
 
 def default_concurrency(cpus: float, gpus: float) -> int:
@@ -297,15 +365,18 @@ def run_jobs(pool: WorkerPool, jobs: list[Job], on_result: Callable[[Job, dict[s
     while queue or inflight:
         while queue and (w := pool.free()) is not None:
             job = queue.pop(0)
-            inflight[pool.submit(w, job)] = InFlight(w, job)
+            inflight[pool.submit(w, job)] = InFlight(w, job, actor=pool.workers[w])
+        if not inflight:  # no worker placed yet (another driver holds the cluster): wait for one
+            pool.wait_ready(5.0)
+            continue
         ready, _ = ray.wait(list(inflight), num_returns=1)
         for ref in ready:
             item = inflight.pop(ref)
-            pool.done(item.worker)
+            pool.done(item.worker, item.actor)
             try:
                 result = ray.get(ref)
             except (RayActorError, WorkerCrashedError) as exc:
-                pool.replace(item.worker)
+                pool.replace(item.worker, item.actor)
                 if id(item.job) not in retried:
                     retried.add(id(item.job))
                     queue.append(item.job)
@@ -373,7 +444,16 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
     """
     from autoopt.space import suggest_config
     from autoopt.study import (
-        HEARTBEAT_S, ask_lock, budget_used, fail_stale, retry_trial, with_retry,
+        HEARTBEAT_S,
+        ask_lock,
+        budget_used,
+        build_sampler,
+        counts,
+        fail_stale,
+        is_unreachable,
+        redact,
+        retry_trial,
+        with_retry,
     )
 
     space = spec.search_space()
@@ -391,31 +471,48 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
             on_progress(progress)
 
     def ask() -> Any:
-        with ask_lock(storage_url):
+        with ask_lock(storage_url, study.study_name):
             trials = study.get_trials(deepcopy=False)
             waiting = any(t.state.name == "WAITING" for t in trials)
             if not waiting and budget_used(trials) >= spec.trials:
                 return None
             trial = study.ask()
-        storage.record_heartbeat(trial._trial_id)
+            # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
+            storage.record_heartbeat(trial._trial_id)
         return trial
+
+    def prepare(trial: Any) -> Any:
+        # A sampler seeded by the trial's number (unique in the study): two drivers started
+        # together with the same --seed would otherwise propose the same configs, and one
+        # driver stays reproducible. Samplers keep their state in the study, so a fresh one per
+        # trial loses nothing; it samples lazily, at the first suggest below.
+        study.sampler = build_sampler(spec.sampler, spec.seed + trial.number)
+        # Idempotent (a suggested parameter is stored once), so a retry after a dropped
+        # connection gives the same config.
+        config = suggest_config(trial, space)
+        trial.set_user_attr("config", config.to_dict())
+        retried = "failed_trial" in storage.get_trial_system_attrs(trial._trial_id)
+        if retried and trial.user_attrs.get("reason"):
+            trial.set_user_attr("reason", None)  # inherited from the failed attempt it retries
+        return config
 
     def submit(worker: int) -> bool:
         trial = with_retry(ask, what="ask for a trial")
         if trial is None:
             return False
-        config = suggest_config(trial, space)
-        trial.set_user_attr("config", config.to_dict())
+        config = with_retry(lambda: prepare(trial), what="store a trial's config")
         ref = TrialRef(storage_url, study.study_name, trial._trial_id, trial.number, spec.pruner,
                        spec.epochs, spec.pruner_warmup)
         tags = {"autoopt.study": study.study_name, "autoopt.trial_number": trial.number,
                 "autoopt.optimizer": config.optimizer, "autoopt.kind": "trial", "autoopt.state": "RUNNING"}
         job = Job(spec.task, spec.data_dir, config, spec.epochs, spec.seed + trial.number, spec.batch_size,
                   spec.compile, trial=ref, tracking=tracking, run_name=f"trial-{trial.number}", tags=tags)
-        inflight[pool.submit(worker, job)] = InFlight(worker, job, trial)
+        inflight[pool.submit(worker, job)] = InFlight(worker, job, trial, actor=pool.workers[worker])
         return True
 
-    def tell(item: InFlight, result: dict[str, Any]) -> None:
+    def tell(item: InFlight, result: dict[str, Any]) -> bool:
+        """Record a result; False when the trial was already finished (failed as stale by a
+        driver that took this one for dead). An unreachable database raises, to be retried."""
         from optuna.trial import TrialState
 
         trial = item.trial
@@ -423,6 +520,8 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
             if result.get("reason"):
                 trial.set_user_attr("reason", result["reason"])
             trial.set_user_attr("train_s", round(result.get("train_s", 0.0), 4))
+            if result.get("pid"):  # which worker ran it: for a crash, find its node's logs
+                trial.set_user_attr("worker", {"node": result.get("node"), "pid": result["pid"]})
             trial.set_user_attr("history", compact_history(result.get("history") or []))  # for reports
             if result["state"] == "COMPLETE":
                 study.tell(trial, result["value"])
@@ -430,8 +529,12 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
                 study.tell(trial, state=TrialState.PRUNED)
             else:
                 study.tell(trial, state=TrialState.FAIL)
-        except Exception as exc:  # e.g. failed meanwhile as stale by another driver
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise
             log.warning("could not record trial %d: %s", trial.number, exc)
+            return False
+        return True
 
     try:
         notify("start")
@@ -448,30 +551,40 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
                 if not submit(w):
                     exhausted = True
             if not inflight:
-                # Trials of another driver (or of a dead one, until their heartbeat goes
-                # stale) are still running: wait for them, so the study ends complete.
-                _refresh(progress, study)
-                if progress.running == 0 or deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and time.monotonic() >= deadline:
                     break
-                time.sleep(1.0)
+                trials = with_retry(lambda: study.get_trials(deepcopy=False), what="read the study")
+                c = counts(trials)
+                if budget_used(trials) >= spec.trials and c["running"] == 0 and c["waiting"] == 0:
+                    break
+                with_retry(lambda: _refresh(progress, study), what="read the study")
+                if exhausted:
+                    # Trials of another driver (or of a dead one, until their heartbeat goes
+                    # stale and they are re-queued) are still running: wait, so the study ends
+                    # complete and no re-queued trial is left behind.
+                    time.sleep(1.0)
+                else:
+                    pool.wait_ready(HEARTBEAT_S)  # none of our workers is placed yet
                 exhausted = False
                 continue
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=HEARTBEAT_S)
             for ref in ready:
                 item = inflight.pop(ref)
-                pool.done(item.worker)
+                pool.done(item.worker, item.actor)
                 try:
                     result = ray.get(ref)
                 except (RayActorError, WorkerCrashedError) as exc:
                     # The worker died mid-trial (killed, out of host memory): fail and re-queue.
+                    # Trials queued behind it on the same worker land here too.
                     log.warning("worker died during trial %d: %s", item.trial.number, str(exc)[:200])
-                    pool.replace(item.worker)
-                    tell(item, {"state": "FAIL", "reason": "worker died during the trial"})
-                    with_retry(lambda i=item: retry_trial(study, i.trial.number), what="re-queue a trial")
+                    pool.replace(item.worker, item.actor)
+                    lost = {"state": "FAIL", "reason": "worker died during the trial"}
+                    if with_retry(lambda i=item, r=lost: tell(i, r), what="record a trial"):
+                        with_retry(lambda i=item: retry_trial(study, i.trial.number), what="re-queue a trial")
                     notify(f"trial {item.trial.number} lost its worker; re-queued")
                     continue
                 except RayTaskError as exc:
-                    result = {"state": "FAIL", "reason": str(exc).splitlines()[0][:300]}
+                    result = {"state": "FAIL", "reason": redact(str(exc).splitlines()[0])[:300]}
                 with_retry(lambda i=item, r=result: tell(i, r), what="record a trial")
                 progress.finished_here += 1
                 notify(f"trial {item.trial.number} {result['state'].lower()}")

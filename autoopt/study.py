@@ -4,6 +4,10 @@ Heartbeats (recorded by the driver for every trial in flight) let any driver fai
 trials of a dead one (``fail_stale``) and ``RetryHeartbeatStaleTrialCallback`` re-queues them, so a
 study survives crashes. ``budget_used`` counts trials against ``--trials`` so that several
 drivers, or a resumed one, stop at exactly the requested total.
+
+A database that goes away for a while is waited for (``with_retry``: exponential backoff for
+``AUTOOPT_STORAGE_RETRY_S`` seconds, then ``StorageDown``). Passwords in URLs never reach a
+message or a log line (``mask_url``, ``redact``, ``redact_logs``).
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,30 +34,74 @@ from autoopt.errors import UsageError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-HEARTBEAT_S = 5
-GRACE_S = 30
+HEARTBEAT_S = 3
+# A RUNNING trial whose driver sent no heartbeat for this long is failed and re-queued by any
+# driver, a resumed one included. Five missed beats: a busy driver is not taken for a dead
+# one, and a study resumed after a crash waits at most this long for its orphans.
+GRACE_S = 15
 MAX_RETRY = 2
-STORAGE_RETRY_S = 60.0
+STORAGE_RETRY_S = 60.0  # default of AUTOOPT_STORAGE_RETRY_S
+CONNECT_TIMEOUT_S = 10  # a host that does not answer fails a connection attempt, then we retry
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats, groups and stale-trial failing are "experimental" in Optuna but are what a
 # distributed ask/tell loop needs; their warnings would only clutter the user's terminal.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used with Study.optimize.*")
+warnings.filterwarnings("ignore",
+                        message=".*Heartbeat of storage is supposed to be used with Study.optimize.*")
 
 
 class StorageDown(RuntimeError):
     """The storage stayed unreachable after retries (exit code 1)."""
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs, params and messages)."""
-    try:
-        from sqlalchemy.engine import make_url
+# scheme://user:password@ (up to the last "@" of the token, for passwords with a raw "@": better
+# hide too much) and libpq's password=... settings.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):(?P<pw>\S+)@")
+_KEY_PASSWORD = re.compile(r"(?i)(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|\S+)")
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs, params and messages).
+
+    >>> mask_url("postgresql+psycopg://autoopt:s3cret@db:5432/optuna")
+    'postgresql+psycopg://autoopt:***@db:5432/optuna'
+    """
+    return redact(url)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it, and of every ``password=`` setting,
+    replaced by ``***``.
+
+    >>> redact("cannot reach http://me:pa55@mlflow:5000/api; dsn host=db password=pa55 user=me")
+    'cannot reach http://me:***@mlflow:5000/api; dsn host=db password=*** user=me'
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", text)
+    return _KEY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+def redact_logs() -> None:
+    """Make every log record of this process pass through ``redact`` (its message, arguments
+    and traceback), whatever logger or handler it goes to: a library's error message may
+    quote a URL with its password (MLflow's REST errors do). Idempotent."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "_autoopt_redacts", False):
+        return
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: leave it to the handler to report
+            return record
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    make_record._autoopt_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_record)
 
 
 def absolute_sqlite(url: str) -> str:
@@ -70,26 +121,37 @@ def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Several processes write one file: wait for the lock rather than fail at once.
         return {"connect_args": {"timeout": 60}}
-    # Small pools: every worker holds its own, and PostgreSQL's max_connections is shared.
-    return {"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
+    # Small pools: every worker holds its own (pool_size=1), and PostgreSQL's max_connections
+    # (100 by default) is shared by all drivers, workers and the MLflow server. Pre-ping
+    # replaces connections a database restart or a network cut left dead.
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True,
+                              "pool_recycle": 300}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return kwargs
 
 
-def open_storage(url: str, *, pool_size: int = 2, heartbeat: bool = True) -> RDBStorage:
+def open_storage(url: str, *, pool_size: int = 2, heartbeat: bool = True, retry: bool = False) -> RDBStorage:
     """Open (creating its tables if needed) the Optuna storage at ``url``; a bad or unreachable
-    URL is a ``UsageError`` that names the URL without its password."""
+    URL is a ``UsageError`` that names the URL without its password. With ``retry`` (workers,
+    whose driver already reached it) an unreachable database is waited for (``with_retry``)."""
+    def _open() -> RDBStorage:
+        if not heartbeat:
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url, pool_size))
+        return RDBStorage(url, engine_kwargs=_engine_kwargs(url, pool_size), heartbeat_interval=HEARTBEAT_S,
+                          grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+
     try:
-        storage = RDBStorage(
-            url, engine_kwargs=_engine_kwargs(url, pool_size),
-            heartbeat_interval=HEARTBEAT_S if heartbeat else None,
-            grace_period=GRACE_S if heartbeat else None,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat else None,
-        )
+        storage = with_retry(_open, what="open the storage") if retry else _open()
+    except StorageDown:
+        raise
     except ModuleNotFoundError as exc:
         hint = " (pip install 'autoopt[postgres]')" if "psycopg" in str(exc) else ""
         raise UsageError(f"cannot open storage {mask_url(url)}: missing driver {exc.name}{hint}") from None
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        reason = reason.replace(url, mask_url(url))
+        reason = redact(reason.replace(url, mask_url(url)))
         raise UsageError(f"cannot open storage {mask_url(url)}: {reason}; check --storage or "
                          "AUTOOPT_STORAGE") from None
     if url.startswith("sqlite"):
@@ -112,24 +174,59 @@ def _tune_sqlite(storage: RDBStorage) -> None:
     storage.engine.dispose()
 
 
-def with_retry(fn: Callable[[], T], *, what: str, budget_s: float = STORAGE_RETRY_S) -> T:
-    """Run a storage operation, retrying with exponential backoff while the database is
-    unreachable; after ``budget_s`` raise ``StorageDown``."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
+def storage_retry_s() -> float:
+    """How long storage operations wait for an unreachable database: env
+    ``AUTOOPT_STORAGE_RETRY_S`` (seconds), 60 by default."""
+    raw = os.environ.get("AUTOOPT_STORAGE_RETRY_S", "").strip()
+    if not raw:
+        return STORAGE_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise UsageError(f"AUTOOPT_STORAGE_RETRY_S must be a number of seconds >= 0, got {raw!r}")
+    return value
 
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it wraps, says the database could not be reached (a refused
+    or dropped connection, a timeout), as opposed to a bug or bad data. Optuna wraps failed
+    commits in ``StorageInternalError``; the cause tells."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, (OperationalError, PoolTimeout)):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if type(seen).__name__ == "OperationalError" and type(seen).__module__.startswith("psycopg"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def with_retry(fn: Callable[[], T], *, what: str, budget_s: float | None = None) -> T:
+    """Run a storage operation, retrying with exponential backoff (0.5 s doubling to 8 s) while
+    the database is unreachable; after ``budget_s`` (default ``storage_retry_s()``) raise
+    ``StorageDown``. Other errors pass through at once."""
+    budget = storage_retry_s() if budget_s is None else budget_s
     delay, start = 0.5, time.monotonic()
     while True:
         try:
             return fn()
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not exc.connection_invalidated and \
-                    not isinstance(exc, OperationalError):
+        except Exception as exc:
+            if not is_unreachable(exc):
                 raise
             waited = time.monotonic() - start
-            if waited >= budget_s:
+            if waited >= budget:
                 raise StorageDown(f"storage unreachable for {waited:.0f}s while trying to {what}") from None
             log.warning("storage unreachable (%s); retrying in %.1fs", what, delay)
-            time.sleep(delay)
+            time.sleep(min(delay, max(0.1, budget - waited)))
             delay = min(delay * 2, 8.0)
 
 
@@ -193,8 +290,39 @@ def counts(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 def fail_stale(study: optuna.Study) -> None:
-    """Fail (and re-queue) the RUNNING trials whose driver stopped sending heartbeats."""
+    """Fail (and re-queue) the RUNNING trials whose driver stopped sending heartbeats, and
+    those that never got one (their driver died between asking and the first beat)."""
     optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in _never_beaten(study):
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another driver got there first
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
+
+
+def _never_beaten(study: optuna.Study) -> list[int]:
+    """RUNNING trials older than twice the grace period without any heartbeat row. Optuna's
+    own check skips them, so a driver killed right after ``ask`` would leave them RUNNING."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, RDBStorage):
+        return []
+    trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    # datetime_start is the asking driver's local time: compare with ours, with a wide margin.
+    cutoff = datetime.now() - timedelta(seconds=2 * GRACE_S)
+    query = (select(trials.c.trial_id)
+             .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
+             .where(trials.c.study_id == study._study_id, trials.c.state == TrialState.RUNNING,
+                    beats.c.trial_id.is_(None), trials.c.datetime_start < cutoff))
+    with backend.engine.connect() as conn:
+        return [row[0] for row in conn.execute(query)]
 
 
 def retry_trial(study: optuna.Study, trial_number: int) -> None:
@@ -205,11 +333,13 @@ def retry_trial(study: optuna.Study, trial_number: int) -> None:
 
 
 @contextlib.contextmanager
-def ask_lock(url: str) -> Iterator[None]:
+def ask_lock(url: str, study_name: str = "") -> Iterator[None]:
     """Serialise "count the budget, then ask" between drivers sharing one study.
 
     SQLite: a file lock beside the database (drivers share the machine); PostgreSQL: an
-    advisory lock; other storages: none.
+    advisory lock of the database, keyed by the study name (not the URL: two drivers may spell
+    the same database differently, with or without a password); other storages: none. A
+    driver that dies holding it releases it with its connection.
     """
     path = sqlite_path(url)
     if path is not None:
@@ -221,9 +351,9 @@ def ask_lock(url: str) -> Iterator[None]:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return
     if url.startswith("postgresql"):
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import text
 
-        key = int.from_bytes(hashlib.sha256(url.encode()).digest()[:7], "big")
+        key = int.from_bytes(hashlib.sha256(f"autoopt.ask:{study_name}".encode()).digest()[:7], "big")
         engine = _lock_engine(url)
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
@@ -243,5 +373,6 @@ def _lock_engine(url: str) -> Any:
     from sqlalchemy import create_engine
 
     if url not in _LOCK_ENGINES:
-        _LOCK_ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+        _LOCK_ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
+                                           connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     return _LOCK_ENGINES[url]

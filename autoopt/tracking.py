@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,8 +32,10 @@ def experiment_name(task: str) -> str:
 def _client(uri: str) -> Any:
     import mlflow
 
-    # Quiet the per-run "View run at ..." lines and the table-creation chatter.
+    # Quiet the per-run "View run at ..." lines and the table-creation chatter. MLflow prints
+    # those links to stdout with the tracking URI as given, password included.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
@@ -102,8 +105,10 @@ class StudyRun:
 
     def close_orphans(self, study_name: str, live: set[int]) -> int:
         """End the nested runs of this study left RUNNING by a dead worker or driver (any
-        trial not in ``live``) as FAILED. Returns how many were closed."""
+        trial not in ``live``) as FAILED, and the parent runs of those drivers (still RUNNING,
+        not this one) as KILLED. Returns how many nested runs were closed."""
         closed = 0
+        dead_parents: set[str] = set()
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{STUDY_TAG}` = '{study_name}' and attributes.status = 'RUNNING'",
@@ -115,6 +120,11 @@ class StudyRun:
             self.client.set_tag(run.info.run_id, STATE_TAG, "FAIL")
             self.client.set_terminated(run.info.run_id, status="FAILED")
             closed += 1
+            dead_parents.add(run.data.tags.get(PARENT_TAG, self.run_id))
+        for run_id in dead_parents - {self.run_id}:
+            # Its trial went stale: the driver that owned this parent run is gone.
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, status="KILLED")
         return closed
 
 

@@ -52,22 +52,24 @@ def describe(spec: StudySpec) -> dict[str, Any]:
 def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None) -> Recommendation:
     """Run a validated spec end to end (see the module docstring)."""
     from autoopt import dispatch
-    from autoopt.study import absolute_sqlite, open_storage, open_study
+    from autoopt.study import StorageDown, absolute_sqlite, open_storage, open_study, redact_logs, with_retry
     from autoopt.tasks import load_task
-    from autoopt.tracking import StudyRun
 
+    redact_logs()  # no password of a storage or tracking URL in any log line of this process
     t0 = time.monotonic()
     task = load_task(spec.task, spec.data_dir)  # fails fast (exit 2) on missing data
     storage_url = absolute_sqlite(spec.storage)
     storage = open_storage(storage_url)
     study = open_study(storage, spec.name, direction=task.direction, sampler=spec.sampler, seed=spec.seed)
-    study.set_user_attr("metric", task.metric)
-    tracker = StudyRun(spec.mlflow_uri, spec.task, spec.name, describe(spec))
+    with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
+    tracker = _open_tracker(spec)
     handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
-    started_ray = dispatch.start_ray(spec.ray_address)
+    started_ray = False
     pool = None
     status = "FAILED"
+    storage_down = False
     try:
+        started_ray = dispatch.start_ray(spec.ray_address)
         size = spec.concurrency or dispatch.default_concurrency(spec.cpus_per_trial, spec.gpus_per_trial)
         pool = dispatch.WorkerPool(max(1, min(size, spec.trials)), cpus=spec.cpus_per_trial,
                                    gpus=spec.gpus_per_trial)
@@ -81,9 +83,15 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None) ->
         status = "KILLED"
         _save_best_so_far(spec, study, task, tracker)
         raise
+    except StorageDown:
+        storage_down = True
+        raise
     finally:
         if pool is not None:
-            pool.flush()
+            if not storage_down:
+                # Let the workers finish writing their runs. Not when the database is gone:
+                # they are stuck waiting for it, and the next run closes what they leave open.
+                pool.flush()
             pool.shutdown()
         _close_orphans(tracker, study)
         tracker.finish(status)
@@ -91,9 +99,28 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None) ->
             dispatch.stop_ray()
 
 
-def _close_orphans(tracker: Any, study: Any) -> None:
+def _open_tracker(spec: StudySpec) -> Any:
+    """The parent MLflow run; an unreachable or refusing tracking server is bad input (exit 2),
+    named without its password (MLflow's own messages quote the full URL)."""
+    from autoopt.errors import UsageError
+    from autoopt.study import mask_url, redact
+    from autoopt.tracking import StudyRun
+
     try:
-        live = {t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+        return StudyRun(spec.mlflow_uri, spec.task, spec.name, describe(spec))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot record to MLflow at {mask_url(spec.mlflow_uri)}: {redact(reason)}; "
+                         "check --mlflow-uri or MLFLOW_TRACKING_URI") from None
+
+
+def _close_orphans(tracker: Any, study: Any) -> None:
+    """End as FAILED the nested runs of trials that failed without their worker closing the
+    run (a killed worker, a dead driver's trials failed as stale). Only failed trials: a
+    finished trial's run may still be on its way from another driver's worker."""
+    try:
+        trials = study.get_trials(deepcopy=False)
+        live = {t.number for t in trials if t.state.name != "FAIL"}
         n = tracker.close_orphans(study.study_name, live)
         if n:
             log.info("closed %d MLflow runs left running by dead trials", n)
@@ -117,7 +144,8 @@ def best_recommendation(spec: StudySpec, study: Any, task: Any) -> Recommendatio
     """The study's best complete trial as a Recommendation (``source: study``)."""
     from autoopt.errors import UsageError
 
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "config" in t.user_attrs]
+    done = [t for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and "config" in t.user_attrs]
     if not done:
         raise RuntimeError(f"study '{study.study_name}' has no complete trial to recommend from; "
                            "see the trials' reasons in MLflow") if study.get_trials(deepcopy=False) else \
