@@ -270,28 +270,33 @@ def compare(
 def _mean_std(stats: dict[str, Any], digits: int = 4) -> str:
     if stats.get("mean") is None:
         return "-"
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f}"  # compact: fits 80 columns
 
 
 def _print_comparison(result: Any) -> None:
     n_seeds = len(result.rows[0].seeds) if result.rows else 0
     table = Table(title=f"{result.task}: {result.epochs} epochs, constant lr; at the last epoch, "
-                        f"mean ± std over {n_seeds} seed(s)")
-    # The label names the family: never wrap or cut it (a narrow terminal squeezes settings instead).
+                        f"mean±std over {n_seeds} seed(s)")
+    # The label names the family: never wrap or cut it. Settings get their own column only
+    # where the terminal is wide; otherwise they are listed under the table.
+    wide = out.width >= 140
     width = max((len(r.label) for r in result.rows), default=9)
     table.add_column("optimizer", no_wrap=True, min_width=width)
-    table.add_column("settings", overflow="fold")
-    table.add_column(result.metric, justify="right")
-    table.add_column("train_loss", justify="right")
-    table.add_column(result.test_metric, justify="right")
-    table.add_column("ok", justify="right")
+    if wide:
+        table.add_column("settings", overflow="fold")
+    for name in (result.metric, "train_loss", result.test_metric):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("ok", justify="right", no_wrap=True)
+    settings = {row.label: ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in row.config.optimizer_params.items()) for row in result.rows}
     for row in result.rows:
-        settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in row.config.optimizer_params.items())
-        done = row.val.get("complete", 0)
-        table.add_row(row.label, settings, _mean_std(row.val), _mean_std(row.train_loss), _mean_std(row.test),
-                      f"{done}/{len(row.seeds)}")
+        cells = [_mean_std(row.val), _mean_std(row.train_loss), _mean_std(row.test),
+                 f"{row.val.get('complete', 0)}/{len(row.seeds)}"]
+        table.add_row(row.label, *([settings[row.label]] if wide else []), *cells)
     out.print(table)
+    if not wide:
+        for row in result.rows:
+            out.print(f"  {row.label:<{width}}  {settings[row.label]}", highlight=False)
     for row in result.rows:
         for reason in row.failed:
             out.print(f"[yellow]{row.label}[/yellow] {reason}", highlight=False)
