@@ -17,7 +17,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -88,6 +90,8 @@ class TrialWorker:
         redact_logs()  # this worker holds the storage and tracking URLs: keep their passwords out of its logs
 
         self.recorder = TrialRecorder()
+        # Writes a trial's epoch reports to the study, off the training path.
+        self.reports = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optuna-report")
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "trials_run": self.trials_run, "device": self.device,
@@ -107,7 +111,7 @@ class TrialWorker:
             self.tasks[key] = task
         return self.tasks[key]
 
-    def _trial(self, ref: TrialRef) -> Any:
+    def _study(self, ref: TrialRef) -> Any:
         import optuna
 
         from autoopt.study import build_pruner, open_storage, with_retry
@@ -117,13 +121,34 @@ class TrialWorker:
             # The worker reaches the storage itself (no shared filesystem), with a pool of one.
             storage = open_storage(ref.storage_url, pool_size=1, heartbeat=False, retry=True)
             pruner = build_pruner(ref.pruner, epochs=ref.epochs, warmup=ref.warmup)
+            # A sampler that samples nothing: the worker only reports, the driver samples.
             self.studies[key] = with_retry(
-                lambda: optuna.load_study(study_name=ref.study_name, storage=storage, pruner=pruner),
+                lambda: optuna.load_study(study_name=ref.study_name, storage=storage, pruner=pruner,
+                                          sampler=optuna.samplers.RandomSampler()),
                 what="load the study")
-        return with_retry(lambda: optuna.trial.Trial(self.studies[key], ref.trial_id), what="load a trial")
+        return self.studies[key]
+
+    def warm(self, job: Job) -> dict[str, Any]:
+        """Pay ``job``'s one-time costs before the first trial: its task's data on the device,
+        its study and tracking stores opened, torch's first training step. Best effort: a
+        failure here is logged, and the trial that meets it reports it."""
+        from autoopt.train import warm_up
+
+        started = time.perf_counter()
+        try:
+            task = self._task(job)
+            if job.trial is not None:
+                self._study(job.trial)
+            if job.tracking:
+                self.recorder.warm(job.tracking["uri"])
+            warm_up(task, job.config)
+        except Exception as exc:
+            log.warning("warming up for %s failed: %s", job.task, str(exc)[:300])
+        return {**self.info(), "warm_s": time.perf_counter() - started}
 
     def run(self, job: Job) -> dict[str, Any]:
         """Train one job; never raises for a failing trial (the error is returned)."""
+        from autoopt.pruning import TrialReporter
         from autoopt.space import FAMILIES
         from autoopt.study import redact, with_retry
         from autoopt.train import train
@@ -145,15 +170,22 @@ class TrialWorker:
             value = metrics[task.metric]
             if value != value:  # NaN: let the divergence check end the trial
                 return False
-            # A database that is away for a moment is waited for, not a failed trial.
-            with_retry(lambda: trial.report(value, epoch), what="report an epoch")
-            return with_retry(trial.should_prune, what="ask the pruner")
+            # Written in the background; the last epoch's value goes back with the result and
+            # the driver records it with the tell (nothing can be pruned there).
+            trial.report(value, epoch, write=epoch < job.epochs)
+            return trial.should_prune(epoch)
 
         try:
-            trial = self._trial(job.trial) if job.trial is not None else None
+            if job.trial is not None:
+                # A database that is away for a moment is waited for, not a failed trial.
+                trial = TrialReporter(self._study(job.trial), job.trial.trial_id, job.trial.number,
+                                      background=self.reports,
+                                      retry=lambda fn, what: with_retry(fn, what=what))
             task = self._task(job)
             result = train(task, job.config, epochs=job.epochs, seed=job.seed, on_epoch=on_epoch,
                            evaluate_test=job.evaluate_test, compile_model=job.compile).to_dict()
+            if trial is not None:
+                trial.close()
         except Exception as exc:  # a bug in a user's task, out of memory, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             result = {"status": "fail", "reason": redact(f"{type(exc).__name__}: {first}")[:500],
@@ -223,6 +255,7 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": False, "configure_logging": True}
     if address:
+        _token_auth_for(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -235,6 +268,46 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
              runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
     return True
+
+
+def _token_auth_for(address: str) -> None:
+    """Present a Ray auth token when joining ``address`` where its head expects one.
+
+    A head from ``ray start --head`` turns token authentication on whenever a token exists
+    (``~/.ray/auth_token``, which any local ``ray.init`` creates), but a driver joining by an
+    explicit address never does, and fails with "Failed to connect". Turn it on (as Ray does
+    for ``address="auto"``) when the user gave a token (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH``), or when the head runs on this machine and so read the same token
+    file: the local token is never sent to another host. An explicit ``RAY_AUTH_MODE`` wins.
+    A head without authentication ignores the token.
+    """
+    if "RAY_AUTH_MODE" in os.environ or address.startswith("ray://") or address == "auto":
+        return
+    given = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    local = (Path.home() / ".ray" / "auth_token").exists() and _on_this_machine(address.rsplit(":", 1)[0])
+    if not (given or local):
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except ImportError:  # a Ray without token authentication: nothing to turn on
+        pass
+
+
+def _on_this_machine(host: str) -> bool:
+    """Whether ``host`` names one of this machine's addresses (it can be bound to)."""
+    import socket
+
+    try:
+        ip = socket.gethostbyname(host.strip("[]"))
+        with socket.socket() as probe:
+            probe.bind((ip, 0))
+        return True
+    except OSError:
+        return False
 
 
 def stop_ray() -> None:
@@ -261,6 +334,7 @@ class WorkerPool:
         self.ready = [False] * size
         self._pings: dict[ray.ObjectRef, tuple[int, Any]] = {}
         self._start_failures = 0
+        self._warm_job: Job | None = None
         for i in range(size):
             self.workers.append(None)
             self._start(i)
@@ -271,7 +345,20 @@ class WorkerPool:
     def _start(self, index: int) -> None:
         actor = self._new()
         self.workers[index], self.load[index], self.ready[index] = actor, 0, False
-        self._pings[actor.info.remote()] = (index, actor)
+        ping = actor.info.remote() if self._warm_job is None else actor.warm.remote(self._warm_job)
+        self._pings[ping] = (index, actor)
+
+    def warm(self, job: Job) -> None:
+        """From now on a worker is ready only once it has paid ``job``'s one-time costs (its
+        task loaded, its stores opened, torch warmed up: ``TrialWorker.warm``), so that trials
+        start on warm workers; replacements started later warm up too. Call before the first
+        job."""
+        self._warm_job = job
+        for index, actor in enumerate(self.workers):
+            # Queued behind the actor's ping: it answers once Ray has placed the actor and it is warm.
+            self.ready[index] = False
+            self._pings = {ref: v for ref, v in self._pings.items() if v[1] is not actor}
+            self._pings[actor.warm.remote(job)] = (index, actor)
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Mark the workers Ray has placed since the last call as ready (waits up to
@@ -434,6 +521,13 @@ def _refresh(progress: SearchProgress, study: Any) -> None:
         progress.best, progress.best_trial = best.value, best.number
 
 
+def _warm_config(name: str) -> TrialConfig:
+    """A config of family ``name`` to warm a worker up with (its defaults, or a small lr)."""
+    from autoopt.space import family
+
+    return TrialConfig(name, dict(getattr(family(name), "defaults", None) or {"lr": 1e-3}))
+
+
 def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
                pool: WorkerPool, on_progress: Progress | None = None) -> SearchProgress:
     """Ask, dispatch, tell until the study holds ``spec.trials`` trials (counting those of
@@ -453,6 +547,7 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
         is_unreachable,
         redact,
         retry_trial,
+        trials_snapshot,
         with_retry,
     )
 
@@ -460,6 +555,7 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
     storage = study._storage
     progress = SearchProgress(total=spec.trials)
     inflight: dict[ray.ObjectRef, InFlight] = {}
+    owned: dict[int, Any] = {}  # trials this driver asked and has not told yet
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     last_beat = 0.0
     exhausted = False
@@ -488,8 +584,9 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
         # trial loses nothing; it samples lazily, at the first suggest below.
         study.sampler = build_sampler(spec.sampler, spec.seed + trial.number)
         # Idempotent (a suggested parameter is stored once), so a retry after a dropped
-        # connection gives the same config.
-        config = suggest_config(trial, space)
+        # connection gives the same config. One read of the trials for the whole sampling.
+        with trials_snapshot(study):
+            config = suggest_config(trial, space)
         trial.set_user_attr("config", config.to_dict())
         retried = "failed_trial" in storage.get_trial_system_attrs(trial._trial_id)
         if retried and trial.user_attrs.get("reason"):
@@ -500,6 +597,7 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
         trial = with_retry(ask, what="ask for a trial")
         if trial is None:
             return False
+        owned[trial.number] = trial
         config = with_retry(lambda: prepare(trial), what="store a trial's config")
         ref = TrialRef(storage_url, study.study_name, trial._trial_id, trial.number, spec.pruner,
                        spec.epochs, spec.pruner_warmup)
@@ -524,6 +622,9 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
                 trial.set_user_attr("worker", {"node": result.get("node"), "pid": result["pid"]})
             trial.set_user_attr("history", compact_history(result.get("history") or []))  # for reports
             if result["state"] == "COMPLETE":
+                # The worker leaves the last epoch's report to this tell: it spares the trial a
+                # round trip at its end, and no pruner acts on the last epoch.
+                trial.report(result["value"], len(result.get("history") or ()) or 1)
                 study.tell(trial, result["value"])
             elif result["state"] == "PRUNED":
                 study.tell(trial, state=TrialState.PRUNED)
@@ -533,10 +634,18 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
             if is_unreachable(exc):
                 raise
             log.warning("could not record trial %d: %s", trial.number, exc)
+            owned.pop(trial.number, None)
             return False
+        owned.pop(trial.number, None)
         return True
 
     try:
+        # Workers warm up (task data, stores, torch) while the driver starts; each takes
+        # trials once warm.
+        pool.warm(Job(spec.task, spec.data_dir, _warm_config(spec.optimizers[0]), spec.epochs, spec.seed,
+                      spec.batch_size, spec.compile, tracking=tracking,
+                      trial=TrialRef(storage_url, study.study_name, -1, -1, spec.pruner, spec.epochs,
+                                     spec.pruner_warmup)))
         notify("start")
         while True:
             now = time.monotonic()
@@ -589,12 +698,13 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
                 progress.finished_here += 1
                 notify(f"trial {item.trial.number} {result['state'].lower()}")
     except KeyboardInterrupt:
-        _interrupt(study, inflight, pool)
+        # `owned`, not `inflight`: Ctrl-C may land between asking a trial and submitting it.
+        _interrupt(study, list(owned.values()), pool)
         raise
     return progress
 
 
-def _interrupt(study: Any, inflight: dict[ray.ObjectRef, InFlight], pool: WorkerPool) -> None:
+def _interrupt(study: Any, trials: list[Any], pool: WorkerPool) -> None:
     """Ctrl-C: fail the trials in flight and re-queue them, so running the command again
     finishes exactly the remainder."""
     from optuna.trial import TrialState
@@ -602,10 +712,10 @@ def _interrupt(study: Any, inflight: dict[ray.ObjectRef, InFlight], pool: Worker
     from autoopt.study import retry_trial
 
     pool.shutdown()
-    for item in inflight.values():
+    for trial in trials:
         try:
-            item.trial.set_user_attr("reason", "interrupted")
-            study.tell(item.trial, state=TrialState.FAIL)
-            retry_trial(study, item.trial.number)
+            trial.set_user_attr("reason", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            retry_trial(study, trial.number)
         except Exception as exc:
-            log.warning("could not re-queue trial %d: %s", item.trial.number, exc)
+            log.warning("could not re-queue trial %d: %s", trial.number, exc)

@@ -1,76 +1,181 @@
 """Pruners that save compute without throwing away late bloomers.
 
-Two guards wrap Optuna's median and Hyperband pruners:
+``GuardedPruner`` wraps Optuna's median or Hyperband pruner with three guards:
 
-* **warm-up**: no pruning before ``warmup`` × epochs have been trained;
-* **plateau**: while the finished trials themselves were still on a plateau at this epoch
-  (their spread of values at this step is tiny compared with the spread they reach at the
-  end), a comparison at this step says nothing about the final value, so nothing is pruned.
-  Tasks where every config sits on the same loss for a while before the good ones break
-  away (long-range sequence tasks) keep their slow starters.
+* **warm-up**: nothing is pruned in the first ``warmup`` × epochs;
+* **last epoch**: nothing is pruned at the last epoch, where stopping saves nothing (the trial
+  is recorded as complete, with its final value);
+* **comeback** (the plateau guard): a trial is kept while a finished trial that stood no
+  better at this epoch went on to end among the best (the top quarter of the finished
+  trials). On tasks where every config sits on the same loss plateau for a while before the
+  good ones break away (long-range sequence tasks), the finished late bloomers show that the
+  plateau says nothing about the end, so the slow starters are kept until the curves have
+  separated; configs that start fast and then stall are pruned once they fall behind.
+
+Each guard only ever vetoes a prune of the inner pruner; it never prunes by itself.
+
+>>> pruner = build_pruner("median", epochs=10, warmup=0.3)
+>>> [pruner.may_prune(step) for step in (3, 4, 9, 10)]
+[False, True, True, False]
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
+from typing import Any
 
 import optuna
-from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
+from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
-PLATEAU_RATIO = 0.1  # spread at a step below 10% of the final spread = still on the plateau
-MIN_REFERENCE = 3
+COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
+MEDIAN_STARTUP_TRIALS = 4
 
 
 class GuardedPruner(BasePruner):
-    """Wrap ``inner`` with a warm-up and a plateau guard (see the module docstring)."""
+    """Wrap ``inner`` with the warm-up, last-epoch and comeback guards (see the module docstring).
 
-    def __init__(self, inner: BasePruner, *, warmup_steps: int, plateau_ratio: float = PLATEAU_RATIO) -> None:
+    ``warmup_steps``: no pruning at steps up to it; ``max_steps``: the last step (no pruning
+    there), or None when unknown; ``comeback_quantile``: what "ended among the best" means.
+    """
+
+    def __init__(self, inner: BasePruner, *, warmup_steps: int, max_steps: int | None = None,
+                 comeback_quantile: float = COMEBACK_QUANTILE) -> None:
         self.inner = inner
         self.warmup_steps = warmup_steps
-        self.plateau_ratio = plateau_ratio
+        self.max_steps = max_steps
+        self.comeback_quantile = comeback_quantile
+
+    def may_prune(self, step: int) -> bool:
+        """Whether a trial could be pruned at ``step`` at all (no storage read): a worker asks
+        the storage-backed pruner only at such steps."""
+        return step > self.warmup_steps and (self.max_steps is None or step < self.max_steps)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
-        if step is None or step <= self.warmup_steps:
+        if step is None or not self.may_prune(step):
             return False
-        if self._on_plateau(study, step):
+        from autoopt.study import trials_snapshot
+
+        # One read of the finished trials serves the guard and the inner pruner.
+        with trials_snapshot(study):
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if self.comeback_seen(done, trial, step, maximize=study.direction.name == "MAXIMIZE"):
+                return False
+            return self.inner.prune(study, trial)
+
+    def comeback_seen(self, done: Iterable[FrozenTrial], trial: FrozenTrial, step: int, *,
+                      maximize: bool) -> bool:
+        """True when a finished trial that stood no better than ``trial`` at ``step`` ended
+        among the best ``comeback_quantile`` of the finished trials."""
+        value = trial.intermediate_values.get(step)
+        if value is None or not math.isfinite(value):
             return False
-        return self.inner.prune(study, trial)
-
-    def _on_plateau(self, study: optuna.Study, step: int) -> bool:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        at_step, at_end = [], []
-        for t in done:
-            values = t.intermediate_values
-            if step in values and values:
-                at_step.append(values[step])
-                at_end.append(values[max(values)])
-        if len(at_step) < MIN_REFERENCE:
+        finals = [(t.intermediate_values.get(step), t.value) for t in done]
+        finals = [(at, end) for at, end in finals if at is not None and end is not None
+                  and math.isfinite(at) and math.isfinite(end)]
+        if not finals:
             return False
-        spread_now = _spread(at_step)
-        spread_end = _spread(at_end)
-        return spread_end > 0 and spread_now < self.plateau_ratio * spread_end
+        ends = sorted((end for _, end in finals), reverse=maximize)
+        top = ends[min(len(ends) - 1, int(self.comeback_quantile * len(ends)))]  # the worst of the best
+        if maximize:
+            return any(at <= value and end >= top for at, end in finals)
+        return any(at >= value and end <= top for at, end in finals)
 
 
-def _spread(values: list[float]) -> float:
-    finite = sorted(v for v in values if math.isfinite(v))
-    if len(finite) < 2:
-        return 0.0
-    # inter-quartile-ish spread: robust to one wild trial
-    lo = finite[len(finite) // 4]
-    hi = finite[(3 * len(finite)) // 4 if len(finite) > 3 else -1]
-    return hi - lo
+def may_prune(pruner: BasePruner | None, step: int) -> bool:
+    """Whether ``pruner`` could prune at ``step``: False for no pruner, ``NopPruner`` and a
+    ``GuardedPruner`` outside its pruning steps. Lets a worker skip the storage round trip
+    of ``trial.should_prune()`` where its answer is known."""
+    if pruner is None or isinstance(pruner, NopPruner):
+        return False
+    if isinstance(pruner, GuardedPruner):
+        return pruner.may_prune(step)
+    return True
+
+
+class TrialReporter:
+    """A worker's link to one running Optuna trial: it reports each epoch's value and asks the
+    pruner, keeping storage round trips off the training path.
+
+    * Nothing is read to start: the trial's record for the pruner is built from what the worker
+      knows (its number, id and the values it reported), not fetched.
+    * A report is written by ``background`` (ordered, one thread), overlapping the next epoch
+      and the pruner's read; ``close`` waits for what is still pending.
+    * The pruner is consulted only at steps where it may prune, with one read of the finished
+      trials (``GuardedPruner``).
+
+    >>> import optuna
+    >>> study = optuna.create_study(pruner=build_pruner("median", epochs=4, warmup=0.0))
+    >>> trial = study.ask()
+    >>> reporter = TrialReporter(study, trial._trial_id, trial.number)
+    >>> reporter.report(0.5, 1)
+    >>> reporter.should_prune(1), reporter.close()
+    (False, None)
+    >>> study.trials[0].intermediate_values
+    {1: 0.5}
+    """
+
+    def __init__(self, study: optuna.Study, trial_id: int, number: int, *,
+                 background: Executor | None = None,
+                 retry: Callable[[Callable[[], Any], str], Any] | None = None) -> None:
+        self.study, self.trial_id, self.number = study, trial_id, number
+        self.values: dict[int, float] = {}
+        self._background = background
+        self._retry = retry or (lambda fn, _what: fn())
+        self._pending: list[Future] = []
+
+    def report(self, value: float, step: int, *, write: bool = True) -> None:
+        """Record ``value`` at ``step`` for the pruner; store it unless ``write`` is False
+        (the driver then records it with the trial's result)."""
+        self.values[step] = float(value)
+        if not write:
+            return
+        storage, trial_id, value = self.study._storage, self.trial_id, float(value)
+
+        def _write() -> None:
+            self._retry(lambda: storage.set_trial_intermediate_value(trial_id, step, value),
+                        "report an epoch")
+
+        if self._background is None:
+            _write()
+        else:
+            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+            self._pending.append(self._background.submit(_write))
+
+    def should_prune(self, step: int) -> bool:
+        """The pruner's verdict at ``step`` (False without asking where it cannot prune)."""
+        pruner = self.study.pruner
+        if not may_prune(pruner, step):
+            return False
+        # Successive halving keeps its rungs in the trial's system attributes: read them for it.
+        inner = pruner.inner if isinstance(pruner, GuardedPruner) else pruner
+        halving = isinstance(inner, HyperbandPruner | SuccessiveHalvingPruner)
+        attrs = self.study._storage.get_trial_system_attrs(self.trial_id) if halving else {}
+        frozen = FrozenTrial(number=self.number, state=TrialState.RUNNING, value=None, datetime_start=None,
+                             datetime_complete=None, params={}, distributions={}, user_attrs={},
+                             system_attrs=attrs, intermediate_values=dict(self.values),
+                             trial_id=self.trial_id)
+        return bool(self._retry(lambda: pruner.prune(self.study, frozen), "ask the pruner"))
+
+    def close(self) -> None:
+        """Wait for the reports still being written; raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
 
 def build_pruner(name: str, *, epochs: int, warmup: float) -> BasePruner:
-    """``median``, ``hyperband`` or ``none``; no pruning before ``warmup`` × ``epochs``."""
-    warmup_steps = int(math.floor(warmup * epochs))
+    """``median``, ``hyperband`` or ``none``; no pruning before ``warmup`` × ``epochs``, nor at
+    the last epoch, nor while a finished trial shows a comeback from where the trial stands."""
+    warmup_steps = math.floor(warmup * epochs)
     if name == "none" or epochs < 2:
         return NopPruner()
     if name == "hyperband":
         inner: BasePruner = HyperbandPruner(min_resource=max(1, warmup_steps), max_resource=epochs,
                                             reduction_factor=3)
     else:
-        inner = MedianPruner(n_startup_trials=4, n_warmup_steps=0)
-    return GuardedPruner(inner, warmup_steps=warmup_steps)
+        inner = MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=0)
+    return GuardedPruner(inner, warmup_steps=warmup_steps, max_steps=epochs)

@@ -20,7 +20,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -239,7 +239,91 @@ def build_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+    return GroupTPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+
+
+class GroupTPESampler(optuna.samplers.TPESampler):
+    """TPE multivariate with groups that samples a group only when the trial asks for one of
+    its parameters.
+
+    Optuna samples every group of the decomposed space for every trial; in autoopt's
+    conditional space a trial uses three or four of the fifteen or so groups (its family's,
+    its schedule's, clipping), so most of that work was thrown away. The values are not copied
+    into system attributes for the constant liar either: the driver stores each parameter as
+    soon as it is sampled, which is what other trials' liar reads. Same model, same proposals
+    for the groups a trial uses; about a quarter of the sampling time.
+    """
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, Any]) -> Any:
+        groups = getattr(self, "_search_space_group", None)
+        if not search_space or not self._group or groups is None or not hasattr(self, "_sample_relative"):
+            return super().sample_relative(study, trial, search_space)
+        subspaces = [{n: d for n, d in sorted(sub.items()) if not d.single() and n in search_space}
+                     for sub in groups.search_spaces]
+        return _LazyGroups(lambda space: self._sample_relative(study, trial, space), subspaces)
+
+
+class _LazyGroups(Mapping):
+    """The relative parameters of one trial, each group sampled on first use."""
+
+    def __init__(self, sample: Callable[[dict[str, Any]], dict[str, Any]],
+                 groups: list[dict[str, Any]]) -> None:
+        self._sample, self._groups = sample, groups
+        self._group_of = {name: i for i, group in enumerate(groups) for name in group}
+        self._values: dict[int, dict[str, Any]] = {}
+
+    def _group(self, i: int) -> dict[str, Any]:
+        if i not in self._values:
+            self._values[i] = self._sample(self._groups[i]) if self._groups[i] else {}
+        return self._values[i]
+
+    def __getitem__(self, name: str) -> Any:
+        i = self._group_of.get(name)
+        if i is None:
+            raise KeyError(name)
+        return self._group(i)[name]
+
+    def __contains__(self, name: object) -> bool:
+        i = self._group_of.get(name)  # type: ignore[call-overload]
+        return i is not None and name in self._group(i)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for i in range(len(self._groups)) for name in self._group(i))
+
+    def __len__(self) -> int:
+        return sum(len(self._group(i)) for i in range(len(self._groups)))
+
+
+@contextlib.contextmanager
+def trials_snapshot(study: optuna.Study) -> Iterator[None]:
+    """Within the block, the study's trials are read from the storage once, then served from
+    that snapshot.
+
+    One decision reads them many times: TPE with groups once per parameter group of the trial
+    it samples, the pruner's guard and the median pruner once each. Each read is a round trip
+    (six queries) to the database; the snapshot makes it one. Writes go through as usual.
+    """
+    import copy
+
+    storage = study._storage
+    if "get_all_trials" in vars(storage):  # inside another snapshot already
+        yield
+        return
+    read = storage.get_all_trials
+    cache: dict[int, list[FrozenTrial]] = {}
+
+    def get_all_trials(study_id: int, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        if study_id not in cache:
+            cache[study_id] = read(study_id, deepcopy=False)
+        trials = cache[study_id] if states is None else [t for t in cache[study_id] if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    storage.get_all_trials = get_all_trials  # shadows the method on this storage object only
+    try:
+        yield
+    finally:
+        del storage.get_all_trials
 
 
 def build_pruner(name: str, *, epochs: int, warmup: float) -> optuna.pruners.BasePruner:

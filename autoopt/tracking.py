@@ -151,7 +151,8 @@ def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
 
 
 def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
-    """The nested runs of a parent run as plain dicts: ``run_id``, ``name``, ``status``, ``tags``,
+    """The nested runs of a parent run as plain dicts: ``run_id``, ``name``, ``status``,
+    ``end_time_ms`` (None while running), ``tags``,
     ``params``, ``metrics`` (the last value of each)."""
     client = _client(local_tracking_uri(uri))
     exp = client.get_experiment_by_name(experiment_name(task))
@@ -160,6 +161,7 @@ def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
                               max_results=5000)
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "end_time_ms": r.info.end_time,
              "tags": dict(r.data.tags), "params": dict(r.data.params), "metrics": dict(r.data.metrics)}
             for r in runs]
 
@@ -179,6 +181,11 @@ class TrialRecorder:
 
     def _submit(self, fn: Any, *args: Any) -> None:
         self._last = self._pool.submit(self._guard, fn, *args)
+
+    def warm(self, uri: str) -> None:
+        """Import MLflow and open the store at ``uri`` now (a second or more for a database
+        store), so that a worker's first trial does not wait for it."""
+        self._pool.submit(self._guard, self._client, uri).result()
 
     @staticmethod
     def _guard(fn: Any, *args: Any) -> None:

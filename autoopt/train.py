@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from autoopt.data import Preprocess
 from autoopt.space import TrialConfig, build_optimizer, build_scheduler, family, schedule
 from autoopt.tasks.base import Task
 
@@ -104,6 +105,9 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
                                 steps_per_epoch=steps_per_epoch)
     step_model = torch.compile(model) if compile_model else model
     loss_fn = _loss_fn(task)
+    # A Preprocess augments a whole chunk of the epoch at once; another callable sees batches.
+    prep = task.preprocess
+    augment = prep.augment if isinstance(prep, Preprocess) and prep.augments else None
     result = TrialResult("complete", task.metric)
     try:
         for epoch in range(1, epochs + 1):
@@ -112,8 +116,9 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
             if fam.train_eval:
                 optimizer.train()
             total = torch.zeros((), device=device)
-            for xb, yb in task.train.batches(task.batch_size, generator=gen):
-                x = task.preprocess(xb, train=True, generator=gen)
+            for xb, yb in task.train.batches(task.batch_size, generator=gen, augment=augment):
+                # Augmented per chunk by batches() already: only normalise here.
+                x = task.preprocess(xb, train=augment is None, generator=gen)
                 if on_gpu and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
@@ -156,6 +161,24 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
     finally:
         del model, step_model, optimizer, scheduler
         release_memory(on_gpu)
+
+
+def warm_up(task: Task, config: TrialConfig) -> None:
+    """One training step on one batch, thrown away: a warm worker pays torch's one-time costs
+    (lazy imports such as torch._dynamo on the first optimizer, kernel selection, the autograd
+    engine's start) here rather than in its first trial."""
+    device = task.train.x.device
+    torch.manual_seed(0)
+    model = task.build_model().to(device)
+    optimizer = build_optimizer(model, config.optimizer, config.optimizer_params)
+    xb, yb = next(task.train.batches(task.batch_size))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = _loss_fn(task)(model(task.preprocess(xb, train=False)).float(), yb)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        evaluate(model, task, "val", autocast=device.type == "cuda")
+    del model, optimizer
 
 
 def release_memory(cuda: bool | None = None) -> None:
