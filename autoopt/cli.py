@@ -303,6 +303,74 @@ def _print_comparison(result: Any) -> None:
     out.print(f"loss curves: {result.plot}; table: {result.json_path}", highlight=False)
 
 
+@app.command()
+@_errors
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    full_cifar: Annotated[bool, typer.Option("--full-cifar", help="train on all data images")] = False,
+    data_images: Annotated[int, typer.Option(help="images per data epoch (CIFAR-10's 50,000)")] = 50_000,
+    train_images: Annotated[int | None, typer.Option(help="images per training epoch [default: 2,048 "
+                                                           "on a CPU, all on a GPU]")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size, both pipelines")] = 128,
+    repeats: Annotated[int, typer.Option(help="timed epochs per pipeline; the best counts")] = 2,
+    loader_workers: Annotated[int | None, typer.Option(help="DataLoader workers of the tutorial's pipeline "
+                                                            "[default: 0 on a CPU, 2 on a GPU]")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads on a CPU (a trial gets 1 per CPU)")] = 1,
+    compile_model: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model")]
+    = False,
+    trials: Annotated[int, typer.Option(help="trials of the overhead study")] = 60,
+    epochs: Annotated[int, typer.Option(help="epochs per trial of the overhead study")] = 2,
+    concurrency: Annotated[int | None, typer.Option(help="trials at once [default: one per CPU, or "
+                                                         "1/gpus-per-trial per GPU]")] = None,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial of the studies (0.25 packs four)")]
+    = 0.0,
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster [default: local]")] = None,
+    parts: Annotated[str, typer.Option(help="what to measure: data,train,overhead,digits")] =
+    "data,train,overhead,digits",
+) -> None:
+    """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way."""
+    _setup_logging()
+    from autoopt.bench import BenchOptions, run_bench
+
+    opts = BenchOptions(device=device, data_images=data_images,
+                        train_images=data_images if full_cifar and train_images is None else train_images,
+                        batch_size=batch_size, repeats=repeats, loader_workers=loader_workers,
+                        threads=threads, compile=compile_model, trials=trials, epochs=epochs,
+                        concurrency=concurrency, gpus_per_trial=gpus_per_trial, ray_address=ray_address,
+                        parts=tuple(p.strip() for p in parts.split(",") if p.strip()))
+    result = run_bench(opts, on_step=lambda what: err.print(f"bench: {what} ...", highlight=False))
+    if as_json:
+        print(json.dumps(result))
+        return
+    _print_bench(result)
+
+
+def _print_bench(b: dict[str, Any]) -> None:
+    def s(key: str, digits: int = 3) -> str:
+        return f"{b[key]:.{digits}f} s" if b.get(key) is not None else "-"
+
+    table = Table("measure", "autoopt", "the tutorial's way", "speed-up",
+                  title=f"autoopt bench on {b['device']}")
+    if "data_epoch_s" in b:
+        table.add_row(f"data epoch ({b['data_images']:,} images, crop+flip)", s("data_epoch_s"),
+                      s("dataloader_data_epoch_s"), f"x{b['data_speedup']:.1f}")
+    if "train_epoch_s" in b:
+        table.add_row(f"SimpleCNN epoch ({b['train_images']:,} images)", s("train_epoch_s"),
+                      s("dataloader_train_epoch_s"), f"x{b['train_speedup']:.2f}")
+    if "overhead_s_per_trial" in b:
+        table.add_row(f"overhead per trial ({b['overhead_trials']} trials x {b['overhead_epochs']} epochs, "
+                      f"{b['overhead_concurrency']} at once)", s("overhead_s_per_trial"), "", "")
+        once = f"{b['startup_s']:.1f} s / {b['finish_s']:.1f} s"
+        table.add_row("  one-time: start-up / finish", once, "", "")
+    if "trials_per_hour" in b:
+        table.add_row(f"digits at its defaults ({b['digits_trials']} trials x {b['digits_epochs']} epochs)",
+                      f"{b['trials_per_hour']:,.0f} trials/h", "", "")
+    out.print(table)
+    out.print(f"load average {b.get('load_before')} before, {b.get('load_after')} after; "
+              f"{b['bench_s']:.0f} s in all", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``autoopt`` console script."""
     try:
