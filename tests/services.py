@@ -179,6 +179,7 @@ class RayCluster:
     port: int = field(default_factory=free_port)
     nodes: list[Service] = field(default_factory=list)
     token: str = field(default_factory=lambda: uuid.uuid4().hex + uuid.uuid4().hex)
+    env: dict[str, str] | None = None  # the nodes' environment (default: this cluster's own token)
 
     @property
     def address(self) -> str:
@@ -196,8 +197,8 @@ class RayCluster:
 
     def start(self) -> RayCluster:
         # Draining on SIGTERM only delays our teardown; usage stats would try the network.
-        env = service_env({"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0",
-                           **self.client_env})
+        env = self.env or service_env({"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                                       "RAY_USAGE_STATS_ENABLED": "0", **self.client_env})
         common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0", "--block",
                   "--disable-usage-stats"]
         head = Service("ray-head", [str(BIN / "ray"), "start", "--head", "--port", str(self.port),

@@ -1,10 +1,15 @@
-"""The cluster path, for real: PostgreSQL storage shared by the driver and every worker, a
+"""The cluster path, for real: PostgreSQL storage shared by the drivers and every worker, a
 two-node Ray started by ``ray start`` on loopback, an ``mlflow server`` on PostgreSQL with
-proxied artifacts, and two drivers sharing one study."""
+proxied artifacts, and two drivers sharing one study. (One ``tune`` alone on this setup, with
+passwords in both URLs, is tests/test_secrets.py; the faults are tests/test_faults.py.)"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,6 +27,7 @@ from services import (
     pg_execute,
     pg_url,
     runs_of,
+    service_env,
     shared_cluster,
     shared_mlflow,
 )
@@ -67,67 +73,79 @@ class ConnectionSampler:
         self._thread.join()
 
 
-def test_tune_on_cluster_with_postgres_and_mlflow_server(cluster: RayCluster, mlflow_server: MlflowServer,
-                                                         optuna_db: str, tmp_path: Path) -> None:
-    study = f"c{uuid.uuid4().hex[:8]}"
-    url = pg_url(optuna_db)
-    # The storage from the environment, as a cluster job would get it.
-    args = ["--task", "digits", "--trials", "4", "--epochs", "1", "--no-confirm", "--study", study,
-            "--ray-address", cluster.address, "--mlflow-uri", mlflow_server.url, "--concurrency", "2"]
-    driver = Driver(args, tmp_path / "work", driver_env(cluster, AUTOOPT_STORAGE=url))
-    with ConnectionSampler(optuna_db) as connections:
-        assert driver.run(300) == 0, driver.output()[-3000:]
-
-    trials = load_trials(url, study)
-    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"} and len(trials) == 4  # PRUNED: diverged
-    # Every worker opened the storage itself: the trials ran on both nodes of the cluster.
-    nodes = {t.user_attrs["worker"]["node"] for t in trials}
-    assert len(nodes) == 2, nodes
-    # Small pools: the driver (2 + overflow, the ask lock) and two workers (1 + overflow) at most.
-    assert 0 < connections.peak <= 12, connections.peak
-
-    parents, nested = runs_of(mlflow_server, study)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(int(r.data.tags["autoopt.trial_number"]) for r in nested) == [0, 1, 2, 3]
-    assert {r.info.status for r in nested} == {"FINISHED"}
-    assert all("lr" in r.data.params for r in nested)
-    # Artifacts went through the server's proxied store, not a folder the driver can see.
-    parent = parents[0]
-    assert parent.info.artifact_uri.startswith("mlflow-artifacts:"), parent.info.artifact_uri
-    client = mlflow_server.client()
-    run_id = parent.info.run_id
-    listed = {f.path for d in ("recommendation", "plots") for f in client.list_artifacts(run_id, d)}
-    assert {"recommendation/digits.json", "plots/optimization_history.png"} <= listed
-    stored = next(mlflow_server.artifacts.rglob(f"{run_id}/artifacts/recommendation/digits.json"))
-    local = json.loads((tmp_path / "work" / "recommendations" / "digits.json").read_text())
-    assert json.loads(stored.read_text())["trial_number"] == local["trial_number"]
-    assert not (tmp_path / "work" / "mlruns").exists() and not (tmp_path / "work" / "mlartifacts").exists()
-
-
-def test_two_drivers_share_one_study(cluster: RayCluster, mlflow_server: MlflowServer, optuna_db: str,
-                                     tmp_path: Path) -> None:
+def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_server: MlflowServer,
+                                                    optuna_db: str, tmp_path: Path) -> None:
+    """Two ``autoopt tune`` at once, on the same task and PostgreSQL database, on a two-node Ray
+    from ``ray start``, tracking to an MLflow server: the study ends with exactly the requested
+    total, none lost, none run twice; every worker reached the storage and the server itself."""
     study = f"d{uuid.uuid4().hex[:8]}"
     total = 6
     args = ["--task", "digits", "--trials", str(total), "--epochs", "1", "--no-confirm", "--study", study,
             "--ray-address", cluster.address, "--mlflow-uri", mlflow_server.url]
-    # The same database spelled two ways: the drivers must still serialise their asks.
+    # The same database spelled two ways, one from --storage and one from AUTOOPT_STORAGE: the
+    # drivers must still serialise their asks.
     first = Driver([*args, "--storage", pg_url(optuna_db)], tmp_path / "a", driver_env(cluster), name="a")
     second = Driver(args, tmp_path / "b",
                     driver_env(cluster, AUTOOPT_STORAGE=pg_url(optuna_db).replace("127.0.0.1", "localhost")),
                     name="b")
-    first.start()
-    second.start()
-    codes = (first.wait(400), second.wait(400))
+    with ConnectionSampler(optuna_db) as connections:
+        first.start()
+        second.start()
+        codes = (first.wait(400), second.wait(400))
     assert codes == (0, 0), first.output()[-2000:] + second.output()[-2000:]
 
     trials = load_trials(pg_url(optuna_db), study)
     states = [t.state.name for t in trials]
     assert "RUNNING" not in states and "WAITING" not in states, states
-    # Exactly the requested total, none lost, none run twice.
+    # Exactly the requested total, none lost, none run twice (PRUNED: a config that diverged).
     assert len(trials) == total and budget_used(trials) == total, states
     assert states.count("COMPLETE") + states.count("PRUNED") == total, states
     configs = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in trials]
     assert len(set(configs)) == total
+    # Workers opened the storage themselves: the trials ran on both nodes of the cluster.
+    assert len({t.user_attrs["worker"]["node"] for t in trials}) == 2
+    # Small pools: per driver 2 (+2 overflow) and the ask lock's 1, per worker 1 (+2 overflow).
+    assert 0 < connections.peak <= 16, connections.peak
+
     parents, nested = runs_of(mlflow_server, study)
     assert len(parents) == 2 and {r.info.status for r in parents} == {"FINISHED"}
     assert sorted(int(r.data.tags["autoopt.trial_number"]) for r in nested) == list(range(total))
+    assert {r.info.status for r in nested} == {"FINISHED"} and all("lr" in r.data.params for r in nested)
+    # Artifacts went through the server's proxied store, not a folder the drivers can see.
+    client = mlflow_server.client()
+    for parent in parents:
+        run_id = parent.info.run_id
+        assert parent.info.artifact_uri.startswith("mlflow-artifacts:"), parent.info.artifact_uri
+        listed = {f.path for d in ("recommendation", "plots") for f in client.list_artifacts(run_id, d)}
+        assert {"recommendation/digits.json", "plots/optimization_history.png"} <= listed
+        stored = next(mlflow_server.artifacts.rglob(f"{run_id}/artifacts/recommendation/digits.json"))
+        assert json.loads(stored.read_text())["study_name"] == study
+    for driver in (first, second):
+        local = json.loads((driver.cwd / "recommendations" / "digits.json").read_text())
+        assert local["study_name"] == study and local["trial_number"] in range(total)
+        assert not (driver.cwd / "mlruns").exists() and not (driver.cwd / "mlartifacts").exists()
+
+
+def test_joins_a_head_that_wants_the_local_token(tmp_path: Path) -> None:
+    """``ray start --head`` turns token authentication on when ``~/.ray/auth_token`` exists (any
+    local ``ray.init`` writes one), while Ray never sends a token to an explicit address: autoopt
+    joins a head on this machine with that token, and needs no RAY_AUTH_MODE."""
+    home = Path(tempfile.mkdtemp(prefix="aoh-"))  # short: Ray's socket paths live under it
+    try:
+        (home / ".ray").mkdir()
+        (home / ".ray" / "auth_token").write_text(uuid.uuid4().hex * 2)
+        env = {k: v for k, v in service_env({"HOME": str(home), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+                                            ).items() if not k.startswith("RAY_AUTH")}
+        head = RayCluster(home, workers=0, env=env).start()
+        try:
+            assert "Token authentication is enabled" in head.nodes[0].output()
+            code = ("import sys, ray; from autoopt.dispatch import start_ray; start_ray(sys.argv[1]); "
+                    "print(ray.cluster_resources()['CPU'])")
+            joined = subprocess.run([sys.executable, "-c", code, head.address], env=env, capture_output=True,
+                                    text=True, timeout=180)
+            assert joined.returncode == 0, joined.stderr[-2000:]
+            assert joined.stdout.strip().splitlines()[-1] == "1.0"
+        finally:
+            head.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
