@@ -84,6 +84,7 @@ class TrialWorker:
         self.tasks: dict[tuple, Any] = {}
         self.studies: dict[tuple, Any] = {}
         self.trials_run = 0
+        self.task_loads = 0
         from autoopt.study import redact_logs
         from autoopt.tracking import TrialRecorder
 
@@ -94,8 +95,11 @@ class TrialWorker:
         self.reports = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optuna-report")
 
     def info(self) -> dict[str, Any]:
+        """Who this worker is and what it did: ``pid``, ``node``, ``device``, ``gpu_ids`` (Ray's),
+        ``trials_run`` and ``task_loads`` (datasets loaded: once per task while it stays warm)."""
         return {"pid": os.getpid(), "trials_run": self.trials_run, "device": self.device,
-                "node": ray.get_runtime_context().get_node_id()}
+                "node": ray.get_runtime_context().get_node_id(), "gpu_ids": list(ray.get_gpu_ids()),
+                "task_loads": self.task_loads}
 
     def flush(self) -> None:
         self.recorder.flush()
@@ -106,6 +110,7 @@ class TrialWorker:
             from autoopt.tasks import load_task
 
             task = load_task(job.task, job.data_dir).to(self.device)
+            self.task_loads += 1
             if job.batch_size:
                 task.batch_size = job.batch_size
             self.tasks[key] = task
