@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from functools import wraps
 from typing import Annotated, Any
 
@@ -26,20 +26,20 @@ out = Console()
 err = Console(stderr=True)
 
 
-class Sampler(str, Enum):
+class Sampler(StrEnum):
     tpe = "tpe"
     random = "random"
     cmaes = "cmaes"
     gp = "gp"
 
 
-class Pruner(str, Enum):
+class Pruner(StrEnum):
     none = "none"
     median = "median"
     hyperband = "hyperband"
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     json = "json"
     yaml = "yaml"
     python = "python"

@@ -13,7 +13,6 @@ import mlflow
 import optuna
 import pytest
 import torch
-
 from conftest import run_cli
 
 FAST = ["--task", "digits", "--epochs", "2", "--no-confirm", "--concurrency", "2"]

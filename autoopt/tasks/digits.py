@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from autoopt.data import Preprocess, Split, split_holdout
+from autoopt.data import Preprocess, split_holdout
 from autoopt.tasks.base import Task
 from autoopt.tasks.models import SmallCNN
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from autoopt.data import Preprocess, Split, split_holdout
 from autoopt.errors import UsageError
 from autoopt.tasks.base import Task
