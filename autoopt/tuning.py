@@ -168,7 +168,12 @@ def save(spec: StudySpec, study: Any, rec: Recommendation, tracker: Any) -> Path
         from autoopt.report import optimization_history
 
         fig = optimization_history(study)
-        tracker.log_figure(fig, "plots/optimization_history.png")
+        try:
+            tracker.log_figure(fig, "plots/optimization_history.png")
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)  # figures are global in pyplot: a long-lived process would leak them
     except Exception as exc:
         log.warning("could not log the recommendation to MLflow: %s", exc)
     return path
