@@ -1,0 +1,122 @@
+"""Trials that cost only their training: warm workers reused across trials (the dataset loaded
+once per worker), four trials packed on one GPU with --gpus-per-trial 0.25 (logical GPUs
+declared to a real local Ray), and a driver that samples only what a trial uses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+
+from autoopt.dispatch import Job, WorkerPool, default_concurrency, run_jobs
+from autoopt.space import TrialConfig, suggest_config
+from autoopt.spec import load_spec
+from autoopt.study import GroupTPESampler, open_storage, open_study, trials_snapshot
+from autoopt.tuning import run
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """A real local Ray declaring four CPUs and one GPU (a logical one: the scheduling is what
+    is tested, the trials train on the CPU)."""
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def digits_job(seed: int) -> Job:
+    return Job("digits", None, TrialConfig("sgd", {"lr": 0.05, "momentum": 0.9}), 1, seed)
+
+
+def wait_ready(pool: WorkerPool, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(pool.ready) and time.monotonic() < deadline:
+        pool.poll(1.0)
+    assert all(pool.ready), "workers were not placed"
+
+
+def test_a_study_runs_its_trials_on_concurrency_workers(cluster: None, workdir: Path) -> None:
+    spec = load_spec("digits", trials=8, epochs=1, concurrency=2, confirm=False,
+                     storage=f"sqlite:///{workdir / 'autoopt.db'}",
+                     mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                     out=str(workdir / "recommendations"))
+    run(spec)
+    study = optuna.load_study(study_name="digits", storage=spec.storage)
+    trials = [t for t in study.trials if t.state.is_finished()]
+    assert len(trials) == 8
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(pids) == 2  # 8 trials, 2 warm workers: no process per trial
+    assert all(t.user_attrs["train_s"] > 0 for t in trials)
+
+
+def test_warm_workers_load_the_dataset_once_and_take_trial_after_trial(cluster: None) -> None:
+    pool = WorkerPool(2, cpus=1, gpus=0)
+    try:
+        pool.warm(digits_job(0))
+        wait_ready(pool)
+        assert [w["task_loads"] for w in pool.info()] == [1, 1]  # loaded while warming, before any trial
+        results: list[dict] = []
+        run_jobs(pool, [digits_job(seed) for seed in range(6)], lambda _job, result: results.append(result))
+        assert [r["state"] for r in results] == ["COMPLETE"] * 6
+        info = pool.info()
+        assert {r["pid"] for r in results} == {w["pid"] for w in info}
+        assert sum(w["trials_run"] for w in info) == 6 and all(w["trials_run"] >= 2 for w in info)
+        assert [w["task_loads"] for w in info] == [1, 1]  # still once per worker
+    finally:
+        pool.shutdown()
+
+
+def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(cluster: None) -> None:
+    assert default_concurrency(1.0, 0.25) == 4
+    pool = WorkerPool(4, cpus=1, gpus=0.25)
+    extra = None
+    try:
+        wait_ready(pool)
+        info = pool.info()
+        assert len({w["pid"] for w in info}) == 4
+        assert all(len(w["gpu_ids"]) == 1 for w in info) and len({str(w["gpu_ids"][0]) for w in info}) == 1
+        assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.0)  # the GPU is full
+        # A fifth quarter does not fit until one of the four leaves.
+        extra = WorkerPool(1, cpus=0.01, gpus=0.25)
+        extra.poll(3.0)
+        assert extra.ready == [False]
+        # Four trials at once, one per worker.
+        results: list[dict] = []
+        run_jobs(pool, [digits_job(seed) for seed in range(4)], lambda _job, result: results.append(result))
+        assert len({r["pid"] for r in results}) == 4
+        ray.kill(pool.workers[0])
+        wait_ready(extra)
+    finally:
+        pool.shutdown()
+        if extra is not None:
+            extra.shutdown()
+
+
+def test_the_driver_samples_only_the_groups_a_trial_uses(tmp_path: Path) -> None:
+    spec = load_spec("digits", trials=30, epochs=1)
+    space = spec.search_space()
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
+    study = open_study(storage, "s", direction="maximize")
+    for number in range(30):
+        study.sampler = GroupTPESampler(multivariate=True, group=True, constant_liar=True, seed=number,
+                                        n_startup_trials=10)
+        trial = study.ask()
+        with trials_snapshot(study):
+            config = suggest_config(trial, space)
+        assert config.optimizer in spec.optimizers
+        if number >= 10:  # TPE proper: its groups are sampled lazily, only those asked for
+            groups = trial.relative_params
+            sampled = len(groups._values)
+            assert 0 < sampled < len(groups._groups), (sampled, len(groups._groups))
+        # A made-up score that prefers adam with a mid lr: TPE should learn it.
+        lr = config.optimizer_params.get("lr", 1.0)
+        study.tell(trial, (config.optimizer == "adam") + 1.0 / (1.0 + abs(__import__("math").log10(lr) + 3)))
+    late = [t.params["optimizer"] for t in study.trials[20:]]
+    assert late.count("adam") >= 3  # the model is used: far above the 1 in 7 of random picks
