@@ -121,10 +121,12 @@ def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Several processes write one file: wait for the lock rather than fail at once.
         return {"connect_args": {"timeout": 60}}
-    # Small pools: every worker holds its own (pool_size=1), and PostgreSQL's max_connections
-    # (100 by default) is shared by all drivers, workers and the MLflow server. Pre-ping
+    # Small pools: PostgreSQL's max_connections (100 by default) is shared by all drivers,
+    # workers and the MLflow server. A worker uses at most two at once (its trial, its
+    # background reports): 1 + 1 overflow; a driver 2 + 1, and one more for the ask lock. So
+    # about 4 per driver and 2 per worker: past ~40 workers, put PgBouncer in front. Pre-ping
     # replaces connections a database restart or a network cut left dead.
-    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 2, "pool_pre_ping": True,
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 1, "pool_pre_ping": True,
                               "pool_recycle": 300}
     if url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -135,12 +137,25 @@ def open_storage(url: str, *, pool_size: int = 2, heartbeat: bool = True, retry:
     """Open (creating its tables if needed) the Optuna storage at ``url``; a bad or unreachable
     URL is a ``UsageError`` that names the URL without its password. With ``retry`` (workers,
     whose driver already reached it) an unreachable database is waited for (``with_retry``)."""
-    def _open() -> RDBStorage:
+    def _open_once() -> RDBStorage:
         if not heartbeat:
             return RDBStorage(url, engine_kwargs=_engine_kwargs(url, pool_size))
         return RDBStorage(url, engine_kwargs=_engine_kwargs(url, pool_size), heartbeat_interval=HEARTBEAT_S,
                           grace_period=GRACE_S,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+
+    def _open() -> RDBStorage:
+        # Drivers started together on an empty database all create Optuna's tables; on
+        # PostgreSQL the losers fail on a duplicate type or row. The tables are there then:
+        # opening again finds them.
+        for attempt in range(5):
+            try:
+                return _open_once()
+            except Exception as exc:
+                if attempt == 4 or not _schema_race(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     try:
         storage = with_retry(_open, what="open the storage") if retry else _open()
@@ -172,6 +187,21 @@ def _tune_sqlite(storage: RDBStorage) -> None:
         cur.close()
 
     storage.engine.dispose()
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from another process creating the same tables at the same time."""
+    from sqlalchemy.exc import IntegrityError
+
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, IntegrityError) or type(seen).__name__ in (
+                "UniqueViolation", "DuplicateTable", "DuplicateObject"):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return False
 
 
 def storage_retry_s() -> float:
