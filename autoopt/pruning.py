@@ -22,6 +22,7 @@ Each guard only ever vetoes a prune of the inner pruner; it never prunes by itse
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -30,6 +31,7 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
+REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
 MEDIAN_STARTUP_TRIALS = 4
 
@@ -96,6 +98,30 @@ def may_prune(pruner: BasePruner | None, step: int) -> bool:
     return True
 
 
+class ReferenceTrials:
+    """A study's trials as a worker last read them, reused by its pruning decisions for at most
+    ``max_age_s``.
+
+    With trials of a second or less, one read serves several decisions instead of one read
+    each (a read is six queries); a decision never sees the study more than ``max_age_s`` out
+    of date, and with longer epochs every decision reads afresh.
+    """
+
+    def __init__(self, max_age_s: float = REFERENCE_MAX_AGE_S) -> None:
+        self.max_age_s = max_age_s
+        self._last: dict[tuple[int, int], tuple[float, list[FrozenTrial]]] = {}
+
+    def get(self, study: optuna.Study) -> list[FrozenTrial]:
+        key = (id(study._storage), study._study_id)
+        now = time.monotonic()
+        hit = self._last.get(key)
+        if hit is not None and now - hit[0] < self.max_age_s:
+            return hit[1]
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        self._last[key] = (now, trials)
+        return trials
+
+
 class TrialReporter:
     """A worker's link to one running Optuna trial: it reports each epoch's value and asks the
     pruner, keeping storage round trips off the training path.
@@ -105,7 +131,7 @@ class TrialReporter:
     * A report is written by ``background`` (ordered, one thread), overlapping the next epoch
       and the pruner's read; ``close`` waits for what is still pending.
     * The pruner is consulted only at steps where it may prune, with one read of the finished
-      trials (``GuardedPruner``).
+      trials, or a read of this worker's from less than a second ago (``ReferenceTrials``).
 
     >>> import optuna
     >>> study = optuna.create_study(pruner=build_pruner("median", epochs=4, warmup=0.0))
@@ -119,9 +145,10 @@ class TrialReporter:
     """
 
     def __init__(self, study: optuna.Study, trial_id: int, number: int, *,
-                 background: Executor | None = None,
+                 background: Executor | None = None, reference: ReferenceTrials | None = None,
                  retry: Callable[[Callable[[], Any], str], Any] | None = None) -> None:
         self.study, self.trial_id, self.number = study, trial_id, number
+        self.reference = reference
         self.values: dict[int, float] = {}
         self._background = background
         self._retry = retry or (lambda fn, _what: fn())
@@ -158,7 +185,14 @@ class TrialReporter:
                              datetime_complete=None, params={}, distributions={}, user_attrs={},
                              system_attrs=attrs, intermediate_values=dict(self.values),
                              trial_id=self.trial_id)
-        return bool(self._retry(lambda: pruner.prune(self.study, frozen), "ask the pruner"))
+
+        def _prune() -> bool:
+            from autoopt.study import trials_snapshot
+
+            with trials_snapshot(self.study, self.reference.get(self.study) if self.reference else None):
+                return bool(pruner.prune(self.study, frozen))
+
+        return bool(self._retry(_prune, "ask the pruner"))
 
     def close(self) -> None:
         """Wait for the reports still being written; raise the first failure."""

@@ -326,9 +326,9 @@ class _LazyGroups(Mapping):
 
 
 @contextlib.contextmanager
-def trials_snapshot(study: optuna.Study) -> Iterator[None]:
+def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Iterator[None]:
     """Within the block, the study's trials are read from the storage once, then served from
-    that snapshot.
+    that snapshot (or ``trials``, a read made just before).
 
     One decision reads them many times: TPE with groups once per parameter group of the trial
     it samples, the pruner's guard and the median pruner once each. Each read is a round trip
@@ -341,7 +341,7 @@ def trials_snapshot(study: optuna.Study) -> Iterator[None]:
         yield
         return
     read = storage.get_all_trials
-    cache: dict[int, list[FrozenTrial]] = {}
+    cache: dict[int, list[FrozenTrial]] = {} if trials is None else {study._study_id: trials}
 
     def get_all_trials(study_id: int, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
         if study_id not in cache:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ TRIAL_TAG = "autoopt.trial_number"
 STATE_TAG = "autoopt.state"
 FAMILY_TAG = "autoopt.optimizer"
 KIND_TAG = "autoopt.kind"
+WRITE_EVERY_S = 2.0  # a running trial's run and metrics reach MLflow at most this late
 
 
 def experiment_name(task: str) -> str:
@@ -166,76 +168,144 @@ def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
             for r in runs]
 
 
-class TrialRecorder:
-    """Records trials' nested runs from a worker, in order, on one background thread."""
+@dataclass
+class _PendingRun:
+    """What a trial's run still needs written."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
+    handle: dict[str, Any]
+    run_name: str
+    tags: dict[str, str]
+    due: float  # when to write what is pending (time.monotonic())
+    created: bool = False
+    params: list[Any] = field(default_factory=list)
+    metrics: list[Any] = field(default_factory=list)
+    final_tags: list[Any] = field(default_factory=list)
+    status: str | None = None
+
+    def pending(self) -> bool:
+        return not self.created or bool(self.params or self.metrics or self.final_tags) or self.status is not None
+
+
+class TrialRecorder:
+    """Records trials' nested runs from a worker, on one background thread, in few writes.
+
+    A run is created, and its params and epoch metrics written, at most ``write_every_s``
+    after they happen, each time in one batch; a trial that ends sooner is written as one run
+    creation, one batch and its end: three writes where one per epoch, and more, were made
+    (each is a database transaction for MLflow on SQL, a request for a server). ``flush``
+    writes everything pending.
+    """
+
+    def __init__(self, write_every_s: float = WRITE_EVERY_S) -> None:
+        self.write_every_s = write_every_s
         self._clients: dict[str, Any] = {}
-        self._last: Future | None = None
+        self._runs: dict[int, _PendingRun] = {}
+        self._cond = threading.Condition()
+        self._writing = False
+        self._thread = threading.Thread(target=self._loop, name="mlflow", daemon=True)
+        self._thread.start()
 
     def _client(self, uri: str) -> Any:
         if uri not in self._clients:
             self._clients[uri] = _client(uri)
         return self._clients[uri]
 
-    def _submit(self, fn: Any, *args: Any) -> None:
-        self._last = self._pool.submit(self._guard, fn, *args)
-
     def warm(self, uri: str) -> None:
         """Import MLflow and open the store at ``uri`` now (a second or more for a database
         store), so that a worker's first trial does not wait for it."""
-        self._pool.submit(self._guard, self._client, uri).result()
-
-    @staticmethod
-    def _guard(fn: Any, *args: Any) -> None:
         try:
-            fn(*args)
+            self._client(uri)
         except Exception as exc:  # tracking must never fail a trial
-            log.warning("MLflow logging failed: %s", exc)
+            log.warning("MLflow store %s could not be opened: %s", uri, exc)
 
     def start(self, handle: dict[str, Any], *, run_name: str, params: dict[str, Any],
               tags: dict[str, Any]) -> None:
-        """Create the nested run; ``handle`` (uri, experiment_id, parent_run_id) comes from the
-        driver and receives the new run's id."""
-        def _start() -> None:
-            from mlflow.entities import Param
+        """Open the nested run; ``handle`` (uri, experiment_id, parent_run_id) comes from the
+        driver and receives the new run's id once it is created."""
+        from mlflow.entities import Param
 
-            client = self._client(handle["uri"])
-            all_tags = {PARENT_TAG: handle["parent_run_id"], **{k: str(v) for k, v in tags.items()}}
-            run = client.create_run(handle["experiment_id"], run_name=run_name, tags=all_tags)
-            handle["run_id"] = run.info.run_id
-            client.log_batch(run.info.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
-
-        self._submit(_start)
+        run = _PendingRun(handle, run_name, {PARENT_TAG: handle["parent_run_id"],
+                                             **{k: str(v) for k, v in tags.items()}},
+                          due=time.monotonic() + self.write_every_s,
+                          params=[Param(k, _param_value(v)) for k, v in params.items()])
+        with self._cond:
+            self._runs[id(handle)] = run
+            self._cond.notify()
 
     def log_epoch(self, handle: dict[str, Any], epoch: int, metrics: dict[str, float]) -> None:
-        def _log() -> None:
-            from mlflow.entities import Metric
+        from mlflow.entities import Metric
 
-            now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if math.isfinite(v)]
-            self._client(handle["uri"]).log_batch(handle["run_id"], metrics=batch)
-
-        self._submit(_log)
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if math.isfinite(v)]
+        with self._cond:
+            run = self._runs.get(id(handle))
+            if run is not None:
+                run.metrics.extend(batch)
 
     def finish(self, handle: dict[str, Any], *, state: str, tags: dict[str, Any],
                metrics: dict[str, float] | None = None) -> None:
         """Set the final tags (and metrics) and end the run: FINISHED, or FAILED for a failed trial."""
-        def _finish() -> None:
-            from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, RunTag
 
-            client = self._client(handle["uri"])
-            now = int(time.time() * 1000)
-            mets = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
-                    if v is not None and math.isfinite(v)]
-            client.log_batch(handle["run_id"], metrics=mets,
-                             tags=[RunTag(STATE_TAG, state), *(RunTag(k, _param_value(v)) for k, v in tags.items())])
-            client.set_terminated(handle["run_id"], status="FAILED" if state == "FAIL" else "FINISHED")
-
-        self._submit(_finish)
+        now = int(time.time() * 1000)
+        with self._cond:
+            run = self._runs.get(id(handle))
+            if run is None:
+                return
+            run.metrics.extend(Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+                               if v is not None and math.isfinite(v))
+            run.final_tags += [RunTag(STATE_TAG, state), *(RunTag(k, _param_value(v)) for k, v in tags.items())]
+            run.status = "FAILED" if state == "FAIL" else "FINISHED"
+            run.due = time.monotonic()
+            self._cond.notify()
 
     def flush(self) -> None:
-        """Wait until everything submitted so far is written."""
-        if self._last is not None:
-            self._last.result()
+        """Write everything pending, and wait until it is written."""
+        with self._cond:
+            for run in self._runs.values():
+                run.due = 0.0
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._writing and not any(r.pending() for r in self._runs.values()))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    due = [r for r in self._runs.values() if r.pending() and r.due <= now]
+                    if due:
+                        break
+                    waits = [r.due - now for r in self._runs.values() if r.pending()]
+                    self._cond.wait(timeout=min(waits) if waits else None)
+                work = []
+                for run in due:
+                    work.append((run, run.created, run.params, run.metrics, run.final_tags, run.status))
+                    run.params, run.metrics, run.final_tags = [], [], []
+                    run.created = True
+                    run.due = now + self.write_every_s
+                    if run.status is not None:
+                        del self._runs[id(run.handle)]
+                self._writing = True
+            for item in work:
+                try:
+                    self._write(*item)
+                except Exception as exc:  # tracking must never fail a trial
+                    log.warning("MLflow logging failed: %s", exc)
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+    def _write(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
+               tags: list[Any], status: str | None) -> None:
+        handle = run.handle
+        client = self._client(handle["uri"])
+        if not created:
+            handle["run_id"] = client.create_run(handle["experiment_id"], run_name=run.run_name,
+                                                 tags=run.tags).info.run_id
+        run_id = handle["run_id"]
+        # MLflow takes at most 1000 metrics, 100 params and 100 tags per batch.
+        while params or metrics or tags:
+            client.log_batch(run_id, metrics=metrics[:1000], params=params[:100], tags=tags[:100])
+            params, metrics, tags = params[100:], metrics[1000:], tags[100:]
+        if status is not None:
+            client.set_terminated(run_id, status=status)

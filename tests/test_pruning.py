@@ -12,7 +12,7 @@ from late_bloomer import CONFIGS, EPOCHS, task
 from optuna.pruners import MedianPruner, NopPruner
 from optuna.trial import TrialState, create_trial
 
-from autoopt.pruning import GuardedPruner, TrialReporter, build_pruner, may_prune
+from autoopt.pruning import GuardedPruner, ReferenceTrials, TrialReporter, build_pruner, may_prune
 from autoopt.space import TrialConfig
 from autoopt.study import open_storage
 from autoopt.train import train
@@ -78,6 +78,22 @@ def test_reporter_writes_in_the_background_and_asks_the_pruner_only_where_it_may
         reporter.close()
     stored = study._storage.get_trial(trial._trial_id).intermediate_values
     assert stored == {1: 0.1, 2: 0.1, 3: 0.1}
+
+
+def test_a_worker_prunes_against_finished_trials_at_most_its_reference_age_old(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}", heartbeat=False)
+    study = optuna.create_study(storage=storage, direction="maximize",
+                                pruner=build_pruner("median", epochs=4, warmup=0.0))
+    reference = ReferenceTrials(max_age_s=3600.0)
+    trial = study.ask()
+    reporter = TrialReporter(study, trial._trial_id, trial.number, reference=reference)
+    reporter.report(0.1, 1)
+    assert not reporter.should_prune(1)  # nothing finished yet
+    for _ in range(4):
+        study.add_trial(finished([0.8, 0.85, 0.9, 0.95]))
+    assert not reporter.should_prune(1)  # decided on this worker's read of a moment ago
+    reference.max_age_s = 0.0
+    assert reporter.should_prune(1)  # a fresh read sees the four finished trials ahead of it
 
 
 def run_study(pruner: optuna.pruners.BasePruner, storage: str) -> tuple[optuna.Study, int]:
