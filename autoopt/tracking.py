@@ -24,7 +24,7 @@ TRIAL_TAG = "autoopt.trial_number"
 STATE_TAG = "autoopt.state"
 FAMILY_TAG = "autoopt.optimizer"
 KIND_TAG = "autoopt.kind"
-WRITE_EVERY_S = 2.0  # a running trial's run and metrics reach MLflow at most this late
+WRITE_EVERY_S = 2.0  # a running trial's params and metrics reach MLflow at most this late
 
 
 def experiment_name(task: str) -> str:
@@ -189,11 +189,11 @@ class _PendingRun:
 class TrialRecorder:
     """Records trials' nested runs from a worker, on one background thread, in few writes.
 
-    A run is created, and its params and epoch metrics written, at most ``write_every_s``
-    after they happen, each time in one batch; a trial that ends sooner is written as one run
-    creation, one batch and its end: three writes where one per epoch, and more, were made
-    (each is a database transaction for MLflow on SQL, a request for a server). ``flush``
-    writes everything pending.
+    A run is created when its trial starts; its params and epoch metrics are written at most
+    ``write_every_s`` after they happen, each time in one batch. A trial that ends sooner is
+    written as the run's creation, one batch and its end: three writes where one per epoch,
+    and more, were made (each is a database transaction for MLflow on SQL, a request for a
+    server). ``flush`` writes everything pending.
     """
 
     def __init__(self, write_every_s: float = WRITE_EVERY_S) -> None:
@@ -226,7 +226,7 @@ class TrialRecorder:
 
         run = _PendingRun(handle, run_name, {PARENT_TAG: handle["parent_run_id"],
                                              **{k: str(v) for k, v in tags.items()}},
-                          due=time.monotonic() + self.write_every_s,
+                          due=time.monotonic(),  # created at once: a running trial shows in the UI
                           params=[Param(k, _param_value(v)) for k, v in params.items()])
         with self._cond:
             self._runs[id(handle)] = run
@@ -279,6 +279,11 @@ class TrialRecorder:
                     self._cond.wait(timeout=min(waits) if waits else None)
                 work = []
                 for run in due:
+                    if not run.created and run.status is None:
+                        # Create it now; its params go with its first metrics, or its end.
+                        work.append((run, False, [], [], [], None))
+                        run.created, run.due = True, now + self.write_every_s
+                        continue
                     work.append((run, run.created, run.params, run.metrics, run.final_tags, run.status))
                     run.params, run.metrics, run.final_tags = [], [], []
                     run.created = True

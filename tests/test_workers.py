@@ -16,6 +16,7 @@ from autoopt.dispatch import Job, WorkerPool, default_concurrency, run_jobs
 from autoopt.space import TrialConfig, suggest_config
 from autoopt.spec import load_spec
 from autoopt.study import GroupTPESampler, open_storage, open_study, trials_snapshot
+from autoopt.tracking import StudyRun, TrialRecorder
 from autoopt.tuning import run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -120,3 +121,39 @@ def test_the_driver_samples_only_the_groups_a_trial_uses(tmp_path: Path) -> None
         study.tell(trial, (config.optimizer == "adam") + 1.0 / (1.0 + abs(__import__("math").log10(lr) + 3)))
     late = [t.params["optimizer"] for t in study.trials[20:]]
     assert late.count("adam") >= 3  # the model is used: far above the 1 in 7 of random picks
+
+
+def test_tracking_batches_a_trials_writes_and_loses_none(workdir: Path) -> None:
+    import mlflow
+
+    parent = StudyRun(f"sqlite:///{workdir / 'mlflow.db'}", "digits", "s", {"trials": 2})
+    handle = {"uri": parent.uri, "experiment_id": parent.experiment_id, "parent_run_id": parent.run_id}
+    recorder = TrialRecorder(write_every_s=0.3)
+    client = mlflow.MlflowClient(tracking_uri=parent.uri)
+
+    def metric_steps(run_id: str) -> list[int]:
+        return [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+
+    slow, quick = dict(handle), dict(handle)
+    recorder.start(slow, run_name="trial-0", params={"lr": 0.1}, tags={"autoopt.trial_number": 0})
+    recorder.log_epoch(slow, 1, {"val_accuracy": 0.5, "lr": 0.1})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not ("run_id" in slow and metric_steps(slow["run_id"])):
+        time.sleep(0.1)
+    # A running trial shows in the UI, with its epochs at most write_every_s late.
+    assert client.get_run(slow["run_id"]).info.status == "RUNNING" and metric_steps(slow["run_id"]) == [1]
+    recorder.start(quick, run_name="trial-1", params={"lr": 0.2}, tags={"autoopt.trial_number": 1})
+    for epoch in (1, 2, 3):
+        recorder.log_epoch(quick, epoch, {"val_accuracy": 0.1 * epoch, "lr": 0.2})
+    recorder.finish(quick, state="FAIL", tags={"autoopt.reason": "diverged"})
+    recorder.log_epoch(slow, 2, {"val_accuracy": 0.6, "lr": 0.1})
+    recorder.finish(slow, state="COMPLETE", tags={}, metrics={"test_accuracy": 0.7})
+    recorder.flush()
+    done = {r.info.run_name: r for r in client.search_runs([parent.experiment_id],
+                                                          f"tags.`mlflow.parentRunId` = '{parent.run_id}'")}
+    assert done["trial-0"].info.status == "FINISHED" and done["trial-1"].info.status == "FAILED"
+    assert done["trial-0"].data.params == {"lr": "0.1"} and done["trial-1"].data.params == {"lr": "0.2"}
+    assert metric_steps(slow["run_id"]) == [1, 2] and metric_steps(quick["run_id"]) == [1, 2, 3]
+    assert done["trial-0"].data.metrics["test_accuracy"] == 0.7
+    assert done["trial-1"].data.tags["autoopt.state"] == "FAIL"
+    assert done["trial-1"].data.tags["autoopt.reason"] == "diverged"
