@@ -88,7 +88,7 @@ def test_worker_killed_mid_trial_is_failed_and_retried(cluster: RayCluster, mlfl
     driver = Driver(tune_args("services:slow_digits", study, 3, url, cluster, mlflow_server, data,
                               "--concurrency", "1"), tmp_path / "work", driver_env(cluster)).start()
     pid = wait_for(lambda: held_pids(data), 240, "a trial to reach its worker")[0]
-    time.sleep(2)  # let the worker's MLflow run be created
+    wait_for(lambda: runs_of(mlflow_server, study)[1], 60, "the held trial's MLflow run")
     os.kill(pid, signal.SIGKILL)
     (data / "hold").unlink()
     assert driver.wait(300) == 0, driver.output()[-3000:]
@@ -118,7 +118,7 @@ def test_driver_killed_mid_study_resumes(cluster: RayCluster, mlflow_server: Mlf
                      "--concurrency", "1")
     first = Driver(args, tmp_path / "work", driver_env(cluster), name="first").start()
     wait_for(lambda: held_pids(data), 240, "a trial to reach its worker")
-    time.sleep(2)  # let the worker's MLflow run be created
+    wait_for(lambda: runs_of(mlflow_server, study)[1], 60, "the held trial's MLflow run")
     first.kill()
     assert [s for s in states(load_trials(url, study)) if s == "RUNNING"], "no trial was in flight"
     (data / "hold").unlink()
