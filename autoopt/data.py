@@ -118,8 +118,10 @@ class Preprocess:
             return x if index is None else x.index_select(0, index)
         return augment(x, pad=self.crop_pad, flip=self.flip, generator=generator, index=index)
 
-    def normalise(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``(x / scale - mean) / std`` per channel, as a new ``dtype`` tensor."""
+    def normalise(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, *,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """``(x / scale - mean) / std`` per channel, as a new ``dtype`` tensor (images laid out
+        in ``memory_format``, in the same pass)."""
         if x.ndim != 4:
             return (x.to(dtype) / self.scale - self.mean[0]) / self.std[0]
         key = (x.device, dtype, x.shape[1])
@@ -132,7 +134,7 @@ class Preprocess:
         mul, sub = self._stats[key]
         # copy=True: a fresh tensor even for float storage, so the in-place ops below never
         # touch the stored split (and allocate nothing more).
-        return x.to(dtype, copy=True).mul_(mul).sub_(sub)
+        return x.to(dtype, copy=True, memory_format=memory_format).mul_(mul).sub_(sub)
 
 
 def augment(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator | None = None,

@@ -59,7 +59,7 @@ def _loss_fn(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, split_name: str = "val", *,
-             autocast: bool = False) -> dict[str, float]:
+             autocast: bool = False, channels_last: bool = False) -> dict[str, float]:
     """Loss and score (accuracy or RMSE) of ``model`` on one split."""
     split = getattr(task, split_name)
     model.eval()
@@ -69,6 +69,8 @@ def evaluate(model: torch.nn.Module, task: Task, split_name: str = "val", *,
     device_type = split.x.device.type
     for xb, yb in split.batches(EVAL_BATCH):
         x = task.preprocess(xb, train=False)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x).float()
         total_loss += loss_fn(out, yb) * len(yb)
@@ -88,15 +90,16 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
     After each epoch, ``on_epoch(epoch, metrics)`` sees ``train_loss``, ``val_loss``, the
     validation score, ``lr`` and ``epoch_s``; returning True stops the run as ``pruned``.
     A non-finite loss stops it as ``diverged`` with the reason. Seeded runs repeat exactly on
-    the CPU. On a GPU, matmuls run in bf16 autocast and images in ``channels_last``.
+    the CPU. Images run in ``channels_last`` where the model takes it (convolutions are 20-30%
+    faster in it, on the CPU too); on a GPU, matmuls run in bf16 autocast.
     """
     device = task.train.x.device
     on_gpu = device.type == "cuda"
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     model = task.build_model().to(device)
-    if on_gpu and task.train.x.ndim == 4:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = _try_channels_last(model, task)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     fam = family(config.optimizer)
     optimizer = build_optimizer(model, config.optimizer, config.optimizer_params)
     steps_per_epoch = math.ceil(len(task.train) / task.batch_size)
@@ -107,7 +110,8 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
     loss_fn = _loss_fn(task)
     # A Preprocess augments a whole chunk of the epoch at once; another callable sees batches.
     prep = task.preprocess
-    augment = prep.augment if isinstance(prep, Preprocess) and prep.augments else None
+    own = isinstance(prep, Preprocess)
+    augment = prep.augment if own and prep.augments else None
     result = TrialResult("complete", task.metric)
     try:
         for epoch in range(1, epochs + 1):
@@ -117,10 +121,12 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
                 optimizer.train()
             total = torch.zeros((), device=device)
             for xb, yb in task.train.batches(task.batch_size, generator=gen, augment=augment):
-                # Augmented per chunk by batches() already: only normalise here.
-                x = task.preprocess(xb, train=augment is None, generator=gen)
-                if on_gpu and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if own:  # augmented per chunk by batches() already: normalise, in the model's layout
+                    x = prep.normalise(xb, memory_format=fmt)
+                else:
+                    x = prep(xb, train=True, generator=gen)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
                     loss = loss_fn(step_model(x).float(), yb)
                 optimizer.zero_grad(set_to_none=True)
@@ -135,7 +141,8 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
             train_loss = (total / len(task.train)).item()
             if fam.train_eval:
                 optimizer.eval()  # Schedule-Free evaluates at its averaged weights
-            metrics = {"train_loss": train_loss, **evaluate(model, task, "val", autocast=on_gpu)}
+            metrics = {"train_loss": train_loss,
+                       **evaluate(model, task, "val", autocast=on_gpu, channels_last=channels_last)}
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             metrics["epoch_s"] = time.perf_counter() - t0
             result.train_s += metrics["epoch_s"]
@@ -155,12 +162,33 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
             t0 = time.perf_counter()
             if fam.train_eval:
                 optimizer.eval()
-            result.test = evaluate(model, task, "test", autocast=on_gpu)
+            result.test = evaluate(model, task, "test", autocast=on_gpu, channels_last=channels_last)
             result.train_s += time.perf_counter() - t0
         return result
     finally:
         del model, step_model, optimizer, scheduler
         release_memory(on_gpu)
+
+
+def _try_channels_last(model: torch.nn.Module, task: Task) -> bool:
+    """Put ``model`` in ``channels_last`` if it takes images so laid out: oneDNN on the CPU and
+    cuDNN on the GPU run convolutions faster in it. A model that calls ``.view()`` on its
+    activations (the tutorial's ``x.view(-1, 16 * 5 * 5)``) cannot: probed on two samples, in
+    eval mode and without gradients, it stays as it is."""
+    if task.train.x.ndim != 4 or len(task.train) == 0:
+        return False
+    training = model.training
+    model.to(memory_format=torch.channels_last)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(task.preprocess(task.train.x[:2], train=False).contiguous(memory_format=torch.channels_last))
+        return True
+    except RuntimeError:
+        model.to(memory_format=torch.contiguous_format)
+        return False
+    finally:
+        model.train(training)
 
 
 def warm_up(task: Task, config: TrialConfig) -> None:

@@ -144,3 +144,30 @@ def test_other_shapes_pass_through_without_augmentation() -> None:
     assert sorted(labels.tolist()) == list(range(20))
     xb, yb = next(rows.batches(20, generator=torch.Generator().manual_seed(0), augment=CIFAR.augment))
     assert torch.equal(xb[:, 0], 2.0 * yb.float())  # rows stay with their labels, unchanged
+
+
+class ViewNet(torch.nn.Module):
+    """The tutorial's habit: ``x.view(-1, n)`` on conv activations (fails on channels_last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 32 * 32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(-1, 4 * 32 * 32))
+
+
+def test_images_train_channels_last_unless_the_model_cannot() -> None:
+    x, y = cifar_like(192, seed=4)
+    cfg = TrialConfig("sgd", {"lr": 0.01, "momentum": 0.9})
+    for build in (SimpleCNN, ViewNet):
+        task = Task("cifar-shaped", build, Split(x[:128], y[:128]), Split(x[128:], y[128:]), batch_size=64,
+                    preprocess=CIFAR)
+        result = train(task, cfg, epochs=1, seed=0)
+        assert result.status == "complete" and result.value is not None, build.__name__
+    with pytest.raises(RuntimeError):  # what the probe saw: this model cannot take channels_last
+        ViewNet().to(memory_format=torch.channels_last)(
+            CIFAR.normalise(x[:2], memory_format=torch.channels_last))
+    assert CIFAR.normalise(x[:2], memory_format=torch.channels_last).is_contiguous(
+        memory_format=torch.channels_last)
