@@ -24,6 +24,8 @@ Four measures, each against what a PyTorch user would otherwise run:
 * **trials_per_hour**: the ``digits`` study at its default settings (``studies/digits.yaml``),
   without the confirmation runs, over the same study span; ``trials_per_hour_all_in`` counts
   its start-up and finish too.
+* **packing** (a GPU only, not run by default): the overhead study at a whole GPU per trial,
+  then at ``gpus_per_trial`` (0.25: four per GPU), and the throughput gained.
 
 Timings are the best of ``repeats`` interleaved runs (autoopt and the DataLoader alternate),
 so that a load that comes and goes on a shared machine biases neither side.
@@ -54,7 +56,8 @@ log = logging.getLogger(__name__)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 CIFAR_TRAIN_IMAGES = 50_000
-PARTS = ("data", "train", "overhead", "digits")
+PARTS = ("data", "train", "overhead", "digits", "packing")
+DEFAULT_PARTS = ("data", "train", "overhead", "digits")
 TUTORIAL_SGD = {"lr": 0.001, "momentum": 0.9}  # the tutorial's optimizer
 VAL_IMAGES = 512  # the validation pass both training loops end an epoch with
 
@@ -77,7 +80,7 @@ class BenchOptions:
     concurrency: int | None = None
     gpus_per_trial: float = 0.0
     ray_address: str | None = None
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = DEFAULT_PARTS
     seed: int = 0
 
     def check(self) -> None:
@@ -381,6 +384,22 @@ def bench_digits(opts: BenchOptions, device: Any) -> dict[str, Any]:
             "digits_epochs_saved_by_pruning": n * t["epochs"] - t["epochs_trained"]}
 
 
+def bench_packing(opts: BenchOptions, device: Any) -> dict[str, Any]:
+    """Several trials per GPU: the overhead study's trials at a whole GPU each, then packed at
+    ``gpus_per_trial`` (0.25 unless a fraction is given), with throughput of each."""
+    if device.type != "cuda":
+        raise UsageError("the packing part needs a GPU (--device cuda)")
+    fraction = opts.gpus_per_trial if 0 < opts.gpus_per_trial < 1 else 0.25
+    out: dict[str, Any] = {"packing_fraction": fraction}
+    for label, gpus in (("whole", 1.0), ("packed", fraction)):
+        t = study_timing("digits", concurrency=default_concurrency(device, gpus), trials=opts.trials,
+                         epochs=opts.epochs, gpus_per_trial=gpus, ray_address=opts.ray_address, seed=opts.seed)
+        out[f"packing_{label}_concurrency"] = t["concurrency"]
+        out[f"packing_{label}_trials_per_hour"] = round(3600 * t["trials"] / t["study_s"], 1)
+    out["packing_speedup"] = round(out["packing_packed_trials_per_hour"] / out["packing_whole_trials_per_hour"], 2)
+    return out
+
+
 def run_bench(opts: BenchOptions, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the parts of the bench in ``opts.parts``; returns one flat dict (the JSON of ``--json``)."""
     import torch
@@ -396,6 +415,7 @@ def run_bench(opts: BenchOptions, on_step: Callable[[str], None] | None = None) 
         ("train", "SimpleCNN training epoch: autoopt vs the tutorial's loop", bench_train),
         ("overhead", f"overhead: a study of {opts.trials} short digits trials", bench_overhead),
         ("digits", "trials per hour: the digits study at its defaults", bench_digits),
+        ("packing", "several trials per GPU: whole GPUs, then packed", bench_packing),
     ]
     for name, what, fn in steps:
         if name not in opts.parts:

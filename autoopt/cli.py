@@ -326,8 +326,8 @@ def bench(
     gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial of the studies (0.25 packs four)")]
     = 0.0,
     ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster [default: local]")] = None,
-    parts: Annotated[str, typer.Option(help="what to measure: data,train,overhead,digits")] =
-    "data,train,overhead,digits",
+    parts: Annotated[str, typer.Option(help="what to measure: data,train,overhead,digits (and packing "
+                                            "on a GPU)")] = "data,train,overhead,digits",
 ) -> None:
     """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way."""
     _setup_logging()
@@ -363,6 +363,10 @@ def _print_bench(b: dict[str, Any]) -> None:
                       f"{b['overhead_concurrency']} at once)", s("overhead_s_per_trial"), "", "")
         once = f"{b['startup_s']:.1f} s / {b['finish_s']:.1f} s"
         table.add_row("  one-time: start-up / finish", once, "", "")
+    if "packing_speedup" in b:
+        table.add_row(f"{1 / b['packing_fraction']:.0f} trials per GPU vs 1 (trials/h)",
+                      f"{b['packing_packed_trials_per_hour']:,.0f}", f"{b['packing_whole_trials_per_hour']:,.0f}",
+                      f"x{b['packing_speedup']:.2f}")
     if "trials_per_hour" in b:
         table.add_row(f"digits at its defaults ({b['digits_trials']} trials x {b['digits_epochs']} epochs)",
                       f"{b['trials_per_hour']:,.0f} trials/h", "", "")

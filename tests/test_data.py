@@ -3,9 +3,13 @@ as the tutorial's transforms define it, normalisation, and runs that repeat with
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import run_cli
 
 from autoopt import data
 from autoopt.bench import CIFAR_MEAN, CIFAR_STD, cifar_like
@@ -171,3 +175,18 @@ def test_images_train_channels_last_unless_the_model_cannot() -> None:
             CIFAR.normalise(x[:2], memory_format=torch.channels_last))
     assert CIFAR.normalise(x[:2], memory_format=torch.channels_last).is_contiguous(
         memory_format=torch.channels_last)
+
+
+def test_bench_prints_one_json_object_with_both_pipelines_measured(workdir: Path) -> None:
+    res = run_cli("bench", "--json", "--parts", "data,train", "--data-images", "640", "--train-images", "256",
+                  "--repeats", "1", cwd=workdir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    bench = json.loads(lines[0])
+    for key in ("data_epoch_s", "dataloader_data_epoch_s", "train_epoch_s", "dataloader_train_epoch_s"):
+        assert bench[key] > 0, key
+    assert bench["data_speedup"] == pytest.approx(bench["dataloader_data_epoch_s"] / bench["data_epoch_s"], rel=0.01)
+    assert bench["data_images"] == 640 and bench["train_images"] == 256 and bench["device"].startswith("cpu")
+    bad = run_cli("bench", "--parts", "data,nope", cwd=workdir)
+    assert bad.returncode == 2 and "unknown bench part 'nope'" in bad.stderr
