@@ -44,7 +44,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -406,6 +406,8 @@ def run_bench(opts: BenchOptions, on_step: Callable[[str], None] | None = None) 
 
     opts.check()
     device = resolve_device(opts.device)
+    if device.type == "cuda" and not opts.gpus_per_trial:
+        opts = replace(opts, gpus_per_trial=0.25)  # the studies' trials on the GPU, four at a time
     started = time.perf_counter()
     out: dict[str, Any] = {"device": _describe(device), "batch_size": opts.batch_size,
                            "repeats": opts.repeats, "threads": opts.threads if device.type == "cpu" else None,

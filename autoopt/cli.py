@@ -323,8 +323,8 @@ def bench(
     epochs: Annotated[int, typer.Option(help="epochs per trial of the overhead study")] = 2,
     concurrency: Annotated[int | None, typer.Option(help="trials at once [default: one per CPU, or "
                                                          "1/gpus-per-trial per GPU]")] = None,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial of the studies (0.25 packs four)")]
-    = 0.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial of the studies (0.25 packs four) "
+                                                     "[default: 0.25 with a GPU, else none]")] = 0.0,
     ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster [default: local]")] = None,
     parts: Annotated[str, typer.Option(help="what to measure: data,train,overhead,digits (and packing "
                                             "on a GPU)")] = "data,train,overhead,digits",
