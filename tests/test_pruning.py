@@ -96,6 +96,30 @@ def test_a_worker_prunes_against_finished_trials_at_most_its_reference_age_old(t
     assert reporter.should_prune(1)  # a fresh read sees the four finished trials ahead of it
 
 
+def test_reporter_drives_hyperband_rungs_and_prunes_the_laggards(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat=False)
+    study = optuna.create_study(storage=storage, direction="maximize",
+                                pruner=build_pruner("hyperband", epochs=9, warmup=0.0))
+    with ThreadPoolExecutor(max_workers=1) as background:
+        for quality in [0.9, 0.2, 0.8, 0.1, 0.7, 0.3, 0.95, 0.15, 0.6, 0.05] * 2:
+            trial = study.ask()
+            reporter = TrialReporter(study, trial._trial_id, trial.number, background=background)
+            pruned = False
+            for step in range(1, 10):
+                reporter.report(quality * step / 9, step)
+                if reporter.should_prune(step):
+                    pruned = True
+                    break
+            reporter.close()
+            study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, quality)
+    quality = {t.number: t.intermediate_values[t.last_step] * 9 / t.last_step for t in study.trials}
+    pruned = sorted(round(quality[t.number], 2) for t in study.trials if t.state == TrialState.PRUNED)
+    assert pruned and 0.95 not in pruned and 0.9 not in pruned, pruned
+    assert {0.05, 0.1, 0.15} & set(pruned), pruned
+    assert any(k.startswith("completed_rung_") for t in study.trials for k in t.system_attrs)
+    assert study.best_value >= 0.9
+
+
 def run_study(pruner: optuna.pruners.BasePruner, storage: str) -> tuple[optuna.Study, int]:
     """The configs of ``late_bloomer.CONFIGS`` in order, each trained on the plateau task with
     the pruner; returns the study and the epochs trained in all."""
