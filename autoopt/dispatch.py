@@ -662,6 +662,12 @@ def run_search(study: Any, *, spec: Any, storage_url: str, tracking: dict[str, A
         owned.pop(trial.number, None)
         return True
 
+    if spec.gpus_per_trial and not spec.ray_address and not ray.cluster_resources().get("GPU"):
+        # Our own local Ray has no GPU to give: the workers would wait for one forever.
+        from autoopt.errors import UsageError
+
+        raise UsageError(f"--gpus-per-trial {spec.gpus_per_trial:g}: Ray sees no GPU on this machine; "
+                         "leave --gpus-per-trial out to train on the CPUs")
     try:
         # Workers warm up (task data, stores, torch) while the driver starts; each takes
         # trials once warm.

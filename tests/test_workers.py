@@ -11,6 +11,8 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
+import torch
+from conftest import run_cli
 
 from autoopt.dispatch import Job, WorkerPool, default_concurrency, run_jobs
 from autoopt.space import TrialConfig, suggest_config
@@ -98,6 +100,14 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(cluster: None) -> 
         pool.shutdown()
         if extra is not None:
             extra.shutdown()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpus_per_trial_without_a_gpu_is_bad_input_not_a_hang(workdir: Path) -> None:
+    res = run_cli("tune", "--task", "digits", "--trials", "1", "--epochs", "1", "--gpus-per-trial", "0.25",
+                  "--no-confirm", cwd=workdir, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "--gpus-per-trial 0.25: Ray sees no GPU" in res.stderr
 
 
 def test_the_driver_samples_only_the_groups_a_trial_uses(tmp_path: Path) -> None:
