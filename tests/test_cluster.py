@@ -81,7 +81,10 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     total, none lost, none run twice; every worker reached the storage and the server itself."""
     study = f"d{uuid.uuid4().hex[:8]}"
     total = 6
-    args = ["--task", "digits", "--trials", str(total), "--epochs", "1", "--no-confirm", "--study", study,
+    # One worker per driver on a cluster of two one-CPU nodes: each driver's worker sits on its own
+    # node, and each driver runs trials only there, so both nodes must take part.
+    args = ["--task", "digits", "--trials", str(total), "--epochs", "2", "--no-confirm", "--study", study,
+            "--concurrency", "1",
             "--ray-address", cluster.address, "--mlflow-uri", mlflow_server.url]
     # The same database spelled two ways, one from --storage and one from AUTOOPT_STORAGE: the
     # drivers must still serialise their asks.
