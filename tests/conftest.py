@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +31,31 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "autoopt", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+# --- the cluster path's real services (tests/services.py), shared by the cluster and fault tests
+
+
+@pytest.fixture()
+def cluster(request: pytest.FixtureRequest) -> Any:
+    """The session's two-node Ray on loopback (started on first use)."""
+    from services import shared_cluster
+
+    return shared_cluster(request.config)
+
+
+@pytest.fixture()
+def mlflow_server(request: pytest.FixtureRequest) -> Any:
+    """The session's `mlflow server` on PostgreSQL with proxied artifacts."""
+    from services import shared_mlflow
+
+    return shared_mlflow(request.config)
+
+
+@pytest.fixture()
+def optuna_db() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test's Optuna storage, dropped afterwards."""
+    from services import database
+
+    with database() as name:
+        yield name

@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,35 +20,16 @@ from services import (
     MlflowServer,
     RayCluster,
     budget_used,
-    database,
     driver_env,
     load_trials,
     pg_execute,
     pg_url,
     runs_of,
     service_env,
-    shared_cluster,
-    shared_mlflow,
     wait_for,
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture()
-def cluster(request: pytest.FixtureRequest) -> RayCluster:
-    return shared_cluster(request.config)
-
-
-@pytest.fixture()
-def mlflow_server(request: pytest.FixtureRequest) -> MlflowServer:
-    return shared_mlflow(request.config)
-
-
-@pytest.fixture()
-def optuna_db() -> Iterator[str]:
-    with database() as name:
-        yield name
 
 
 class ConnectionSampler:

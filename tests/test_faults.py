@@ -11,7 +11,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,33 +20,14 @@ from services import (
     RayCluster,
     TcpProxy,
     budget_used,
-    database,
     driver_env,
     load_trials,
     pg_url,
     runs_of,
-    shared_cluster,
-    shared_mlflow,
     wait_for,
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture()
-def cluster(request: pytest.FixtureRequest) -> RayCluster:
-    return shared_cluster(request.config)
-
-
-@pytest.fixture()
-def mlflow_server(request: pytest.FixtureRequest) -> MlflowServer:
-    return shared_mlflow(request.config)
-
-
-@pytest.fixture()
-def optuna_db() -> Iterator[str]:
-    with database() as name:
-        yield name
 
 
 def tune_args(task: str, study: str, trials: int, storage: str, cluster: RayCluster, server: MlflowServer,
