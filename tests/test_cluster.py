@@ -86,8 +86,12 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     assert states.count("COMPLETE") + states.count("PRUNED") == total, states
     configs = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in trials]
     assert len(set(configs)) == total
-    # Workers opened the storage themselves: the trials ran on both nodes of the cluster.
-    assert len({t.user_attrs["worker"]["node"] for t in trials}) == 2
+    # Workers (Ray actors on the cluster's nodes, not the drivers) opened the storage themselves.
+    # Which node runs how many trials depends on which worker warms up first, so the spread over
+    # both nodes is not asserted.
+    workers = {(t.user_attrs["worker"]["node"], t.user_attrs["worker"]["pid"]) for t in trials}
+    drivers = {first.proc.pid, second.proc.pid}
+    assert workers and all(pid not in drivers for _, pid in workers)
     # Small pools: per driver 2 (+1 overflow) and the ask lock's 1, per placed worker 1 (+1).
     assert 0 < connections.peak <= 12, connections.peak
 
