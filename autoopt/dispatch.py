@@ -445,9 +445,14 @@ class WorkerPool:
         return ray.get([w.info.remote() for w in self.workers])
 
     def shutdown(self) -> None:
+        """Kill the workers and wait until they are gone: ray.kill returns at once, and a worker
+        still alive could open an MLflow run after the driver closed the orphans."""
         for w in self.workers:
             with contextlib.suppress(Exception):
                 ray.kill(w)
+        for w in self.workers:
+            with contextlib.suppress(Exception):  # RayActorError: it is dead, as wanted
+                ray.get(w.__ray_ready__.remote(), timeout=10)
 
 
 def default_concurrency(cpus: float, gpus: float) -> int:
