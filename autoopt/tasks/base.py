@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from autoopt.data import Preprocess, Split
+from autoopt.direction import Direction
 
-LOSSES = {"cross_entropy": ("accuracy", "maximize"), "mse": ("rmse", "minimize")}
+LOSSES: dict[str, tuple[str, Direction]] = {"cross_entropy": ("accuracy", "maximize"), "mse": ("rmse", "minimize")}
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Task:
         return f"val_{self.score}"
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Direction:
         return LOSSES[self.loss][1]
 
     def to(self, device: torch.device | str) -> Task:
