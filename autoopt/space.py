@@ -356,6 +356,17 @@ FAMILIES.update({
 
 PRESETS = ("classic", "modern", "all")
 
+# The order the portfolio screens families in when --trials is smaller than the portfolio: most
+# likely to win at its published defaults on an unseen task first. AdamW, NAdam and Adam are the
+# robust defaults of Schmidt et al. 2021 ("Descending through a crowded valley") and of AlgoPerf's
+# baseline (NAdamW); SOAP won AlgoPerf's external tuning and led on the held-out MNIST subset of
+# issue 9, ADOPT and Prodigy followed it there (Prodigy needs no lr); Lion, RAdam and Muon are
+# strong but more setting-sensitive; Schedule-Free AdamW wants warmup; RMSprop, SGD (lr-sensitive
+# at defaults), D-Adaptation and Adagrad rarely win untuned.
+PORTFOLIO_PRIOR: tuple[str, ...] = (
+    "adamw", "nadam", "adam", "soap", "adopt", "prodigy", "lion", "radam", "muon", "sfadamw", "rmsprop",
+    "sgd", "dadapt_adam", "adagrad")
+
 
 def register_optimizer(
     name: str,
@@ -390,6 +401,28 @@ def family(name: str) -> Family:
     except KeyError:
         raise UsageError(f"unknown optimizer '{name}'; known: {', '.join(FAMILIES)} "
                          f"or a preset: {', '.join(PRESETS)}") from None
+
+
+def default_params(name: str) -> dict[str, Any]:
+    """The published defaults family ``name`` trains at in the portfolio, ``autoopt compare`` and
+    the baselines: its fixed dimensions, then its ``defaults`` (torch or paper defaults); a family
+    without defaults (a user's own) trains at its class's defaults with its space's
+    representative ``lr``.
+
+    >>> default_params("sgd")
+    {'lr': 0.01, 'momentum': 0.9}
+    """
+    return family_defaults(family(name))
+
+
+def family_defaults(fam: Family) -> dict[str, Any]:
+    """``default_params`` of a ``Family`` object (a study's own family, not in the registry)."""
+    params = {k: d.value for k, d in fam.space.items() if isinstance(d, Fixed)}
+    if fam.defaults:
+        params.update(fam.defaults)
+    elif "lr" not in params:
+        params["lr"] = default_of(fam.space["lr"])
+    return params
 
 
 def resolve_optimizers(names: str | Iterable[str]) -> list[str]:
