@@ -31,6 +31,35 @@ class CustomOptimizer(BaseModel):
     train_eval: bool = False
 
 
+class Placement(BaseModel):
+    """Where and how a study runs: storage, tracking, Ray, resources, folders. Not what it searches.
+
+    ``gpus_per_trial=None`` means "auto": a quarter GPU per trial where Ray sees a GPU, else none.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: str = Field(default_factory=lambda: os.environ.get("AUTOOPT_STORAGE") or DEFAULT_STORAGE)
+    mlflow_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING)
+    ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
+    gpus_per_trial: float | None = Field(None, ge=0.0)
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    concurrency: int | None = Field(None, gt=0)
+    data_dir: str | None = Field(default_factory=lambda: os.environ.get("AUTOOPT_DATA") or None)
+    out: str = "recommendations"
+    compile: bool = False
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _fraction_or_whole(cls, value: float | None) -> float | None:
+        if value is not None and value > 1 and value != int(value):
+            raise ValueError("more than one GPU per trial must be a whole number")
+        return value
+
+
+PLACEMENT_FIELDS: tuple[str, ...] = tuple(Placement.model_fields)
+
+
 class StudySpec(BaseModel):
     """Everything one ``autoopt tune`` runs with. Unknown keys are errors (typos are caught)."""
 
@@ -50,32 +79,33 @@ class StudySpec(BaseModel):
     pruner: Literal["none", "median", "hyperband"] = "median"
     pruner_warmup: float = Field(0.3, ge=0.0, le=1.0)
     seed: int = 0
-    storage: str = Field(default_factory=lambda: os.environ.get("AUTOOPT_STORAGE") or DEFAULT_STORAGE)
     study_name: str | None = None
-    mlflow_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING)
-    ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
-    gpus_per_trial: float = Field(0.0, ge=0.0)
-    cpus_per_trial: float = Field(1.0, gt=0.0)
-    concurrency: int | None = Field(None, gt=0)
-    data_dir: str | None = Field(default_factory=lambda: os.environ.get("AUTOOPT_DATA") or None)
-    out: str = "recommendations"
-    compile: bool = False
     confirm: bool = True
     confirm_top: int = Field(3, gt=0)
     confirm_seeds: int = Field(3, gt=0)
+    max_slowdown: float | None = Field(None, gt=0)
+    placement: Placement = Field(default_factory=lambda: Placement())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_placement(cls, data: Any) -> Any:
+        """Study files and flags set placement keys flat (``storage:``); they live in ``placement``."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in PLACEMENT_FIELDS if k in data}
+        if not flat:
+            return data
+        rest = {k: v for k, v in data.items() if k not in flat}
+        placement = rest.get("placement") or {}
+        placement = placement.model_dump() if isinstance(placement, Placement) else dict(placement)
+        rest["placement"] = {**placement, **flat}
+        return rest
 
     @field_validator("optimizers", "schedulers", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
-        return value
-
-    @field_validator("gpus_per_trial")
-    @classmethod
-    def _fraction_or_whole(cls, value: float) -> float:
-        if value > 1 and value != int(value):
-            raise ValueError("more than one GPU per trial must be a whole number")
         return value
 
     @model_validator(mode="after")
@@ -120,6 +150,11 @@ class StudySpec(BaseModel):
         return SearchSpace(tuple(self.optimizers), tuple(self.schedulers), self.grad_clip, overrides)
 
 
+def known_keys() -> list[str]:
+    """The keys a study file may set (placement keys are set flat, like ``storage:``)."""
+    return [k for k in StudySpec.model_fields if k != "placement"] + list(PLACEMENT_FIELDS)
+
+
 def builtin_study_file(task: str) -> Path | None:
     path = STUDIES_DIR / f"{task}.yaml"
     return path if path.exists() else None
@@ -162,9 +197,10 @@ def load_spec(task: str | None = None, study_file: str | Path | None = None, **o
         err = exc.errors()[0]
         if not err["loc"]:  # a whole-spec check already wrote a complete message
             raise UsageError(str(err["msg"]).removeprefix("Value error, ")) from None
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        loc = err["loc"][1:] if err["loc"][0] == "placement" and len(err["loc"]) > 1 else err["loc"]
+        where = ".".join(str(p) for p in loc) or "spec"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; known keys: {', '.join(StudySpec.model_fields)}"
+            msg = f"unknown key; known keys: {', '.join(known_keys())}"
         flag = f"--{where.replace('_', '-')}" if where in overrides else where
         raise UsageError(f"{source}: {flag}: {msg}") from None
