@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from autoopt.errors import UsageError
-from autoopt.space import TrialConfig, family, schedule
+from autoopt.space import (
+    Family,
+    Fixed,
+    TrialConfig,
+    build_optimizer,
+    build_scheduler,
+    family,
+    register_optimizer,
+    schedule,
+)
+from autoopt.spec import DEFAULT_STORAGE
+from autoopt.study import load_existing_study, mask_url, open_storage, sqlite_path
+from autoopt.tasks import BUILTIN
 
 STUDY_ATTR = "recommendation"
+FOLDER = "recommendations"  # where tune writes <study>.json; AUTOOPT_RECOMMENDATIONS names another
 CORE_KEYS = ("task", "optimizer", "optimizer_params", "scheduler", "scheduler_params", "grad_clip_norm",
              "metric", "direction", "value", "study_name", "trial_number", "created_at")
 
@@ -59,40 +73,45 @@ class Recommendation:
         return TrialConfig(self.optimizer, dict(self.optimizer_params), self.scheduler,
                            dict(self.scheduler_params), self.grad_clip_norm)
 
-    def family(self) -> Any:
-        """The optimizer's registry entry. A family this process has not registered (a user's
-        own class, recommended by a study run elsewhere) is registered from the stored
-        ``optimizer_class`` import path."""
-        from autoopt.space import FAMILIES, Fixed, register_optimizer
-
-        path = self.extra.get("optimizer_class")
-        if self.optimizer in FAMILIES or not isinstance(path, str) or ":" not in path:
+    def known_family(self) -> Family | None:
+        """The optimizer's registry entry, or None when this process has not registered it (a
+        user's own class, recommended by a study run elsewhere). Registers nothing."""
+        try:
             return family(self.optimizer)
+        except UsageError:
+            return None
+
+    def family(self) -> Family:
+        """The optimizer's registry entry. A family this process has not registered is
+        registered from the stored ``optimizer_class`` import path (building an optimizer needs it)."""
+        fam = self.known_family()
+        path = self.extra.get("optimizer_class")
+        if fam is not None or not isinstance(path, str) or ":" not in path:
+            return fam or family(self.optimizer)
         return register_optimizer(self.optimizer, path, {"lr": Fixed(self.optimizer_params.get("lr", 1e-3))},
                                   train_eval=bool(self.extra.get("train_eval_mode", False)))
 
     def build_optimizer(self, model_or_params: Any) -> Any:
         """The optimizer, built on a module (preferred: parameter splits need it) or on
         ``model.parameters()``. Biases and norm weights get no weight decay."""
-        from autoopt.space import build_optimizer
-
         self.family()
         return build_optimizer(model_or_params, self.optimizer, self.optimizer_params)
 
     def build_scheduler(self, optimizer: Any, *, epochs: int, steps_per_epoch: int) -> Any:
         """The scheduler, or None. Step it after every ``optimizer.step()``; a ``plateau``
         scheduler instead once per epoch with the validation loss (``scheduler_step`` says)."""
-        from autoopt.space import build_scheduler
-
         name = self.scheduler if self.family().schedulers else "none"
         return build_scheduler(optimizer, name, self.scheduler_params, epochs=epochs,
                                steps_per_epoch=steps_per_epoch)
 
     def to_dict(self) -> dict[str, Any]:
-        fam = self.family() if self.optimizer else None
-        cls = fam.optimizer_class if fam else None
+        """The JSON form (what ``save`` writes and ``load`` reads). Registers nothing: a family this
+        process does not know keeps the ``optimizer_class`` and ``train_eval_mode`` it came with."""
+        fam = self.known_family() if self.optimizer else None
+        cls = fam.optimizer_class if fam else self.extra.get("optimizer_class")
         if cls is not None and not isinstance(cls, str):
             cls = f"{cls.__module__}:{cls.__qualname__}"
+        train_eval = fam.train_eval if fam else self.extra.get("train_eval_mode", False)
         out: dict[str, Any] = {
             "task": self.task, "optimizer": self.optimizer, "optimizer_params": self.optimizer_params,
             "scheduler": self.scheduler, "scheduler_params": self.scheduler_params,
@@ -100,11 +119,11 @@ class Recommendation:
             "value": self.value, "study_name": self.study_name, "trial_number": self.trial_number,
             "created_at": self.created_at,
             "scheduler_step": "epoch" if schedule(self.scheduler).per_epoch else "batch",
-            "train_eval_mode": bool(fam and fam.train_eval),
+            "train_eval_mode": bool(train_eval),
             # where the class comes from: recommend() in another process rebuilds a user's own family
             "optimizer_class": cls,
         }
-        out.update(self.extra)
+        out.update({k: v for k, v in self.extra.items() if k not in ("optimizer_class", "train_eval_mode")})
         return out
 
     @classmethod
@@ -120,47 +139,86 @@ class Recommendation:
         linear warmup, marked ``"source": "prior"``."""
         return cls(task=task, **PRIOR.to_dict(), extra={"source": "prior"})
 
+    @classmethod
+    def load(cls, path: str | Path) -> Recommendation:
+        """A recommendation saved as JSON (by ``save`` or ``autoopt tune``); a missing or unreadable
+        file is a ``UsageError`` naming it."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such recommendation file; run: autoopt tune --task TASK") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: not a recommendation JSON ({exc}); write it again with autoopt tune"
+                             ) from None
+        if not isinstance(data, dict) or not {"task", "optimizer", "optimizer_params"} <= set(data):
+            raise UsageError(f"{path}: not a recommendation JSON (no task/optimizer/optimizer_params)")
+        return cls.from_dict(data)
+
     def save(self, out_dir: str | Path) -> Path:
-        path = Path(out_dir) / f"{self.task}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)  # never a half-written file
+        """Write ``<out_dir>/<study_name>.json`` (the task's name when there is no study)
+        atomically: a reader sees the old file or the new one, never half of one, and saves
+        running at once each write their own temporary file."""
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{(self.study_name or self.task).replace(':', '_')}.json"
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
 
 def recommend(task: str, *, storage: str | None = None, study: str | None = None,
               fallback: str | None = None) -> Recommendation:
-    """The recommendation stored with the study of ``task``.
+    """The recommendation for ``task``: the one stored with its study, else the JSON that
+    ``autoopt tune`` wrote (``recommendations/<study>.json``, or the folder
+    ``AUTOOPT_RECOMMENDATIONS`` names), so a pipeline that ships the JSON alone works.
 
     ``storage`` defaults to ``AUTOOPT_STORAGE`` or ``sqlite:///autoopt.db``; ``study`` to the
-    task name. With no tuned study this raises ``UsageError`` naming the command to run,
-    unless ``fallback="prior"``, which returns ``Recommendation.prior(task)``.
+    task name. With neither this raises ``UsageError`` naming the command to run, unless
+    ``fallback="prior"``, which returns ``Recommendation.prior(task)``. Looking creates nothing.
 
     >>> rec = recommend("digits", storage="sqlite:///no-such.db", fallback="prior")
     >>> rec.to_dict()["source"]
     'prior'
     """
-    from autoopt.spec import DEFAULT_STORAGE
-
+    if not isinstance(task, str) or not task:
+        raise UsageError(f"recommend(task): task must be a task name such as 'digits', got {task!r}")
+    if study is not None and (not isinstance(study, str) or not study):
+        raise UsageError(f"recommend(study=...): a study name such as 'digits', got {study!r}")
     if fallback not in (None, "prior"):
         raise UsageError(f"fallback must be None or 'prior', got {fallback!r}")
     url = storage or os.environ.get("AUTOOPT_STORAGE") or DEFAULT_STORAGE
-    data = load_stored(url, study or task)
+    name = study or task
+    data = load_stored(url, name)
     if data is not None:
         return Recommendation.from_dict(data)
+    shipped = shipped_path(name)
+    if shipped.is_file():
+        return Recommendation.load(shipped)
     if fallback == "prior":
         return Recommendation.prior(task)
-    from autoopt.study import mask_url
+    hint = (f"run: autoopt tune --task {task}" + (f" --study {study}" if study else "")
+            if task in BUILTIN or ":" in task else
+            f"'{task}' is not a task autoopt knows (built-in: {', '.join(sorted(BUILTIN))}, or module:function)")
+    raise UsageError(f"no recommendation for '{name}' in {mask_url(url)} nor in {shipped}; {hint} "
+                     "(or pass fallback='prior')")
 
-    raise UsageError(f"no recommendation for task '{task}' in {mask_url(url)}; "
-                     f"run: autoopt tune --task {task}  (or pass fallback='prior')")
+
+def shipped_path(study_name: str) -> Path:
+    """Where ``autoopt tune`` writes the JSON of ``study_name`` by default."""
+    folder = os.environ.get("AUTOOPT_RECOMMENDATIONS") or FOLDER
+    return Path(folder) / f"{study_name.replace(':', '_')}.json"
 
 
 def load_stored(url: str, study_name: str) -> dict[str, Any] | None:
     """The recommendation dict stored with a study, or None (no database, study or recommendation)."""
-    from autoopt.study import load_existing_study, open_storage, sqlite_path
-
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return None  # don't create an empty database just to look

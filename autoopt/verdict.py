@@ -1,0 +1,120 @@
+"""The paired verdict: is config A better than config B, on the seeds both ran?
+
+Confirmation trains every config on the same seeds, so the comparison is paired: per seed,
+the signed difference ``A - B`` (``B - A`` for a minimized metric; positive always means A is
+better), then the mean and a Student-t 95% interval over the seeds.
+
+Differences are judged on what was measured, never on float noise:
+
+- an accuracy-like metric is a count of correct validation examples. Each value is turned
+  back into its count (``round(metric * n_val)``), so two configs with the same count on a
+  seed differ by exactly 0, whatever float32 made of the fraction;
+- any other metric (RMSE) is a float32 reduction, good to about 6 significant digits: a
+  difference within ``REL_TOL`` of the values' magnitude is 0.
+
+The verdict is ``better`` when the whole interval is above 0, ``worse`` when it is below,
+``tie`` otherwise (and always when every difference is 0). With a single seed there is no
+interval; the one difference decides, and the README says why three seeds is the default.
+
+>>> p = paired([0.95, 0.96, 0.97], [0.94, 0.95, 0.96], "maximize", n_val=100)
+>>> p["deltas"], p["verdict"]
+([0.01, 0.01, 0.01], 'better')
+>>> paired([0.9716, 0.9733], [0.97160001, 0.97329999], "maximize", n_val=2400)["verdict"]
+'tie'
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from autoopt.direction import sign
+
+REL_TOL = 1e-6  # float32 carries ~7 significant digits; a reduction over a split loses about one
+# Student-t 0.975 quantiles by degrees of freedom (two-sided 95% interval); beyond 30, the normal's.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+VERDICTS = ("better", "tie", "worse")
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% Student-t quantile for ``df`` degrees of freedom.
+
+    >>> t975(2), t975(1000)
+    (4.303, 1.96)
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return T975[df - 1] if df <= len(T975) else 1.96
+
+
+def resolution(n_val: int | None) -> float | None:
+    """The smallest difference an accuracy on ``n_val`` examples can show (one example), or None
+    for a metric without counts."""
+    return 1.0 / n_val if n_val else None
+
+
+def signed_deltas(a: Sequence[float | None], b: Sequence[float | None], direction: str, *,
+                  n_val: int | None = None) -> list[float]:
+    """Per seed, A's metric minus B's, signed so that positive means A is better; seeds where
+    either run did not finish are left out. With ``n_val`` (an accuracy on that many
+    examples), the difference of correct counts over ``n_val``; otherwise a difference within
+    ``REL_TOL`` of the values is 0."""
+    s = sign(direction)
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        if n_val:
+            out.append(s * (round(x * n_val) - round(y * n_val)) / n_val)
+            continue
+        d = s * (x - y)
+        out.append(0.0 if abs(d) <= REL_TOL * max(abs(x), abs(y)) else d)
+    return out
+
+
+def interval(deltas: Sequence[float]) -> tuple[float, list[float] | None]:
+    """The mean of ``deltas`` and its two-sided 95% t-interval (None with fewer than two).
+
+    >>> mean, ci = interval([1.0, 2.0, 3.0])
+    >>> mean, [round(v, 3) for v in ci]
+    (2.0, [-0.484, 4.484])
+    """
+    mean = statistics.fmean(deltas)
+    if len(deltas) < 2:
+        return mean, None
+    half = t975(len(deltas) - 1) * statistics.stdev(deltas) / math.sqrt(len(deltas))
+    return mean, [round(mean - half, 12), round(mean + half, 12)]
+
+
+def decide(deltas: Sequence[float], ci95: list[float] | None) -> str:
+    """``better`` when the interval lies above 0, ``worse`` below, ``tie`` otherwise; equal
+    measurements on every seed are a tie. One seed: its difference's sign decides."""
+    if all(d == 0 for d in deltas):
+        return "tie"
+    if ci95 is None:  # one seed: no interval to judge by
+        return "better" if deltas[0] > 0 else "worse"
+    if ci95[0] > 0:
+        return "better"
+    if ci95[1] < 0:
+        return "worse"
+    return "tie"
+
+
+def paired(a: Sequence[float | None], b: Sequence[float | None], direction: str, *,
+           n_val: int | None = None) -> dict[str, Any]:
+    """The paired comparison of A against B over their common seeds: ``deltas`` (per seed,
+    positive = A better), ``mean``, ``ci95`` (``[lo, hi]``, None with one seed), ``verdict``
+    (``better|tie|worse``, None when no seed finished for both), ``n`` and ``resolution``
+    (one example's worth of the metric, None without counts)."""
+    deltas = signed_deltas(a, b, direction, n_val=n_val)
+    out: dict[str, Any] = {"deltas": deltas, "mean": None, "ci95": None, "verdict": None, "n": len(deltas),
+                           "resolution": resolution(n_val)}
+    if not deltas:
+        return out
+    out["mean"], out["ci95"] = interval(deltas)
+    out["verdict"] = decide(deltas, out["ci95"])
+    return out

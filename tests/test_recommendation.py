@@ -1,0 +1,138 @@
+"""The recommendation file: named after its study, saved atomically, loadable alone."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoopt import recommend
+from autoopt.errors import UsageError
+from autoopt.recommendation import Recommendation
+from autoopt.space import family
+
+
+def _rec(study: str = "digits", lr: float = 1e-3, **extra: object) -> Recommendation:
+    return Recommendation("digits", "adam", {"lr": lr}, study_name=study, value=0.9,
+                          extra={"source": "study", **extra})
+
+
+def test_saved_under_the_study_name_not_the_task(tmp_path: Path) -> None:
+    assert _rec("digits").save(tmp_path) == tmp_path / "digits.json"
+    before = (tmp_path / "digits.json").read_text()
+    assert _rec("sig", lr=0.5).save(tmp_path) == tmp_path / "sig.json"
+    assert (tmp_path / "digits.json").read_text() == before
+    assert Recommendation.load(tmp_path / "sig.json").optimizer_params == {"lr": 0.5}
+    no_study = Recommendation("digits", "adam", {"lr": 1e-3})
+    assert no_study.save(tmp_path) == tmp_path / "digits.json"
+
+
+def test_concurrent_saves_never_collide_and_readers_see_whole_files(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    # a big payload makes a half-written file likely, if writes were not atomic
+    big = {"confirmation": {f"trial_{i}": {"values": list(range(200))} for i in range(50)}}
+
+    def writer(i: int) -> None:
+        try:
+            for j in range(40):
+                _rec(lr=i + j / 100, **big).save(tmp_path)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        path = tmp_path / "digits.json"
+        while not stop.is_set():
+            try:
+                json.loads(path.read_text())
+            except FileNotFoundError:
+                continue
+            except BaseException as exc:
+                errors.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]  # no temporary file left behind
+
+
+def _save_many(folder: str, i: int) -> None:
+    for j in range(30):
+        _rec(lr=i + j / 100).save(folder)
+
+
+def test_concurrent_saves_from_processes(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_save_many, args=(str(tmp_path), i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]
+    assert Recommendation.load(tmp_path / "digits.json").optimizer == "adam"
+
+
+def test_recommend_from_the_shipped_json_alone(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline that ships only recommendations/<task>.json: no database, none created."""
+    _rec(lr=0.0123).save(workdir / "recommendations")
+    rec = recommend("digits")
+    assert rec.optimizer_params == {"lr": 0.0123} and rec.to_dict()["source"] == "study"
+    opt = rec.build_optimizer(torch.nn.Linear(3, 2))
+    assert type(opt).__name__ == "Adam"
+    assert sorted(p.name for p in workdir.iterdir()) == ["recommendations"]  # no autoopt.db
+    # another folder, named by the environment
+    _rec(lr=0.5).save(workdir / "shipped")
+    monkeypatch.setenv("AUTOOPT_RECOMMENDATIONS", str(workdir / "shipped"))
+    assert recommend("digits").optimizer_params == {"lr": 0.5}
+    with pytest.raises(UsageError, match="autoopt tune --task digits --study other"):
+        recommend("digits", study="other")
+
+
+@pytest.mark.parametrize("bad", [None, 3, ""])
+def test_recommend_without_a_task_name_is_a_usage_error(bad: object, workdir: Path) -> None:
+    _rec().save(workdir / "recommendations")
+    with pytest.raises(UsageError, match="task must be a task name"):
+        recommend(bad)  # type: ignore[arg-type]
+
+
+def test_recommend_an_unknown_task_does_not_suggest_an_invalid_command(workdir: Path) -> None:
+    with pytest.raises(UsageError) as info:
+        recommend("no_such_task")
+    assert "autoopt tune" not in str(info.value) and "not a task autoopt knows" in str(info.value)
+
+
+def test_load_names_a_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text("{half")
+    with pytest.raises(UsageError, match=r"x\.json: not a recommendation JSON"):
+        Recommendation.load(tmp_path / "x.json")
+    with pytest.raises(UsageError, match="no such recommendation file"):
+        Recommendation.load(tmp_path / "missing.json")
+
+
+def test_to_dict_registers_nothing() -> None:
+    """A user's family recommended elsewhere: serialising keeps its class path and registers
+    nothing; building the optimizer registers it from that path."""
+    rec = Recommendation("digits", "shipped_sgd_family", {"lr": 0.1},
+                         extra={"optimizer_class": "torch.optim:SGD", "train_eval_mode": False})
+    data = rec.to_dict()
+    assert data["optimizer_class"] == "torch.optim:SGD" and data["train_eval_mode"] is False
+    with pytest.raises(UsageError):
+        family("shipped_sgd_family")  # still unknown: to_dict did not register it
+    again = Recommendation.from_dict(json.loads(json.dumps(data))).to_dict()
+    assert again["optimizer_class"] == "torch.optim:SGD"
+    with pytest.raises(UsageError):
+        family("shipped_sgd_family")
+    opt = rec.build_optimizer(torch.nn.Linear(3, 2))
+    assert type(opt).__name__ == "SGD" and family("shipped_sgd_family").name == "shipped_sgd_family"
