@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from autoopt.data import Preprocess
-from autoopt.space import TrialConfig, build_optimizer, build_scheduler, family, schedule
+from autoopt.space import Family, TrialConfig, build_optimizer, build_scheduler, schedule
+from autoopt.space import family as registered
 from autoopt.tasks.base import Task
 
 OnEpoch = Callable[[int, dict[str, float]], bool]
@@ -84,14 +85,19 @@ def evaluate(model: torch.nn.Module, task: Task, split_name: str = "val", *,
 
 def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
           on_epoch: OnEpoch | None = None, evaluate_test: bool = False,
-          compile_model: bool = False) -> TrialResult:
+          compile_model: bool = False, family: Family | None = None) -> TrialResult:
     """Train ``task``'s model with ``config`` for ``epochs`` epochs on the task's device.
 
     After each epoch, ``on_epoch(epoch, metrics)`` sees ``train_loss``, ``val_loss``, the
     validation score, ``lr`` and ``epoch_s``; returning True stops the run as ``pruned``.
     A non-finite loss stops it as ``diverged`` with the reason. Seeded runs repeat exactly on
     the CPU. Images run in ``channels_last`` where the model takes it (convolutions are 20-30%
-    faster in it, on the CPU too); on a GPU, matmuls run in bf16 autocast.
+    faster in it, on the CPU too); on a GPU, matmuls run in bf16 autocast. ``family`` is the
+    config's optimizer family (a worker passes the one its job carries); by default the
+    registry's.
+
+    ``epoch_s`` is the wall time of the epoch's training and validation on the task's device
+    (both end in a host sync: the loss and the score are read back).
     """
     device = task.train.x.device
     on_gpu = device.type == "cuda"
@@ -100,8 +106,8 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
     model = task.build_model().to(device)
     channels_last = _try_channels_last(model, task)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    fam = family(config.optimizer)
-    optimizer = build_optimizer(model, config.optimizer, config.optimizer_params)
+    fam = family or registered(config.optimizer)
+    optimizer = build_optimizer(model, fam, config.optimizer_params)
     steps_per_epoch = math.ceil(len(task.train) / task.batch_size)
     sched = schedule(config.scheduler if fam.schedulers else "none")
     scheduler = build_scheduler(optimizer, sched.name, config.scheduler_params, epochs=epochs,
@@ -191,14 +197,14 @@ def _try_channels_last(model: torch.nn.Module, task: Task) -> bool:
         model.train(training)
 
 
-def warm_up(task: Task, config: TrialConfig) -> None:
+def warm_up(task: Task, config: TrialConfig, family: Family | None = None) -> None:
     """One training step on one batch, thrown away: a warm worker pays torch's one-time costs
     (lazy imports such as torch._dynamo on the first optimizer, kernel selection, the autograd
     engine's start) here rather than in its first trial."""
     device = task.train.x.device
     torch.manual_seed(0)
     model = task.build_model().to(device)
-    optimizer = build_optimizer(model, config.optimizer, config.optimizer_params)
+    optimizer = build_optimizer(model, family or registered(config.optimizer), config.optimizer_params)
     xb, yb = next(task.train.batches(task.batch_size))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         loss = _loss_fn(task)(model(task.preprocess(xb, train=False)).float(), yb)

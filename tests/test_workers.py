@@ -14,7 +14,7 @@ import ray
 import torch
 from conftest import run_cli
 
-from autoopt.dispatch import Job, WorkerPool, default_concurrency, run_jobs
+from autoopt.dispatch import Job, JobResult, JobState, WorkerPool, default_concurrency, run_jobs
 from autoopt.space import TrialConfig, suggest_config
 from autoopt.spec import load_spec
 from autoopt.study import GroupTPESampler, open_storage, open_study, trials_snapshot
@@ -51,7 +51,7 @@ def test_a_study_runs_its_trials_on_concurrency_workers(cluster: None, workdir: 
                      mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
                      out=str(workdir / "recommendations"))
     run(spec)
-    study = optuna.load_study(study_name="digits", storage=spec.storage)
+    study = optuna.load_study(study_name="digits", storage=spec.placement.storage)
     trials = [t for t in study.trials if t.state.is_finished()]
     assert len(trials) == 8
     pids = {t.user_attrs["worker"]["pid"] for t in trials}
@@ -65,11 +65,12 @@ def test_warm_workers_load_the_dataset_once_and_take_trial_after_trial(cluster: 
         pool.warm(digits_job(0))
         wait_ready(pool)
         assert [w["task_loads"] for w in pool.info()] == [1, 1]  # loaded while warming, before any trial
-        results: list[dict] = []
+        results: list[JobResult] = []
         run_jobs(pool, [digits_job(seed) for seed in range(6)], lambda _job, result: results.append(result))
-        assert [r["state"] for r in results] == ["COMPLETE"] * 6
+        assert [r.state for r in results] == [JobState.COMPLETE] * 6
+        assert all(r.s_per_epoch and r.s_per_epoch > 0 for r in results)
         info = pool.info()
-        assert {r["pid"] for r in results} == {w["pid"] for w in info}
+        assert {r.pid for r in results} == {w["pid"] for w in info}
         assert sum(w["trials_run"] for w in info) == 6 and all(w["trials_run"] >= 2 for w in info)
         assert [w["task_loads"] for w in info] == [1, 1]  # still once per worker
     finally:
@@ -91,9 +92,9 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(cluster: None) -> 
         extra.poll(3.0)
         assert extra.ready == [False]
         # Four trials at once, one per worker.
-        results: list[dict] = []
+        results: list[JobResult] = []
         run_jobs(pool, [digits_job(seed) for seed in range(4)], lambda _job, result: results.append(result))
-        assert len({r["pid"] for r in results}) == 4
+        assert len({r.pid for r in results}) == 4
         ray.kill(pool.workers[0])
         wait_ready(extra)
     finally:

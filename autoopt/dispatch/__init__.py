@@ -1,0 +1,22 @@
+"""Ray: warm workers, the pool, and the driver's search. The only package that imports ray.
+
+* ``session``: join a Ray cluster (with its auth token) or start a local one; stop it.
+* ``worker``: ``TrialWorker``, the Ray actor that stays warm (a task's data on its device,
+  the stores open) and trains ``Job`` after ``Job`` with the job's own optimizer family.
+* ``pool``: ``WorkerPool`` (one job per worker at a time, the next one waiting in the driver
+  for whichever worker frees first) and ``run_jobs`` for independent jobs.
+* ``results``: ``JobResult`` and ``JobState``, what every job gives back.
+* ``search``: ``SearchLoop``, the ask/prepare/submit/tell loop of ``autoopt tune``.
+"""
+
+from autoopt.dispatch.pool import InFlight, WorkerPool, default_concurrency, gpus_per_trial, run_jobs
+from autoopt.dispatch.results import JobResult, JobState, compact_history
+from autoopt.dispatch.search import Progress, SearchLoop, SearchPolicy, SearchProgress, run_search
+from autoopt.dispatch.session import start_ray, stop_ray
+from autoopt.dispatch.worker import Job, TrialRef, TrialWorker, shippable_family
+
+__all__ = [
+    "InFlight", "Job", "JobResult", "JobState", "Progress", "SearchLoop", "SearchPolicy", "SearchProgress",
+    "TrialRef", "TrialWorker", "WorkerPool", "compact_history", "default_concurrency", "gpus_per_trial",
+    "run_jobs", "run_search", "shippable_family", "start_ray", "stop_ray",
+]

@@ -1,0 +1,224 @@
+"""The pool of warm workers, and running independent jobs on it.
+
+A worker runs one job at a time and holds no queue: the next job waits in the driver and
+goes to whichever worker frees first, so no worker is idle while a job waits. Every job's
+end, the normal one and a dead worker's, goes through ``WorkerPool.collect``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+from autoopt.dispatch.results import JobResult
+from autoopt.dispatch.worker import Job, TrialWorker
+from autoopt.study import redact
+
+log = logging.getLogger(__name__)
+
+AUTO_GPU_SHARE = 0.25  # --gpus-per-trial left out, where Ray sees a GPU: four trials per GPU
+
+
+def gpus_per_trial(gpus: float | None) -> float:
+    """A trial's GPU share: ``gpus``, or for None a quarter GPU where Ray sees one, else none."""
+    if gpus is not None:
+        return gpus
+    return AUTO_GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def default_concurrency(cpus: float, gpus: float | None) -> int:
+    """How many trials fit at once in the cluster's resources."""
+    res = ray.cluster_resources()
+    share = gpus_per_trial(gpus)
+    if share > 0:
+        return max(1, int(res.get("GPU", 0) // share))
+    return max(1, int(res.get("CPU", 1) // cpus))
+
+
+@dataclass
+class InFlight:
+    """A job sent to a worker."""
+
+    worker: int
+    job: Job
+    trial: Any = None  # the driver's optuna.trial.Trial for search trials
+    submitted: float = field(default_factory=time.monotonic)
+    actor: Any = None  # the worker it was sent to (the pool may replace it meanwhile)
+    started: float = field(default_factory=time.time)  # wall clock, for the record
+
+
+@dataclass
+class Finished:
+    """A job that ended: its result, and whether its worker died under it (``lost``)."""
+
+    item: InFlight
+    result: JobResult
+    lost: bool = False
+    ended: float = field(default_factory=time.time)
+
+
+class WorkerPool:
+    """``size`` warm workers, each with ``cpus``/``gpus`` reserved from Ray (``gpus=None``: a
+    quarter GPU where Ray sees one).
+
+    A worker takes jobs only once Ray has placed it (it answered a ping). On a shared cluster
+    the actors of a second driver may wait for resources that the first driver's workers hold;
+    jobs queued on them would wait too, while the first driver waits for those very trials to
+    finish before it lets its workers go: a deadlock.
+    """
+
+    MAX_START_FAILURES = 3  # workers that die before answering: past this, the cluster is broken
+
+    def __init__(self, size: int, *, cpus: float, gpus: float | None) -> None:
+        self.cpus, self.gpus = cpus, gpus_per_trial(gpus)
+        self._remote = ray.remote(TrialWorker).options(num_cpus=cpus, num_gpus=self.gpus, max_restarts=0,
+                                                       max_concurrency=1)
+        self.workers: list[Any] = [None] * size
+        self.load = [0] * size
+        self.ready = [False] * size
+        self._pings: dict[ray.ObjectRef, tuple[int, Any]] = {}
+        self._start_failures = 0
+        self._warm_job: Job | None = None
+        for i in range(size):
+            self._start(i)
+
+    def _start(self, index: int) -> None:
+        actor = self._remote.remote(max(1, int(self.cpus)), self.gpus)
+        self.workers[index], self.load[index], self.ready[index] = actor, 0, False
+        ping = actor.info.remote() if self._warm_job is None else actor.warm.remote(self._warm_job)
+        self._pings[ping] = (index, actor)
+
+    def warm(self, job: Job) -> None:
+        """From now on a worker is ready only once it has paid ``job``'s one-time costs (its
+        task loaded, its stores opened, torch warmed up: ``TrialWorker.warm``), so that trials
+        start on warm workers; replacements started later warm up too. Call before the first
+        job."""
+        self._warm_job = job
+        for index, actor in enumerate(self.workers):
+            # Queued behind the actor's ping: it answers once Ray has placed the actor and it is warm.
+            self.ready[index] = False
+            self._pings = {ref: v for ref, v in self._pings.items() if v[1] is not actor}
+            self._pings[actor.warm.remote(job)] = (index, actor)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Mark the workers Ray has placed since the last call as ready (waits up to
+        ``timeout_s`` for one when none is ready yet)."""
+        if not self._pings:
+            return
+        done, _ = ray.wait(list(self._pings), num_returns=len(self._pings), timeout=timeout_s)
+        for ref in done:
+            index, actor = self._pings.pop(ref)
+            if self.workers[index] is not actor:
+                continue  # replaced meanwhile
+            try:
+                ray.get(ref)
+                self.ready[index] = True
+            except (RayActorError, WorkerCrashedError, RayTaskError) as exc:
+                self._start_failures += 1
+                if self._start_failures > self.MAX_START_FAILURES:
+                    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                    raise RuntimeError(f"Ray workers die as they start: {first}") from None
+                log.warning("a worker died as it started; starting another: %s", str(exc)[:200])
+                self._start(index)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Nothing to wait on but workers Ray has not placed yet: wait for one (or ``timeout_s``)."""
+        if self._pings:
+            self.poll(timeout_s)
+        else:
+            time.sleep(min(timeout_s, 1.0))
+
+    def replace(self, index: int, dead: Any = None) -> None:
+        """Start a fresh worker in place of a dead one. With ``dead`` (the actor a failed job ran
+        on), only if that actor is still the one at ``index``."""
+        if dead is not None and self.workers[index] is not dead:
+            return
+        with contextlib.suppress(Exception):
+            ray.kill(self.workers[index])
+        self._start(index)
+
+    def free(self) -> int | None:
+        """A ready worker with nothing to do, or None."""
+        self.poll()
+        return next((i for i, w in enumerate(self.workers) if self.ready[i] and self.load[i] == 0), None)
+
+    def submit(self, index: int, job: Job, trial: Any = None) -> tuple[ray.ObjectRef, InFlight]:
+        """Send ``job`` to idle worker ``index``."""
+        self.load[index] += 1
+        actor = self.workers[index]
+        return actor.run.remote(job), InFlight(index, job, trial, actor=actor)
+
+    def collect(self, inflight: dict[ray.ObjectRef, InFlight], timeout_s: float | None = None) -> list[Finished]:
+        """Wait up to ``timeout_s`` for jobs of ``inflight`` to end; take them out of it and
+        return their results. A dead worker is replaced, its job's result is a failure marked
+        ``lost`` (the caller decides whether to run it again)."""
+        if not inflight:
+            return []
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout_s)
+        out = []
+        for ref in ready:
+            item = inflight.pop(ref)
+            self._done(item)
+            try:
+                out.append(Finished(item, ray.get(ref)))
+            except (RayActorError, WorkerCrashedError) as exc:
+                # The worker died mid-job (killed, out of host memory).
+                self.replace(item.worker, item.actor)
+                out.append(Finished(item, JobResult.failed(f"worker died: {str(exc)[:250]}"), lost=True))
+            except RayTaskError as exc:
+                out.append(Finished(item, JobResult.failed(redact(str(exc).splitlines()[0])[:300])))
+        return out
+
+    def _done(self, item: InFlight) -> None:
+        if self.workers[item.worker] is item.actor:  # not replaced since
+            self.load[item.worker] = max(0, self.load[item.worker] - 1)
+
+    def flush(self) -> None:
+        # Only placed workers: a flush queued on one still waiting for resources would wait with it.
+        refs = [w.flush.remote() for w, ready in zip(self.workers, self.ready, strict=True) if ready]
+        try:
+            ray.get(refs, timeout=120)
+        except Exception as exc:
+            log.warning("could not flush a worker's tracking: %s", exc)
+
+    def info(self) -> list[dict[str, Any]]:
+        return ray.get([w.info.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        """Kill the workers and wait until they are gone: ray.kill returns at once, and a worker
+        still alive could open an MLflow run after the driver closed the orphans."""
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                ray.kill(w)
+        for w in self.workers:
+            with contextlib.suppress(Exception):  # RayActorError: it is dead, as wanted
+                ray.get(w.__ray_ready__.remote(), timeout=10)
+
+
+def run_jobs(pool: WorkerPool, jobs: list[Job], on_result: Callable[[Job, JobResult], None]) -> None:
+    """Run independent jobs (confirmation, baselines, comparisons) on the pool, each on the
+    first worker that frees; a dead worker's job runs once more on a fresh worker."""
+    queue = list(jobs)
+    retried: set[int] = set()
+    inflight: dict[ray.ObjectRef, InFlight] = {}
+    while queue or inflight:
+        while queue and (w := pool.free()) is not None:
+            ref, item = pool.submit(w, queue.pop(0))
+            inflight[ref] = item
+        if not inflight:  # no worker placed yet (another driver holds the cluster): wait for one
+            pool.wait_ready(5.0)
+            continue
+        # With jobs waiting, look up now and then for workers Ray placed meanwhile.
+        for done in pool.collect(inflight, timeout_s=1.0 if queue else None):
+            if done.lost and id(done.item.job) not in retried:
+                retried.add(id(done.item.job))
+                queue.insert(0, done.item.job)
+                continue
+            on_result(done.item.job, done.result)

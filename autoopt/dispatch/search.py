@@ -1,0 +1,387 @@
+"""The driver's search: ask Optuna for trials, dispatch them to the pool, tell the results.
+
+``SearchLoop`` keeps its state in attributes; each step of a trial's life is a method:
+``ask`` (under the study's ask lock, within the budget), ``prepare`` (sample its config),
+``submit`` (to an idle worker), ``tell`` (record the result), plus ``heartbeat`` for the
+trials in flight and ``interrupt`` for Ctrl-C. The next trial is asked and prepared while the
+workers train, and waits in the driver until a worker frees: it goes to whichever frees first.
+
+A ``SearchPolicy`` (the portfolio, ``autoopt.portfolio``) may seed the study with trials
+before the sampler proposes anything and steer later trials to a family.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+import ray
+from optuna.trial import FrozenTrial, TrialState
+
+from autoopt.direction import best
+from autoopt.dispatch.pool import Finished, InFlight, WorkerPool
+from autoopt.dispatch.results import JobResult, JobState, compact_history
+from autoopt.dispatch.worker import Job, TrialRef
+from autoopt.errors import UsageError
+from autoopt.space import TrialConfig, default_params, family, suggest_config
+from autoopt.study import (
+    HEARTBEAT_S,
+    ask_lock,
+    budget_used,
+    build_sampler,
+    counts,
+    fail_stale,
+    is_unreachable,
+    open_storage,
+    retry_trial,
+    trials_snapshot,
+    with_retry,
+)
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 0.5  # the progress display reads the study at most this often while trials run
+STEERED = "steered"  # user attr: the family of this trial was chosen by the policy
+
+
+@dataclass
+class SearchProgress:
+    """What the progress display shows; updated after every event of the search."""
+
+    total: int
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    best: float | None = None
+    best_trial: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished_here: int = 0
+    last: str = ""
+    notes: list[str] = field(default_factory=list)  # one line each: what the user should know
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    def eta_s(self) -> float | None:
+        if self.finished_here == 0:
+            return None
+        per = (time.monotonic() - self.started) / self.finished_here
+        return max(0.0, (self.total - self.done) * per)
+
+    def refresh(self, study: optuna.Study) -> None:
+        """Counts and best trial, read from the study."""
+        trials = study.get_trials(deepcopy=False)
+        c = counts(trials)
+        self.complete, self.pruned, self.running = c["complete"], c["pruned"], c["running"]
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+        self.failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried)
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if done:
+            top = best(done, key=lambda t: t.value, direction=study.direction)
+            self.best, self.best_trial = top.value, top.number
+
+
+Progress = Callable[[SearchProgress], None]
+
+
+class SearchPolicy(Protocol):
+    """What the search runs besides the sampler's proposals."""
+
+    def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
+        """Called once per driver before the first ask: enqueue what must run first. Returns a
+        one-line note for the user, or None."""
+
+    def steer(self, study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
+        """The family the next proposed trial trains (the sampler tunes within it), or None to
+        leave the choice to the sampler. Called under the ask lock with the study's trials."""
+
+
+@dataclass
+class Pending:
+    """A trial asked and prepared, waiting in the driver for an idle worker."""
+
+    trial: optuna.trial.Trial
+    job: Job
+
+
+class SearchLoop:
+    """Ask, dispatch, tell until the study holds ``spec.trials`` trials (counting those of
+    other drivers and those already finished), or ``spec.timeout_s`` passes."""
+
+    def __init__(self, study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
+                 pool: WorkerPool, storage: Any = None, on_progress: Progress | None = None,
+                 policy: SearchPolicy | None = None) -> None:
+        self.study, self.spec, self.storage_url, self.tracking = study, spec, storage_url, tracking
+        self.pool, self.on_progress, self.policy = pool, on_progress, policy
+        # The study's own storage object, for heartbeats and trial ids (public calls only).
+        self.storage = storage if storage is not None else open_storage(storage_url)
+        self.study_id = with_retry(lambda: self.storage.get_study_id_from_name(study.study_name),
+                                   what="open the study")
+        self.space = spec.search_space()
+        self.progress = SearchProgress(total=spec.trials)
+        self.inflight: dict[ray.ObjectRef, InFlight] = {}
+        self.owned: dict[int, optuna.trial.Trial] = {}  # asked here, not told yet (Ctrl-C fails them)
+        self.trial_ids: dict[int, int] = {}
+        self.pending: Pending | None = None
+        self.deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+        self.exhausted = False  # the budget (or the time) is spent: ask no more
+        self.last_beat = 0.0
+        self.last_read = 0.0
+        self.log: list[dict[str, Any]] = []  # per trial run here: number, worker, started, ended (wall clock)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> SearchProgress:
+        """Run the search. Ctrl-C fails the trials asked here and re-queues them (the study stays
+        resumable), then re-raises ``KeyboardInterrupt``."""
+        self._check_gpus()
+        try:
+            self._start()
+            while not self._step():
+                pass
+        except KeyboardInterrupt:
+            self.interrupt()
+            raise
+        return self.progress
+
+    def _start(self) -> None:
+        spec = self.spec
+        # Workers warm up (task data, stores, torch) while the driver starts; each takes
+        # trials once warm.
+        self.pool.warm(Job(spec.task, spec.placement.data_dir, _warm_config(spec.optimizers[0]), spec.epochs,
+                           spec.seed, spec.batch_size, spec.placement.compile, tracking=self.tracking,
+                           trial=self._ref(-1, -1)))
+        if self.policy is not None:
+            note = with_retry(lambda: self.policy.start(self.study, self.storage_url, spec.trials),
+                              what="enqueue the portfolio")
+            if note:
+                log.info("%s", note)
+                self.progress.notes.append(note)
+        self.notify("start")
+
+    def _step(self) -> bool:
+        """One turn: heartbeats, idle workers fed, the next trial prepared, results collected.
+        True when the search is over."""
+        self.heartbeat()
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.exhausted = True
+        self._feed()
+        if not self.inflight:
+            return self._idle()
+        finished = self.pool.collect(self.inflight, timeout_s=0.0)
+        if not finished and self.pending is None and not self.exhausted:
+            self.pending = self.next()  # while the workers train: ready when one frees
+            return False
+        if not finished:
+            finished = self.pool.collect(self.inflight, timeout_s=HEARTBEAT_S)
+        for done in finished:
+            self._feed()  # first the freed worker gets the waiting trial, then the bookkeeping
+            self._finish(done)
+        return False
+
+    def _feed(self) -> None:
+        """Hand a prepared trial to every idle worker."""
+        while (w := self.pool.free()) is not None:
+            pending = self.pending or (None if self.exhausted else self.next())
+            self.pending = None
+            if pending is None:
+                return
+            self.submit(w, pending)
+
+    def _idle(self) -> bool:
+        """Nothing in flight: the search is over, or waits (other drivers' trials, workers not
+        placed yet). True when it is over."""
+        if self.pending is not None:
+            self.pool.wait_ready(HEARTBEAT_S)  # a trial is ready, no worker is placed yet
+            return False
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return True
+        trials = with_retry(lambda: self.study.get_trials(deepcopy=False), what="read the study")
+        c = counts(trials)
+        if budget_used(trials) >= self.spec.trials and c["running"] == 0 and c["waiting"] == 0:
+            return True
+        with_retry(lambda: self.progress.refresh(self.study), what="read the study")
+        if self.exhausted:
+            # Trials of another driver (or of a dead one, until their heartbeat goes stale and
+            # they are re-queued) are still running: wait, so the study ends complete and no
+            # re-queued trial is left behind.
+            time.sleep(1.0)
+        else:
+            self.pool.wait_ready(HEARTBEAT_S)  # none of our workers is placed yet
+        self.exhausted = False
+        return False
+
+    def _finish(self, done: Finished) -> None:
+        item, result = done.item, done.result
+        number = item.trial.number
+        self.log.append({"number": number, "worker": item.worker, "started": item.started, "ended": done.ended})
+        if done.lost:
+            log.warning("worker died during trial %d: %s", number, (result.reason or "")[:200])
+            lost = JobResult.failed("worker died during the trial")
+            if with_retry(lambda: self.tell(item.trial, lost), what="record a trial"):
+                with_retry(lambda: retry_trial(self.study, number), what="re-queue a trial")
+            self.notify(f"trial {number} lost its worker; re-queued")
+            return
+        with_retry(lambda: self.tell(item.trial, result), what="record a trial")
+        self.progress.finished_here += 1
+        self.notify(f"trial {number} {result.state.value.lower()}")
+
+    # --- a trial's life ----------------------------------------------------------------------
+
+    def next(self) -> Pending | None:
+        """Ask for the next trial and prepare its job; None when the budget is spent."""
+        # One read of the trials (under the ask lock) serves the budget check and the sampling.
+        with trials_snapshot(self.study):
+            trial = with_retry(self.ask, what="ask for a trial")
+            if trial is None:
+                self.exhausted = True
+                return None
+            self.owned[trial.number] = trial
+            config = with_retry(lambda: self.prepare(trial), what="store a trial's config")
+        return Pending(trial, self._job(trial, config))
+
+    def ask(self) -> optuna.trial.Trial | None:
+        """A new trial (an enqueued one first), or None when the study's budget is spent."""
+        with ask_lock(self.storage_url, self.study.study_name):
+            trials = self.study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if not waiting and budget_used(trials) >= self.spec.trials:
+                return None
+            steer = self.policy.steer(self.study, trials) if self.policy is not None and not waiting else None
+            if steer is not None:
+                # Fixed for this trial only; the sampler proposes the rest, within the family.
+                self.study.enqueue_trial({"optimizer": steer}, user_attrs={STEERED: steer})
+            trial = self.study.ask()
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            self.trial_ids[trial.number] = trial_id
+            # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
+            self.storage.record_heartbeat(trial_id)
+        return trial
+
+    def prepare(self, trial: optuna.trial.Trial) -> TrialConfig:
+        """Sample ``trial``'s config and store it (idempotent: a retry gives the same config).
+
+        A sampler seeded by the trial's number (unique in the study): two drivers started
+        together with the same --seed would otherwise propose the same configs, and one driver
+        stays reproducible. Samplers keep their state in the study, so a fresh one per trial
+        loses nothing; it samples lazily, at the first suggest. A portfolio trial trains its
+        family at its published defaults, without a scheduler or clipping.
+        """
+        self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed + trial.number)
+        config = suggest_config(trial, self.space)
+        if trial.user_attrs.get("portfolio"):
+            config = TrialConfig(config.optimizer, default_params(config.optimizer))
+        trial.set_user_attr("config", config.to_dict())
+        attrs = self.storage.get_trial_system_attrs(self.trial_ids[trial.number])
+        if "failed_trial" in attrs and trial.user_attrs.get("reason"):
+            trial.set_user_attr("reason", None)  # inherited from the failed attempt it retries
+        return config
+
+    def submit(self, worker: int, pending: Pending) -> None:
+        ref, item = self.pool.submit(worker, pending.job, pending.trial)
+        self.inflight[ref] = item
+
+    def tell(self, trial: optuna.trial.Trial, result: JobResult) -> bool:
+        """Record a result; False when the trial was already finished (failed as stale by a
+        driver that took this one for dead). An unreachable database raises, to be retried."""
+        try:
+            if result.reason:
+                trial.set_user_attr("reason", result.reason)
+            trial.set_user_attr("train_s", round(result.train_s, 4))
+            if result.s_per_epoch is not None:
+                trial.set_user_attr("s_per_epoch", round(result.s_per_epoch, 6))
+            if result.pid:  # which worker ran it: for a crash, find its node's logs
+                trial.set_user_attr("worker", {"node": result.node, "pid": result.pid})
+            trial.set_user_attr("history", compact_history(result.history))  # for reports
+            if result.state == JobState.COMPLETE:
+                # The worker leaves the last epoch's report to this tell: it spares the trial a
+                # round trip at its end, and no pruner acts on the last epoch.
+                trial.report(result.value, len(result.history) or 1)
+                self.study.tell(trial, result.value)
+            else:
+                self.study.tell(trial, state=TrialState.PRUNED if result.state == JobState.PRUNED
+                                else TrialState.FAIL)
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise
+            log.warning("could not record trial %d: %s", trial.number, exc)
+            self.owned.pop(trial.number, None)
+            return False
+        self.owned.pop(trial.number, None)
+        return True
+
+    def heartbeat(self) -> None:
+        """Every HEARTBEAT_S: a beat for each trial asked here, and stale trials of dead drivers
+        failed (and re-queued)."""
+        now = time.monotonic()
+        if now - self.last_beat < HEARTBEAT_S:
+            return
+        for number in list(self.owned):
+            trial_id = self.trial_ids[number]
+            with_retry(lambda t=trial_id: self.storage.record_heartbeat(t), what="heartbeat")
+        with_retry(lambda: fail_stale(self.study), what="fail stale trials")
+        self.last_beat = now
+
+    def interrupt(self) -> None:
+        """Ctrl-C: fail the trials asked here (running or waiting in the driver) and re-queue
+        them, so running the command again finishes exactly the remainder."""
+        self.pool.shutdown()
+        for trial in list(self.owned.values()):
+            try:
+                trial.set_user_attr("reason", "interrupted")
+                self.study.tell(trial, state=TrialState.FAIL)
+                retry_trial(self.study, trial.number)
+            except Exception as exc:
+                log.warning("could not re-queue trial %d: %s", trial.number, exc)
+
+    def notify(self, event: str) -> None:
+        self.progress.last = event
+        # Short trials finish several times a second: read the study for the display at most
+        # every REFRESH_S while trials are in flight (the last one always reads).
+        if not self.inflight or time.monotonic() - self.last_read >= REFRESH_S:
+            with_retry(lambda: self.progress.refresh(self.study), what="read the study")
+            self.last_read = time.monotonic()
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _ref(self, trial_id: int, number: int) -> TrialRef:
+        spec = self.spec
+        return TrialRef(self.storage_url, self.study.study_name, trial_id, number, spec.pruner, spec.epochs,
+                        spec.pruner_warmup)
+
+    def _job(self, trial: optuna.trial.Trial, config: TrialConfig) -> Job:
+        spec, number = self.spec, trial.number
+        kind = "portfolio" if trial.user_attrs.get("portfolio") else "search"
+        tags = {"autoopt.study": self.study.study_name, "autoopt.trial_number": number,
+                "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
+        return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
+                   spec.placement.compile, trial=self._ref(self.trial_ids[number], number), tracking=self.tracking,
+                   run_name=f"trial-{number}", tags=tags)
+
+    def _check_gpus(self) -> None:
+        place = self.spec.placement
+        if place.gpus_per_trial and not place.ray_address and not ray.cluster_resources().get("GPU"):
+            # Our own local Ray has no GPU to give: the workers would wait for one forever.
+            raise UsageError(f"--gpus-per-trial {place.gpus_per_trial:g}: Ray sees no GPU on this machine; "
+                             "leave --gpus-per-trial out to train on the CPUs")
+
+
+def _warm_config(name: str) -> TrialConfig:
+    """A config of family ``name`` to warm a worker up with (its defaults)."""
+    return TrialConfig(name, default_params(family(name).name))
+
+
+def run_search(study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
+               pool: WorkerPool, on_progress: Progress | None = None, storage: Any = None,
+               policy: SearchPolicy | None = None) -> SearchProgress:
+    """Run a ``SearchLoop`` (see there) and return its progress."""
+    return SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracking, pool=pool, storage=storage,
+                      on_progress=on_progress, policy=policy).run()

@@ -1,0 +1,228 @@
+"""The worker: a Ray actor that stays warm for a whole command and trains job after job.
+
+It loads a task once (its data on the device), opens the study and tracking stores once,
+then trains each ``Job`` with the job's own ``Family`` (it never writes the registry),
+reporting every epoch to the Optuna trial (pruning works across processes) and to the
+trial's MLflow run, and returns a ``JobResult``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.metadata
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import ray
+
+from autoopt.dispatch.results import JobResult, JobState
+from autoopt.pruning import ReferenceTrials, TrialReporter, build_pruner
+from autoopt.space import Family, TrialConfig, family
+from autoopt.study import open_storage, redact_logs, with_retry
+from autoopt.tasks import load_task
+from autoopt.tracking import TrialRecorder
+from autoopt.train import TrialResult, train, warm_up
+
+log = logging.getLogger(__name__)
+
+_STATES = {"complete": JobState.COMPLETE, "pruned": JobState.PRUNED, "diverged": JobState.PRUNED}
+
+
+@dataclass
+class TrialRef:
+    """How a worker reaches the Optuna trial it trains."""
+
+    storage_url: str
+    study_name: str
+    trial_id: int
+    number: int
+    pruner: str
+    epochs: int
+    warmup: float
+
+
+@dataclass
+class Job:
+    """One training run for a worker: a search trial, or a confirmation/baseline run."""
+
+    task: str
+    data_dir: str | None
+    config: TrialConfig
+    epochs: int
+    seed: int
+    batch_size: int | None = None
+    compile: bool = False
+    evaluate_test: bool = False
+    trial: TrialRef | None = None
+    tracking: dict[str, Any] | None = None
+    run_name: str = "trial"
+    tags: dict[str, Any] = field(default_factory=dict)
+    # The config names its family only; the entry itself travels with the job, so a family
+    # registered in the driver (register_optimizer, a study file's class) exists on the worker.
+    family: Family | None = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = shippable_family(self.config.optimizer)
+
+
+class TrialWorker:
+    """A warm worker: tasks (with their data on the device) and study handles are cached."""
+
+    def __init__(self, threads: int, gpu_fraction: float = 0.0) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        if self.device == "cuda" and 0 < gpu_fraction < 1:
+            # Several trials share the GPU: bound this one's share of its memory.
+            torch.cuda.set_per_process_memory_fraction(gpu_fraction)
+        self.tasks: dict[tuple, Any] = {}
+        self.studies: dict[tuple, optuna.Study] = {}
+        self.trials_run = 0
+        self.task_loads = 0
+        redact_logs()  # this worker holds the storage and tracking URLs: keep their passwords out of its logs
+        self.recorder = TrialRecorder()
+        # Writes a trial's epoch reports to the study, off the training path.
+        self.reports = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optuna-report")
+        self.reference = ReferenceTrials()  # the finished trials, shared by this worker's decisions
+
+    def info(self) -> dict[str, Any]:
+        """Who this worker is and what it did: ``pid``, ``node``, ``device``, ``gpu_ids`` (Ray's),
+        ``trials_run`` and ``task_loads`` (datasets loaded: once per task while it stays warm)."""
+        return {"pid": os.getpid(), "trials_run": self.trials_run, "device": self.device,
+                "node": ray.get_runtime_context().get_node_id(), "gpu_ids": list(ray.get_gpu_ids()),
+                "task_loads": self.task_loads}
+
+    def flush(self) -> None:
+        self.recorder.flush()
+
+    def _task(self, job: Job) -> Any:
+        key = (job.task, job.data_dir, job.batch_size)
+        if key not in self.tasks:
+            task = load_task(job.task, job.data_dir).to(self.device)
+            self.task_loads += 1
+            if job.batch_size:
+                task.batch_size = job.batch_size
+            self.tasks[key] = task
+        return self.tasks[key]
+
+    def _study(self, ref: TrialRef) -> optuna.Study:
+        key = (ref.storage_url, ref.study_name, ref.pruner, ref.epochs, ref.warmup)
+        if key not in self.studies:
+            # The worker reaches the storage itself (no shared filesystem), with a pool of one.
+            storage = open_storage(ref.storage_url, pool_size=1, heartbeat=False, retry=True)
+            pruner = build_pruner(ref.pruner, epochs=ref.epochs, warmup=ref.warmup)
+            # A sampler that samples nothing: the worker only reports, the driver samples.
+            self.studies[key] = with_retry(
+                lambda: optuna.load_study(study_name=ref.study_name, storage=storage, pruner=pruner,
+                                          sampler=optuna.samplers.RandomSampler()),
+                what="load the study")
+        return self.studies[key]
+
+    def warm(self, job: Job) -> dict[str, Any]:
+        """Pay ``job``'s one-time costs before the first trial: its task's data on the device,
+        its study and tracking stores opened, torch's first training step. Best effort: a
+        failure here is logged, and the trial that meets it reports it."""
+        started = time.perf_counter()
+        try:
+            task = self._task(job)
+            if job.trial is not None:
+                self._study(job.trial)
+            if job.tracking:
+                self.recorder.warm(job.tracking["uri"])
+            warm_up(task, job.config, family=job.family)
+        except Exception as exc:
+            log.warning("warming up for %s failed: %s", job.task, str(exc)[:300])
+        # What is loaded now lives as long as the worker: move it out of the collector's way.
+        # A full collection (release_memory after each trial on a GPU, and Python's own)
+        # then scans a trial's objects only: a few ms instead of a few hundred.
+        gc.collect()
+        gc.freeze()
+        return {**self.info(), "warm_s": time.perf_counter() - started}
+
+    def run(self, job: Job) -> JobResult:
+        """Train one job; never raises for a failing trial (the failure is the result)."""
+        start = time.perf_counter()
+        self.trials_run += 1
+        handle = dict(job.tracking) if job.tracking else None
+        if handle is not None:
+            self.recorder.start(handle, run_name=job.run_name, params=job.config.flat_params(), tags=job.tags)
+        where = {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+        try:
+            reporter = self._reporter(job)
+            task = self._task(job)
+            trained = train(task, job.config, epochs=job.epochs, seed=job.seed, family=job.family,
+                            on_epoch=self._on_epoch(job, task.metric, handle, reporter),
+                            evaluate_test=job.evaluate_test, compile_model=job.compile)
+            if reporter is not None:
+                reporter.close()
+            result = _result(trained, worker_s=time.perf_counter() - start, **where)
+        except Exception as exc:  # a bug in a user's task, out of memory, ...
+            result = JobResult.from_exception(exc, worker_s=time.perf_counter() - start, **where)
+        if handle is not None:
+            tags = {"autoopt.reason": result.reason} if result.reason else {}
+            if result.traceback:
+                tags["autoopt.traceback"] = result.traceback[-3000:]  # the failure, readable in the UI
+            self.recorder.finish(handle, state=result.state.value, tags=tags, metrics=result.test)
+        return result
+
+    def _reporter(self, job: Job) -> TrialReporter | None:
+        if job.trial is None:
+            return None
+        # A database that is away for a moment is waited for, not a failed trial.
+        return TrialReporter(self._study(job.trial), job.trial.trial_id, job.trial.number,
+                             background=self.reports, reference=self.reference,
+                             retry=lambda fn, what: with_retry(fn, what=what))
+
+    def _on_epoch(self, job: Job, metric: str, handle: dict[str, Any] | None,
+                  reporter: TrialReporter | None) -> Any:
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+            if handle is not None:
+                self.recorder.log_epoch(handle, epoch, metrics)
+            if reporter is None:
+                return False
+            value = metrics[metric]
+            if value != value:  # NaN: let the divergence check end the trial
+                return False
+            # Written in the background; the last epoch's value goes back with the result and
+            # the driver records it with the tell (nothing can be pruned there).
+            reporter.report(value, epoch, write=epoch < job.epochs)
+            return reporter.should_prune(epoch)
+
+        return on_epoch
+
+
+def _result(trained: TrialResult, **timings: Any) -> JobResult:
+    """A training run's outcome as a ``JobResult`` (diverged is pruned, with its reason)."""
+    test = {f"test_{k.removeprefix('test_')}": v for k, v in trained.test.items()}
+    return JobResult(_STATES[trained.status], trained.value, trained.history, test, reason=trained.reason,
+                     train_s=trained.train_s, **timings)
+
+
+@functools.cache  # scanning the installed distributions takes about a second
+def _installed_top_levels() -> frozenset[str]:
+    return frozenset(importlib.metadata.packages_distributions()) | frozenset(sys.stdlib_module_names)
+
+
+def shippable_family(name: str) -> Family:
+    """The registry entry of family ``name``, ready to travel to a worker.
+
+    A class from an installed package travels by reference (the worker imports it); a class
+    from the user's own code (a script, a notebook, a test module) may not be importable on the
+    worker, so its module is pickled by value.
+    """
+    fam = family(name)
+    for obj in (fam.optimizer_class, fam.split, fam.adjust):
+        module = getattr(obj, "__module__", None) if obj is not None and not isinstance(obj, str) else None
+        if (module and module != "__main__" and module in sys.modules
+                and module.partition(".")[0] not in _installed_top_levels()):
+            ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+    return fam
