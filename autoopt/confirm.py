@@ -1,11 +1,20 @@
-"""Confirmation over seeds, against the tutorial's baselines.
+"""Confirmation over seeds against published defaults: a paired verdict, and what it costs.
 
 The best trial of a search won once, on one seed. Here the top-k distinct configs and the
-baselines (the tutorial's SGD, Adam and RMSprop defaults, plus tuning-free optimizers at
-their defaults where the ``modern`` extra is installed) are each retrained on the same
-seeds at the full epoch budget, scored on validation and test. The recommendation is the
-best by mean validation metric — a baseline if one wins, so autoopt never recommends, on
-its own evidence, something worse than a default.
+baselines are each retrained on the same seeds at the full epoch budget, scored on
+validation and test. The baselines are the tutorial's three defaults (SGD, Adam, RMSprop)
+plus the published defaults that screened best in the study's portfolio trials, at least
+two of them modern families.
+
+The best tuned config is compared with the best baseline seed by seed on validation (see
+``autoopt.verdict``): only a ``better`` verdict makes it the recommendation; on a ``tie`` or
+``worse`` the baseline is. Validation picks, test reports: the test split never takes part in
+a choice, so the reported test numbers stay an honest estimate.
+
+Every entry also records its cost: seconds per epoch and the seconds it took to first reach
+the best baseline's final validation metric (``time_to_baseline_s``, AlgoPerf's
+time-to-result). ``max_slowdown`` leaves configs slower than that many times the fastest
+baseline out of the pick (they are still shown, marked ``excluded``).
 """
 
 from __future__ import annotations
@@ -15,10 +24,14 @@ import logging
 import math
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from autoopt.direction import ordered
+from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, run_jobs
 from autoopt.recommendation import Recommendation
-from autoopt.space import FAMILIES, TrialConfig
+from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family
+from autoopt.verdict import paired
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +41,85 @@ BASELINES: dict[str, TrialConfig] = {
     "adam_tutorial": TrialConfig("adam", {"lr": 1e-3}),
     "rmsprop_tutorial": TrialConfig("rmsprop", {"lr": 1e-3}),
 }
-# Tuning-free optimizers at their published defaults (when the `modern` extra is installed):
-# Schedule-Free AdamW at lr 0.0025, betas (0.9, 0.999), no warmup; Prodigy at lr 1.0, d_coef 1.0.
-# Their registry entries' defaults, so `autoopt compare` trains the very same configs.
-TUNING_FREE: dict[str, TrialConfig] = {
-    f"{name}_default": TrialConfig(name, dict(FAMILIES[name].defaults)) for name in ("sfadamw", "prodigy")
-}
+MODERN = frozenset({"lion", "adopt", "sfadamw", "prodigy", "dadapt_adam", "muon", "soap"})
+SCREENED_BASELINES = 3  # best-screened published defaults beside the tutorial's three
+MIN_MODERN = 2  # of which at least this many modern families
 
 
-def baselines() -> dict[str, TrialConfig]:
-    """The baselines that can run here: the tutorial's three, plus the tuning-free optimizers
-    at their defaults where their extra is installed."""
-    out = dict(BASELINES)
-    out.update({k: c for k, c in TUNING_FREE.items()
-                if c.optimizer in FAMILIES and FAMILIES[c.optimizer].available()})
+def _key(cfg: TrialConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def _available(name: str) -> bool:
+    try:
+        return family(name).available()
+    except Exception:  # a family this process does not know (a study run elsewhere)
+        return False
+
+
+def screened(study: Any, direction: str) -> list[TrialConfig]:
+    """The study's portfolio configs (trials with user attr ``portfolio``), one per family, best
+    screened first: complete trials by value, then pruned ones by their last reported value."""
+    complete, pruned = [], []
+    for t in study.get_trials(deepcopy=False):
+        if not t.user_attrs.get("portfolio") or "config" not in t.user_attrs:
+            continue
+        if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value):
+            complete.append((t.value, t.user_attrs["config"]))
+        elif t.state.name == "PRUNED" and t.intermediate_values:
+            last = t.intermediate_values[max(t.intermediate_values)]
+            if math.isfinite(last):
+                pruned.append((last, t.user_attrs["config"]))
+    out: list[TrialConfig] = []
+    for _, config in [*ordered(complete, lambda p: p[0], direction), *ordered(pruned, lambda p: p[0], direction)]:
+        if all(c.optimizer != config["optimizer"] for c in out):
+            out.append(TrialConfig(**config))
     return out
 
 
-def top_configs(study: Any, k: int, direction: str) -> list[tuple[int, TrialConfig]]:
-    """The ``k`` best complete trials with distinct configs, best first."""
+def baselines(study: Any = None, direction: str = "maximize") -> dict[str, TrialConfig]:
+    """The tutorial's three defaults plus ``SCREENED_BASELINES`` published defaults: the best
+    screened in ``study``'s portfolio, at least ``MIN_MODERN`` of them modern families (filled
+    from ``PORTFOLIO_PRIOR`` where the portfolio screened too few). Named ``<family>_default``."""
+    tutorial = {_key(c) for c in BASELINES.values()}
+    ranked = [c for c in (screened(study, direction) if study is not None else [])
+              if _key(c) not in tutorial and _available(c.optimizer)]
+    extras: list[TrialConfig] = ranked[:1]
+
+    def n_modern() -> int:
+        return sum(c.optimizer in MODERN for c in extras)
+
+    for c in ranked[1:]:  # the best-screened modern ones
+        if n_modern() >= MIN_MODERN:
+            break
+        if c.optimizer in MODERN:
+            extras.append(c)
+    for name in PORTFOLIO_PRIOR:  # the portfolio screened too few modern families
+        if n_modern() >= MIN_MODERN:
+            break
+        if name in MODERN and all(c.optimizer != name for c in extras) and _available(name):
+            extras.append(TrialConfig(name, default_params(name)))
+    for c in ranked:  # then the next best screened, whatever the family
+        if len(extras) >= SCREENED_BASELINES:
+            break
+        if all(x.optimizer != c.optimizer for x in extras):
+            extras.append(c)
+    return {**BASELINES, **{f"{c.optimizer}_default": c for c in extras}}
+
+
+def top_configs(study: Any, k: int, direction: str, exclude: set[str] | frozenset[str] = frozenset()
+                ) -> list[tuple[int, TrialConfig]]:
+    """The ``k`` best complete trials with distinct configs, best first; configs whose key is in
+    ``exclude`` (the baselines: they are confirmed as such) are skipped."""
     done = [t for t in study.get_trials(deepcopy=False)
             if t.state.name == "COMPLETE" and t.value is not None and "config" in t.user_attrs]
-    done.sort(key=lambda t: t.value, reverse=direction == "maximize")
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
     out = []
-    for t in done:
-        key = json.dumps(t.user_attrs["config"], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append((t.number, TrialConfig(**t.user_attrs["config"])))
+    for t in ordered(done, lambda t: t.value, direction):
+        cfg = TrialConfig(**t.user_attrs["config"])
+        if _key(cfg) not in seen:
+            seen.add(_key(cfg))
+            out.append((t.number, cfg))
         if len(out) == k:
             break
     return out
@@ -82,7 +145,7 @@ def summarize(values: list[float | None]) -> dict[str, Any]:
             "values": values, "complete": len(clean)}
 
 
-def rank_key(entry: dict[str, Any], direction: str, *, baseline: bool) -> tuple:
+def rank_key(entry: dict[str, Any], direction: str, *, baseline: bool = False) -> tuple:
     """Sort key, best first: configs that completed on every seed before those that failed on
     some (a mean over the seeds that survived flatters them), then by mean validation metric,
     then a baseline before a tuned config it ties with (the simpler choice)."""
@@ -91,58 +154,119 @@ def rank_key(entry: dict[str, Any], direction: str, *, baseline: bool) -> tuple:
         return (2, 0.0, 1)
     all_done = val["complete"] == len(val["values"])
     sign = -1.0 if direction == "maximize" else 1.0
-    # Rounded: means equal up to float noise (0.85 vs 0.8500000000000001) are a tie.
     return (0 if all_done else 1, round(sign * val["mean"], 9), 0 if baseline else 1)
 
 
-def choose(table: dict[str, dict[str, Any]], candidates: list[str], bases: list[str],
-           direction: str) -> tuple[str | None, str | None, str | None]:
-    """(winner, best tuned config, best baseline) by mean validation metric over the seeds.
+def mark_cost(table: dict[str, dict[str, Any]], bases: list[str], max_slowdown: float | None) -> str | None:
+    """Set each entry's ``relative`` cost (its ``s_per_epoch`` over the fastest baseline's) and,
+    with ``max_slowdown``, ``excluded`` on those slower than that; return the fastest baseline."""
+    timed = [n for n in bases if table[n].get("s_per_epoch")]
+    fastest = min(timed, key=lambda n: table[n]["s_per_epoch"], default=None)
+    for e in table.values():
+        speed = e.get("s_per_epoch")
+        e["relative"] = speed / table[fastest]["s_per_epoch"] if speed and fastest else None
+        if max_slowdown is not None and e["relative"] is not None and e["relative"] > max_slowdown:
+            e["excluded"] = (f"slower than {max_slowdown:g}x the fastest baseline ({fastest}): "
+                             f"{e['relative']:.2f}x")
+    return fastest
 
-    The winner is the better of the two bests, so if a baseline is best it is the recommendation.
-    """
+
+@dataclass
+class Pick:
+    """What ``choose`` decided: the recommendation, the best tuned config and best baseline
+    among those allowed, and the paired comparison of the two on validation."""
+
+    winner: str | None
+    tuned: str | None
+    baseline: str | None
+    paired: dict[str, Any] | None
+
+
+def choose(table: dict[str, dict[str, Any]], candidates: list[str], bases: list[str], direction: str, *,
+           n_val: int | None = None) -> Pick:
+    """The best tuned config and the best baseline by mean validation metric (entries marked
+    ``excluded`` left out), compared seed by seed; the tuned one is the recommendation only
+    when the verdict is ``better``."""
     def best(names: list[str], baseline: bool) -> str | None:
-        ok = [n for n in names if table[n]["val"]["mean"] is not None]
+        ok = [n for n in names if table[n]["val"]["mean"] is not None and not table[n].get("excluded")]
         return min(ok, key=lambda n: rank_key(table[n], direction, baseline=baseline), default=None)
 
-    best_candidate, best_baseline = best(candidates, False), best(bases, True)
-    ranked = [(rank_key(table[n], direction, baseline=n in bases), n)
-              for n in (best_candidate, best_baseline) if n is not None]
-    winner = min(ranked)[1] if ranked else None
-    return winner, best_candidate, best_baseline
+    tuned, base = best(candidates, False), best(bases, True)
+    if tuned is None or base is None:
+        return Pick(tuned or base, tuned, base, None)
+    comparison = paired(table[tuned]["val"]["values"], table[base]["val"]["values"], direction, n_val=n_val)
+    if table[tuned]["val"]["complete"] < len(table[tuned]["val"]["values"]) and comparison["verdict"] == "better":
+        comparison["verdict"] = "tie"  # it failed on a seed: not better than a baseline that did not
+    return Pick(tuned if comparison["verdict"] == "better" else base, tuned, base, comparison)
 
 
-def improvement(table: dict[str, dict[str, Any]], winner: str, best_baseline: str | None,
-                direction: str, metric: str, split: str = "test") -> dict[str, Any] | None:
-    """What tuning bought over the best baseline (the one with the best mean validation metric).
+def improvement(table: dict[str, dict[str, Any]], pick: Pick, direction: str, metric: str, *,
+                split: str = "test", n_test: int | None = None) -> dict[str, Any] | None:
+    """What tuning bought over the best baseline.
 
-    ``delta`` is the recommendation's mean ``metric`` minus the baseline's, signed so that
-    positive means better (for a minimized metric such as RMSE: baseline minus recommendation);
-    ``spread`` is the larger of the two standard deviations over the seeds, the scale a delta
-    has to beat to mean something. 0 when a baseline is the recommendation.
-    """
-    if best_baseline is None:
+    ``delta`` is the recommendation's mean ``metric`` (test) minus the baseline's, signed so that
+    positive means better, 0 when the baseline is the recommendation; ``spread`` the larger of
+    the two standard deviations over the seeds. ``verdict`` and ``paired`` are the validation
+    comparison of the best tuned config with the best baseline that decided the pick;
+    ``test_paired`` the same comparison on ``metric``, for the record."""
+    if pick.baseline is None or pick.winner is None:
         return None
-    w, b = table[winner][split], table[best_baseline][split]
+    w, b = table[pick.winner][split], table[pick.baseline][split]
     if w["mean"] is None or b["mean"] is None:
         return None
     sign = 1.0 if direction == "maximize" else -1.0
-    return {"metric": metric, "delta": sign * (w["mean"] - b["mean"]),
-            "spread": max(w["std"] or 0.0, b["std"] or 0.0), "versus": best_baseline,
-            "recommended": w["mean"], "baseline": b["mean"]}
+    out = {"metric": metric, "delta": sign * (w["mean"] - b["mean"]),
+           "spread": max(w["std"] or 0.0, b["std"] or 0.0), "versus": pick.baseline, "tuned": pick.tuned,
+           "recommended": w["mean"], "baseline": b["mean"],
+           "verdict": pick.paired["verdict"] if pick.paired else None, "paired": pick.paired}
+    if pick.tuned is not None and pick.paired is not None:
+        out["test_paired"] = paired(table[pick.tuned][split]["values"], b["values"], direction, n_val=n_test)
+    return out
 
 
-def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any], rec: Recommendation,
-            *, on_progress: Callable[[Any], None] | None = None) -> Recommendation:
-    """Retrain the top configs and the baselines on ``spec.confirm_seeds`` seeds (Ray jobs,
-    nested MLflow runs tagged ``autoopt.kind`` = ``confirm`` or ``baseline``); return the
-    recommendation with ``confirmation``, ``baselines`` and ``improvement`` filled in."""
-    from autoopt.dispatch import Job, SearchProgress, run_jobs
+def time_to(runs: list[JobResult | None], target: float, metric: str, direction: str) -> float | None:
+    """Median over seeds of the seconds until ``metric`` first reached ``target`` (a seed that
+    never did, or did not finish, counts as never); None when most seeds never did."""
+    times = [r.time_to(target, metric, direction) if r is not None else None for r in runs]
+    finite = sorted(t for t in times if t is not None)
+    ranked = finite + [math.inf] * (len(times) - len(finite))
+    if not ranked:
+        return None
+    mid = statistics.median(ranked)
+    return None if math.isinf(mid) else mid
 
-    seeds = confirmation_seeds(spec.seed, spec.confirm_seeds)
-    candidates = {f"trial_{n}": (n, cfg) for n, cfg in top_configs(study, spec.confirm_top, task.direction)}
-    bases = {name: (None, cfg) for name, cfg in baselines().items()}
-    entries = {**candidates, **bases}
+
+def cheapest_tie(table: dict[str, dict[str, Any]], winner: str) -> dict[str, Any] | None:
+    """The cheapest entry (not excluded) cheaper than the pick whose verdict against it is ``tie``."""
+    speed = table[winner].get("s_per_epoch")
+    ties = [e for n, e in table.items() if n != winner and not e.get("excluded") and e.get("s_per_epoch")
+            and speed and e["s_per_epoch"] < speed and (e.get("versus_pick") or {}).get("verdict") == "tie"]
+    if not ties:
+        return None
+    e = min(ties, key=lambda e: e["s_per_epoch"])
+    return {"name": e["name"], "optimizer": e["optimizer"], "s_per_epoch": e["s_per_epoch"],
+            "relative": e["relative"], "versus_pick": e["versus_pick"]}
+
+
+def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], runs: dict[int, JobResult],
+          test_key: str | None) -> dict[str, Any]:
+    """One confirmed config or baseline: per-seed val and test, failures, seconds per epoch."""
+    per_seed = [runs.get(s) for s in seeds]
+    done = [r if r is not None and r.state == JobState.COMPLETE else None for r in per_seed]
+    val = [r.value if r else None for r in done]
+    test = [r.test.get(test_key) if r else None for r in done] if test_key else list(val)
+    speeds = [r.s_per_epoch for r in done if r is not None and r.s_per_epoch]
+    return {"name": name, "trial_number": number, **cfg.to_dict(), "seeds": seeds, "val": summarize(val),
+            "test": summarize(test), "s_per_epoch": statistics.fmean(speeds) if speeds else None,
+            "failed": [(r.reason if r else "no result") for r in per_seed
+                       if r is None or r.state != JobState.COMPLETE]}
+
+
+def run_confirmation(spec: Any, study: Any, entries: dict[str, tuple[int | None, TrialConfig]], seeds: list[int],
+                     pool: Any, handle: dict[str, Any], on_progress: Callable[[Any], None] | None
+                     ) -> dict[str, dict[int, JobResult]]:
+    """Every entry on every seed as Ray jobs (nested MLflow runs tagged ``autoopt.kind`` =
+    ``confirm`` or ``baseline``); the results by entry and seed."""
     jobs = []
     for name, (number, cfg) in entries.items():
         kind = "baseline" if number is None else "confirm"
@@ -151,13 +275,13 @@ def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any],
                     "autoopt.optimizer": cfg.optimizer, "autoopt.seed": seed}
             if number is not None:
                 tags["autoopt.source_trial"] = number
-            jobs.append(Job(spec.task, spec.data_dir, cfg, spec.epochs, seed, spec.batch_size, spec.compile,
-                            evaluate_test=True, tracking=handle, run_name=f"{kind}-{name}-s{seed}",
-                            tags=tags))
-    results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in entries}
+            jobs.append(Job(spec.task, spec.placement.data_dir, cfg, spec.epochs, seed, spec.batch_size,
+                            spec.placement.compile, evaluate_test=True, tracking=handle,
+                            run_name=f"{kind}-{name}-s{seed}", tags=tags))
+    results: dict[str, dict[int, JobResult]] = {name: {} for name in entries}
     progress = SearchProgress(total=len(jobs), last="confirming")
 
-    def on_result(job: Any, result: dict[str, Any]) -> None:
+    def on_result(job: Any, result: JobResult) -> None:
         results[job.tags["autoopt.candidate"]][job.seed] = result
         progress.complete += 1
         progress.finished_here += 1
@@ -166,43 +290,74 @@ def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any],
             on_progress(progress)
 
     run_jobs(pool, jobs, on_result)
+    return results
 
-    # Without a test split the comparison falls back to the validation metric.
-    has_test = getattr(task, "test", None) is not None
-    test_key = f"test_{task.score}" if has_test else task.metric
-    table: dict[str, dict[str, Any]] = {}
-    for name, (number, cfg) in entries.items():
-        per_seed = [results[name].get(s, {}) for s in seeds]
-        done = [r if r.get("state") == "COMPLETE" else {} for r in per_seed]
-        val = [r.get("value") for r in done]
-        test = [r.get("test", {}).get(test_key) for r in done] if has_test else list(val)
-        table[name] = {"name": name, "trial_number": number, **cfg.to_dict(), "seeds": seeds,
-                       "val": summarize(val), "test": summarize(test),
-                       "failed": [r.get("reason") for r in per_seed if r.get("state") != "COMPLETE"]}
 
-    winner, best_candidate, best_baseline = choose(table, list(candidates), list(bases), task.direction)
-    if winner is None:
+def _counts(split: Any, task: Any) -> int | None:
+    """How many examples an accuracy on ``split`` counts (None for a metric without counts)."""
+    return len(split) if split is not None and task.score == "accuracy" else None
+
+
+def judge(table: dict[str, dict[str, Any]], results: dict[str, dict[int, JobResult]], candidates: list[str],
+          bases: list[str], task: Any, max_slowdown: float | None) -> Pick:
+    """Cost, the pick, and each entry's ``time_to_baseline_s`` and paired verdict against the pick."""
+    mark_cost(table, bases, max_slowdown)
+    n_val = _counts(task.val, task)
+    pick = choose(table, candidates, bases, task.direction, n_val=n_val)
+    target = table[pick.baseline]["val"]["mean"] if pick.baseline else None
+    for name, e in table.items():
+        runs = [results[name].get(s) for s in e["seeds"]]
+        runs = [r if r is not None and r.state == JobState.COMPLETE else None for r in runs]
+        e["time_to_baseline_s"] = (time_to(runs, target, task.metric, task.direction)
+                                   if target is not None else None)
+        if pick.winner is not None:
+            vs = paired(e["val"]["values"], table[pick.winner]["val"]["values"], task.direction, n_val=n_val)
+            e["versus_pick"] = {k: vs[k] for k in ("verdict", "mean", "ci95")}
+    return pick
+
+
+def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any], rec: Recommendation,
+            *, on_progress: Callable[[Any], None] | None = None) -> Recommendation:
+    """Retrain the top configs and the baselines on ``spec.confirm_seeds`` seeds; return the
+    recommendation with ``confirmation``, ``baselines``, ``improvement``, ``cost`` and
+    ``cheapest_tie`` filled in."""
+    seeds = confirmation_seeds(spec.seed, spec.confirm_seeds)
+    bases = {name: (None, cfg) for name, cfg in baselines(study, task.direction).items()}
+    exclude = {_key(cfg) for _, cfg in bases.values()}
+    candidates = {f"trial_{n}": (n, cfg) for n, cfg in top_configs(study, spec.confirm_top, task.direction, exclude)}
+    entries = {**candidates, **bases}
+    results = run_confirmation(spec, study, entries, seeds, pool, handle, on_progress)
+
+    test_key = f"test_{task.score}" if getattr(task, "test", None) is not None else None
+    table = {name: entry(name, number, cfg, seeds, results[name], test_key)
+             for name, (number, cfg) in entries.items()}
+    pick = judge(table, results, list(candidates), list(bases), task, getattr(spec, "max_slowdown", None))
+    if pick.winner is None:
         log.warning("no confirmation run completed; keeping the search's best trial")
         return rec
-    w = table[winner]
-    log.info("confirmed: %s (val %.4f ± %.4f); best tuned %s, best baseline %s", winner, w["val"]["mean"],
-             w["val"]["std"], best_candidate, best_baseline)
-    chosen = TrialConfig(w["optimizer"], w["optimizer_params"], w["scheduler"], w["scheduler_params"],
-                         w["grad_clip_norm"])
+    w = table[pick.winner]
+    log.info("confirmed: %s (val %.4f ± %.4f); best tuned %s, best baseline %s, verdict %s", pick.winner,
+             w["val"]["mean"], w["val"]["std"], pick.tuned, pick.baseline,
+             pick.paired["verdict"] if pick.paired else None)
+    metric = test_key or task.metric  # without a test split, validation stands in
     extra = dict(rec.extra)
     extra.update({
         "source": "study",
-        "chosen": winner,
-        "chosen_kind": "baseline" if winner in bases else "tuned",
+        "chosen": pick.winner,
+        "chosen_kind": "baseline" if pick.winner in bases else "tuned",
         "search_value": rec.value,
         "search_trial_number": rec.trial_number,
         "confirmation": {n: table[n] for n in candidates},
-        "baselines": [{"name": n, "optimizer": table[n]["optimizer"], "params": table[n]["optimizer_params"],
-                       "scheduler": table[n]["scheduler"], "val": table[n]["val"], "test": table[n]["test"]}
-                      for n in bases],
-        "improvement": improvement(table, winner, best_baseline, task.direction, test_key),
-        test_key: w["test"]["mean"],
+        "baselines": [{**table[n], "params": table[n]["optimizer_params"]} for n in bases],
+        "improvement": improvement(table, pick, task.direction, metric,
+                                   n_test=_counts(getattr(task, "test", None), task)),
+        "cost": {"s_per_epoch": w["s_per_epoch"], "relative": w["relative"]},
+        "cheapest_tie": cheapest_tie(table, pick.winner),
+        "max_slowdown": getattr(spec, "max_slowdown", None),
+        metric: w["test"]["mean"],
     })
+    chosen = TrialConfig(w["optimizer"], w["optimizer_params"], w["scheduler"], w["scheduler_params"],
+                         w["grad_clip_norm"])
     return Recommendation(task=rec.task, **chosen.to_dict(), metric=rec.metric, direction=rec.direction,
                           value=w["val"]["mean"], study_name=rec.study_name,
                           trial_number=w["trial_number"], extra=extra)

@@ -6,12 +6,23 @@ import json
 import statistics
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import run_cli
 
 from autoopt import recommend
-from autoopt.confirm import BASELINES, baselines, choose, confirmation_seeds, improvement, summarize
+from autoopt.confirm import (
+    BASELINES,
+    MODERN,
+    Pick,
+    baselines,
+    choose,
+    confirmation_seeds,
+    improvement,
+    summarize,
+)
 from autoopt.errors import UsageError
+from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params
 
 # --- the rules, on hand-made tables ---------------------------------------------------------------
 
@@ -27,30 +38,27 @@ def test_summarize_counts_only_completed_seeds() -> None:
     assert summarize([None, None]) == {"mean": None, "std": None, "values": [None, None], "complete": 0}
 
 
-def test_best_mean_wins_and_a_baseline_that_is_best_is_the_recommendation() -> None:
+def test_best_means_are_compared_and_a_baseline_that_is_best_is_the_recommendation() -> None:
     table = {"trial_1": _entry([0.90, 0.92]), "trial_2": _entry([0.80, 0.99]),
              "adam_tutorial": _entry([0.93, 0.93]), "sgd_tutorial": _entry([0.5, 0.5])}
-    winner, cand, base = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "sgd_tutorial"], "maximize")
-    assert (cand, base) == ("trial_1", "adam_tutorial")  # 0.91 beats 0.895 on the mean, not on the best seed
-    assert winner == "adam_tutorial"
-
-
-def test_a_tie_goes_to_the_baseline() -> None:
-    table = {"trial_1": _entry([0.9, 0.8]), "adam_tutorial": _entry([0.85, 0.85])}
-    assert choose(table, ["trial_1"], ["adam_tutorial"], "maximize")[0] == "adam_tutorial"
+    pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "sgd_tutorial"], "maximize")
+    assert (pick.tuned, pick.baseline) == ("trial_1", "adam_tutorial")  # 0.91 beats 0.895 on the mean
+    assert pick.winner == "adam_tutorial" and pick.paired["verdict"] == "tie"  # two seeds: a wide interval
 
 
 def test_a_config_that_failed_on_a_seed_ranks_below_complete_ones() -> None:
     # trial_1's surviving seed looks great, but it diverged on the other.
-    table = {"trial_1": _entry([0.99, None]), "trial_2": _entry([0.7, 0.72]),
-             "adam_tutorial": _entry([0.6, 0.6])}
-    assert choose(table, ["trial_1", "trial_2"], ["adam_tutorial"], "maximize")[:2] == ("trial_2", "trial_2")
+    table = {"trial_1": _entry([0.99, None, 0.99]), "trial_2": _entry([0.7, 0.72, 0.71]),
+             "adam_tutorial": _entry([0.6, 0.6, 0.6])}
+    pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial"], "maximize")
+    assert (pick.winner, pick.tuned) == ("trial_2", "trial_2")
 
 
 def test_minimized_metric_picks_the_lowest_mean() -> None:
     table = {"trial_1": _entry([0.30, 0.32]), "adam_tutorial": _entry([0.40, 0.42])}
-    assert choose(table, ["trial_1"], ["adam_tutorial"], "minimize")[0] == "trial_1"
-    imp = improvement(table, "trial_1", "adam_tutorial", "minimize", "test_rmse")
+    pick = choose(table, ["trial_1"], ["adam_tutorial"], "minimize")
+    assert pick.winner == "trial_1" and pick.paired["verdict"] == "better"
+    imp = improvement(table, pick, "minimize", "test_rmse")
     # positive means better: the baseline's RMSE minus the recommendation's
     assert imp["delta"] == pytest.approx(0.41 - 0.31) and imp["spread"] == pytest.approx(0.01)
 
@@ -58,12 +66,13 @@ def test_minimized_metric_picks_the_lowest_mean() -> None:
 def test_improvement_is_recommended_minus_best_baseline_with_the_larger_spread() -> None:
     table = {"trial_1": _entry([0.9, 0.9], test=[0.95, 0.97]),
              "adam_tutorial": _entry([0.8, 0.8], test=[0.90, 0.94])}
-    imp = improvement(table, "trial_1", "adam_tutorial", "maximize", "test_accuracy")
+    pick = choose(table, ["trial_1"], ["adam_tutorial"], "maximize")
+    imp = improvement(table, pick, "maximize", "test_accuracy")
     assert imp["metric"] == "test_accuracy" and imp["versus"] == "adam_tutorial"
     assert imp["delta"] == pytest.approx(0.96 - 0.92)
     assert imp["spread"] == pytest.approx(max(statistics.pstdev([0.95, 0.97]),
                                               statistics.pstdev([0.90, 0.94])))
-    assert improvement(table, "trial_1", None, "maximize", "test_accuracy") is None
+    assert improvement(table, Pick("trial_1", "trial_1", None, None), "maximize", "test_accuracy") is None
 
 
 def test_baselines_are_the_tutorials_defaults() -> None:
@@ -71,6 +80,38 @@ def test_baselines_are_the_tutorials_defaults() -> None:
     assert BASELINES["adam_tutorial"].optimizer_params == {"lr": 1e-3}
     assert BASELINES["rmsprop_tutorial"].optimizer_params == {"lr": 1e-3}
     assert all(b.scheduler == "none" and b.grad_clip_norm is None for b in BASELINES.values())
+
+
+def _portfolio_study(values: dict[str, float]) -> optuna.Study:
+    from optuna.distributions import CategoricalDistribution
+
+    st = optuna.create_study(direction="maximize")
+    for name, value in values.items():
+        config = TrialConfig(name, default_params(name)).to_dict()
+        st.add_trial(optuna.trial.create_trial(
+            params={"optimizer": name}, distributions={"optimizer": CategoricalDistribution(sorted(values))},
+            value=value, user_attrs={"config": config, "portfolio": True}))
+    return st
+
+
+def test_baselines_add_the_best_screened_defaults_with_two_modern_ones() -> None:
+    st = _portfolio_study({"nadam": 0.97, "adamw": 0.96, "soap": 0.95, "sgd": 0.99, "lion": 0.90,
+                           "prodigy": 0.94, "radam": 0.93})
+    bases = baselines(st, "maximize")
+    # sgd's default is the tutorial's SGD, already a baseline; then the best screened (nadam), the
+    # two best modern ones (soap, prodigy); no more
+    assert list(bases) == [*BASELINES, "nadam_default", "soap_default", "prodigy_default"]
+    assert bases["soap_default"].optimizer_params == default_params("soap")
+    assert {c.optimizer for c in bases.values()} & MODERN == {"soap", "prodigy"}
+
+
+def test_baselines_fill_modern_defaults_in_prior_order_when_the_portfolio_screened_too_few() -> None:
+    bases = baselines(_portfolio_study({"nadam": 0.97, "adamw": 0.96, "lion": 0.5}), "maximize")
+    modern = [c.optimizer for c in bases.values() if c.optimizer in MODERN]
+    assert len(modern) == 2 and "lion" in modern
+    first_prior = next(n for n in PORTFOLIO_PRIOR if n in MODERN and n != "lion")
+    assert first_prior in modern and 5 <= len(bases) <= 6
+    assert len([c for c in baselines(None).values() if c.optimizer in MODERN]) == 2
 
 
 # --- a real study whose search space is hopeless: the baseline must win -----------------------------
@@ -103,25 +144,37 @@ def _rec(folder: Path) -> dict:
     return json.loads((folder / "recommendations" / "digits.json").read_text())
 
 
+@pytest.mark.slow
 def test_baseline_wins_over_a_hopeless_search(poor: Path) -> None:
     rec = _rec(poor)
     assert rec["source"] == "study"
-    # the tutorial's three, plus the tuning-free optimizers where their extra is installed
-    assert set(baselines()) == {b["name"] for b in rec["baselines"]} >= set(BASELINES)
-    assert rec["chosen"] in baselines() and rec["chosen_kind"] == "baseline"
+    # the tutorial's three, plus published defaults, at least two of them modern
+    names = {b["name"] for b in rec["baselines"]}
+    assert names >= set(BASELINES) and 5 <= len(names) <= 6
+    assert len({b["optimizer"] for b in rec["baselines"]} & MODERN) >= 2
+    assert rec["chosen"] in names and rec["chosen_kind"] == "baseline"
     winner = next(b for b in rec["baselines"] if b["name"] == rec["chosen"])
     assert rec["optimizer"] == winner["optimizer"] and rec["optimizer_params"] == winner["params"]
-    assert rec["scheduler"] == "none" and rec["grad_clip_norm"] is None and rec["trial_number"] is None
+    assert rec["trial_number"] is None
     assert rec["value"] == winner["val"]["mean"]
     # Every tuned config trained at lr <= 1e-6 and stays far below the baseline.
     for entry in rec["confirmation"].values():
         assert entry["optimizer_params"]["lr"] <= 1e-6
         assert entry["val"]["mean"] < winner["val"]["mean"] - 0.2
-    # The best baseline is the recommendation itself: tuning bought nothing.
-    assert rec["improvement"]["versus"] == rec["chosen"]
-    assert rec["improvement"]["delta"] == 0.0 and rec["improvement"]["metric"] == "test_accuracy"
+        assert entry["time_to_baseline_s"] is None  # it never reached the baseline's result
+    # The best baseline is the recommendation itself: tuning bought nothing, and the verdict says so.
+    imp = rec["improvement"]
+    assert imp["versus"] == rec["chosen"] and imp["verdict"] == "worse"
+    assert imp["delta"] == 0.0 and imp["metric"] == "test_accuracy"
+    assert len(imp["paired"]["deltas"]) == 2 and all(d < 0 for d in imp["paired"]["deltas"])
+    # what it costs: seconds per epoch, relative to the fastest baseline
+    assert rec["cost"]["s_per_epoch"] > 0 and rec["cost"]["relative"] >= 1.0
+    for entry in [*rec["confirmation"].values(), *rec["baselines"]]:
+        assert entry["s_per_epoch"] > 0 and "time_to_baseline_s" in entry
+    assert "cheapest_tie" in rec
 
 
+@pytest.mark.slow
 def test_confirmation_numbers_are_the_runs_numbers(poor: Path) -> None:
     """mean/std/per-seed values in the JSON are those of the nested MLflow runs, seed by seed."""
     import mlflow
@@ -156,6 +209,7 @@ def test_confirmation_numbers_are_the_runs_numbers(poor: Path) -> None:
     assert rec["search_value"] == study.best_value
 
 
+@pytest.mark.slow
 def test_stored_recommendation_is_what_recommend_returns(poor: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(poor)
     monkeypatch.delenv("AUTOOPT_STORAGE", raising=False)
@@ -165,6 +219,7 @@ def test_stored_recommendation_is_what_recommend_returns(poor: Path, monkeypatch
         assert data[key] == file[key]
 
 
+@pytest.mark.slow
 def test_report_of_the_confirmed_study(poor: Path) -> None:
     """``autoopt report`` on a study that really ran: curves from the trials' stored histories,
     the confirmation with the baseline marked as chosen, a summary that says tuning lost."""
@@ -179,7 +234,7 @@ def test_report_of_the_confirmed_study(poor: Path) -> None:
     rec = _rec(poor)
     summary = (folder / "summary.md").read_text()
     assert f"`{rec['chosen']}`, a baseline: no tuned config beat it" in summary
-    assert "within the seed-to-seed spread" in summary
+    assert "verdict **worse**" in summary
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{poor / 'autoopt.db'}")
     (ax,) = report.loss_curves(study).axes
     best = max(study.trials, key=lambda t: t.value)

@@ -1,0 +1,126 @@
+"""The paired verdict on hand-made per-seed values, and how it decides the recommendation."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from autoopt.confirm import cheapest_tie, choose, improvement, mark_cost, summarize, time_to
+from autoopt.dispatch import JobResult, JobState
+from autoopt.verdict import paired, t975
+
+N_VAL = 2400
+
+
+def _entry(name: str, val: list[float | None], test: list[float | None] | None = None,
+           s_per_epoch: float | None = 1.0) -> dict:
+    return {"name": name, "optimizer": name.split("_")[0], "seeds": list(range(len(val))),
+            "val": summarize(val), "test": summarize(test if test is not None else val),
+            "s_per_epoch": s_per_epoch}
+
+
+def _acc(counts: list[int]) -> list[float]:
+    """Accuracies as a float32 metric reports them: the count over N_VAL, with float32 noise."""
+    return [float(np.float32(c) / np.float32(N_VAL)) for c in counts]
+
+
+def test_paired_interval_on_hand_made_values() -> None:
+    tuned, base = [0.80, 0.82, 0.85], [0.78, 0.81, 0.82]
+    p = paired(tuned, base, "maximize")
+    assert p["deltas"] == pytest.approx([0.02, 0.01, 0.03])
+    assert p["mean"] == pytest.approx(0.02)
+    half = 4.303 * statistics.stdev([0.02, 0.01, 0.03]) / math.sqrt(3)
+    assert p["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+    assert p["ci95"][0] < 0 < p["ci95"][1] and p["verdict"] == "tie"  # three seeds, too noisy to call
+    assert t975(2) == 4.303 and t975(100) == 1.96
+    # a minimized metric: positive still means the first one is better (baseline minus tuned)
+    q = paired([0.30, 0.31, 0.29], [0.40, 0.42, 0.41], "minimize")
+    assert q["deltas"] == pytest.approx([0.10, 0.11, 0.12]) and q["verdict"] == "better"
+
+
+def test_equal_counts_are_an_exact_tie_whatever_the_float_noise() -> None:
+    # 2332 of 2400 correct on each seed for both; the floats differ in the last bits
+    tuned = [c + 2e-8 for c in _acc([2332, 2320, 2341])]
+    base = _acc([2332, 2320, 2341])
+    p = paired(tuned, base, "maximize", n_val=N_VAL)
+    assert p["deltas"] == [0.0, 0.0, 0.0] and p["verdict"] == "tie" and p["resolution"] == 1 / N_VAL
+    table = {"trial_1": _entry("adam_1", tuned), "prodigy_default": _entry("prodigy_default", base)}
+    pick = choose(table, ["trial_1"], ["prodigy_default"], "maximize", n_val=N_VAL)
+    assert (pick.tuned, pick.baseline, pick.winner) == ("trial_1", "prodigy_default", "prodigy_default")
+
+
+def test_worse_keeps_the_baseline() -> None:
+    table = {"trial_1": _entry("adam_1", _acc([2300, 2305, 2302])),
+             "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2331, 2333]))}
+    pick = choose(table, ["trial_1"], ["adam_tutorial"], "maximize", n_val=N_VAL)
+    assert pick.paired["verdict"] == "worse" and pick.winner == "adam_tutorial"
+    assert pick.paired["deltas"] == pytest.approx([-30 / N_VAL, -26 / N_VAL, -31 / N_VAL])
+
+
+def test_a_mean_that_is_higher_but_not_beyond_the_interval_keeps_the_baseline() -> None:
+    table = {"trial_1": _entry("adam_1", _acc([2350, 2310, 2345])),
+             "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2320, 2330]))}
+    pick = choose(table, ["trial_1"], ["adam_tutorial"], "maximize", n_val=N_VAL)
+    assert pick.paired["mean"] > 0 and pick.paired["verdict"] == "tie" and pick.winner == "adam_tutorial"
+
+
+def test_clearly_better_picks_the_tuned_config() -> None:
+    table = {"trial_1": _entry("adam_1", _acc([2360, 2355, 2362]), test=[0.98, 0.97, 0.98]),
+             "trial_2": _entry("sgd_2", _acc([2340, 2338, 2339])),
+             "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2326, 2333]), test=[0.96, 0.96, 0.97]),
+             "sgd_tutorial": _entry("sgd_tutorial", _acc([2000, 2001, 2002]))}
+    pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "sgd_tutorial"], "maximize", n_val=N_VAL)
+    assert (pick.winner, pick.tuned, pick.baseline) == ("trial_1", "trial_1", "adam_tutorial")
+    assert pick.paired["verdict"] == "better" and pick.paired["ci95"][0] > 0
+    imp = improvement(table, pick, "maximize", "test_accuracy", n_test=100)
+    assert imp["verdict"] == "better" and imp["versus"] == "adam_tutorial" and imp["tuned"] == "trial_1"
+    assert imp["delta"] == pytest.approx(statistics.fmean([0.98, 0.97, 0.98]) - statistics.fmean([0.96, 0.96, 0.97]))
+    assert imp["test_paired"]["deltas"] == pytest.approx([0.02, 0.01, 0.01])
+
+
+def test_a_config_that_failed_on_a_seed_is_not_better() -> None:
+    table = {"trial_1": _entry("adam_1", [0.99, None, 0.99]),
+             "adam_tutorial": _entry("adam_tutorial", [0.90, 0.91, 0.90])}
+    pick = choose(table, ["trial_1"], ["adam_tutorial"], "maximize")
+    assert pick.winner == "adam_tutorial"
+
+
+def test_max_slowdown_leaves_slow_configs_out_of_the_pick_but_shows_them() -> None:
+    table = {"trial_1": _entry("soap_1", _acc([2390, 2391, 2392]), s_per_epoch=9.0),
+             "trial_2": _entry("adam_2", _acc([2360, 2361, 2362]), s_per_epoch=1.2),
+             "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2330, 2331]), s_per_epoch=1.0),
+             "soap_default": _entry("soap_default", _acc([2380, 2380, 2380]), s_per_epoch=8.0)}
+    fastest = mark_cost(table, ["adam_tutorial", "soap_default"], 1.5)
+    assert fastest == "adam_tutorial" and table["trial_1"]["relative"] == pytest.approx(9.0)
+    assert "slower than 1.5x" in table["trial_1"]["excluded"] and "excluded" in table["soap_default"]
+    assert "excluded" not in table["trial_2"]
+    pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "soap_default"], "maximize", n_val=N_VAL)
+    assert (pick.tuned, pick.baseline, pick.winner) == ("trial_2", "adam_tutorial", "trial_2")
+
+
+def test_cheapest_tie_is_a_cheaper_config_that_ties_with_the_pick() -> None:
+    table = {"trial_1": _entry("soap_1", [0.9], s_per_epoch=9.0),
+             "adam_tutorial": _entry("adam_tutorial", [0.9], s_per_epoch=1.0),
+             "sgd_tutorial": _entry("sgd_tutorial", [0.9], s_per_epoch=0.8),
+             "lion_default": _entry("lion_default", [0.9], s_per_epoch=0.5)}
+    mark_cost(table, ["adam_tutorial", "sgd_tutorial", "lion_default"], None)
+    for name, verdict in (("adam_tutorial", "tie"), ("sgd_tutorial", "tie"), ("lion_default", "worse")):
+        table[name]["versus_pick"] = {"verdict": verdict, "mean": 0.0, "ci95": [0.0, 0.0]}
+    tie = cheapest_tie(table, "trial_1")
+    assert tie["name"] == "sgd_tutorial" and tie["relative"] == pytest.approx(1.6)
+    assert cheapest_tie(table, "lion_default") is None  # nothing is cheaper than the pick
+
+
+def _run(val_per_epoch: list[float], epoch_s: float) -> JobResult:
+    history = [{"epoch": i + 1, "val_accuracy": v, "epoch_s": epoch_s} for i, v in enumerate(val_per_epoch)]
+    return JobResult(JobState.COMPLETE, val_per_epoch[-1], history, {})
+
+
+def test_time_to_the_baselines_result_is_the_median_over_seeds() -> None:
+    runs = [_run([0.5, 0.93, 0.95], 2.0), _run([0.5, 0.8, 0.92], 2.0), _run([0.91, 0.93, 0.94], 2.0)]
+    assert time_to(runs, 0.92, "val_accuracy", "maximize") == 4.0  # 4 s, 6 s, 2 s
+    # two of three never reach it: never
+    assert time_to([runs[0], _run([0.1, 0.2], 1.0), None], 0.92, "val_accuracy", "maximize") is None
