@@ -31,6 +31,8 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
+from autoopt.study import trials_snapshot
+
 REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
 MEDIAN_STARTUP_TRIALS = 4
@@ -59,8 +61,6 @@ class GuardedPruner(BasePruner):
         step = trial.last_step
         if step is None or not self.may_prune(step):
             return False
-        from autoopt.study import trials_snapshot
-
         # One read of the finished trials serves the guard and the inner pruner.
         with trials_snapshot(study):
             done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -109,15 +109,15 @@ class ReferenceTrials:
 
     def __init__(self, max_age_s: float = REFERENCE_MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
-        self._last: dict[tuple[int, int], tuple[float, list[FrozenTrial]]] = {}
+        self._last: dict[int, tuple[float, list[FrozenTrial]]] = {}
 
     def get(self, study: optuna.Study) -> list[FrozenTrial]:
-        key = (id(study._storage), study._study_id)
+        key = id(study)
         now = time.monotonic()
         hit = self._last.get(key)
         if hit is not None and now - hit[0] < self.max_age_s:
             return hit[1]
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        trials = study.get_trials(deepcopy=False)
         self._last[key] = (now, trials)
         return trials
 
@@ -187,8 +187,6 @@ class TrialReporter:
                              trial_id=self.trial_id)
 
         def _prune() -> bool:
-            from autoopt.study import trials_snapshot
-
             with trials_snapshot(self.study, self.reference.get(self.study) if self.reference else None):
                 return bool(pruner.prune(self.study, frozen))
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from autoopt.pruning import GuardedPruner, ReferenceTrials, TrialReporter, build_pruner, may_prune
 from autoopt.space import TrialConfig
-from autoopt.study import open_storage
+from autoopt.study import open_storage, open_study
 from autoopt.train import train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -82,8 +82,8 @@ def test_reporter_writes_in_the_background_and_asks_the_pruner_only_where_it_may
 
 def test_a_worker_prunes_against_finished_trials_at_most_its_reference_age_old(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 'r.db'}", heartbeat=False)
-    study = optuna.create_study(storage=storage, direction="maximize",
-                                pruner=build_pruner("median", epochs=4, warmup=0.0))
+    # Opened by autoopt.study, as the worker's is: its trials can be served from a snapshot.
+    study = open_study(storage, "r", direction="maximize", pruner=build_pruner("median", epochs=4, warmup=0.0))
     reference = ReferenceTrials(max_age_s=3600.0)
     trial = study.ask()
     reporter = TrialReporter(study, trial._trial_id, trial.number, reference=reference)

@@ -1,0 +1,306 @@
+"""The storage-backend seam: one object per URL scheme, chosen once from the URL.
+
+``backend_for(url)`` parses the URL with SQLAlchemy's ``make_url`` and returns a
+``SQLiteBackend`` or a ``PostgresBackend``. The backend owns what differs between them:
+
+* the normalised URL (a relative SQLite path made absolute, so workers in other folders open
+  the same file; query strings such as ``?timeout=30`` kept);
+* the engine options (pool sizes, connect timeouts, SQLite's WAL pragmas);
+* the ask lock, which serialises "count the budget, then ask" between drivers sharing a study
+  (a file lock beside a SQLite file, an advisory lock on PostgreSQL), and the creation lock,
+  which serialises creating a new SQLite store;
+* whether the storage exists, and ``check()``: the preflight that refuses bad input (a
+  read-only file, a file that is not an Optuna study database, an unreachable server) before
+  anything is created.
+
+Any other scheme is refused: without an ask lock, drivers sharing a study could run past
+``--trials``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
+from autoopt.errors import UsageError
+from autoopt.redact import mask_url, redact
+
+CONNECT_TIMEOUT_S = 10  # a host that does not answer fails one connection attempt, then we retry
+PREFLIGHT_TIMEOUT_S = 15.0  # default of AUTOOPT_CONNECT_TIMEOUT_S: a driver's first contact
+OPTUNA_TABLES = frozenset({"studies", "trials"})  # what makes a database Optuna's
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+FIX = "check --storage or AUTOOPT_STORAGE"
+
+
+def connect_timeout_s() -> float:
+    """How long a driver waits for the storage server at start: env ``AUTOOPT_CONNECT_TIMEOUT_S``
+    (seconds), 15 by default."""
+    raw = os.environ.get("AUTOOPT_CONNECT_TIMEOUT_S", "").strip()
+    if not raw:
+        return PREFLIGHT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise UsageError(f"AUTOOPT_CONNECT_TIMEOUT_S must be a number of seconds > 0, got {raw!r}")
+    return value
+
+
+class Backend:
+    """What a storage scheme decides; see the module docstring. ``url`` is normalised."""
+
+    def __init__(self, url: URL) -> None:
+        self.parsed = url
+        self.url = url.render_as_string(hide_password=False)
+
+    @property
+    def masked(self) -> str:
+        return mask_url(self.url)
+
+    def engine_kwargs(self, pool_size: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tune(self, engine: Engine) -> None:
+        """Settings applied to every new connection of an engine on this storage."""
+
+    def exists(self) -> bool:
+        raise NotImplementedError
+
+    def check(self, *, write: bool = True) -> None:
+        """Refuse (``UsageError``) a storage autoopt cannot use, before anything is created."""
+
+    def creation_lock(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def ask_lock(self, study_name: str) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+
+class SQLiteBackend(Backend):
+    """A SQLite file shared by the processes of one machine."""
+
+    def __init__(self, url: URL) -> None:
+        database = url.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            url = url.set(database=str(Path(database).expanduser().resolve()))
+        super().__init__(url)
+        db = url.database or ""
+        self.path = Path(db) if db and db != ":memory:" and not db.startswith("file:") else None
+
+    def engine_kwargs(self, pool_size: int) -> dict[str, Any]:
+        # Several processes write one file: wait for its lock rather than fail at once.
+        return {} if "timeout" in self.parsed.query else {"connect_args": {"timeout": 60}}
+
+    def tune(self, engine: Engine) -> None:
+        # WAL lets readers and one writer proceed together; NORMAL sync is safe under WAL and
+        # saves an fsync per transaction (trials report every epoch).
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        engine.dispose()
+
+    def exists(self) -> bool:
+        return self.path is not None and self.path.is_file() and self.path.stat().st_size > 0
+
+    def check(self, *, write: bool = True) -> None:
+        path = self.path
+        if path is None:
+            return
+        where = f"storage {self.masked}"
+        if path.is_dir():
+            raise UsageError(f"{where}: {path} is a folder; name a database file, e.g. sqlite:///autoopt.db")
+        if not path.parent.is_dir():
+            raise UsageError(f"{where}: the folder {path.parent} does not exist; create it or {FIX}")
+        if write:
+            _check_writable(path, where)
+        if not self.exists():
+            return
+        with open(path, "rb") as fh:
+            header = fh.read(len(_SQLITE_MAGIC))
+        if header != _SQLITE_MAGIC:
+            raise UsageError(f"{where}: {path} is not a SQLite database (not autoopt's); "
+                             "pick another file for --storage")
+        shown = _foreign(_sqlite_tables(path, where))
+        if shown:
+            raise UsageError(f"{where}: {path} is another application's database (tables {shown}), "
+                             "not an Optuna study database; pick another file for --storage")
+
+    def creation_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Serialises creating the store: drivers started at once in an empty folder would all
+        create Optuna's tables in the same new file (``table alembic_version already exists``)."""
+        return FileLock(f"{self.path}.lock") if self.path is not None else contextlib.nullcontext()
+
+    def ask_lock(self, study_name: str) -> contextlib.AbstractContextManager[Any]:
+        """A file lock beside the database (drivers share the machine)."""
+        return FileLock(f"{self.path}.lock") if self.path is not None else contextlib.nullcontext()
+
+
+def _check_writable(path: Path, where: str) -> None:
+    # SQLite writes the file and, under WAL, its -wal and -shm files beside it.
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{where}: {path} is read-only; make it writable (chmod u+w) or {FIX}")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{where}: the folder {path.parent} is read-only; make it writable or {FIX}")
+
+
+def _foreign(tables: set[str]) -> str | None:
+    """The first tables of a database that holds tables but not Optuna's, else None."""
+    if not tables or tables >= OPTUNA_TABLES:
+        return None
+    return ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+
+
+def _sqlite_tables(path: Path, where: str) -> set[str]:
+    """The tables of an existing SQLite file, read without changing it."""
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = conn.execute("select name from sqlite_master where type = 'table'").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{where}: {path} is not a usable SQLite database ({exc}); "
+                         "pick another file for --storage") from None
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+class PostgresBackend(Backend):
+    """A PostgreSQL database shared by drivers and workers on many machines."""
+
+    def engine_kwargs(self, pool_size: int) -> dict[str, Any]:
+        # Small pools: PostgreSQL's max_connections (100 by default) is shared by all drivers,
+        # workers and the MLflow server. A worker uses at most two at once (its trial, its
+        # background reports): 1 + 1 overflow; a driver 2 + 1, and one more for the ask lock.
+        # So about 4 per driver and 2 per worker: past ~40 workers, put PgBouncer in front.
+        # Pre-ping replaces connections a database restart or a network cut left dead.
+        kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 1, "pool_pre_ping": True,
+                                  "pool_recycle": 300}
+        if "connect_timeout" not in self.parsed.query:
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        return kwargs
+
+    def exists(self) -> bool:
+        return True  # the server knows; opening tells
+
+    def check(self, *, write: bool = True) -> None:
+        """Reach the server within ``connect_timeout_s()`` and refuse another application's
+        database; an unreachable server at start is bad input (exit 2), not an outage."""
+        timeout = connect_timeout_s()
+        args = {} if "connect_timeout" in self.parsed.query else {"connect_timeout": max(1, round(timeout))}
+        try:
+            engine = create_engine(self.url, poolclass=NullPool, connect_args=args)
+        except ModuleNotFoundError as exc:
+            hint = " (pip install 'autoopt[postgres]')" if "psycopg" in str(exc) else ""
+            raise UsageError(f"cannot open storage {self.masked}: missing driver {exc.name}{hint}") from None
+        try:
+            with engine.connect() as conn:
+                tables = set(inspect(conn).get_table_names())
+        except Exception as exc:
+            reason = _first_line(exc).replace(self.url, self.masked)
+            raise UsageError(f"cannot open storage {self.masked}: not reachable within {timeout:g}s "
+                             f"({redact(reason)}); start the database or {FIX}") from None
+        finally:
+            engine.dispose()
+        shown = _foreign(tables)
+        if shown:
+            raise UsageError(f"storage {self.masked} is another application's database (tables {shown}), "
+                             f"not an Optuna study database; {FIX}")
+
+    @contextlib.contextmanager
+    def ask_lock(self, study_name: str) -> Iterator[None]:
+        """An advisory lock of the database, keyed by the study name (not the URL: two drivers
+        may spell the same database differently, with or without a password). A driver that
+        dies holding it releases it with its connection."""
+        key = int.from_bytes(hashlib.sha256(f"autoopt.ask:{study_name}".encode()).digest()[:7], "big")
+        with _lock_engine(self.url).connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+
+_LOCK_ENGINES: dict[str, Engine] = {}
+
+
+def _lock_engine(url: str) -> Engine:
+    if url not in _LOCK_ENGINES:
+        _LOCK_ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
+                                           connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    return _LOCK_ENGINES[url]
+
+
+def _first_line(exc: BaseException) -> str:
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__
+
+
+_BACKENDS: dict[str, type[Backend]] = {"sqlite": SQLiteBackend, "postgresql": PostgresBackend}
+
+
+def _parse(url: str) -> URL | None:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+
+
+def backend_for(url: str) -> Backend:
+    """The backend of a storage URL; a URL that is not a database URL, or a scheme other than
+    SQLite and PostgreSQL, is a ``UsageError``."""
+    parsed = _parse(url)
+    if parsed is None:
+        raise UsageError(f"storage {mask_url(url)} is not a database URL; use sqlite:///autoopt.db or "
+                         "postgresql+psycopg://user@host/db (--storage or AUTOOPT_STORAGE)")
+    name = parsed.get_backend_name()
+    if name not in _BACKENDS:
+        raise UsageError(f"storage {mask_url(url)}: scheme {parsed.drivername!r} is not supported (drivers "
+                         "sharing a study need its ask lock); use sqlite:/// or postgresql+psycopg://")
+    return _BACKENDS[name](parsed)
+
+
+def absolute_sqlite(url: str) -> str:
+    """Make a relative SQLite path absolute, so workers in other folders open the same file. Any
+    other URL (another scheme, an MLflow ``http://`` or ``file:`` URI) comes back unchanged."""
+    parsed = _parse(url)
+    if parsed is None or parsed.get_backend_name() != "sqlite":
+        return url
+    return SQLiteBackend(parsed).url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (absolute), or None for another URL or an in-memory database."""
+    parsed = _parse(url)
+    if parsed is None or parsed.get_backend_name() != "sqlite":
+        return None
+    return SQLiteBackend(parsed).path
+
+
+def creation_lock(url: str) -> contextlib.AbstractContextManager[Any]:
+    """Serialise creating the store at ``url`` (a SQLite file: a file lock beside it; anything
+    else: nothing). For any SQLite store created by several processes at once, MLflow's too."""
+    path = sqlite_path(url)
+    return FileLock(f"{path}.lock") if path is not None else contextlib.nullcontext()
+
+
+def ask_lock(url: str, study_name: str = "") -> contextlib.AbstractContextManager[Any]:
+    """Serialise "count the budget, then ask" between drivers sharing one study (see
+    ``Backend.ask_lock``)."""
+    return backend_for(url).ask_lock(study_name)

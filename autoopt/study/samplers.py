@@ -1,0 +1,133 @@
+"""The samplers: ``build_sampler`` by name, and ``GroupTPESampler`` for autoopt's conditional space.
+
+``GroupTPESampler`` is TPE multivariate with groups, built on Optuna's public API: it splits the
+search space into groups of parameters that always appear together (the decomposition Optuna's
+``group=True`` makes) and asks a public multivariate ``TPESampler`` (with the constant liar) for
+one group at a time, only when the trial asks for one of its parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+
+def build_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler for a conditional space: TPE multivariate with groups (each optimizer
+    family's subspace is modelled jointly) and the constant liar (trials run in parallel)."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return GroupTPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+
+
+class SearchSpaceGroups:
+    """Parameters split into groups that always appear together in the finished trials (the
+    decomposition of Optuna's ``group=True``): in autoopt's space, one group per optimizer
+    family's parameters, per schedule's, clipping, ..."""
+
+    def __init__(self) -> None:
+        self.groups: list[dict[str, BaseDistribution]] = []
+        self._seen: set[int] = set()
+
+    def add(self, distributions: dict[str, BaseDistribution]) -> None:
+        names = set(distributions)
+        split: list[dict[str, BaseDistribution]] = []
+        for group in self.groups:
+            keys = set(group)
+            split.append({n: group[n] for n in keys & names})
+            split.append({n: group[n] for n in keys - names})
+            names -= keys
+        split.append({n: distributions[n] for n in names})
+        self.groups = [g for g in split if g]
+
+    def update(self, trials: list[FrozenTrial]) -> None:
+        """Add the finished trials not seen yet (adding one again changes nothing)."""
+        for trial in trials:
+            if trial.number not in self._seen:
+                self._seen.add(trial.number)
+                self.add(trial.distributions)
+
+
+class GroupTPESampler(optuna.samplers.BaseSampler):
+    """TPE multivariate with groups that samples a group only when the trial asks for one of
+    its parameters.
+
+    Optuna samples every group of the decomposed space for every trial; in autoopt's
+    conditional space a trial uses three or four of the fifteen or so groups (its family's,
+    its schedule's, clipping), so most of that work was thrown away. Same model, same kind of
+    proposals for the groups a trial uses; about a quarter of the sampling time. Takes
+    ``TPESampler``'s arguments (``group`` and ``multivariate`` are implied).
+    """
+
+    def __init__(self, **tpe_kwargs: Any) -> None:
+        tpe_kwargs.pop("group", None)
+        tpe_kwargs.pop("multivariate", None)
+        self.tpe = optuna.samplers.TPESampler(multivariate=True, **tpe_kwargs)
+        self.space: dict[str, SearchSpaceGroups] = {}  # per study name
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        groups = self.space.setdefault(study.study_name, SearchSpaceGroups())
+        groups.update(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        return {n: d for group in groups.groups for n, d in sorted(group.items()) if not d.single()}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> Any:
+        if not search_space:
+            return {}
+        groups = self.space[study.study_name].groups
+        subspaces = [{n: d for n, d in sorted(group.items()) if not d.single() and n in search_space}
+                     for group in groups]
+        return _LazyGroups(lambda space: self.tpe.sample_relative(study, trial, space), subspaces)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.tpe.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self.tpe.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.tpe.reseed_rng()
+
+
+class _LazyGroups(Mapping):
+    """The relative parameters of one trial, each group sampled on first use."""
+
+    def __init__(self, sample: Callable[[dict[str, Any]], dict[str, Any]],
+                 groups: list[dict[str, Any]]) -> None:
+        self._sample, self._groups = sample, groups
+        self._group_of = {name: i for i, group in enumerate(groups) for name in group}
+        self._values: dict[int, dict[str, Any]] = {}
+
+    def _group(self, i: int) -> dict[str, Any]:
+        if i not in self._values:
+            self._values[i] = self._sample(self._groups[i]) if self._groups[i] else {}
+        return self._values[i]
+
+    def __getitem__(self, name: str) -> Any:
+        i = self._group_of.get(name)
+        if i is None:
+            raise KeyError(name)
+        return self._group(i)[name]
+
+    def __contains__(self, name: object) -> bool:
+        i = self._group_of.get(name)  # type: ignore[call-overload]
+        return i is not None and name in self._group(i)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for i in range(len(self._groups)) for name in self._group(i))
+
+    def __len__(self) -> int:
+        return sum(len(self._group(i)) for i in range(len(self._groups)))

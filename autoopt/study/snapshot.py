@@ -1,0 +1,200 @@
+"""The trials snapshot: a ``BaseStorage`` wrapper that serves the study's trials from one read.
+
+One decision reads the trials many times: TPE with groups once per parameter group of the trial
+it samples, the pruner's guard and the median pruner once each. Each read is a round trip (six
+queries) to the database. ``SnapshotStorage`` implements Optuna's ``BaseStorage`` by delegating
+every call to the storage it wraps (as Optuna's own cached storage does), except that inside
+``trials_snapshot`` it serves ``get_all_trials`` from one read: one round trip per decision.
+Writes always go through.
+
+Studies opened by ``autoopt.study`` (``open_study``, ``load_study``) sit on such a wrapper;
+``storage_of(study)`` and ``trial_id_of(study, number)`` give the storage and trial ids with
+public calls only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import weakref
+from collections.abc import Container, Iterator, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage, get_storage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+
+class SnapshotStorage(BaseStorage):
+    """Delegates to ``inner`` (an ``RDBStorage``, wrapped in Optuna's own trial cache);
+    ``get_all_trials`` is served from a snapshot while one is taken (``snapshot``)."""
+
+    def __init__(self, base: BaseStorage) -> None:
+        self.base = base  # the storage as opened (RDBStorage): heartbeats, its engine
+        self.inner = get_storage(base)
+        self._cache: dict[int, list[FrozenTrial]] | None = None
+        self._ids: dict[tuple[int, int], int] = {}
+        self._study_ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def snapshot(self, study_id: int, trials: list[FrozenTrial] | None = None) -> Iterator[None]:
+        """Within the block, trials are read once (or taken from ``trials``, a read made just
+        before). Nested blocks share the outer snapshot."""
+        with self._lock:
+            if self._cache is not None:
+                outer = True
+            else:
+                outer, self._cache = False, ({} if trials is None else {study_id: trials})
+        try:
+            yield
+        finally:
+            if not outer:
+                self._cache = None
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        cache = self._cache
+        if cache is None:
+            return self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        if study_id not in cache:
+            cache[study_id] = self.inner.get_all_trials(study_id, deepcopy=False)
+        trials = cache[study_id] if states is None else [t for t in cache[study_id] if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def trial_id(self, study_id: int, number: int) -> int:
+        """The storage id of trial ``number`` (cached: ids never change)."""
+        key = (study_id, number)
+        if key not in self._ids:
+            self._ids[key] = self.inner.get_trial_id_from_study_id_trial_number(study_id, number)
+        return self._ids[key]
+
+    def __getattr__(self, name: str) -> Any:
+        # What only the wrapped storage has (RDBStorage's engine, record_heartbeat, ...).
+        if name in ("base", "inner"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    # --- BaseStorage, delegated -----------------------------------------------------------
+
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        return self.inner.create_new_study(directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self._study_ids = {k: v for k, v in self._study_ids.items() if v != study_id}
+        self.inner.delete_study(study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.inner.set_study_user_attr(study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.inner.set_study_system_attr(study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        if study_name not in self._study_ids:  # a deleted study's name is never reused by autoopt
+            self._study_ids[study_name] = self.inner.get_study_id_from_name(study_name)
+        return self._study_ids[study_name]
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self.inner.get_study_name_from_id(study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self.inner.get_study_directions(study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.inner.get_study_user_attrs(study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.inner.get_study_system_attrs(study_id)
+
+    def get_all_studies(self) -> list[Any]:
+        return self.inner.get_all_studies()
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self.inner.create_new_trial(study_id, template_trial)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: BaseDistribution) -> None:
+        self.inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self.trial_id(study_id, trial_number)
+
+    def get_trial_number_from_id(self, trial_id: int) -> int:
+        return self.inner.get_trial_number_from_id(trial_id)
+
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        return self.inner.get_trial_param(trial_id, param_name)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        return self.inner.set_trial_state_values(trial_id, state, values)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self.inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.inner.set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.inner.set_trial_system_attr(trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self.inner.get_trial(trial_id)
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self.inner.get_trial_system_attrs(trial_id)
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self.inner.get_trial_user_attrs(trial_id)
+
+    def check_trial_is_updatable(self, trial_id: int, trial_state: TrialState) -> None:
+        self.inner.check_trial_is_updatable(trial_id, trial_state)
+
+    def remove_session(self) -> None:
+        self.inner.remove_session()
+
+
+# Which wrapper a study sits on: optuna.Study keeps its storage private.
+_WRAPPERS: weakref.WeakKeyDictionary[optuna.Study, SnapshotStorage] = weakref.WeakKeyDictionary()
+
+
+def register(study: optuna.Study, storage: SnapshotStorage) -> optuna.Study:
+    """Remember that ``study`` was created on ``storage`` (``open_study``, ``load_study``)."""
+    _WRAPPERS[study] = storage
+    return study
+
+
+def storage_of(study: optuna.Study) -> SnapshotStorage:
+    """The storage of a study opened by ``autoopt.study``."""
+    try:
+        return _WRAPPERS[study]
+    except KeyError:
+        raise ValueError(f"study {study.study_name!r} was not opened by autoopt.study "
+                         "(open_study or load_study)") from None
+
+
+def study_id_of(study: optuna.Study) -> int:
+    return storage_of(study).get_study_id_from_name(study.study_name)
+
+
+def trial_id_of(study: optuna.Study, number: int) -> int:
+    """The storage id of trial ``number`` of a study opened by ``autoopt.study``."""
+    storage = storage_of(study)
+    return storage.trial_id(study_id_of(study), number)
+
+
+@contextlib.contextmanager
+def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Iterator[None]:
+    """Within the block, the study's trials are read from the storage once, then served from
+    that snapshot (or ``trials``, a read made just before). A study not opened by
+    ``autoopt.study`` reads as usual."""
+    storage = _WRAPPERS.get(study)
+    if storage is None:
+        yield
+        return
+    with storage.snapshot(study_id_of(study), trials):
+        yield
