@@ -16,10 +16,12 @@ one entry, or one call to ``register_optimizer``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from autoopt.errors import UsageError
@@ -108,32 +110,86 @@ def default_of(dim: Dimension) -> Any:
     raise TypeError(f"not a search dimension: {dim!r}")
 
 
+_FIX = "write {log: [low, high]}, {uniform: [low, high]}, {int: [low, high]}, {choice: [...]} or a fixed value"
+
+
 def parse_dimension(raw: Any, where: str) -> Dimension:
-    """Read a dimension from a study file.
+    """Read a dimension from a study file and check it (``check_dimension``).
 
     ``{log: [1e-4, 1]}``, ``{uniform: [0, 0.99]}``, ``{int: [1, 5]}``, ``{choice: [a, b]}``,
-    or a plain value (fixed).
+    or a plain value (fixed). ``where`` (``sgd.lr``) names it in errors; its last part is the
+    parameter's name.
     """
     if isinstance(raw, Mapping):
         if len(raw) != 1:
-            raise UsageError(f"{where}: give one of log, uniform, int, choice; got {sorted(raw)}")
+            raise UsageError(f"{where}: give one of log, uniform, int, choice; got {sorted(map(str, raw))}")
         (kind, value), = raw.items()
         kinds = {"log": LogUniform, "uniform": Uniform, "int": IntRange}
         if kind == "choice" and isinstance(value, list) and value:
-            return Choice(*value)
-        if kind in kinds and isinstance(value, list) and len(value) == 2:
+            dim: Dimension = Choice(*value)
+        elif kind in kinds and isinstance(value, list) and len(value) == 2:
             low, high = value
-            if not (isinstance(low, int | float) and isinstance(high, int | float)) or low >= high:
-                raise UsageError(f"{where}: {kind} needs [low, high] with low < high, got {value}")
-            if kind == "log" and low <= 0:
-                raise UsageError(f"{where}: log needs low > 0, got {value}")
+            if not (_is_number(low) and _is_number(high)):
+                raise UsageError(f"{where}: {kind} needs two numbers [low, high], got {value}")
             cast = int if kind == "int" else float
-            return kinds[kind](cast(low), cast(high))
-        raise UsageError(f"{where}: write {{log: [low, high]}}, {{uniform: [low, high]}}, "
-                         f"{{int: [low, high]}}, {{choice: [...]}} or a fixed value; got {dict(raw)}")
-    if isinstance(raw, bool | int | float | str) or raw is None:
-        return Fixed(raw)
-    raise UsageError(f"{where}: cannot read {raw!r} as a search dimension")
+            dim = kinds[kind](cast(low), cast(high))
+        else:
+            raise UsageError(f"{where}: {_FIX}; got {dict(raw)}")
+    elif isinstance(raw, bool | int | float | str) or raw is None:
+        dim = Fixed(raw)
+    else:
+        raise UsageError(f"{where}: cannot read {raw!r} as a search dimension; {_FIX}")
+    check_dimension(where.rpartition(".")[2], dim, where)
+    return dim
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_rate(param: str) -> bool:
+    return param == "lr" or param.endswith("_lr")
+
+
+def check_dimension(param: str, dim: Any, where: str) -> None:
+    """Refuse a dimension no trial could use: bounds that are not finite numbers, low >= high,
+    a log range not above 0, and a learning rate (``lr``, ``*_lr``) that could be 0, negative or
+    not a number. Raises a one-line ``UsageError`` naming ``where`` and the fix."""
+    rate = _is_rate(param)
+    match dim:
+        case LogUniform(low, high) | Uniform(low, high) | IntRange(low, high):
+            kind = {LogUniform: "log", Uniform: "uniform", IntRange: "int"}[type(dim)]
+            if not (_is_number(low) and _is_number(high) and math.isfinite(low) and math.isfinite(high)):
+                raise UsageError(f"{where}: {kind} bounds must be finite numbers, got [{low}, {high}]")
+            if low >= high:
+                fix = f"write [{high}, {low}]" if high < low else "write a single value to fix it"
+                raise UsageError(f"{where}: {kind} needs [low, high] with low < high, got [{low}, {high}]; {fix}")
+            if (isinstance(dim, LogUniform) or rate) and low <= 0:
+                what = "a learning rate" if rate else "a log range"
+                raise UsageError(f"{where}: {what} must stay above 0, got [{low}, {high}]; "
+                                 "use e.g. {log: [1.0e-4, 1.0e-1]}")
+        case Choice(options):
+            for value in options:
+                _check_value(param, value, where, rate)
+        case Fixed(value):
+            _check_value(param, value, where, rate)
+        case _:
+            raise UsageError(f"{where}: not a search dimension: {dim!r}; use LogUniform, Uniform, IntRange, "
+                             "Choice or a fixed value")
+
+
+def _check_value(param: str, value: Any, where: str, rate: bool) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where}: {value} is not a usable value; give a finite number")
+    if rate and not (_is_number(value) and value > 0):
+        raise UsageError(f"{where}: a learning rate must be a positive number, got {value!r}; "
+                         "e.g. 1.0e-3 or {log: [1.0e-4, 1.0e-1]}")
+
+
+def check_space(space: Mapping[str, Any], where: str) -> None:
+    """``check_dimension`` for every entry of a family's space (``where`` is the family's name)."""
+    for param, dim in space.items():
+        check_dimension(param, dim, f"{where}.{param}")
 
 
 # --- optimizer families ------------------------------------------------------------------
@@ -154,10 +210,11 @@ class Family:
     when a trial builds the optimizer. ``schedulers=False`` means the family takes no
     learning-rate scheduler (Schedule-Free); ``train_eval=True`` means the training loop calls
     ``optimizer.train()`` before training and ``optimizer.eval()`` before evaluation;
-    ``split`` builds the parameter groups itself (Muon); ``extra`` names the pip extra the
-    class comes from. ``defaults`` are the fixed settings ``autoopt compare`` and baselines
-    train with (the torch or paper defaults, in the space's names: ``lr``, ``beta1``, ...);
-    empty means the class's own defaults with the space's representative ``lr``.
+    ``split`` builds the parameter groups itself (Muon); ``extra`` names the pip package the
+    class comes from (named in the error when it is missing). ``defaults`` are the fixed
+    settings the portfolio, ``autoopt compare`` and the baselines train with (the torch or
+    paper defaults, in the space's names: ``lr``, ``beta1``, ...); empty means the class's own
+    defaults with the space's representative ``lr``.
     """
 
     name: str
@@ -173,20 +230,18 @@ class Family:
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def load_class(self) -> type[torch.optim.Optimizer]:
-        if not isinstance(self.optimizer_class, str):
-            return self.optimizer_class
-        module_name, _, attr = self.optimizer_class.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            if self.extra:
-                raise UsageError(f"optimizer '{self.name}' needs the extra '{self.extra}': "
-                                 f"pip install 'autoopt[{self.extra}]'") from exc
-            raise UsageError(f"optimizer '{self.name}': cannot import {module_name} ({exc})") from exc
-        try:
-            return getattr(module, attr)
-        except AttributeError as exc:
-            raise UsageError(f"optimizer '{self.name}': {module_name} has no {attr}") from exc
+        """The optimizer class, imported on first use; anything but a ``torch.optim.Optimizer``
+        subclass is a ``UsageError`` naming the family."""
+        import torch
+
+        cls = self.optimizer_class
+        if isinstance(cls, str):
+            cls = _import_class(self.name, cls, self.extra)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            shown = self.optimizer_class if isinstance(self.optimizer_class, str) else repr(cls)
+            raise UsageError(f"optimizer '{self.name}': {shown} is not a torch.optim.Optimizer subclass; "
+                             "give the import path of an optimizer class (module:Class)")
+        return cls
 
     def available(self) -> bool:
         """Whether the family's class can be imported here."""
@@ -197,6 +252,24 @@ class Family:
         return True
 
 
+def _import_class(name: str, path: str, package: str | None) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if package:
+            raise UsageError(f"optimizer '{name}' needs the package {package}, which is missing here "
+                             f"(it is a dependency of autoopt): pip install {package}") from None
+        raise UsageError(f"optimizer '{name}': cannot import {module_name} ({exc}); "
+                         "is the module installed or on PYTHONPATH?") from None
+    except Exception as exc:  # the module itself is broken: a SyntaxError, an error at import
+        raise UsageError(f"optimizer '{name}': importing {module_name} failed ({type(exc).__name__}: {exc}); "
+                         "fix that module") from None
+    if not hasattr(module, attr):
+        raise UsageError(f"optimizer '{name}': {module_name} has no {attr}; check the class name")
+    return getattr(module, attr)
+
+
 def _adam_like(wd: Dimension, lr: Dimension = LogUniform(1e-5, 1e-1)) -> dict[str, Dimension]:
     return {"lr": lr, "beta1": Uniform(0.8, 0.99), "beta2": Uniform(0.9, 0.9999),
             "eps": LogUniform(1e-10, 1e-6), "weight_decay": wd}
@@ -205,7 +278,7 @@ def _adam_like(wd: Dimension, lr: Dimension = LogUniform(1e-5, 1e-1)) -> dict[st
 CLASSIC = ("all", "classic")
 MODERN = ("all", "modern")
 
-FAMILIES: dict[str, Family] = {
+_BUILTIN: dict[str, Family] = {
     "sgd": Family(
         "sgd", "torch.optim:SGD",
         {"lr": LogUniform(1e-4, 1.0), "momentum": Uniform(0.0, 0.99), "nesterov": Choice(True, False),
@@ -232,7 +305,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-# --- modern families (extra `modern`: pytorch-optimizer, imported only when a trial builds one) ---
+# --- modern families (pytorch-optimizer, imported only when a trial builds one) ---
 
 
 def muon_hidden_params(model_or_params: Any) -> tuple[list[Any], list[Any]]:
@@ -286,14 +359,14 @@ def _muon_split(model_or_params: Any, kwargs: dict[str, Any]) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-FAMILIES.update({
+_BUILTIN.update({
     # Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms": sign updates have a
     # larger norm, so lr 3-10x smaller than AdamW's and weight decay 3-10x larger; betas (0.9, 0.99).
     "lion": Family(
         "lion", "pytorch_optimizer:Lion",
         {"lr": LogUniform(1e-6, 1e-2), "beta1": Uniform(0.85, 0.95), "beta2": Uniform(0.95, 0.995),
          "weight_decay": LogUniform(1e-4, 1.0)},
-        extra="modern", presets=MODERN, summary="Lion: sign-momentum (Chen et al. 2023)",
+        extra="pytorch-optimizer", presets=MODERN, summary="Lion: sign-momentum (Chen et al. 2023)",
         # AdamW's torch defaults (1e-3, 1e-2) with lr x0.1 and weight decay x10, as the paper advises.
         defaults={"lr": 1e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.1}),
     # Taniguchi et al. 2024, "ADOPT: Modified Adam Can Converge with Any beta2": Adam's lr range,
@@ -302,7 +375,7 @@ FAMILIES.update({
         "adopt", "pytorch_optimizer:ADOPT",
         {"lr": LogUniform(1e-5, 1e-1), "beta1": Uniform(0.8, 0.99), "beta2": Uniform(0.99, 0.9999),
          "weight_decay": LogUniform(1e-6, 1e-2)},
-        extra="modern", presets=MODERN,
+        extra="pytorch-optimizer", presets=MODERN,
         summary="ADOPT: Adam that converges with any beta2 (Taniguchi et al. 2024)",
         defaults={"lr": 1e-3, "beta1": 0.9, "beta2": 0.9999}),
     # Defazio et al. 2024, "The Road Less Scheduled": no scheduler (the averaging replaces it),
@@ -311,7 +384,7 @@ FAMILIES.update({
         "sfadamw", "pytorch_optimizer:ScheduleFreeAdamW",
         {"lr": LogUniform(1e-4, 5e-2), "beta1": Uniform(0.85, 0.98), "beta2": Uniform(0.99, 0.9999),
          "weight_decay": LogUniform(1e-6, 1e-1), "warmup_steps": Choice(0, 25, 100, 400)},
-        schedulers=False, train_eval=True, extra="modern", presets=MODERN,
+        schedulers=False, train_eval=True, extra="pytorch-optimizer", presets=MODERN,
         summary="Schedule-Free AdamW (Defazio et al. 2024; AlgoPerf self-tuning winner)",
         defaults={"lr": 0.0025, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "warmup_steps": 0}),
     # Mishchenko & Defazio 2024, "Prodigy": learning-rate-free; lr stays 1.0 and d_coef scales the
@@ -322,7 +395,7 @@ FAMILIES.update({
         {"lr": Fixed(1.0), "d_coef": LogUniform(0.1, 10.0), "beta1": Uniform(0.85, 0.95),
          "beta2": Uniform(0.99, 0.9999), "weight_decay": LogUniform(1e-6, 1e-1),
          "safeguard_warmup": Fixed(True)},
-        extra="modern", presets=MODERN,
+        extra="pytorch-optimizer", presets=MODERN,
         summary="Prodigy: learning-rate-free Adam (Mishchenko & Defazio 2024)",
         defaults={"lr": 1.0, "d_coef": 1.0, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0,
                   "safeguard_warmup": False}),
@@ -331,7 +404,7 @@ FAMILIES.update({
         "dadapt_adam", "pytorch_optimizer:DAdaptAdam",
         {"lr": Fixed(1.0), "beta1": Uniform(0.85, 0.95), "beta2": Uniform(0.99, 0.9999),
          "weight_decay": LogUniform(1e-6, 1e-1), "weight_decouple": Fixed(True)},
-        extra="modern", presets=MODERN,
+        extra="pytorch-optimizer", presets=MODERN,
         summary="D-Adaptation Adam: learning-rate-free (Defazio & Mishchenko 2023)",
         defaults={"lr": 1.0, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0}),
     # Jordan et al. 2024, "Muon": lr ~0.02 and Nesterov momentum 0.95 for the hidden matrices;
@@ -340,7 +413,7 @@ FAMILIES.update({
         "muon", "pytorch_optimizer:Muon",
         {"lr": LogUniform(2e-3, 0.2), "momentum": Uniform(0.85, 0.99), "weight_decay": LogUniform(1e-5, 1e-1),
          "adamw_lr": LogUniform(1e-4, 1e-2)},
-        split=_muon_split, extra="modern", presets=MODERN,
+        split=_muon_split, extra="pytorch-optimizer", presets=MODERN,
         summary="Muon: orthogonalised momentum for hidden matrices, AdamW for the rest (Jordan et al. 2024)",
         defaults={"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0, "adamw_lr": 3e-4}),
     # Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam": betas (0.95, 0.95),
@@ -349,7 +422,7 @@ FAMILIES.update({
         "soap", "pytorch_optimizer:SOAP",
         {"lr": LogUniform(3e-4, 3e-2), "beta1": Uniform(0.9, 0.98), "beta2": Uniform(0.9, 0.99),
          "weight_decay": LogUniform(1e-4, 1e-1), "precondition_frequency": Choice(10, 1, 5, 20, 50)},
-        extra="modern", presets=MODERN, summary="SOAP: Shampoo in Adam's eigenbasis (Vyas et al. 2024)",
+        extra="pytorch-optimizer", presets=MODERN, summary="SOAP: Shampoo in Adam's eigenbasis (Vyas et al. 2024)",
         defaults={"lr": 3e-3, "beta1": 0.95, "beta2": 0.95, "weight_decay": 1e-2,
                   "precondition_frequency": 10}),
 })
@@ -368,39 +441,98 @@ PORTFOLIO_PRIOR: tuple[str, ...] = (
     "sgd", "dadapt_adam", "adagrad")
 
 
-def register_optimizer(
-    name: str,
-    optimizer_class: str | type,
-    space: Mapping[str, Dimension | Any],
-    **protocol: Any,
-) -> Family:
+class Registry:
+    """Named optimizer families, as timm's ``OptimizerRegistry``: the built-ins are registered
+    once, at import; ``register`` refuses to overwrite a name unless ``replace=True``. Serialising
+    a recommendation and validating a spec never register: a study file's own classes live in
+    that spec's ``SearchSpace``.
+
+    >>> REGISTRY.get("adamw").summary
+    'Adam with decoupled weight decay'
+    """
+
+    def __init__(self, families: Iterable[Family] = ()) -> None:
+        self._families: dict[str, Family] = {}
+        for fam in families:
+            self.add(fam)
+
+    def add(self, fam: Family, *, replace: bool = False) -> Family:
+        """Register a ``Family`` object; an existing name is a ``UsageError`` unless ``replace``."""
+        if fam.name in self._families and not replace and self._families[fam.name] != fam:
+            raise UsageError(f"optimizer '{fam.name}' is already registered; pick another name, "
+                             "or pass replace=True to replace it")
+        self._families[fam.name] = fam
+        return fam
+
+    def register(self, name: str, optimizer_class: str | type, space: Mapping[str, Dimension | Any], *,
+                 replace: bool = False, **protocol: Any) -> Family:
+        """Build (``make_family``) and register a family; see ``register_optimizer``."""
+        return self.add(make_family(name, optimizer_class, space, **protocol), replace=replace)
+
+    def unregister(self, name: str) -> None:
+        """Remove a family a user registered; the built-ins stay."""
+        if name in _BUILTIN:
+            raise UsageError(f"optimizer '{name}' is built in and cannot be removed")
+        self._families.pop(name, None)
+
+    def get(self, name: str) -> Family:
+        """The family called ``name``; an unknown name is a ``UsageError`` listing the known ones."""
+        try:
+            return self._families[name]
+        except KeyError:
+            raise UsageError(f"unknown optimizer '{name}'; known: {', '.join(self._families)} "
+                             f"or a preset: {', '.join(PRESETS)}") from None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._families)
+
+    def view(self) -> Mapping[str, Family]:
+        """A read-only, live view of the registered families."""
+        return MappingProxyType(self._families)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._families
+
+
+def make_family(name: str, optimizer_class: str | type, space: Mapping[str, Dimension | Any],
+                **protocol: Any) -> Family:
+    """A checked ``Family`` (not registered): an identifier name, an ``lr`` entry, usable
+    dimensions (``check_dimension``), and a class given as an object is checked at once."""
+    if not name.isidentifier():
+        raise UsageError(f"optimizer name {name!r} must be an identifier (letters, digits, _)")
+    dims = {k: v if isinstance(v, Dimension) else Fixed(v) for k, v in space.items()}
+    if "lr" not in dims:
+        raise UsageError(f"optimizer '{name}': its space needs an 'lr' entry (a range or a fixed value)")
+    check_space(dims, name)
+    fam = Family(name, optimizer_class, dims, **protocol)
+    if not isinstance(optimizer_class, str):
+        fam.load_class()  # an object in hand: check it is an Optimizer class now
+    return fam
+
+
+REGISTRY = Registry(_BUILTIN.values())
+FAMILIES: Mapping[str, Family] = REGISTRY.view()  # read-only; register through REGISTRY
+
+
+def register_optimizer(name: str, optimizer_class: str | type, space: Mapping[str, Dimension | Any], *,
+                       replace: bool = False, **protocol: Any) -> Family:
     """Register an optimizer family (a ``torch.optim.Optimizer`` subclass) with its search space.
 
     Values of ``space`` are dimensions (``LogUniform(1e-4, 1e-1)``) or fixed values. The family
-    joins the preset ``all`` and can be named in ``--optimizers``.
+    joins the preset ``all`` and can be named in ``--optimizers``. A name already registered
+    (``adam``) is refused unless ``replace=True``.
 
     >>> import torch
     >>> class MySGD(torch.optim.SGD): pass
     >>> register_optimizer("mysgd", MySGD, {"lr": LogUniform(1e-3, 1.0)}).name
     'mysgd'
     """
-    if not name.isidentifier():
-        raise UsageError(f"optimizer name {name!r} must be an identifier (letters, digits, _)")
-    dims = {k: v if isinstance(v, Dimension) else Fixed(v) for k, v in space.items()}
-    if "lr" not in dims:
-        raise UsageError(f"optimizer '{name}': its space needs an 'lr' entry (a range or a fixed value)")
-    family = Family(name, optimizer_class, dims, **protocol)
-    FAMILIES[name] = family
-    return family
+    return REGISTRY.register(name, optimizer_class, space, replace=replace, **protocol)
 
 
 def family(name: str) -> Family:
     """The registered family called ``name``; bad names are a ``UsageError`` listing known ones."""
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise UsageError(f"unknown optimizer '{name}'; known: {', '.join(FAMILIES)} "
-                         f"or a preset: {', '.join(PRESETS)}") from None
+    return REGISTRY.get(name)
 
 
 def default_params(name: str) -> dict[str, Any]:
@@ -425,15 +557,20 @@ def family_defaults(fam: Family) -> dict[str, Any]:
     return params
 
 
-def resolve_optimizers(names: str | Iterable[str]) -> list[str]:
-    """Expand a preset or a comma-separated list into family names, checking each."""
+def resolve_optimizers(names: str | Iterable[str], custom: Mapping[str, Family] | None = None) -> list[str]:
+    """Expand a preset or a comma-separated list into family names, checking each. ``custom``
+    holds a study's own families (they join the preset ``all``)."""
+    custom = custom or {}
     items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
     out: list[str] = []
     for item in items:
         if not item:
             continue
         if item in PRESETS:
-            chosen = [f.name for f in FAMILIES.values() if item in f.presets]
+            known = [*REGISTRY.view().values(), *custom.values()]
+            chosen = [f.name for f in known if item in f.presets]
+        elif item in custom:
+            chosen = [item]
         else:
             chosen = [family(item).name]
         out.extend(n for n in chosen if n not in out)
@@ -550,23 +687,60 @@ class TrialConfig:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The space one study searches: families (with per-family overrides), schedules, clipping."""
+    """The space one study searches: its families (with the study's overrides applied),
+    schedules and clipping. Immutable: it holds its own ``Family`` objects, so a study file's
+    classes never enter the global registry, and later registrations do not change it.
+
+    ``custom`` supplies families that are not registered (a study file's ``custom_optimizers``);
+    other names come from ``REGISTRY``.
+    """
 
     optimizers: tuple[str, ...]
     schedulers: tuple[str, ...] = tuple(SCHEDULES)
     grad_clip: bool = True
     overrides: Mapping[str, Mapping[str, Dimension]] = field(default_factory=dict)
+    custom: Mapping[str, Family] = field(default_factory=dict)
+    families: Mapping[str, Family] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fams = {}
+        for name in self.optimizers:
+            fam = self.custom[name] if name in self.custom else family(name)
+            extra = dict(self.overrides.get(name, {}))
+            unknown = [k for k in extra if k not in fam.space]
+            if unknown:
+                raise UsageError(f"space.{name}.{unknown[0]}: {name} has no parameter {unknown[0]}; "
+                                 f"known: {', '.join(fam.space)}")
+            check_space(extra, name)
+            fams[name] = dataclasses.replace(fam, space={**fam.space, **extra}) if extra else fam
+        for name in self.schedulers:
+            schedule(name)
+        object.__setattr__(self, "optimizers", tuple(self.optimizers))
+        object.__setattr__(self, "schedulers", tuple(self.schedulers))
+        object.__setattr__(self, "families", MappingProxyType(fams))
+
+    def family(self, name: str) -> Family:
+        """This space's family ``name`` (its overrides applied); a ``UsageError`` if not in it."""
+        try:
+            return self.families[name]
+        except KeyError:
+            raise UsageError(f"optimizer '{name}' is not in this study's space: "
+                             f"{', '.join(self.optimizers)}") from None
 
     def family_space(self, name: str) -> dict[str, Dimension]:
-        return {**family(name).space, **self.overrides.get(name, {})}
+        return dict(self.family(name).space)
+
+    def default_params(self, name: str) -> dict[str, Any]:
+        """The published defaults of this space's family ``name`` (``default_params``)."""
+        return family_defaults(self.family(name))
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, space: SearchSpace) -> TrialConfig:
     """Sample one trial's configuration. Parameters are named ``family.param`` so that each
     family's conditional subspace keeps its own distributions."""
     name = suggest(trial, "optimizer", Choice(*space.optimizers))
-    fam = family(name)
-    params = {k: suggest(trial, f"{name}.{k}", d) for k, d in space.family_space(name).items()}
+    fam = space.family(name)
+    params = {k: suggest(trial, f"{name}.{k}", d) for k, d in fam.space.items()}
     sched_name, sched_params = "none", {}
     if fam.schedulers and space.schedulers:
         sched_name = suggest(trial, "scheduler", Choice(*space.schedulers))
@@ -602,9 +776,10 @@ def optimizer_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def build_optimizer(model_or_params: Any, name: str, params: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Build family ``name`` with ``params`` on a module (preferred) or an iterable of parameters."""
-    fam = family(name)
+def build_optimizer(model_or_params: Any, name: str | Family, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Build family ``name`` (a registered name, or a ``Family``) with ``params`` on a module
+    (preferred) or an iterable of parameters."""
+    fam = name if isinstance(name, Family) else family(name)
     params = fam.adjust(dict(params)) if fam.adjust else dict(params)
     cls = fam.load_class()
     kwargs = optimizer_kwargs(params)

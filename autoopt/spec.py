@@ -12,9 +12,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from autoopt.errors import UsageError
+from autoopt.space import (
+    REGISTRY,
+    Dimension,
+    Family,
+    SearchSpace,
+    family,
+    make_family,
+    parse_dimension,
+    resolve_optimizers,
+)
+from autoopt.tasks import Task, check_task_name, load_task
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_STORAGE = "sqlite:///autoopt.db"
@@ -69,7 +80,7 @@ class StudySpec(BaseModel):
     trials: int = Field(20, gt=0)
     epochs: int = Field(5, gt=0)
     timeout_s: float | None = Field(None, gt=0)
-    optimizers: list[str] = ["classic"]
+    optimizers: list[str] = ["all"]
     schedulers: list[str] = ["none", "step", "cosine", "onecycle", "plateau", "exponential"]
     grad_clip: bool = True
     space: dict[str, dict[str, Any]] = {}
@@ -85,6 +96,7 @@ class StudySpec(BaseModel):
     confirm_seeds: int = Field(3, gt=0)
     max_slowdown: float | None = Field(None, gt=0)
     placement: Placement = Field(default_factory=lambda: Placement())
+    _space: SearchSpace = PrivateAttr()
 
     @model_validator(mode="before")
     @classmethod
@@ -109,45 +121,58 @@ class StudySpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check_names(self) -> StudySpec:
-        from autoopt.space import SCHEDULES, family, register_optimizer, resolve_optimizers
-        from autoopt.tasks import check_task_name
-
+    def _resolve(self) -> StudySpec:
+        """Check every name, range and class, and resolve the immutable search space. Registers
+        nothing: a study file's own classes live in this spec's space only."""
         check_task_name(self.task)
-        for name, custom in self.custom_optimizers.items():
-            register_optimizer(name, custom.class_path, self._parse_space(name, custom.space),
-                               schedulers=custom.schedulers, train_eval=custom.train_eval)
-        self.optimizers = resolve_optimizers(self.optimizers)
-        for name in self.optimizers:
-            # A missing extra (pip install 'autoopt[modern]') is bad input: say so before anything starts.
-            family(name).load_class()
-        for name in self.schedulers:
-            if name not in SCHEDULES:
-                raise UsageError(f"unknown scheduler '{name}'; known: {', '.join(SCHEDULES)}")
-        for fam_name, params in self.space.items():
-            known = family(fam_name).space
-            for param in params:
-                if param not in known:
+        custom = {}
+        for name, entry in self.custom_optimizers.items():
+            if name in REGISTRY:
+                raise UsageError(f"custom_optimizers.{name}: '{name}' is a built-in optimizer; give yours "
+                                 "another name")
+            dims = _parse_space(f"custom_optimizers.{name}.space", entry.space)
+            custom[name] = make_family(name, entry.class_path, dims, schedulers=entry.schedulers,
+                                       train_eval=entry.train_eval)
+        self.optimizers = resolve_optimizers(self.optimizers, custom)
+        overrides = {}
+        for fam_name, raw in self.space.items():
+            known = custom[fam_name] if fam_name in custom else family(fam_name)
+            for param in raw:
+                if param not in known.space:
                     raise UsageError(f"space.{fam_name}.{param}: {fam_name} has no parameter {param}; "
-                                     f"known: {', '.join(known)}")
+                                     f"known: {', '.join(known.space)}")
+            overrides[fam_name] = _parse_space(f"space.{fam_name}", raw)
+        space = SearchSpace(tuple(self.optimizers), tuple(self.schedulers), self.grad_clip, overrides, custom)
+        for fam in [*space.families.values(), *custom.values()]:
+            fam.load_class()  # a missing package or a class that is no Optimizer: bad input, now
+        self._space = space
         return self
-
-    @staticmethod
-    def _parse_space(name: str, raw: dict[str, Any]) -> dict[str, Any]:
-        from autoopt.space import parse_dimension
-
-        return {k: parse_dimension(v, f"{name}.{k}") for k, v in raw.items()}
 
     @property
     def name(self) -> str:
         """The Optuna study name (defaults to the task name)."""
         return self.study_name or self.task
 
-    def search_space(self) -> Any:
-        from autoopt.space import SearchSpace
+    def search_space(self) -> SearchSpace:
+        """The resolved, immutable search space: its ``Family`` objects, overrides applied."""
+        return self._space
 
-        overrides = {fam: self._parse_space(fam, raw) for fam, raw in self.space.items()}
-        return SearchSpace(tuple(self.optimizers), tuple(self.schedulers), self.grad_clip, overrides)
+    def family(self, name: str) -> Family:
+        """This study's family ``name`` (a study file's own class included): what a job carries."""
+        return self._space.family(name)
+
+
+def _parse_space(where: str, raw: Any) -> dict[str, Dimension]:
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: give a mapping of parameter: range, e.g. lr: {{log: [1.0e-4, 1.0e-1]}}")
+    return {str(k): parse_dimension(v, f"{where}.{k}") for k, v in raw.items()}
+
+
+def preflight(spec: StudySpec) -> Task:
+    """Everything that can be checked before a study, an MLflow run, a file or Ray exists: the
+    spec is already checked (``load_spec``); this loads the task (for ``module:function``, calls
+    the function) and checks it. Returns the task. Bad input is a one-line ``UsageError``."""
+    return load_task(spec.task, spec.placement.data_dir)
 
 
 def known_keys() -> list[str]:
@@ -161,10 +186,17 @@ def builtin_study_file(task: str) -> Path | None:
 
 
 def read_study_file(path: Path) -> dict[str, Any]:
+    """A study file's keys; a missing, unreadable or malformed file is a one-line ``UsageError``."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"study file {path} does not exist; check --study-file") from None
+    except IsADirectoryError:
+        raise UsageError(f"study file {path} is a folder; give the path of a .yaml file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"study file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise UsageError(f"study file {path} cannot be read ({exc.strerror}); check its permissions") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
@@ -173,34 +205,61 @@ def read_study_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise UsageError(f"study file {path} must be a mapping of keys (task, trials, epochs, ...)")
-    return raw
+    return {str(k): v for k, v in raw.items()}
+
+
+# Spec keys whose command-line flag has another name.
+FLAGS = {"timeout_s": "--timeout", "study_name": "--study", "out": "--out", "compile": "--compile/--no-compile",
+         "confirm": "--confirm/--no-confirm"}
+
+
+def flag_of(key: str) -> str:
+    """The command-line flag that sets spec key ``key`` (``timeout_s`` -> ``--timeout``)."""
+    return FLAGS.get(key, f"--{key.replace('_', '-')}")
 
 
 def load_spec(task: str | None = None, study_file: str | Path | None = None, **overrides: Any) -> StudySpec:
     """Build the spec: the study file (``--study-file``, else ``studies/<task>.yaml``), then
-    the overrides that are not None. Any problem is a one-line ``UsageError``."""
+    the overrides that are not None. Any problem is a one-line ``UsageError`` naming the flag
+    or the study file's key that caused it. Checks the space, the classes and the task's
+    module; ``preflight`` then loads the task itself."""
     raw: dict[str, Any] = {}
-    source = "options"
+    path: Path | None = None
     if study_file is not None:
-        raw = read_study_file(Path(study_file))
-        source = f"study file {study_file}"
-    elif task is not None and (path := builtin_study_file(task)) is not None:
+        path = Path(study_file)
+    elif task is not None:
+        path = builtin_study_file(task)
+    if path is not None:
         raw = read_study_file(path)
+    given = {k: v for k, v in overrides.items() if v is not None}
     if task is not None:
         raw["task"] = task
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw.update(given)
     if "task" not in raw:
         raise UsageError("no task given; pass --task (digits, mnist, cifar10 or module:function)")
+    file_part = f"study file {path}" if path is not None else "options"
     try:
         return StudySpec(**raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        if not err["loc"]:  # a whole-spec check already wrote a complete message
-            raise UsageError(str(err["msg"]).removeprefix("Value error, ")) from None
-        loc = err["loc"][1:] if err["loc"][0] == "placement" and len(err["loc"]) > 1 else err["loc"]
-        where = ".".join(str(p) for p in loc) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key; known keys: {', '.join(known_keys())}"
-        flag = f"--{where.replace('_', '-')}" if where in overrides else where
-        raise UsageError(f"{source}: {flag}: {msg}") from None
+        raise UsageError(_explain(exc, given, file_part)) from None
+    except UsageError as exc:
+        raise UsageError(f"{file_part}: {exc}" if path is not None else str(exc)) from None
+
+
+def _explain(exc: ValidationError, given: dict[str, Any], file_part: str) -> str:
+    err = exc.errors()[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    loc = list(err["loc"])
+    if loc[:1] == ["placement"] and len(loc) > 1:
+        loc = loc[1:]
+    if not loc:  # a whole-spec check already wrote a complete message
+        return msg if file_part == "options" else f"{file_part}: {msg}"
+    key = str(loc[0])
+    where = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key; known keys: {', '.join(known_keys())}"
+    if "input" in err and err["type"] != "extra_forbidden" and len(loc) == 1:
+        msg = f"{msg} (got {err['input']!r})"
+    if key in given:
+        return f"{flag_of(key)}: {msg}"
+    return f"{file_part}: {where}: {msg}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import torch
 from conftest import run_cli
 
 import autoopt
-from autoopt.space import FAMILIES, LogUniform, Uniform, build_optimizer
+from autoopt.errors import UsageError
+from autoopt.space import FAMILIES, REGISTRY, Fixed, LogUniform, Uniform, build_optimizer
+from autoopt.spec import load_spec
 
 
 class SignMomentum(torch.optim.Optimizer):
@@ -48,6 +51,17 @@ class SignMomentum(torch.optim.Optimizer):
         return loss
 
 
+class MarkedSignMomentum(SignMomentum):
+    """SignMomentum that leaves a file named after its process in ``marker`` (a fixed
+    hyperparameter) each time it is built: proof of where it ran."""
+
+    def __init__(self, params, lr: float = 1e-3, beta: float = 0.9, weight_decay: float = 0.0,
+                 marker: str = "") -> None:
+        super().__init__(params, lr=lr, beta=beta, weight_decay=weight_decay)
+        if marker:
+            Path(marker, f"{type(self).__name__}-{os.getpid()}").touch()
+
+
 def _two_steps(opt: torch.optim.Optimizer, p: torch.Tensor) -> list[list[float]]:
     seen = []
     for _ in range(2):
@@ -68,19 +82,56 @@ def test_update_rule_matches_a_hand_computation() -> None:
 
 
 @pytest.fixture()
-def signmom():
-    """Register SignMomentum from Python as ``signmom``; unregister afterwards."""
-    fam = autoopt.register_optimizer("signmom", SignMomentum,
-                                     {"lr": LogUniform(3e-3, 3e-2), "beta": Uniform(0.8, 0.95)})
+def signmom(tmp_path: Path):
+    """Register MarkedSignMomentum from Python as ``signmom`` (marking into ``tmp_path/marks``);
+    unregister afterwards."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    fam = autoopt.register_optimizer("signmom", MarkedSignMomentum,
+                                     {"lr": LogUniform(3e-3, 3e-2), "beta": Uniform(0.8, 0.95),
+                                      "marker": Fixed(str(marks))})
     yield fam
-    FAMILIES.pop("signmom", None)
+    REGISTRY.unregister("signmom")
+
+
+def test_registering_never_replaces_a_family_silently() -> None:
+    with pytest.raises(UsageError, match="already registered"):
+        autoopt.register_optimizer("adam", torch.optim.SGD, {"lr": LogUniform(1e-3, 1e-1)})
+    assert FAMILIES["adam"].load_class() is torch.optim.Adam
+    autoopt.register_optimizer("signmom_tmp", SignMomentum, {"lr": LogUniform(1e-3, 1e-1)})
+    try:
+        with pytest.raises(UsageError, match="already registered"):
+            autoopt.register_optimizer("signmom_tmp", torch.optim.SGD, {"lr": LogUniform(1e-3, 1e-1)})
+        fam = autoopt.register_optimizer("signmom_tmp", torch.optim.SGD, {"lr": LogUniform(1e-3, 1e-1)},
+                                         replace=True)
+        assert autoopt.space.family("signmom_tmp") is fam
+    finally:
+        REGISTRY.unregister("signmom_tmp")
+    with pytest.raises(UsageError, match=r"not a torch\.optim\.Optimizer"):
+        autoopt.register_optimizer("dictopt", dict, {"lr": 1e-3})
+    assert "dictopt" not in FAMILIES
+
+
+def test_a_study_files_class_lives_in_its_spec_not_in_the_registry(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "myopts_spec.py").write_text(MODULE_HEADER + inspect.getsource(SignMomentum))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "study.yaml").write_text(
+        "task: digits\noptimizers: [signmom]\ncustom_optimizers:\n  signmom:\n"
+        "    class: myopts_spec:SignMomentum\n    space:\n      lr: {log: [3.0e-3, 3.0e-2]}\n")
+    spec = load_spec(study_file=tmp_path / "study.yaml")
+    assert "signmom" not in FAMILIES
+    assert spec.search_space().optimizers == ("signmom",)
+    assert spec.family("signmom").load_class().__name__ == "SignMomentum"
+    assert spec.search_space().default_params("signmom") == {"lr": pytest.approx((3e-3 * 3e-2) ** 0.5)}
+    with pytest.raises(UsageError, match="unknown optimizer 'signmom'"):
+        autoopt.space.family("signmom")
 
 
 def test_registered_family_builds_with_the_same_update_rule(signmom) -> None:
     # Through the registry (what trials and recommend() use), the rule is unchanged.
     p = torch.tensor([0.3, -0.2, 0.0], requires_grad=True)
     opt = build_optimizer([p], "signmom", {"lr": 0.5, "beta": 0.9})
-    assert type(opt) is SignMomentum
+    assert type(opt) is MarkedSignMomentum
     assert _two_steps(opt, p) == [[-0.2, 0.3, 0.0], [-0.7, -0.2, 0.0]]
     assert "signmom" in autoopt.space.resolve_optimizers("all")
 
@@ -102,7 +153,11 @@ def test_python_registered_optimizer_competes_in_a_study(workdir: Path, signmom)
         assert t.params["optimizer"] == "signmom" and 3e-3 <= t.params["signmom.lr"] <= 3e-2
         assert t.user_attrs["config"]["optimizer"] == "signmom"
         assert len(t.user_attrs["history"]) == 2 and 0.0 <= t.value <= 1.0
-    # The workers really trained SignMomentum: the first search trial learned something.
+    # The workers really trained SignMomentum: each trial and the confirmation built it in a
+    # worker process (never in this driver), and the trials learned something.
+    built = sorted(p.name for p in Path(signmom.space["marker"].value).iterdir())
+    assert built and all(name.startswith("MarkedSignMomentum-") for name in built)
+    assert f"MarkedSignMomentum-{os.getpid()}" not in built
     assert max(t.value for t in trials) > 0.3
 
     # It competed in the confirmation with the baselines, on the same seed, and the winner is
@@ -114,7 +169,7 @@ def test_python_registered_optimizer_competes_in_a_study(workdir: Path, signmom)
     assert entry["test"]["values"][0] is not None
     assert data["value"] >= entry["val"]["mean"]
     if data["optimizer"] == "signmom":
-        assert data["optimizer_class"] == f"{__name__}:SignMomentum"
+        assert data["optimizer_class"] == f"{__name__}:MarkedSignMomentum"
 
     parent = tracking.latest_study_run("sqlite:///mlflow.db", "digits", "digits")
     runs = tracking.child_runs("sqlite:///mlflow.db", "digits", parent)

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoopt.data import Split
 from autoopt.errors import UsageError
-from autoopt.tasks.base import Task
+from autoopt.tasks.base import LOSSES, Task
 
 BUILTIN: dict[str, str] = {
     "digits": "autoopt.tasks.digits",
@@ -24,7 +25,7 @@ BUILTIN: dict[str, str] = {
     "mnist_lstm": "autoopt.tasks.sequence:load_mnist",
 }
 
-__all__ = ["BUILTIN", "Task", "check_task_name", "default_data_dir", "load_task"]
+__all__ = ["BUILTIN", "Task", "check_task", "check_task_name", "default_data_dir", "load_task"]
 
 
 def default_data_dir() -> Path:
@@ -45,28 +46,74 @@ def _resolve_function(name: str) -> Callable[..., Task]:
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"task '{name}': cannot import module {module_name} ({exc}); "
-                         "is it on PYTHONPATH?") from None
+    except ModuleNotFoundError as exc:
+        missing = exc.name or str(exc)
+        if module_name == missing or module_name.startswith(f"{missing}."):
+            raise UsageError(f"task '{name}': no module named {module_name}; put its folder on PYTHONPATH "
+                             "(on a cluster: on every node)") from None
+        raise UsageError(f"task '{name}': {module_name} imports {missing}, which is not installed; "
+                         f"install it (pip install {missing.partition('.')[0]})") from None
+    except SyntaxError as exc:
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
+        raise UsageError(f"task '{name}': {module_name} has a syntax error ({where}: {exc.msg}); fix the file"
+                         ) from None
+    except Exception as exc:
+        raise UsageError(f"task '{name}': importing {module_name} raised {type(exc).__name__}: "
+                         f"{_one_line(exc)}; fix the module") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UsageError(f"task '{name}': {module_name} has no function {attr}")
+        raise UsageError(f"task '{name}': {module_name} has no function {attr}; name it as module:function")
     return fn
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 def load_task(name: str, data_dir: Path | str | None = None) -> Task:
     """Build a task by name: ``digits``, ``mnist``, ``cifar10`` or ``module:function``.
 
     A ``module:function`` is called with the data folder (``fn(data_dir)``) and returns a ``Task``.
+    Whatever goes wrong in a user's function (an exception, something that is not a ``Task``,
+    splits whose x and y differ in length, an unknown loss) is a one-line ``UsageError``.
     """
     root = Path(data_dir) if data_dir else default_data_dir()
     check_task_name(name)
     if name in BUILTIN:
         return _builtin(name)[1](root)
-    task = _resolve_function(name)(root)
-    if not isinstance(task, Task):
-        raise UsageError(f"task '{name}' returned {type(task).__name__}, not an autoopt Task")
+    fn = _resolve_function(name)
+    try:
+        task = fn(root)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"task '{name}': {name.replace(':', '.')}(data_dir) raised {type(exc).__name__}: "
+                         f"{_one_line(exc)}; fix the task function") from None
+    check_task(task, name)
     return task
+
+
+def check_task(task: Any, name: str) -> None:
+    """Refuse a task no trial could train: not a ``Task``, a split that is not a ``Split`` or
+    whose x and y differ in length, an unknown loss."""
+    if not isinstance(task, Task):
+        raise UsageError(f"task '{name}' returned {type(task).__name__}, not an autoopt Task; "
+                         "return Task(name, build_model, train, val, test)")
+    if task.loss not in LOSSES:
+        raise UsageError(f"task '{name}': unknown loss {task.loss!r}; use one of {', '.join(sorted(LOSSES))}")
+    for split_name in ("train", "val", "test"):
+        split = getattr(task, split_name)
+        if split is None and split_name == "test":
+            continue
+        if not isinstance(split, Split):
+            raise UsageError(f"task '{name}': {split_name} is {type(split).__name__}, not an autoopt Split; "
+                             "wrap the tensors as Split(x, y)")
+        if len(split.x) != len(split.y) or len(split) == 0:
+            raise UsageError(f"task '{name}': the {split_name} split has {len(split.x)} inputs and "
+                             f"{len(split.y)} targets; give x and y the same, non-zero number of rows")
+    if not callable(task.build_model):
+        raise UsageError(f"task '{name}': build_model must be a function returning a torch module")
 
 
 def _builtin(name: str) -> tuple[Any, Callable[..., Task]]:

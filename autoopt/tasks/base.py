@@ -9,6 +9,7 @@ import torch
 
 from autoopt.data import Preprocess, Split
 from autoopt.direction import Direction
+from autoopt.errors import UsageError
 
 LOSSES: dict[str, tuple[str, Direction]] = {"cross_entropy": ("accuracy", "maximize"), "mse": ("rmse", "minimize")}
 
@@ -47,7 +48,7 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"task {self.name}: loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+            raise UsageError(f"task {self.name}: unknown loss {self.loss!r}; use one of {', '.join(sorted(LOSSES))}")
 
     @property
     def score(self) -> str:
