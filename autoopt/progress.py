@@ -6,34 +6,60 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column
+
+WIDE = 100  # columns from which the bar is long and the elapsed time shown
 
 
 class TuneDisplay:
     """A context manager whose ``update(progress)`` redraws the bars."""
 
     def __init__(self, console: Console, total: int) -> None:
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                            transient=False)
+        wide = console.width >= WIDE
+        # The counts ("20/20") never wrap; the details give way first (at 80 columns the bar is
+        # short and the elapsed time left out: the details carry the ETA).
+        columns: list[ProgressColumn] = [
+            TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=40 if wide else 10),
+            MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=5)),
+            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+        ]
+        if wide:
+            columns.append(TimeElapsedColumn())
+        self.bar = Progress(*columns, console=console, transient=False)
         self.search = self.bar.add_task("trials", total=total, info="starting")
         self.confirm: Any = None
 
     def __enter__(self) -> TuneDisplay:
-        self.bar.start()
+        # The bars appear with the first update (the search has started): input refused
+        # before that is one line on its own.
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self.bar.live.is_started:
+            self.bar.stop()
 
     def update(self, p: Any) -> None:
+        if not self.bar.live.is_started:
+            self.bar.start()
         if p.last.startswith("confirm"):
             if self.confirm is None:
                 self.confirm = self.bar.add_task("confirm", total=p.total, info="")
             self.bar.update(self.confirm, completed=p.done, info=p.last)
             return
-        best = f"best {p.best:.4f} (#{p.best_trial})" if p.best is not None else "best -"
-        eta = p.eta_s()
-        info = (f"running {p.running}  pruned {p.pruned}  failed {p.failed}  {best}"
-                + (f"  ETA {eta:.0f}s" if eta is not None else ""))
+        info = describe(p)
         self.bar.update(self.search, completed=min(p.done, p.total), total=max(p.total, p.done), info=info)
+
+
+def describe(p: Any) -> str:
+    """The search's details in at most ~50 characters: running, pruned, failed, best, ETA.
+
+    >>> from types import SimpleNamespace as N
+    >>> describe(N(running=4, pruned=1, failed=0, best=0.9512, best_trial=7, eta_s=lambda: 42.0))
+    'run 4  pruned 1  failed 0  best 0.9512 #7  ETA 42s'
+    """
+    best = f"best {p.best:.4f} #{p.best_trial}" if p.best is not None else "best -"
+    eta = p.eta_s()
+    return (f"run {p.running}  pruned {p.pruned}  failed {p.failed}  {best}"
+            + (f"  ETA {eta:.0f}s" if eta is not None else ""))

@@ -7,14 +7,27 @@ a trial never waits for the tracking server.
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
+import sqlite3
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+from autoopt.errors import UsageError
+from autoopt.study import absolute_sqlite, mask_url, redact, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +37,12 @@ TRIAL_TAG = "autoopt.trial_number"
 STATE_TAG = "autoopt.state"
 FAMILY_TAG = "autoopt.optimizer"
 KIND_TAG = "autoopt.kind"
+PRUNED_TAG = "autoopt.pruned"
+VERDICT_TAG = "autoopt.verdict"
+RECOMMENDED_TAG = "autoopt.recommended"
 WRITE_EVERY_S = 2.0  # a running trial's params and metrics reach MLflow at most this late
+CONNECT_TIMEOUT_S = 15.0  # default of AUTOOPT_CONNECT_TIMEOUT_S: how long a tracking server may take to answer
+CREATE_LOCK_S = 600.0  # how long a driver waits for another one creating the same SQLite tracking store
 
 
 def experiment_name(task: str) -> str:
@@ -32,20 +50,157 @@ def experiment_name(task: str) -> str:
 
 
 def _client(uri: str) -> Any:
+    """An MLflow client on ``uri``. Opening a SQLite store creates (migrates) its tables: that
+    is done under a file lock beside the database, so drivers started at once in an empty
+    folder do not race on creating it (MLflow's migrations are not safe to run twice at once)."""
     import mlflow
 
     # Quiet the per-run "View run at ..." lines and the table-creation chatter. MLflow prints
     # those links to stdout with the tracking URI as given, password included.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    return mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        with creating_store(uri):
+            return mlflow.MlflowClient(tracking_uri=uri)  # opens the store, creating its tables
+    except UsageError:
+        raise
+    except Exception as exc:
+        if _migration_error(exc):
+            raise UsageError(_half_migrated(uri, _first_line(exc))) from None
+        raise
+
+
+@contextmanager
+def creating_store(uri: str) -> Iterator[None]:
+    """Hold the creation lock of a SQLite tracking store (``<db>.lock``); other stores need none."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    lock = FileLock(f"{path}.lock", timeout=CREATE_LOCK_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UsageError(f"MLflow database {path}: another process held {path}.lock for {CREATE_LOCK_S:g} s; "
+                         "if none is running, delete the lock file") from None
+    except OSError:  # a read-only folder: nothing can be created there, so there is nothing to serialise
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(text.splitlines()[0][:300]) if text else type(exc).__name__
+
+
+def _migration_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database's schema is not the one this MLflow expects."""
+    text = str(exc).lower()
+    return any(k in text for k in ("alembic", "can't locate revision", "out-of-date database schema",
+                                   "db upgrade", "migration"))
+
+
+def _half_migrated(uri: str, reason: str) -> str:
+    path = sqlite_path(uri)
+    where = f"MLflow database {path}" if path is not None else f"MLflow database {mask_url(uri)}"
+    return (f"{where} is half-migrated or from another MLflow version ({reason}); delete it (its runs are "
+            f"lost) or run `mlflow db upgrade {mask_url(uri)}`")
 
 
 def local_tracking_uri(uri: str) -> str:
     """Make a relative SQLite tracking URI absolute (workers may run in other folders)."""
-    from autoopt.study import absolute_sqlite
-
     return absolute_sqlite(uri)
+
+
+def connect_timeout_s() -> float:
+    """How long a tracking server may take to answer: ``AUTOOPT_CONNECT_TIMEOUT_S`` (15 s)."""
+    raw = os.environ.get("AUTOOPT_CONNECT_TIMEOUT_S", "").strip()
+    if not raw:
+        return CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"AUTOOPT_CONNECT_TIMEOUT_S={raw!r}: give a positive number of seconds (default 15)")
+    return value
+
+
+def check_tracking(uri: str) -> None:
+    """Check the tracking URI before anything is created: a server answers within
+    ``connect_timeout_s()``, a SQLite store can be written and is MLflow's (not another
+    program's file, not half-migrated). Creates nothing; any problem is a ``UsageError``."""
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        _probe_server(uri)
+    elif scheme == "sqlite":
+        _check_sqlite_store(uri)
+
+
+def _probe_server(uri: str) -> None:
+    """One GET of the experiments search API, with a timeout (MLflow's own client retries
+    an unreachable server for minutes)."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    user = urllib.parse.unquote(parts.username or "") or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = urllib.parse.unquote(parts.password or "") or os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    timeout = connect_timeout_s()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise UsageError(f"MLflow at {mask_url(uri)} refused the credentials (HTTP {exc.code}); set "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or fix --mlflow-uri") from None
+        return  # something answered: MLflow's own client says what is wrong, if anything
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return  # TLS settings are MLflow's (MLFLOW_TRACKING_SERVER_CERT_PATH, ...): let it decide
+        raise UsageError(f"cannot reach MLflow at {mask_url(uri)} within {timeout:g} s ({redact(str(reason))}); "
+                         "start the tracking server or fix --mlflow-uri / MLFLOW_TRACKING_URI "
+                         "(AUTOOPT_CONNECT_TIMEOUT_S sets the wait)") from None
+
+
+def _check_sqlite_store(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    where = f"MLflow database {path}"
+    if not path.exists():
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"{where}: folder {folder} does not exist; create it or fix --mlflow-uri")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{where}: folder {folder} is read-only; choose another --mlflow-uri")
+        return
+    if path.is_dir():
+        raise UsageError(f"{where} is a folder; pass a database file (--mlflow-uri sqlite:///mlflow.db)")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise UsageError(f"{where} is read-only; make it writable (chmod u+w) or choose another --mlflow-uri")
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"{where} is not an SQLite database ({exc}); pass another --mlflow-uri") from None
+    leftover = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if leftover:
+        raise UsageError(_half_migrated(uri, f"a migration stopped half-way: table {leftover[0]} is left"))
+    if tables and "experiments" not in tables:
+        raise UsageError(f"{where} is not MLflow's: it holds other tables ({', '.join(sorted(tables)[:3])}, ...); "
+                         "pass another --mlflow-uri, e.g. sqlite:///mlflow.db")
 
 
 def ensure_experiment(client: Any, task: str, uri: str) -> str:
@@ -94,6 +249,11 @@ class StudyRun:
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, _param_value(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -255,6 +415,9 @@ class TrialRecorder:
             run.metrics.extend(Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
                                if v is not None and math.isfinite(v))
             run.final_tags += [RunTag(STATE_TAG, state), *(RunTag(k, _param_value(v)) for k, v in tags.items())]
+            if state == "PRUNED":
+                # The runs table shows it by name; filter with tags.autoopt.pruned = 'true'.
+                run.final_tags += [RunTag(PRUNED_TAG, "true"), RunTag("mlflow.runName", f"{run.run_name} (pruned)")]
             run.status = "FAILED" if state == "FAIL" else "FINISHED"
             run.due = time.monotonic()
             self._cond.notify()

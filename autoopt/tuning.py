@@ -1,26 +1,44 @@
 """``tune()``: the whole path of DESIGN.md, from a StudySpec to a saved Recommendation.
 
-spec → task (validated) → Optuna study on SQL storage → Ray workers run trials (MLflow
-nested runs) → best trials → confirmation over seeds against the baselines →
-Recommendation (stored with the study, JSON file, MLflow artifact).
+spec → preflight (everything checked, nothing created) → Optuna study on SQL storage → Ray
+workers run trials (MLflow nested runs) → best trials → confirmation over seeds against the
+baselines → Recommendation (stored with the study, JSON file, MLflow artifact).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from autoopt import dispatch, tracking
+from autoopt import recommendation as recommend_mod
+from autoopt import spec as spec_mod
+from autoopt import study as study_mod
+from autoopt.confirm import confirm
+from autoopt.direction import best as best_by
+from autoopt.errors import UsageError
+from autoopt.portfolio import PortfolioFirst
 from autoopt.recommendation import Recommendation
 from autoopt.spec import StudySpec, load_spec
+from autoopt.study import StorageDown, absolute_sqlite, mask_url, open_storage, open_study, redact_logs, with_retry
+from autoopt.tasks import BUILTIN, Task, load_task
 
 log = logging.getLogger(__name__)
 
+GPU_PACK = 0.25  # GPUs per trial where Ray sees a GPU and none was asked for: four trials per GPU, as bench packs
+
+# A study's figures logged to its parent run: artifact path -> figure(study). The CLI passes
+# the report's plots (the report sits above this module and is not imported here).
+Figures = Mapping[str, Callable[[Any], Any]]
+
 
 def tune(task: str | None = None, *, study_file: str | Path | None = None,
-         on_progress: Callable[[Any], None] | None = None, **options: Any) -> Recommendation:
+         on_progress: Callable[[Any], None] | None = None, figures: Figures | None = None,
+         **options: Any) -> Recommendation:
     """Tune the optimizer for ``task`` and return the recommendation.
 
     Takes the CLI's options as keyword arguments (``trials``, ``epochs``, ``optimizers``,
@@ -32,16 +50,17 @@ def tune(task: str | None = None, *, study_file: str | Path | None = None,
     >>> rec.build_optimizer(model)                               # doctest: +SKIP
     """
     spec = load_spec(task, study_file, **options)
-    return run(spec, on_progress=on_progress)
+    return run(spec, on_progress=on_progress, figures=figures)
 
 
 def describe(spec: StudySpec) -> dict[str, Any]:
-    """The spec as MLflow parent-run params, secrets masked."""
-    from autoopt.study import mask_url
-
-    data = spec.model_dump(exclude={"custom_optimizers", "space"})
-    data["storage"] = mask_url(spec.storage)
-    data["mlflow_uri"] = mask_url(spec.mlflow_uri)
+    """The spec as MLflow parent-run params, secrets masked, placement flattened."""
+    data = spec.model_dump(exclude={"custom_optimizers", "space", "placement"})
+    data.update(spec.placement.model_dump())
+    data["storage"] = mask_url(spec.placement.storage)
+    data["mlflow_uri"] = mask_url(spec.placement.mlflow_uri)
+    if spec.placement.gpus_per_trial is None:
+        data["gpus_per_trial"] = "auto"
     data["optimizers"] = ",".join(spec.optimizers)
     data["schedulers"] = ",".join(spec.schedulers)
     if spec.space:
@@ -49,19 +68,123 @@ def describe(spec: StudySpec) -> dict[str, Any]:
     return data
 
 
-def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None) -> Recommendation:
-    """Run a validated spec end to end (see the module docstring)."""
-    from autoopt import dispatch
-    from autoopt.study import StorageDown, absolute_sqlite, open_storage, open_study, redact_logs, with_retry
-    from autoopt.tasks import load_task
+def resolve_gpus(requested: float | None, *, gpus_seen: float, ray_address: str | None = None) -> float:
+    """GPUs per trial: as asked; or, when not asked (None), ``GPU_PACK`` where Ray sees a GPU
+    and 0 where it sees none. Asking for GPUs from a local Ray on a machine without one is bad
+    input (the workers would wait for a GPU forever); a cluster's GPUs are its own business.
 
+    >>> resolve_gpus(None, gpus_seen=1), resolve_gpus(None, gpus_seen=0), resolve_gpus(1, gpus_seen=2)
+    (0.25, 0.0, 1)
+    """
+    if requested is None:
+        return GPU_PACK if gpus_seen > 0 else 0.0
+    if requested > 0 and gpus_seen <= 0 and not ray_address:
+        raise UsageError(f"--gpus-per-trial {requested:g}: there is no GPU on this machine; leave "
+                         "--gpus-per-trial out to train on the CPUs, or join a cluster with --ray-address")
+    return requested
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _ray_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def preflight(spec: StudySpec) -> Task:
+    """Check everything ``run`` needs before anything exists (a study, an MLflow run, a file,
+    Ray): the spec, the GPUs asked for, the task (loaded and validated), the storage and the
+    tracking store. Returns the task; any problem is a one-line ``UsageError``."""
+    _check_spec(spec)
+    place = spec.placement
+    if not place.ray_address:
+        resolve_gpus(place.gpus_per_trial, gpus_seen=_local_gpus() if place.gpus_per_trial else 0)
+    task = _load_task(spec)
+    _check_storage(absolute_sqlite(place.storage))
+    tracking.check_tracking(place.mlflow_uri)
+    return task
+
+
+def _check_spec(spec: StudySpec) -> None:
+    """Seam: the spec's own deep checks (space ranges, custom classes) where spec.py offers
+    them beyond what ``load_spec`` already validated."""
+    check = getattr(spec_mod, "preflight", None)
+    if callable(check):
+        check(spec)
+
+
+def _check_storage(url: str) -> None:
+    """Seam: the storage backend's check (reachable, writable, autoopt's) without creating
+    anything, where the study package offers one."""
+    check = getattr(study_mod, "check_storage", None)
+    if callable(check):
+        check(url)
+
+
+def _load_task(spec: StudySpec) -> Task:
+    """Load the task and check it: a user's module that raises, or a task whose model does
+    not fit its data, is bad input naming the module."""
+    try:
+        task = load_task(spec.task, spec.placement.data_dir)
+    except (UsageError, StorageDown, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if spec.task in BUILTIN:
+            raise
+        raise UsageError(f"task '{spec.task}' failed to load: {type(exc).__name__}: {_first_line(exc)}; "
+                         "fix the task function") from None
+    check_model_fits(spec.task, task)
+    return task
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no message"
+
+
+def check_model_fits(name: str, task: Task) -> None:
+    """A task's splits are not empty, and its model takes two validation rows and returns
+    what its loss needs (class scores for cross_entropy, one value per target for mse)."""
+    import torch
+
+    for split in ("train", "val"):
+        if len(getattr(task, split)) == 0:
+            raise UsageError(f"task '{name}': the {split} split is empty; give it rows")
+    x, y = task.val.x[:2], task.val.y[:2]
+    try:
+        model = task.build_model()
+        with torch.no_grad():
+            out = model(task.preprocess(x, train=False))
+    except Exception as exc:
+        raise UsageError(f"task '{name}': its model fails on two validation rows: {type(exc).__name__}: "
+                         f"{_first_line(exc)}; fix build_model or preprocess") from None
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"task '{name}': its model returns {type(out).__name__}, not a tensor")
+    if task.loss == "cross_entropy":
+        if out.ndim != 2 or y.is_floating_point():
+            raise UsageError(f"task '{name}': loss cross_entropy needs class scores (N, classes) and integer "
+                             f"labels; got outputs {tuple(out.shape)} and {y.dtype} targets (use loss='mse' "
+                             "for regression)")
+    elif out.numel() != y.numel():
+        raise UsageError(f"task '{name}': loss mse needs one output per target; got outputs {tuple(out.shape)} "
+                         f"for targets {tuple(y.shape)}")
+
+
+def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
+        figures: Figures | None = None) -> Recommendation:
+    """Run a validated spec end to end (see the module docstring)."""
     redact_logs()  # no password of a storage or tracking URL in any log line of this process
     t0 = time.monotonic()
-    task = load_task(spec.task, spec.data_dir)  # fails fast (exit 2) on missing data
-    storage_url = absolute_sqlite(spec.storage)
-    storage = open_storage(storage_url)
-    study = open_study(storage, spec.name, direction=task.direction, sampler=spec.sampler, seed=spec.seed)
-    with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
+    task = preflight(spec)  # bad input stops here, with nothing created
+    storage_url = absolute_sqlite(spec.placement.storage)
+    study = open_study(open_storage(storage_url), spec.name, direction=task.direction, sampler=spec.sampler,
+                       seed=spec.seed)
+    with_retry(lambda: _name_metric(study, task.metric), what="open the study")
     tracker = _open_tracker(spec)
     handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
     started_ray = False
@@ -69,19 +192,22 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None) ->
     status = "FAILED"
     storage_down = False
     try:
-        started_ray = dispatch.start_ray(spec.ray_address)
-        size = spec.concurrency or dispatch.default_concurrency(spec.cpus_per_trial, spec.gpus_per_trial)
-        pool = dispatch.WorkerPool(max(1, min(size, spec.trials)), cpus=spec.cpus_per_trial,
-                                   gpus=spec.gpus_per_trial)
+        started_ray = dispatch.start_ray(spec.placement.ray_address)
+        spec = _placed(spec, tracker)
+        place = spec.placement
+        size = place.concurrency or dispatch.default_concurrency(place.cpus_per_trial, place.gpus_per_trial)
+        pool = dispatch.WorkerPool(max(1, min(size, spec.trials)), cpus=place.cpus_per_trial,
+                                   gpus=place.gpus_per_trial)
         progress = dispatch.run_search(study, spec=spec, storage_url=storage_url, tracking=handle,
-                                       pool=pool, on_progress=on_progress)
-        rec = finish(spec, study, task, tracker, pool, handle, on_progress=on_progress)
+                                       pool=pool, on_progress=on_progress,
+                                       policy=PortfolioFirst(spec.search_space(), seed=spec.seed))
+        rec = finish(spec, study, task, tracker, pool, handle, on_progress=on_progress, figures=figures)
         tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": progress.finished_here})
         status = "FINISHED"
         return rec
     except KeyboardInterrupt:
         status = "KILLED"
-        _save_best_so_far(spec, study, task, tracker)
+        _save_best_so_far(spec, study, task, tracker, figures)
         raise
     except StorageDown:
         storage_down = True
@@ -99,18 +225,33 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None) ->
             dispatch.stop_ray()
 
 
+def _name_metric(study: Any, metric: str) -> None:
+    """The metric's name on the study (optuna-dashboard shows it instead of "Objective 0")."""
+    study.set_user_attr("metric", metric)
+    if study.metric_names != [metric]:
+        study.set_metric_names([metric])
+
+
+def _placed(spec: StudySpec, tracker: Any) -> StudySpec:
+    """The spec with its GPUs per trial decided (``resolve_gpus``) now that Ray is up."""
+    requested = spec.placement.gpus_per_trial
+    gpus = resolve_gpus(requested, gpus_seen=_ray_gpus(), ray_address=spec.placement.ray_address)
+    if requested is None:
+        tracker.set_tags({"autoopt.gpus_per_trial": f"{gpus:g}"})
+        log.info("GPUs per trial: %g (auto)", gpus)
+    return spec.model_copy(update={"placement": spec.placement.model_copy(update={"gpus_per_trial": gpus})})
+
+
 def _open_tracker(spec: StudySpec) -> Any:
     """The parent MLflow run; an unreachable or refusing tracking server is bad input (exit 2),
     named without its password (MLflow's own messages quote the full URL)."""
-    from autoopt.errors import UsageError
-    from autoopt.study import mask_url, redact
-    from autoopt.tracking import StudyRun
-
     try:
-        return StudyRun(spec.mlflow_uri, spec.task, spec.name, describe(spec))
+        return tracking.StudyRun(spec.placement.mlflow_uri, spec.task, spec.name, describe(spec))
+    except UsageError:
+        raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot record to MLflow at {mask_url(spec.mlflow_uri)}: {redact(reason)}; "
+        reason = study_mod.redact(_first_line(exc))
+        raise UsageError(f"cannot record to MLflow at {mask_url(spec.placement.mlflow_uri)}: {reason}; "
                          "check --mlflow-uri or MLFLOW_TRACKING_URI") from None
 
 
@@ -129,58 +270,69 @@ def _close_orphans(tracker: Any, study: Any) -> None:
 
 
 def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any, handle: dict[str, Any],
-           *, on_progress: Callable[[Any], None] | None = None) -> Recommendation:
+           *, on_progress: Callable[[Any], None] | None = None, figures: Figures | None = None) -> Recommendation:
     """Pick (and, with ``spec.confirm``, confirm) the recommendation, then save it everywhere."""
-    from autoopt.confirm import confirm
-
     rec = best_recommendation(spec, study, task)
     if spec.confirm:
         rec = confirm(spec, study, task, pool, handle, rec, on_progress=on_progress)
-    save(spec, study, rec, tracker)
+    save(spec, study, rec, tracker, figures)
     return rec
 
 
 def best_recommendation(spec: StudySpec, study: Any, task: Any) -> Recommendation:
     """The study's best complete trial as a Recommendation (``source: study``)."""
-    from autoopt.errors import UsageError
-
-    done = [t for t in study.get_trials(deepcopy=False)
-            if t.state.name == "COMPLETE" and "config" in t.user_attrs]
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.name == "COMPLETE" and "config" in t.user_attrs]
     if not done:
-        raise RuntimeError(f"study '{study.study_name}' has no complete trial to recommend from; "
-                           "see the trials' reasons in MLflow") if study.get_trials(deepcopy=False) else \
-            UsageError("no trials ran; raise --trials or --timeout")
-    pick = max if task.direction == "maximize" else min
-    best = pick(done, key=lambda t: t.value)
+        if trials:
+            raise RuntimeError(f"study '{study.study_name}' has no complete trial to recommend from; "
+                               "see the trials' reasons in MLflow")
+        raise UsageError("no trials ran; raise --trials or --timeout")
+    best = best_by(done, key=lambda t: t.value, direction=task.direction)
     return Recommendation(task=spec.task, **best.user_attrs["config"], metric=task.metric,
                           direction=task.direction, value=best.value, study_name=study.study_name,
                           trial_number=best.number, extra={"source": "study"})
 
 
-def save(spec: StudySpec, study: Any, rec: Recommendation, tracker: Any) -> Path:
-    """Store with the study, write ``<out>/<task>.json``, and log both plus the plots to MLflow."""
-    from autoopt import recommendation as recommend_mod
+def verdict_tags(rec: Recommendation) -> dict[str, str]:
+    """What the parent run's tags say of the recommendation: the pick and, once confirmed,
+    the verdict of its improvement over the baseline."""
+    data = rec.to_dict()
+    tags = {tracking.RECOMMENDED_TAG: f"{rec.optimizer} + {rec.scheduler}"}
+    improvement = data.get("improvement")
+    if isinstance(improvement, dict) and improvement.get("verdict"):
+        tags[tracking.VERDICT_TAG] = str(improvement["verdict"])
+    return tags
 
+
+def save(spec: StudySpec, study: Any, rec: Recommendation, tracker: Any, figures: Figures | None = None) -> Path:
+    """Store with the study, write the JSON file, and log both, the best value, the verdict and
+    the figures to the parent MLflow run."""
     recommend_mod.store(study, rec)
-    path = rec.save(spec.out)
+    path = rec.save(spec.placement.out)
     try:
         tracker.log_dict(rec.to_dict(), f"recommendation/{Path(path).name}")
-        from autoopt.report import optimization_history
-
-        fig = optimization_history(study)
-        try:
-            tracker.log_figure(fig, "plots/optimization_history.png")
-        finally:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)  # figures are global in pyplot: a long-lived process would leak them
+        if rec.value is not None and math.isfinite(rec.value):
+            tracker.log_metrics({"best_value": rec.value})
+        tracker.set_tags(verdict_tags(rec))
+        for name, make in (figures or {}).items():
+            _log_figure(tracker, name, make(study))
     except Exception as exc:
         log.warning("could not log the recommendation to MLflow: %s", exc)
     return path
 
 
-def _save_best_so_far(spec: StudySpec, study: Any, task: Any, tracker: Any) -> None:
+def _log_figure(tracker: Any, name: str, fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
     try:
-        save(spec, study, best_recommendation(spec, study, task), tracker)
+        tracker.log_figure(fig, name)
+    finally:
+        plt.close(fig)  # figures are global in pyplot: a long-lived process would leak them
+
+
+def _save_best_so_far(spec: StudySpec, study: Any, task: Any, tracker: Any, figures: Figures | None) -> None:
+    try:
+        save(spec, study, best_recommendation(spec, study, task), tracker, figures)
     except Exception as exc:
         log.warning("no best-so-far recommendation written: %s", exc)
