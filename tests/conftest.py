@@ -36,8 +36,23 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
 # --- the cluster path's real services (tests/services.py), shared by the cluster and fault tests
 
 
+@pytest.fixture(scope="session")
+def pg() -> str:
+    """The test PostgreSQL (``AUTOOPT_TEST_PG``, default postgresql://postgres@127.0.0.1:5432/test).
+    Every test that needs it goes through this fixture: when it does not answer, the test is
+    skipped with a one-line reason, or fails when ``AUTOOPT_REQUIRE_PG=1`` (CI)."""
+    from services import TEST_PG, pg_unavailable
+
+    reason = pg_unavailable()
+    if reason is not None:
+        if os.environ.get("AUTOOPT_REQUIRE_PG", "").strip() == "1":
+            pytest.fail(f"{reason} (AUTOOPT_REQUIRE_PG=1)", pytrace=False)
+        pytest.skip(reason)
+    return TEST_PG
+
+
 @pytest.fixture()
-def cluster(request: pytest.FixtureRequest) -> Any:
+def cluster(request: pytest.FixtureRequest, pg: str) -> Any:
     """The session's two-node Ray on loopback (started on first use)."""
     from services import shared_cluster
 
@@ -45,7 +60,7 @@ def cluster(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture()
-def mlflow_server(request: pytest.FixtureRequest) -> Any:
+def mlflow_server(request: pytest.FixtureRequest, pg: str) -> Any:
     """The session's `mlflow server` on PostgreSQL with proxied artifacts."""
     from services import shared_mlflow
 
@@ -53,7 +68,7 @@ def mlflow_server(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture()
-def optuna_db() -> Iterator[str]:
+def optuna_db(pg: str) -> Iterator[str]:
     """A fresh PostgreSQL database for one test's Optuna storage, dropped afterwards."""
     from services import database
 

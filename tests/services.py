@@ -1,6 +1,6 @@
 """Real services for the cluster-path tests, started by the tests themselves.
 
-PostgreSQL databases (created and dropped per test on the PostgreSQL at 127.0.0.1:5432), a
+PostgreSQL databases (created and dropped per test on the server ``AUTOOPT_TEST_PG`` names), a
 multi-node Ray on loopback (``ray start --head`` plus ``ray start --address`` workers, each its
 own process), an ``mlflow server`` on PostgreSQL with proxied artifacts, and a TCP proxy in
 front of PostgreSQL that a test stops and restarts to cut the storage off for real. No mocks.
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,8 +34,16 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-PG_ADMIN = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=test connect_timeout=5"
+# The PostgreSQL server the cluster tests use: AUTOOPT_TEST_PG, a URL whose user may create
+# databases and roles (the default is a development server that trusts 127.0.0.1).
+DEFAULT_TEST_PG = "postgresql://postgres@127.0.0.1:5432/test"
+TEST_PG = os.environ.get("AUTOOPT_TEST_PG", "").strip() or DEFAULT_TEST_PG
+_PG = urllib.parse.urlsplit(TEST_PG)
+PG_HOST, PG_PORT = _PG.hostname or "127.0.0.1", _PG.port or 5432
+PG_USER, PG_PASSWORD = urllib.parse.unquote(_PG.username or "postgres"), urllib.parse.unquote(_PG.password or "")
+PG_DB = _PG.path.lstrip("/") or "postgres"
+PG_ADMIN = (f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={PG_DB} connect_timeout=5"
+            + (f" password={PG_PASSWORD}" if PG_PASSWORD else ""))
 
 
 def free_port() -> int:
@@ -58,29 +67,33 @@ def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.
 
 # --- PostgreSQL -------------------------------------------------------------------------
 
-def pg_available() -> bool:
-    """Whether the development PostgreSQL answers on 127.0.0.1:5432."""
+def pg_unavailable() -> str | None:
+    """Why the test PostgreSQL (``AUTOOPT_TEST_PG``) cannot be used, in one line; None when it answers."""
     try:
         import psycopg
 
         with psycopg.connect(PG_ADMIN, connect_timeout=3):
-            return True
-    except Exception:
-        return False
+            return None
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"{PG_HOST}:{PG_PORT}/{PG_DB}"
+        return f"no PostgreSQL at {where} (AUTOOPT_TEST_PG): {reason}"[:200]
 
 
-def pg_execute(sql: str, dbname: str = "test") -> list[tuple[Any, ...]]:
-    """Run one statement as the postgres superuser (autocommit) and return its rows."""
+def pg_execute(sql: str, dbname: str = PG_DB) -> list[tuple[Any, ...]]:
+    """Run one statement as the test server's admin user (autocommit) and return its rows."""
     import psycopg
 
-    with psycopg.connect(PG_ADMIN.replace("dbname=test", f"dbname={dbname}"), autocommit=True) as conn:
+    with psycopg.connect(PG_ADMIN.replace(f"dbname={PG_DB}", f"dbname={dbname}"), autocommit=True) as conn:
         cur = conn.execute(sql)
         return cur.fetchall() if cur.description else []
 
 
-def pg_url(dbname: str, *, user: str = "postgres", password: str | None = None, port: int = PG_PORT) -> str:
-    """The SQLAlchemy URL autoopt and MLflow take for ``dbname``."""
-    auth = f"{user}:{password}" if password else user
+def pg_url(dbname: str, *, user: str | None = None, password: str | None = None, port: int = PG_PORT) -> str:
+    """The SQLAlchemy URL autoopt and MLflow take for ``dbname`` (as the admin user by default)."""
+    if user is None:
+        user, password = PG_USER, password or PG_PASSWORD or None
+    auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}" if password else user
     return f"postgresql+psycopg://{auth}@{PG_HOST}:{port}/{dbname}"
 
 

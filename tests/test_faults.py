@@ -27,7 +27,7 @@ from services import (
     wait_for,
 )
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def tune_args(task: str, study: str, trials: int, storage: str, cluster: RayCluster, server: MlflowServer,

@@ -32,14 +32,14 @@ from services import (
     shared_mlflow,
 )
 
-from autoopt.study import mask_url, redact, redact_logs
+from autoopt.redact import mask_url, redact, redact_logs
 
 PG_PASSWORD = f"Pg-s3cret-{uuid.uuid4().hex[:8]}"
 ML_PASSWORD = f"Ml-s3cret-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture()
-def owned_db() -> Iterator[tuple[str, str]]:
+def owned_db(pg: str) -> Iterator[tuple[str, str]]:
     """(role, database): a role with PG_PASSWORD that owns a fresh database."""
     with pg_role(PG_PASSWORD) as role, database(owner=role) as name:
         yield role, name
@@ -51,6 +51,7 @@ def assert_no_secret(text: str, where: str) -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_passwords_never_show(request: pytest.FixtureRequest, owned_db: tuple[str, str],
                               tmp_path: Path) -> None:
     cluster: RayCluster = shared_cluster(request.config)
@@ -89,6 +90,7 @@ def test_passwords_never_show(request: pytest.FixtureRequest, owned_db: tuple[st
     assert_no_secret(cluster.log_text(), "the Ray cluster's logs")
 
 
+@pytest.mark.slow
 def test_unreachable_storage_and_tracking_are_named_masked(tmp_path: Path) -> None:
     closed = free_port()
     # No database listens there: exit 2, one line, the URL without its password.
