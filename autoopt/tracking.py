@@ -27,7 +27,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from autoopt.errors import UsageError
-from autoopt.study import absolute_sqlite, mask_url, redact, sqlite_path
+from autoopt.redact import mask_url, redact
+from autoopt.study import absolute_sqlite, connect_timeout_s, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ PRUNED_TAG = "autoopt.pruned"
 VERDICT_TAG = "autoopt.verdict"
 RECOMMENDED_TAG = "autoopt.recommended"
 WRITE_EVERY_S = 2.0  # a running trial's params and metrics reach MLflow at most this late
-CONNECT_TIMEOUT_S = 15.0  # default of AUTOOPT_CONNECT_TIMEOUT_S: how long a tracking server may take to answer
 CREATE_LOCK_S = 600.0  # how long a driver waits for another one creating the same SQLite tracking store
 
 
@@ -115,20 +115,6 @@ def _half_migrated(uri: str, reason: str) -> str:
 def local_tracking_uri(uri: str) -> str:
     """Make a relative SQLite tracking URI absolute (workers may run in other folders)."""
     return absolute_sqlite(uri)
-
-
-def connect_timeout_s() -> float:
-    """How long a tracking server may take to answer: ``AUTOOPT_CONNECT_TIMEOUT_S`` (15 s)."""
-    raw = os.environ.get("AUTOOPT_CONNECT_TIMEOUT_S", "").strip()
-    if not raw:
-        return CONNECT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"AUTOOPT_CONNECT_TIMEOUT_S={raw!r}: give a positive number of seconds (default 15)")
-    return value
 
 
 def check_tracking(uri: str) -> None:

@@ -17,15 +17,15 @@ from typing import Any
 from autoopt import dispatch, tracking
 from autoopt import recommendation as recommend_mod
 from autoopt import spec as spec_mod
-from autoopt import study as study_mod
 from autoopt.confirm import confirm
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
 from autoopt.portfolio import PortfolioFirst
 from autoopt.recommendation import Recommendation
+from autoopt.redact import mask_url, redact, redact_logs
 from autoopt.spec import StudySpec, load_spec
-from autoopt.study import StorageDown, absolute_sqlite, mask_url, open_storage, open_study, redact_logs, with_retry
-from autoopt.tasks import BUILTIN, Task, load_task
+from autoopt.study import StorageDown, absolute_sqlite, check_storage, open_storage, open_study, with_retry
+from autoopt.tasks import BUILTIN, Task
 
 log = logging.getLogger(__name__)
 
@@ -100,37 +100,20 @@ def preflight(spec: StudySpec) -> Task:
     """Check everything ``run`` needs before anything exists (a study, an MLflow run, a file,
     Ray): the spec, the GPUs asked for, the task (loaded and validated), the storage and the
     tracking store. Returns the task; any problem is a one-line ``UsageError``."""
-    _check_spec(spec)
     place = spec.placement
     if not place.ray_address:
         resolve_gpus(place.gpus_per_trial, gpus_seen=_local_gpus() if place.gpus_per_trial else 0)
     task = _load_task(spec)
-    _check_storage(absolute_sqlite(place.storage))
+    check_storage(absolute_sqlite(place.storage))
     tracking.check_tracking(place.mlflow_uri)
     return task
 
 
-def _check_spec(spec: StudySpec) -> None:
-    """Seam: the spec's own deep checks (space ranges, custom classes) where spec.py offers
-    them beyond what ``load_spec`` already validated."""
-    check = getattr(spec_mod, "preflight", None)
-    if callable(check):
-        check(spec)
-
-
-def _check_storage(url: str) -> None:
-    """Seam: the storage backend's check (reachable, writable, autoopt's) without creating
-    anything, where the study package offers one."""
-    check = getattr(study_mod, "check_storage", None)
-    if callable(check):
-        check(url)
-
-
 def _load_task(spec: StudySpec) -> Task:
-    """Load the task and check it: a user's module that raises, or a task whose model does
-    not fit its data, is bad input naming the module."""
+    """Load the task (``spec.preflight``: the space, the classes and the task's module were
+    checked by ``load_spec``) and check that its model fits its data."""
     try:
-        task = load_task(spec.task, spec.placement.data_dir)
+        task = spec_mod.preflight(spec)
     except (UsageError, StorageDown, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -182,9 +165,9 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     t0 = time.monotonic()
     task = preflight(spec)  # bad input stops here, with nothing created
     storage_url = absolute_sqlite(spec.placement.storage)
-    study = open_study(open_storage(storage_url), spec.name, direction=task.direction, sampler=spec.sampler,
-                       seed=spec.seed)
-    with_retry(lambda: _name_metric(study, task.metric), what="open the study")
+    study = open_study(open_storage(storage_url), spec.name, direction=task.direction, metric=task.metric,
+                       sampler=spec.sampler, seed=spec.seed)
+    with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
     tracker = _open_tracker(spec)
     handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
     started_ray = False
@@ -225,13 +208,6 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
             dispatch.stop_ray()
 
 
-def _name_metric(study: Any, metric: str) -> None:
-    """The metric's name on the study (optuna-dashboard shows it instead of "Objective 0")."""
-    study.set_user_attr("metric", metric)
-    if study.metric_names != [metric]:
-        study.set_metric_names([metric])
-
-
 def _placed(spec: StudySpec, tracker: Any) -> StudySpec:
     """The spec with its GPUs per trial decided (``resolve_gpus``) now that Ray is up."""
     requested = spec.placement.gpus_per_trial
@@ -250,7 +226,7 @@ def _open_tracker(spec: StudySpec) -> Any:
     except UsageError:
         raise
     except Exception as exc:
-        reason = study_mod.redact(_first_line(exc))
+        reason = redact(_first_line(exc))
         raise UsageError(f"cannot record to MLflow at {mask_url(spec.placement.mlflow_uri)}: {reason}; "
                          "check --mlflow-uri or MLFLOW_TRACKING_URI") from None
 

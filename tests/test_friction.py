@@ -68,7 +68,7 @@ def test_connect_timeout_must_be_a_positive_number(monkeypatch: pytest.MonkeyPat
     with pytest.raises(UsageError, match="AUTOOPT_CONNECT_TIMEOUT_S"):
         tracking.connect_timeout_s()
     monkeypatch.delenv("AUTOOPT_CONNECT_TIMEOUT_S")
-    assert tracking.connect_timeout_s() == 15.0
+    assert tracking.connect_timeout_s() == 15.0  # the storage and the tracking server wait alike
 
 
 def _mlflow_db(path: Path) -> None:
