@@ -1,0 +1,126 @@
+"""Portfolio first: every family at its published defaults, enqueued once per study (also with
+two drivers starting together, or a resumed study), the most likely winners first when the
+budget is short, then the budget steered to the families that did best."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autoopt.portfolio import ENQUEUED, PortfolioFirst, portfolio_params, screening_order
+from autoopt.space import (
+    PORTFOLIO_PRIOR,
+    SearchSpace,
+    build_optimizer,
+    default_params,
+    resolve_optimizers,
+    suggest_config,
+)
+from autoopt.study import open_storage, open_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ALL = tuple(resolve_optimizers("all"))
+
+
+def new_study(url: str, name: str = "s") -> optuna.Study:
+    return open_study(open_storage(url, heartbeat=False), name, direction="maximize")
+
+
+def fam(trial: optuna.trial.FrozenTrial) -> str:
+    """The family of a trial, enqueued (its fixed params) or run."""
+    return trial.params.get("optimizer") or trial.system_attrs["fixed_params"]["optimizer"]
+
+
+def waiting(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+
+
+def test_every_family_trains_at_its_published_defaults_first(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = new_study(url)
+    space = SearchSpace(ALL)
+    assert PortfolioFirst(space).start(study, url, trials=100) is None
+    queued = waiting(study)
+    assert [fam(t) for t in queued] == screening_order(ALL)
+    assert all(t.user_attrs["portfolio"] is True for t in queued)
+    for _ in ALL:  # what the search's suggest calls give for them: the defaults, no scheduler, no clipping
+        trial = study.ask()
+        config = suggest_config(trial, space)
+        name = config.optimizer
+        # The sampler sees the defaults wherever the space can hold them ...
+        enqueued = portfolio_params(name, space)
+        assert {f"{name}.{k}": v for k, v in config.optimizer_params.items() if f"{name}.{k}" in enqueued} == \
+            {k: v for k, v in enqueued.items() if k.startswith(f"{name}.")}
+        if name in ("adamw", "adam", "nadam", "sgd", "soap"):  # ... which for these is all of them
+            built = build_optimizer(torch.nn.Linear(2, 2), name, config.optimizer_params).defaults
+            assert built == build_optimizer(torch.nn.Linear(2, 2), name, default_params(name)).defaults, name
+        assert (config.scheduler, config.grad_clip_norm) == ("none", None)
+        study.tell(trial, 0.5)
+
+
+def test_the_portfolio_is_enqueued_once_also_when_the_study_is_resumed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    space = SearchSpace(ALL)
+    PortfolioFirst(space).start(new_study(url), url, trials=100)
+    PortfolioFirst(space).start(new_study(url), url, trials=100)  # a second run of the same command
+    study = new_study(url)
+    assert Counter(fam(t) for t in study.trials) == Counter(ALL)
+    assert study.user_attrs[ENQUEUED] == screening_order(ALL)
+
+
+def test_two_drivers_starting_together_enqueue_the_portfolio_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    new_study(url)  # created; each driver then opens it with its own storage (its own engine)
+    space = SearchSpace(ALL)
+    go = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def driver() -> None:
+        study = new_study(url)
+        go.wait()
+        try:
+            PortfolioFirst(space).start(study, url, trials=100)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=driver) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Counter(fam(t) for t in new_study(url).trials) == Counter(ALL)
+
+
+def test_a_short_budget_screens_the_likely_winners_first_and_says_so(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    space = SearchSpace(ALL)
+    note = PortfolioFirst(space).start(new_study(url), url, trials=3)
+    first = [n for n in PORTFOLIO_PRIOR if n in ALL][:3]
+    assert note is not None and "--trials 3" in note and ", ".join(first) in note
+    assert [fam(t) for t in waiting(new_study(url))] == first
+    # Resumed with a larger budget: the rest of the portfolio, never the first three again.
+    PortfolioFirst(space).start(new_study(url), url, trials=100)
+    assert Counter(fam(t) for t in new_study(url).trials) == Counter(ALL)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_after_the_screen_the_budget_goes_to_the_best_families(tmp_path: Path, direction: str) -> None:
+    study = optuna.create_study(direction=direction)
+    scores = {name: i for i, name in enumerate(ALL)}  # made up: later families score higher
+    for name, score in scores.items():
+        study.add_trial(optuna.trial.create_trial(
+            params={"optimizer": name}, distributions={"optimizer": optuna.distributions.CategoricalDistribution(ALL)},
+            value=float(score)))
+    policy = PortfolioFirst(SearchSpace(ALL))
+    picks = Counter(policy.steer(study, study.trials + [study.trials[0]] * n) for n in range(300))
+    ranked = sorted(ALL, key=lambda n: scores[n], reverse=direction == "maximize")
+    assert set(picks) == set(ranked[:3])
+    assert picks[ranked[0]] > picks[ranked[1]] > picks[ranked[2]]
+    assert PortfolioFirst(SearchSpace(ALL)).steer(optuna.create_study(), []) is None
