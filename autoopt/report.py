@@ -19,13 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoopt import tracking
+from autoopt.direction import better
 from autoopt.errors import UsageError
+from autoopt.recommendation import STUDY_ATTR
+from autoopt.spec import DEFAULT_STORAGE, DEFAULT_TRACKING
+from autoopt.study import absolute_sqlite, counts, load_existing_study, mask_url, open_storage, sqlite_path
 
 log = logging.getLogger(__name__)
 
 FIGSIZE = (8.0, 4.5)  # inches; at DPI that is an 800 x 450 PNG
 DPI = 100
 MIN_IMPORTANCE_TRIALS = 4  # fewer complete trials than this and an importance estimate is noise
+LOSS_CURVE_FAMILIES = 6  # more pairs of lines than this on one axis cannot be told apart
 
 
 def _pyplot() -> Any:
@@ -96,7 +102,8 @@ def best_per_family(study: Any) -> dict[str, Any]:
 
 
 def optimization_history(study: Any) -> Any:
-    """Each complete trial's value and the best so far, by trial number."""
+    """Each complete trial's value and the best so far, by trial number; pruned trials as grey
+    crosses at their last reported value (they stopped early: not a final value)."""
     trials = _complete(study)
     maximize = _maximize(study)
     fig, ax = _figure()
@@ -106,12 +113,19 @@ def optimization_history(study: Any) -> Any:
     for y in ys:
         run = y if run is None else (max(run, y) if maximize else min(run, y))
         best.append(run)
-    ax.scatter(xs, ys, s=18, label="trial", color="tab:blue", alpha=0.7)
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)])
+              for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED" and t.intermediate_values]
+    pruned = [(x, y) for x, y in pruned if math.isfinite(y)]
+    ax.scatter(xs, ys, s=18, label="complete trial", color="tab:blue", alpha=0.7)
+    if pruned:
+        ax.scatter(*zip(*pruned, strict=True), s=22, marker="x", color="0.45",
+                   label="pruned trial (last reported value)")
     ax.step(xs, best, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel(_metric(study))
     ax.set_title(f"optimization history: {study.study_name}")
-    ax.legend()
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data, never over it
     fig.tight_layout()
     return fig
 
@@ -187,10 +201,14 @@ def param_importances(study: Any) -> tuple[Any, dict[str, float]]:
 
 
 def loss_curves(study: Any) -> Any:
-    """Per epoch, the train loss (solid) and validation loss (dashed) of each family's best
-    trial, on one axis: the tutorial's comparison figure, after tuning."""
+    """Per epoch, the train loss (solid) and validation loss (dashed) of the best trial of each
+    of the ``LOSS_CURVE_FAMILIES`` best families, on one axis: the tutorial's comparison figure,
+    after tuning. The families left out (more than fit, or no stored history) are named on the plot."""
     fig, ax = _figure()
-    best = {f: t for f, t in best_per_family(study).items() if t.user_attrs.get("history")}
+    ranked = sorted(best_per_family(study).items(), key=lambda kv: kv[1].value, reverse=_maximize(study))
+    with_history = [(f, t) for f, t in ranked if t.user_attrs.get("history")]
+    best = dict(with_history[:LOSS_CURVE_FAMILIES])
+    dropped = [f for f, _ in ranked if f not in best]
     colors = family_colors(best)
     for fam, t in best.items():
         history = t.user_attrs["history"]
@@ -207,7 +225,10 @@ def loss_curves(study: Any) -> Any:
         ax.xaxis.set_major_locator(_integer_ticks())
         ax.set_ylabel("loss")
         ax.set_yscale("log")
-        ax.legend(fontsize="small", ncol=2)
+        ax.legend(fontsize="x-small", ncol=2)
+    if best and dropped:
+        ax.text(0.01, 0.01, f"not drawn (only the {len(best)} best families fit): {', '.join(dropped)}",
+                transform=ax.transAxes, fontsize="x-small", color="0.3", va="bottom", wrap=True)
     fig.tight_layout()
     return fig
 
@@ -251,17 +272,21 @@ def lr_vs_metric(study: Any) -> Any:
 
 def confirmation_entries(rec: dict[str, Any]) -> list[dict[str, Any]]:
     """The confirmed configs and the baselines of a recommendation dict, as one list of
-    ``{"name", "kind", "optimizer", "val", "test"}``."""
-    out = [{"name": name, "kind": "tuned", "optimizer": e["optimizer"], "val": e["val"], "test": e["test"]}
-           for name, e in (rec.get("confirmation") or {}).items()]
+    ``{"name", "kind", "optimizer", "val", "test", "s_per_epoch", "relative", "excluded", ...}``."""
+    keep = ("s_per_epoch", "relative", "time_to_baseline_s", "excluded", "versus_pick")
+    out = [{"name": name, "kind": "tuned", "optimizer": e["optimizer"], "val": e["val"], "test": e["test"],
+            **{k: e.get(k) for k in keep}} for name, e in (rec.get("confirmation") or {}).items()]
     out += [{"name": b["name"], "kind": "baseline", "optimizer": b["optimizer"], "val": b["val"],
-             "test": b["test"]} for b in rec.get("baselines") or []]
+             "test": b["test"], **{k: b.get(k) for k in keep}} for b in rec.get("baselines") or []]
     return out
 
 
 def confirmation_plot(rec: dict[str, Any]) -> Any:
     """Mean ± std over the seeds of the validation and test metric for each confirmed config
-    and baseline; the recommendation's label is marked with a star."""
+    and baseline, one row each (names read horizontally); baselines on a grey band; the
+    recommendation's label is marked with a star."""
+    from matplotlib.patches import Patch
+
     fig, ax = _figure()
     entries = [e for e in confirmation_entries(rec) if e["val"]["mean"] is not None]
     ax.set_title("confirmation over seeds: tuned configs vs baselines")
@@ -269,26 +294,90 @@ def confirmation_plot(rec: dict[str, Any]) -> Any:
         _note(ax, "no confirmation in this recommendation (tuned with --no-confirm?)")
         fig.tight_layout()
         return fig
-    xs = list(range(len(entries)))
+    ys = list(range(len(entries)))[::-1]  # the first entry on top
     split = rec.get("improvement", {}) or {}
     test_name = split.get("metric") or f"test_{rec.get('metric', 'val_').removeprefix('val_')}"
-    for offset, key, label, color in ((-0.12, "val", rec.get("metric", "val"), "tab:blue"),
-                                      (0.12, "test", test_name, "tab:orange")):
-        ys = [e[key]["mean"] if e[key]["mean"] is not None else math.nan for e in entries]
+    for offset, key, label, color in ((0.12, "val", rec.get("metric", "val"), "tab:blue"),
+                                      (-0.12, "test", test_name, "tab:orange")):
+        xs = [e[key]["mean"] if e[key]["mean"] is not None else math.nan for e in entries]
         err = [e[key]["std"] or 0.0 for e in entries]
-        ax.errorbar([x + offset for x in xs], ys, yerr=err, fmt="o", capsize=4, color=color, label=label)
-        seeds = [(x + offset, v) for x, e in zip(xs, entries, strict=True) for v in e[key]["values"]
+        ax.errorbar(xs, [y + offset for y in ys], xerr=err, fmt="o", capsize=4, color=color,
+                    label=f"{label} (mean ± std)")
+        seeds = [(v, y + offset) for y, e in zip(ys, entries, strict=True) for v in e[key]["values"]
                  if v is not None]
         if seeds:
-            ax.scatter(*zip(*seeds, strict=True), s=8, color=color, alpha=0.35)
+            ax.scatter(*zip(*seeds, strict=True), s=8, color=color, alpha=0.35, label=f"{label}, one seed")
     chosen = rec.get("chosen")
-    labels = [f"{'★ ' if e['name'] == chosen else ''}{e['name']}\n{e['optimizer']}" for e in entries]
-    ax.set_xticks(xs, labels, fontsize="small")
-    for x, e in zip(xs, entries, strict=True):
+    labels = [f"{'★ ' if e['name'] == chosen else ''}{e['name']} ({e['optimizer']})" for e in entries]
+    ax.set_yticks(ys, labels, fontsize="small")
+    for y, e in zip(ys, entries, strict=True):
         if e["kind"] == "baseline":
-            ax.axvspan(x - 0.4, x + 0.4, color="0.92", zorder=0)
-    ax.set_ylabel("metric (mean ± std over seeds)")
-    ax.legend(fontsize="small")
+            ax.axhspan(y - 0.4, y + 0.4, color="0.92", zorder=0)
+    ax.set_xlabel("metric (mean ± std over seeds)")
+    handles, names = ax.get_legend_handles_labels()
+    handles.append(Patch(color="0.92", label="baseline (published default)"))
+    names.append("baseline (published default)")
+    ax.legend(handles, names, fontsize="x-small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(points: list[tuple[float, float]], direction: str) -> list[int]:
+    """Indices of the (seconds per epoch, metric) points no other point beats on both: nothing
+    cheaper is at least as good. Cheapest first.
+
+    >>> pareto_front([(1.0, 0.9), (2.0, 0.95), (3.0, 0.93), (0.5, 0.8)], "maximize")
+    [3, 0, 1]
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]
+                                                      if direction == "maximize" else points[i][1]))
+    front: list[int] = []
+    for i in order:
+        if not front or better(points[i][1], points[front[-1]][1], direction):
+            front.append(i)
+    return front
+
+
+def pareto_plot(rec: dict[str, Any]) -> Any:
+    """Mean validation metric against seconds per epoch for every confirmed config (circles) and
+    baseline (squares); the Pareto front (nothing cheaper is as good) joined by a line, the
+    recommendation starred, configs ``max_slowdown`` left out drawn hollow."""
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = _figure()
+    entries = [e for e in confirmation_entries(rec) if e["val"]["mean"] is not None and e.get("s_per_epoch")]
+    metric = rec.get("metric", "val")
+    ax.set_title(f"{metric} against cost: confirmed configs and baselines")
+    if not entries:
+        _note(ax, "no confirmed config with a measured time per epoch (tuned with --no-confirm?)")
+        fig.tight_layout()
+        return fig
+    points = [(e["s_per_epoch"], e["val"]["mean"]) for e in entries]
+    front = pareto_front(points, rec.get("direction", "maximize"))
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", linewidth=1.2,
+            zorder=1, label="Pareto front")
+    for kind, marker, color in (("tuned", "o", "tab:blue"), ("baseline", "s", "tab:gray")):
+        for excluded in (False, True):
+            sel = [i for i, e in enumerate(entries) if e["kind"] == kind and bool(e.get("excluded")) == excluded]
+            if not sel:
+                continue
+            ax.scatter([points[i][0] for i in sel], [points[i][1] for i in sel], marker=marker, s=40, zorder=2,
+                       facecolors="none" if excluded else color, edgecolors=color,
+                       label=f"{kind}{' (left out: --max-slowdown)' if excluded else ''}")
+    chosen = rec.get("chosen")
+    by_cost = sorted(range(len(entries)), key=lambda i: points[i][0])
+    for rank, i in enumerate(by_cost):  # neighbours' names above and below in turn, so they do not overlap
+        star = "★ " if entries[i]["name"] == chosen else ""
+        ax.annotate(f"{star}{entries[i]['name']}", points[i], textcoords="offset points",
+                    xytext=(5, 5 if rank % 2 == 0 else -11), fontsize="x-small")
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize="x-small")
+    ax.set_xlabel("seconds per epoch (training + validation, mean over seeds; log scale)")
+    ax.set_ylabel(f"{metric} (mean over seeds)")
+    ax.legend(fontsize="x-small", loc="best")
     fig.tight_layout()
     return fig
 
@@ -349,11 +438,72 @@ def _mean_std(stats: dict[str, Any]) -> str:
     return f"{stats['mean']:.4f} ± {stats['std'] or 0.0:.4f}"
 
 
+def _verdict_line(imp: dict[str, Any]) -> str:
+    """The paired verdict of the best tuned config against the best baseline, in words."""
+    paired = imp.get("paired") or {}
+    verdict = imp.get("verdict")
+    ci = paired.get("ci95")
+    ci_text = f", 95% interval [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
+    what = {"better": "the tuned config is better on every reading of the seeds: it is the recommendation",
+            "tie": "no difference beyond seed-to-seed noise: the baseline is the recommendation",
+            "worse": "the tuned config is worse: the baseline is the recommendation"}.get(verdict, "no verdict")
+    return (f"- paired verdict **{verdict}** (`{imp.get('tuned')}` vs `{imp.get('versus')}`, "
+            f"validation, per-seed differences {paired.get('deltas')}, mean {_fmt(paired.get('mean'))}"
+            f"{ci_text}): {what}")
+
+
+def _recommendation_lines(rec: dict[str, Any], metric: str) -> list[str]:
+    """The summary's recommendation section: what, how sure, at what cost."""
+    lines = ["## Recommendation", "", f"- **{rec['optimizer']}** ({_params(rec['optimizer_params'])})"]
+    sched = rec["scheduler"]
+    if rec["scheduler_params"]:
+        sched += f" ({_params(rec['scheduler_params'])})"
+    lines.append(f"- scheduler: {sched}; gradient clipping: {_fmt(rec.get('grad_clip_norm'), 3)}")
+    chosen = rec.get("chosen")
+    entries = {e["name"]: e for e in confirmation_entries(rec)}
+    if chosen in entries:
+        e = entries[chosen]
+        kind = "a baseline: no tuned config beat it" if e["kind"] == "baseline" else "a tuned config"
+        lines.append(f"- chosen: `{chosen}`, {kind}; {metric} {_mean_std(e['val'])}, "
+                     f"test {_mean_std(e['test'])} over {len(e['val']['values'])} seeds")
+    elif rec.get("value") is not None:
+        lines.append(f"- {metric} {rec['value']:.4f} (one run: not confirmed over seeds)")
+    imp = rec.get("improvement")
+    if imp:
+        if imp.get("verdict"):
+            lines.append(_verdict_line(imp))
+        lines.append(f"- versus the best baseline (`{imp.get('versus')}`) on {imp['metric']}: "
+                     f"{imp['delta']:+.4f}, seed-to-seed spread {imp['spread']:.4f}")
+    cost = rec.get("cost")
+    if cost and cost.get("s_per_epoch"):
+        lines.append(f"- cost: {cost['s_per_epoch']:.3g} s per epoch, {_fmt(cost.get('relative'), 3)}x the "
+                     "fastest baseline")
+    tie = rec.get("cheapest_tie")
+    if tie:
+        lines.append(f"- cheaper and tied with it: `{tie['name']}` ({tie['optimizer']}), "
+                     f"{tie['s_per_epoch']:.3g} s per epoch ({_fmt(tie.get('relative'), 3)}x)")
+    return [*lines, ""]
+
+
+def _confirmation_table(rec: dict[str, Any], metric: str) -> list[str]:
+    entries = confirmation_entries(rec)
+    if not entries:
+        return []
+    lines = ["## Confirmation over seeds", "",
+             f"| config | kind | optimizer | {metric} | test | s/epoch | x fastest baseline | time to baseline (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        mark = " ★" if e["name"] == rec.get("chosen") else ""
+        left_out = " (left out: slower than --max-slowdown)" if e.get("excluded") else ""
+        lines.append(f"| {e['name']}{mark}{left_out} | {e['kind']} | {e['optimizer']} | {_mean_std(e['val'])} | "
+                     f"{_mean_std(e['test'])} | {_fmt(e.get('s_per_epoch'), 3)} | {_fmt(e.get('relative'), 3)} | "
+                     f"{_fmt(e.get('time_to_baseline_s'), 3)} |")
+    return [*lines, ""]
+
+
 def summary_markdown(study: Any, rec: dict[str, Any] | None, importances: dict[str, float],
                      plots: dict[str, str]) -> str:
     """The report's ``summary.md``: what to use, how sure, and the evidence, in a minute."""
-    from autoopt.study import counts
-
     trials = study.get_trials(deepcopy=False)
     c = counts(trials)
     metric = _metric(study)
@@ -365,36 +515,7 @@ def summary_markdown(study: Any, rec: dict[str, Any] | None, importances: dict[s
     if rec is None:
         lines += ["No recommendation is stored with this study yet: run `autoopt tune` to the end.", ""]
     else:
-        lines += ["## Recommendation", ""]
-        lines.append(f"- **{rec['optimizer']}** ({_params(rec['optimizer_params'])})")
-        sched = rec["scheduler"]
-        if rec["scheduler_params"]:
-            sched += f" ({_params(rec['scheduler_params'])})"
-        lines.append(f"- scheduler: {sched}; gradient clipping: {_fmt(rec.get('grad_clip_norm'), 3)}")
-        chosen = rec.get("chosen")
-        entries = {e["name"]: e for e in confirmation_entries(rec)}
-        if chosen in entries:
-            e = entries[chosen]
-            kind = "a baseline: no tuned config beat it" if e["kind"] == "baseline" else "a tuned config"
-            lines.append(f"- chosen: `{chosen}`, {kind}; {metric} {_mean_std(e['val'])}, "
-                         f"test {_mean_std(e['test'])} over {len(e['val']['values'])} seeds")
-        elif rec.get("value") is not None:
-            lines.append(f"- {metric} {rec['value']:.4f} (one run: not confirmed over seeds)")
-        imp = rec.get("improvement")
-        if imp:
-            verdict = ("beyond the seed-to-seed spread" if imp["delta"] > imp["spread"]
-                       else "within the seed-to-seed spread: tuning bought little here")
-            lines.append(f"- versus the best baseline (`{imp.get('versus')}`): {imp['metric']} "
-                         f"{imp['delta']:+.4f}, spread {imp['spread']:.4f} — {verdict}")
-        lines.append("")
-        if entries:
-            lines += ["## Confirmation over seeds", "",
-                      f"| config | kind | optimizer | {metric} | test |", "| --- | --- | --- | --- | --- |"]
-            for name, e in entries.items():
-                mark = " ★" if name == chosen else ""
-                lines.append(f"| {name}{mark} | {e['kind']} | {e['optimizer']} | {_mean_std(e['val'])} | "
-                             f"{_mean_std(e['test'])} |")
-            lines.append("")
+        lines += _recommendation_lines(rec, metric) + _confirmation_table(rec, metric)
     best = best_per_family(study)
     if best:
         lines += ["## Best trial per optimizer family", "", f"| family | trial | {metric} | lr |",
@@ -433,15 +554,13 @@ PLOTS = {
     "loss_curves.png": "best loss curve per optimizer family",
     "lr_vs_metric.png": "learning rate vs metric per family",
     "confirmation.png": "confirmation and baselines (mean ± std over seeds)",
+    "pareto.png": "metric against seconds per epoch, with the Pareto front",
 }
 
 
 def load_study_for_report(task: str, storage: str | None = None, study_name: str | None = None) -> Any:
     """The study of ``task`` (or ``study_name``) in ``storage``; a clear ``UsageError`` when
     there is none."""
-    from autoopt.spec import DEFAULT_STORAGE
-    from autoopt.study import absolute_sqlite, load_existing_study, mask_url, open_storage, sqlite_path
-
     url = absolute_sqlite(storage or os.environ.get("AUTOOPT_STORAGE") or DEFAULT_STORAGE)
     name = study_name or task
     path = sqlite_path(url)
@@ -463,8 +582,6 @@ def write_report(task: str, *, storage: str | None = None, study_name: str | Non
     >>> sorted(report.files)[:2]               # doctest: +SKIP
     ['confirmation.png', 'loss_curves.png']
     """
-    from autoopt.recommendation import STUDY_ATTR
-
     study = load_study_for_report(task, storage, study_name)
     if not _complete(study):
         raise UsageError(f"study '{study.study_name}' has no complete trial to report on; "
@@ -480,6 +597,7 @@ def write_report(task: str, *, storage: str | None = None, study_name: str | Non
         "loss_curves.png": loss_curves(study),
         "lr_vs_metric.png": lr_vs_metric(study),
         "confirmation.png": confirmation_plot(rec or {}),
+        "pareto.png": pareto_plot(rec or {}),
     }
     for name, fig in figures.items():
         report.files[name] = save_figure(fig, folder / name)
@@ -492,17 +610,12 @@ def write_report(task: str, *, storage: str | None = None, study_name: str | Non
 
 
 def _log_to_mlflow(task: str, study_name: str, folder: Path, mlflow_uri: str | None) -> str | None:
-    from autoopt.spec import DEFAULT_TRACKING
-    from autoopt.study import sqlite_path
-
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING
     path = sqlite_path(uri) if uri.startswith("sqlite") else None
     if path is not None and not path.exists():
         log.warning("no MLflow database at %s: the report is not logged to MLflow", uri)
         return None
     try:
-        from autoopt import tracking
-
         run_id = tracking.latest_study_run(uri, task, study_name)
         if run_id is None:
             log.warning("no MLflow run of study %s in %s: the report is not logged", study_name, uri)

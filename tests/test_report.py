@@ -61,7 +61,10 @@ def _recommendation() -> dict:
                          extra={"source": "study", "chosen": "trial_3", "confirmation": confirmation,
                                 "baselines": bases,
                                 "improvement": {"metric": "test_accuracy", "delta": 0.03, "spread": 0.01,
-                                                "versus": "adam_tutorial"}})
+                                                "versus": "adam_tutorial", "tuned": "trial_3",
+                                                "verdict": "better",
+                                                "paired": {"deltas": [0.01, 0.05], "mean": 0.03,
+                                                           "ci95": [0.005, 0.055]}}})
     return rec.to_dict()
 
 
@@ -122,7 +125,7 @@ def test_lr_vs_metric_has_one_scatter_per_family_on_a_log_axis(study: optuna.Stu
 def test_optimization_history_shows_each_trial_and_the_best_so_far(study: optuna.Study) -> None:
     fig = report.optimization_history(study)
     (ax,) = fig.axes
-    (scatter,) = ax.collections
+    scatter = next(c for c in ax.collections if c.get_label() == "complete trial")
     assert [round(y, 6) for _, y in scatter.get_offsets().tolist()] == [0.9, 0.95, 0.6, 0.97, 0.8]
     (best,) = [line for line in ax.get_lines() if line.get_label() == "best so far"]
     assert list(best.get_ydata()) == pytest.approx([0.9, 0.95, 0.95, 0.97, 0.97])
@@ -152,16 +155,57 @@ def test_confirmation_plot_has_mean_and_std_error_bars(study: optuna.Study) -> N
     fig = report.confirmation_plot(rec)
     (ax,) = fig.axes
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    assert [b.get_label() for b in bars] == ["val_accuracy", "test_accuracy"]
+    assert [b.get_label() for b in bars] == ["val_accuracy (mean ± std)", "test_accuracy (mean ± std)"]
     names = ["trial_3", "trial_1", "adam_tutorial"]
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels[0].startswith("★ trial_3") and [lbl.split("\n")[0].lstrip("★ ") for lbl in labels] == names
+    labels = [t.get_text() for t in ax.get_yticklabels()]  # rows top to bottom
+    assert labels[0].startswith("★ trial_3") and [lbl.split(" (")[0].lstrip("★ ") for lbl in labels] == names
+    assert all("\n" not in lbl for lbl in labels)  # one line each, read horizontally: no overlap
     entries = {**rec["confirmation"], "adam_tutorial": rec["baselines"][0]}
     for bar, key in zip(bars, ("val", "test"), strict=True):
         line, _, (segments,) = bar.lines
-        assert list(line.get_ydata()) == pytest.approx([entries[n][key]["mean"] for n in names])
-        heights = [seg[1][1] - seg[0][1] for seg in segments.get_segments()]
-        assert heights == pytest.approx([2 * entries[n][key]["std"] for n in names])
+        assert list(line.get_xdata()) == pytest.approx([entries[n][key]["mean"] for n in names])
+        widths = [seg[1][0] - seg[0][0] for seg in segments.get_segments()]
+        assert widths == pytest.approx([2 * entries[n][key]["std"] for n in names])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "baseline (published default)" in legend  # the grey band has its entry
+    assert "val_accuracy, one seed" in legend and "test_accuracy, one seed" in legend
+
+
+def test_pareto_plot_marks_the_front(study: optuna.Study) -> None:
+    rec = dict(study.user_attrs["recommendation"])
+    speeds = {"trial_3": 2.0, "trial_1": 1.0, "adam_tutorial": 0.5}
+    rec["confirmation"] = {n: {**e, "s_per_epoch": speeds[n]} for n, e in rec["confirmation"].items()}
+    rec["baselines"] = [{**b, "s_per_epoch": speeds[b["name"]]} for b in rec["baselines"]]
+    rec["baselines"].append({"name": "soap_default", "optimizer": "soap", "val": summarize([0.90, 0.91]),
+                             "test": summarize([0.9, 0.9]), "s_per_epoch": 4.0, "excluded": "slower than 1.5x"})
+    (ax,) = report.pareto_plot(rec).axes
+    (front,) = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+    # adam_tutorial (0.5 s, 0.94) < trial_1 (1 s, 0.93: not better, off the front) < trial_3 (2 s, 0.97);
+    # soap (4 s, 0.905) is slower and worse: off the front
+    assert list(front.get_xdata()) == [0.5, 2.0]
+    assert list(front.get_ydata()) == pytest.approx([0.94, 0.97])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["Pareto front", "tuned", "baseline", "baseline (left out: --max-slowdown)"]
+    assert "★ trial_3" in [t.get_text() for t in ax.texts] and ax.get_xscale() == "log"
+    empty = report.pareto_plot({})
+    assert any("no confirmed config" in t.get_text() for t in empty.axes[0].texts)
+
+
+def test_optimization_history_shows_pruned_trials_as_such(study: optuna.Study) -> None:
+    (ax,) = report.optimization_history(study).axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "pruned trial (last reported value)" in legend
+    pruned = next(c for c in ax.collections if c.get_label().startswith("pruned"))
+    assert pruned.get_offsets().tolist() == [[5.0, pytest.approx(0.3)]]
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_loss_curves_name_the_families_they_leave_out(study: optuna.Study, monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    monkeypatch.setattr(report, "LOSS_CURVE_FAMILIES", 1)
+    (ax,) = report.loss_curves(study).axes
+    assert sorted(line.get_label() for line in ax.get_lines()) == ["adam (#3) train", "adam (#3) val"]
+    assert any("not drawn" in t.get_text() and "sgd" in t.get_text() for t in ax.texts)
 
 
 def test_comparison_curves_draw_one_line_per_curve() -> None:
@@ -189,7 +233,7 @@ def test_report_command_writes_the_folder_and_logs_it(folder: Path) -> None:
             assert len(img.convert("RGB").getcolors(maxcolors=1_000_000)) > 20
     summary = (folder / "summary.md").read_text()
     assert "**adam**" in summary and "`trial_3`" in summary
-    assert "adam_tutorial" in summary and "+0.0300" in summary and "beyond the seed-to-seed spread" in summary
+    assert "adam_tutorial" in summary and "+0.0300" in summary and "paired verdict **better**" in summary
     assert "6 trials: 5 complete, 1 pruned, 0 failed" in summary
     for name in report.PLOTS:
         assert f"({name})" in summary
