@@ -49,7 +49,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from autoopt.data import Preprocess, Split
 from autoopt.errors import UsageError
+from autoopt.space import TrialConfig
+from autoopt.spec import load_spec
+from autoopt.tasks.base import Task
+from autoopt.tasks.models import SimpleCNN
+from autoopt.tracking import child_runs, latest_study_run
+from autoopt.train import train
+from autoopt.tuning import run
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +210,6 @@ def bench_data(opts: BenchOptions, device: Any) -> dict[str, Any]:
     """Seconds per epoch of augmented, normalised CIFAR-shaped batches, both ways."""
     import torch
 
-    from autoopt.data import Preprocess, Split
 
     x, y = cifar_like(opts.data_images, opts.seed)
     split = Split(x, y).to(device)
@@ -246,11 +253,6 @@ def bench_train(opts: BenchOptions, device: Any) -> dict[str, Any]:
     """Seconds per SimpleCNN training epoch, ``autoopt.train.train`` against the tutorial's loop."""
     import torch
 
-    from autoopt.data import Preprocess, Split
-    from autoopt.space import TrialConfig
-    from autoopt.tasks.base import Task
-    from autoopt.tasks.models import SimpleCNN
-    from autoopt.train import train
 
     n = opts.train_images or (2048 if device.type == "cpu" else opts.data_images)
     x, y = cifar_like(n + VAL_IMAGES, opts.seed)
@@ -310,9 +312,6 @@ def study_timing(task: str, *, concurrency: int, trials: int | None = None, epoc
     """
     import optuna
 
-    from autoopt.spec import load_spec
-    from autoopt.tracking import child_runs, latest_study_run
-    from autoopt.tuning import run
 
     with tempfile.TemporaryDirectory(prefix="autoopt-bench-") as tmp, _in_folder(Path(tmp)):
         storage, tracking = f"sqlite:///{tmp}/autoopt.db", f"sqlite:///{tmp}/mlflow.db"

@@ -1,6 +1,8 @@
 """The ``autoopt`` command: parse, validate, call the API, print. No logic of its own.
 
-Exit codes: 0 done, 1 the run failed, 2 bad input (one line naming the fix), 130 Ctrl-C.
+Exit codes: 0 done, 1 the run failed, 2 bad input (one line naming the fix, click's own
+errors included), 130 Ctrl-C. Options shared by several commands are defined once, below, as
+``Annotated`` aliases; ``--help`` shows every default and fits 80 columns.
 """
 
 from __future__ import annotations
@@ -9,16 +11,30 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from functools import wraps
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autoopt.bench import BenchOptions, run_bench
+from autoopt.compare import parse_lrs, plan_compare, run_compare
 from autoopt.errors import UsageError
+from autoopt.progress import TuneDisplay
+from autoopt.recommendation import python_snippet
+from autoopt.recommendation import recommend as load_recommendation
+from autoopt.redact import mask_url, redact
+from autoopt.report import write_report
+from autoopt.spec import load_spec
+from autoopt.study import StorageDown
+from autoopt.tasks import check_task_name, task_sources
+from autoopt.tuning import run as run_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
@@ -50,20 +66,12 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rich.markup import escape
-
-        from autoopt.study import StorageDown
-
-        # Messages are escaped: rich would eat "[modern]" in "pip install 'autoopt[modern]'" as markup.
         try:
             return fn(*args, **kwargs)
         except UsageError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(str(exc))
         except StorageDown as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}; finished trials are kept, run the same command "
-                      "again when the database is back", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            _fail(f"{exc}; finished trials are kept, run the same command again when the database is back", 1)
         except KeyboardInterrupt:
             err.print("interrupted: the study is saved; run the same command again to finish it")
             raise typer.Exit(130) from None
@@ -72,91 +80,163 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if os.environ.get("AUTOOPT_DEBUG"):
                 raise
-            from autoopt.study import redact  # a library's message may quote a URL with its password
-
-            err.print(f"[red]error:[/red] {type(exc).__name__}: {escape(redact(str(exc)))}", highlight=False,
-                      soft_wrap=True)
-            raise typer.Exit(1) from None
+            # A library's message may quote a URL with its password.
+            _fail(f"{type(exc).__name__}: {redact(str(exc))}", 1)
 
     return wrapper
+
+
+def _fail(message: str, code: int = 2) -> None:
+    # One line, escaped: rich would eat "[modern]" in a message as markup.
+    text = " ".join(message.split())
+    err.print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-TaskOpt = Annotated[str, typer.Option("--task", "-t", help="digits, mnist, cifar10 or module:function")]
-StorageOpt = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the Optuna storage "
-                                                     "[default: AUTOOPT_STORAGE or sqlite:///autoopt.db]")]
+# --- options shared between commands ---------------------------------------------------------
+# Defaults that come from the environment or a study file are spelt out as text (show_default):
+# the help shows them without rich reading brackets as markup.
+
+SEARCH, PLACE, CONFIRM = "Search", "Where to run", "Confirmation"
+
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="digits, mnist, cifar10, digits_lstm, mnist_lstm "
+                                                           "or module:function")]
+OptionalTaskOpt = Annotated[str | None, typer.Option(
+    "--task", "-t", help="digits, mnist, cifar10, digits_lstm, mnist_lstm or module:function",
+    show_default="the study file's task", rich_help_panel=SEARCH)]
+StorageOpt = Annotated[str | None, typer.Option(
+    help="SQLAlchemy URL of the Optuna storage", show_default="AUTOOPT_STORAGE, else sqlite:///autoopt.db",
+    rich_help_panel=PLACE)]
+StudyNameOpt = Annotated[str | None, typer.Option(
+    "--study", help="study name", show_default="the task name", rich_help_panel=PLACE)]
+MlflowOpt = Annotated[str | None, typer.Option(
+    help="MLflow tracking URI", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", rich_help_panel=PLACE)]
+RayOpt = Annotated[str | None, typer.Option(
+    help="join this Ray cluster", show_default="RAY_ADDRESS, else a local Ray", rich_help_panel=PLACE)]
+GpusOpt = Annotated[float | None, typer.Option(
+    help="GPUs per trial (0.25 packs four per GPU)", show_default="0.25 where Ray sees a GPU, else 0",
+    rich_help_panel=PLACE)]
+CpusOpt = Annotated[float | None, typer.Option(help="CPUs per trial", show_default="1", rich_help_panel=PLACE)]
+ConcurrencyOpt = Annotated[int | None, typer.Option(
+    help="trials in flight", show_default="what the CPUs or GPUs fit", rich_help_panel=PLACE)]
+BatchSizeOpt = Annotated[int | None, typer.Option(
+    help="override the task's batch size", show_default="the task's", rich_help_panel=SEARCH)]
+DataDirOpt = Annotated[str | None, typer.Option(
+    help="data folder", show_default="AUTOOPT_DATA, else ~/.cache/autoopt/data", rich_help_panel=PLACE)]
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", help="torch.compile the model", show_default="no", rich_help_panel=PLACE)]
+EpochsOpt = Annotated[int | None, typer.Option(
+    help="epochs per trial", show_default="5, or the study file's epochs", rich_help_panel=SEARCH)]
+SeedOpt = Annotated[int | None, typer.Option(help="seed of the sampler and the trials", show_default="0",
+                                             rich_help_panel=SEARCH)]
+
+
+# --- tune ------------------------------------------------------------------------------------
 
 
 @app.command()
 @_errors
 def tune(
-    task: Annotated[str | None, typer.Option("--task", "-t", help="digits, mnist, cifar10 or module:function")] = None,
-    study_file: Annotated[str | None, typer.Option(help="a study YAML file (default: studies/<task>.yaml)")] = None,
-    trials: Annotated[int | None, typer.Option(help="the study's total number of trials")] = None,
-    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
-    epochs: Annotated[int | None, typer.Option(help="epochs per trial")] = None,
-    optimizers: Annotated[str | None, typer.Option(help="families or a preset: classic, modern, all")] = None,
-    schedulers: Annotated[str | None, typer.Option(help="e.g. none,cosine,onecycle")] = None,
-    sampler: Annotated[Sampler | None, typer.Option(help="Optuna sampler")] = None,
-    pruner: Annotated[Pruner | None, typer.Option(help="Optuna pruner")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of the sampler and the trials")] = None,
+    task: OptionalTaskOpt = None,
+    study_file: Annotated[str | None, typer.Option(help="a study YAML file", show_default="studies/<task>.yaml",
+                                                   rich_help_panel=SEARCH)] = None,
+    trials: Annotated[int | None, typer.Option(help="the study's total number of trials",
+                                               show_default="20, or the study file's trials",
+                                               rich_help_panel=SEARCH)] = None,
+    epochs: EpochsOpt = None,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds",
+                                                  show_default="none", rich_help_panel=SEARCH)] = None,
+    optimizers: Annotated[str | None, typer.Option(help="families (sgd,adam) or a preset: all, classic, modern",
+                                                   show_default="all", rich_help_panel=SEARCH)] = None,
+    schedulers: Annotated[str | None, typer.Option(help="e.g. none,cosine,onecycle", show_default="all six",
+                                                   rich_help_panel=SEARCH)] = None,
+    sampler: Annotated[Sampler | None, typer.Option(help="Optuna sampler", show_default="tpe",
+                                                    rich_help_panel=SEARCH)] = None,
+    pruner: Annotated[Pruner | None, typer.Option(help="Optuna pruner", show_default="median",
+                                                  rich_help_panel=SEARCH)] = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    max_slowdown: Annotated[float | None, typer.Option(
+        help="leave configs slower per epoch than R x the fastest baseline out of the pick", metavar="R",
+        show_default="no limit", rich_help_panel=CONFIRM)] = None,
+    confirm: Annotated[bool | None, typer.Option("--confirm/--no-confirm", show_default="confirm",
+                                                 help="retrain the best configs and baselines on seeds",
+                                                 rich_help_panel=CONFIRM)] = None,
+    confirm_top: Annotated[int | None, typer.Option(help="configs to confirm", show_default="3",
+                                                    rich_help_panel=CONFIRM)] = None,
+    confirm_seeds: Annotated[int | None, typer.Option(help="seeds per confirmed config", show_default="3",
+                                                      rich_help_panel=CONFIRM)] = None,
     storage: StorageOpt = None,
-    study: Annotated[str | None, typer.Option(help="study name [default: the task name]")] = None,
-    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db]")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster [default: a local Ray]")] = None,
-    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial (0.25 packs four per GPU)")] = None,
-    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="trials in flight [default: what fits]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="override the task's batch size")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="data folder [default: ~/.cache/autoopt/data]")] = None,
-    out_dir: Annotated[str | None, typer.Option("--out", help="where <task>.json goes")] = None,
-    confirm: Annotated[bool | None, typer.Option("--confirm/--no-confirm",
-                                                 help="retrain the best configs and baselines on seeds")] = None,
-    confirm_top: Annotated[int | None, typer.Option(help="configs to confirm")] = None,
-    confirm_seeds: Annotated[int | None, typer.Option(help="seeds per confirmed config")] = None,
-    compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile")] = None,
+    study: StudyNameOpt = None,
+    mlflow_uri: MlflowOpt = None,
+    ray_address: RayOpt = None,
+    gpus_per_trial: GpusOpt = None,
+    cpus_per_trial: CpusOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    data_dir: DataDirOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="where <study>.json goes",
+                                                show_default="recommendations", rich_help_panel=PLACE)] = None,
+    compile_model: CompileOpt = None,
 ) -> None:
     """Run (or resume) the study for a task and write its recommendation."""
     _setup_logging()
-    from autoopt.spec import load_spec
-
-    spec = load_spec(task, study_file, trials=trials, timeout_s=timeout, epochs=epochs, optimizers=optimizers,
-                     schedulers=schedulers, sampler=sampler.value if sampler else None,
-                     pruner=pruner.value if pruner else None, seed=seed, storage=storage, study_name=study,
-                     mlflow_uri=mlflow_uri, ray_address=ray_address, gpus_per_trial=gpus_per_trial,
-                     cpus_per_trial=cpus_per_trial, concurrency=concurrency, batch_size=batch_size,
-                     data_dir=data_dir, out=out_dir, confirm=confirm, confirm_top=confirm_top,
-                     confirm_seeds=confirm_seeds, compile=compile_model)
-    from autoopt.progress import TuneDisplay
-    from autoopt.study import mask_url
-    from autoopt.tuning import run
-
-    err.print(f"tuning [bold]{spec.task}[/bold]: {spec.trials} trials x {spec.epochs} epochs, "
-              f"{','.join(spec.optimizers)}; storage {mask_url(spec.storage)}, "
-              f"MLflow {mask_url(spec.mlflow_uri)}", highlight=False)
+    options = dict(locals())  # the options, by name: the spec's keys once renamed
+    spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
+    place = spec.placement
+    err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {spec.trials} trials x {spec.epochs} epochs, "
+              f"{len(spec.optimizers)} families ({escape(','.join(spec.optimizers))}); storage "
+              f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
-        rec = run(spec, on_progress=display.update)
-    _print_recommendation(rec.to_dict(), spec.out)
+        rec = run_study(spec, on_progress=display.update)
+    _print_recommendation(rec.to_dict(), f"{place.out}/{spec.name}.json")
 
 
-def _print_recommendation(data: dict[str, Any], out_folder: str | None = None) -> None:
-    table = Table(title=f"recommendation for {data['task']}", show_header=False)
-    table.add_row("optimizer", f"{data['optimizer']} {json.dumps(data['optimizer_params'])}")
-    table.add_row("scheduler", f"{data['scheduler']} {json.dumps(data['scheduler_params'])}")
+# CLI parameter -> spec key, where they differ.
+_RENAMED = {"timeout": "timeout_s", "study": "study_name", "out_dir": "out", "compile_model": "compile"}
+
+
+def _spec_keys(options: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's values under the spec's keys (enums as their values)."""
+    return {_RENAMED.get(k, k): (v.value if isinstance(v, StrEnum) else v) for k, v in options.items()}
+
+
+def _print_recommendation(data: dict[str, Any], path: str | None = None) -> None:
+    table = Table(title=f"recommendation for {escape(data['task'])}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("optimizer", escape(f"{data['optimizer']} {json.dumps(data['optimizer_params'])}"))
+    table.add_row("scheduler", escape(f"{data['scheduler']} {json.dumps(data['scheduler_params'])}"))
     table.add_row("grad clip", str(data["grad_clip_norm"]))
     if data.get("value") is not None:
         table.add_row(data["metric"], f"{data['value']:.4f}")
-    if data.get("improvement"):
-        imp = data["improvement"]
-        table.add_row("vs best baseline", f"{imp['metric']} {imp['delta']:+.4f} (spread {imp['spread']:.4f}, "
-                                          f"{imp.get('versus')})")
+    imp = data.get("improvement") or {}
+    if imp:
+        verdict = imp.get("verdict") or "-"
+        table.add_row("vs best baseline", escape(f"{verdict}: {imp['metric']} {imp['delta']:+.4f} "
+                                                 f"(spread {imp['spread']:.4f}, {imp.get('versus')})"))
+    cost = data.get("cost") or {}
+    if cost.get("s_per_epoch") is not None:
+        table.add_row("cost", _cost(cost))
+    tie = data.get("cheapest_tie")
+    if tie:
+        table.add_row("cheapest tie", escape(f"{tie['name']} ({tie['optimizer']}): {_cost(tie)}"))
     out.print(table)
-    if out_folder:
-        out.print(f"written to {out_folder}/{data['task']}.json; load it with "
+    if path:
+        out.print(f"written to {escape(path)}; load it with "
                   f"`from autoopt import recommend; recommend({data['task']!r})`", highlight=False)
+
+
+def _cost(cost: dict[str, Any]) -> str:
+    relative = cost.get("relative")
+    rel = f", {relative:.2f}x the fastest baseline" if relative is not None else ""
+    return f"{cost['s_per_epoch']:.3f} s/epoch{rel}"
+
+
+# --- recommend, tasks, report ---------------------------------------------------------------
 
 
 @app.command()
@@ -164,22 +244,17 @@ def _print_recommendation(data: dict[str, Any], out_folder: str | None = None) -
 def recommend(
     task: TaskOpt,
     storage: StorageOpt = None,
-    study: Annotated[str | None, typer.Option(help="study name [default: the task name]")] = None,
+    study: StudyNameOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="json, yaml or python")] = Format.json,
 ) -> None:
     """Print the stored recommendation for a task."""
-    from autoopt.recommendation import recommend as load
-
-    data = load(task, storage=storage, study=study).to_dict()
+    check_task_name(task)  # an unknown task names the known ones, not a command that cannot work
+    data = load_recommendation(task, storage=storage, study=study).to_dict()
     if fmt is Format.json:
         print(json.dumps(data, indent=2))
     elif fmt is Format.yaml:
-        import yaml
-
         print(yaml.safe_dump(data, sort_keys=False), end="")
     else:
-        from autoopt.recommendation import python_snippet
-
         print(python_snippet(data))
 
 
@@ -187,18 +262,12 @@ def recommend(
 @_errors
 def tasks() -> None:
     """List the built-in tasks and where their data comes from."""
-    from autoopt.tasks import task_sources
-
     table = Table("task", "data", "metric")
+    table.columns[1].overflow = "fold"
     for name, source in task_sources().items():
         table.add_row(name, source, "val_accuracy (maximize)")
     table.add_row("module:function", "your function returning an autoopt Task", "yours (accuracy or rmse)")
     out.print(table)
-
-
-MlflowOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI [default: sqlite:///mlflow.db]")]
-RayOpt = Annotated[str | None, typer.Option(help="join this Ray cluster [default: a local Ray]")]
-StudyNameOpt = Annotated[str | None, typer.Option(help="study name [default: the task name]")]
 
 
 @app.command()
@@ -207,57 +276,53 @@ def report(
     task: TaskOpt,
     storage: StorageOpt = None,
     study: StudyNameOpt = None,
-    out_dir: Annotated[str | None, typer.Option("--out", help="report folder [default: reports/<task>]")
+    out_dir: Annotated[str | None, typer.Option("--out", help="report folder", show_default="reports/<task>")
                        ] = None,
     mlflow_uri: MlflowOpt = None,
 ) -> None:
     """Write plots and a one-minute summary of a finished study; log them to its MLflow run."""
     _setup_logging()
-    from autoopt.report import write_report
-
     result = write_report(task, storage=storage, study_name=study, out=out_dir, mlflow_uri=mlflow_uri)
     for name in result.files:
-        out.print(f"wrote {result.folder / name}", highlight=False)
+        out.print(f"wrote {escape(str(result.folder / name))}", highlight=False)
     where = f"MLflow run {result.run_id}" if result.run_id else "not logged to MLflow (no tune run found)"
-    out.print(f"summary: {result.folder / 'summary.md'}; {where}", highlight=False)
+    out.print(f"summary: {escape(str(result.folder / 'summary.md'))}; {where}", highlight=False)
+
+
+# --- compare ---------------------------------------------------------------------------------
 
 
 @app.command()
 @_errors
 def compare(
     task: TaskOpt,
-    optimizers: Annotated[str, typer.Option(help="families to compare, or a preset: classic, modern, all")
+    optimizers: Annotated[str, typer.Option(help="families to compare, or a preset: all, classic, modern")
                           ] = "sgd,adam,rmsprop",
     lrs: Annotated[str | None, typer.Option(help="learning rates to try for each family, e.g. "
-                                                 "0.1,0.01,0.001,0.0001 [default: each family's default]")
+                                                 "0.1,0.01,0.001", show_default="each family's default")
                    ] = None,
     seeds: Annotated[int, typer.Option(help="seeds per row (mean ± std)")] = 3,
-    epochs: Annotated[int | None, typer.Option(help="epochs per run [default: the task's study file]")
-                      ] = None,
-    seed: Annotated[int | None, typer.Option(help="first seed")] = None,
+    epochs: EpochsOpt = None,
+    seed: SeedOpt = None,
     mlflow_uri: MlflowOpt = None,
     ray_address: RayOpt = None,
-    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per run")] = None,
-    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per run")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="runs in flight [default: what fits]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="override the task's batch size")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="data folder [default: ~/.cache/autoopt/data]")] = None,
+    gpus_per_trial: GpusOpt = None,
+    cpus_per_trial: CpusOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    batch_size: BatchSizeOpt = None,
+    data_dir: DataDirOpt = None,
     out_dir: Annotated[str, typer.Option("--out", help="where <task>.png and <task>.json go")] = "compare",
 ) -> None:
     """Compare optimizers at fixed settings (no search), as the tutorial does: a table and the
     train-loss curves."""
     _setup_logging()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from autoopt.compare import parse_lrs, plan_compare, run_compare
-
     # Validate everything before the progress bar starts: bad input is one line, nothing else.
     plan = plan_compare(task, optimizers, lrs=parse_lrs(lrs), seeds=seeds, epochs=epochs, seed=seed,
                         mlflow_uri=mlflow_uri, ray_address=ray_address, gpus_per_trial=gpus_per_trial,
                         cpus_per_trial=cpus_per_trial, concurrency=concurrency, batch_size=batch_size,
                         data_dir=data_dir)
-    with Progress(TextColumn("compare"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=err) as bar:
+    with Progress(TextColumn("compare"), BarColumn(bar_width=10), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err) as bar:
         job = bar.add_task("compare", total=None, info="starting")
 
         def progress(done: int, total: int, what: str) -> None:
@@ -296,11 +361,14 @@ def _print_comparison(result: Any) -> None:
     out.print(table)
     if not wide:
         for row in result.rows:
-            out.print(f"  {row.label:<{width}}  {settings[row.label]}", highlight=False)
+            out.print(f"  {row.label:<{width}}  {escape(settings[row.label])}", highlight=False)
     for row in result.rows:
         for reason in row.failed:
-            out.print(f"[yellow]{row.label}[/yellow] {reason}", highlight=False)
+            out.print(f"[yellow]{escape(row.label)}[/yellow] {escape(reason)}", highlight=False)
     out.print(f"loss curves: {result.plot}; table: {result.json_path}", highlight=False)
+
+
+# --- bench -----------------------------------------------------------------------------------
 
 
 @app.command()
@@ -310,29 +378,28 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     full_cifar: Annotated[bool, typer.Option("--full-cifar", help="train on all data images")] = False,
     data_images: Annotated[int, typer.Option(help="images per data epoch (CIFAR-10's 50,000)")] = 50_000,
-    train_images: Annotated[int | None, typer.Option(help="images per training epoch [default: 2,048 "
-                                                           "on a CPU, all on a GPU]")] = None,
+    train_images: Annotated[int | None, typer.Option(help="images per training epoch",
+                                                     show_default="2,048 on a CPU, all on a GPU")] = None,
     batch_size: Annotated[int, typer.Option(help="batch size, both pipelines")] = 128,
     repeats: Annotated[int, typer.Option(help="timed epochs per pipeline; the best counts")] = 2,
-    loader_workers: Annotated[int | None, typer.Option(help="DataLoader workers of the tutorial's pipeline "
-                                                            "[default: 0 on a CPU, 2 on a GPU]")] = None,
+    loader_workers: Annotated[int | None, typer.Option(help="DataLoader workers of the tutorial's pipeline",
+                                                       show_default="0 on a CPU, 2 on a GPU")] = None,
     threads: Annotated[int, typer.Option(help="torch threads on a CPU (a trial gets 1 per CPU)")] = 1,
-    compile_model: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model")]
-    = False,
+    compile_model: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model")
+                             ] = False,
     trials: Annotated[int, typer.Option(help="trials of the overhead study")] = 60,
     epochs: Annotated[int, typer.Option(help="epochs per trial of the overhead study")] = 2,
-    concurrency: Annotated[int | None, typer.Option(help="trials at once [default: one per CPU, or "
-                                                         "1/gpus-per-trial per GPU]")] = None,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial of the studies (0.25 packs four) "
-                                                     "[default: 0.25 with a GPU, else none]")] = 0.0,
-    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster [default: local]")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="trials at once",
+                                                    show_default="one per CPU, or 1/gpus-per-trial per GPU")
+                           ] = None,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial of the studies (0.25 packs four)",
+                                                  show_default="0.25 with a GPU, else none")] = 0.0,
+    ray_address: RayOpt = None,
     parts: Annotated[str, typer.Option(help="what to measure: data,train,overhead,digits (and packing "
                                             "on a GPU)")] = "data,train,overhead,digits",
 ) -> None:
     """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way."""
     _setup_logging()
-    from autoopt.bench import BenchOptions, run_bench
-
     opts = BenchOptions(device=device, data_images=data_images,
                         train_images=data_images if full_cifar and train_images is None else train_images,
                         batch_size=batch_size, repeats=repeats, loader_workers=loader_workers,
@@ -375,12 +442,28 @@ def _print_bench(b: dict[str, Any]) -> None:
               f"{b['bench_s']:.0f} s in all", highlight=False)
 
 
-def main() -> None:
-    """Entry point of the ``autoopt`` console script."""
+# --- entry point -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``autoopt`` console script. click's own errors (an unknown option, a
+    bad choice) are one line too: ``error: ...`` and exit 2."""
+    command = typer.main.get_command(app)
     try:
-        app()
-    except KeyboardInterrupt:
+        code = command.main(args=list(argv) if argv is not None else None, prog_name="autoopt",
+                            standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors
+        text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `autoopt`: the help, as click prints it
+            print(text)
+            sys.exit(0)
+        name = getattr(getattr(exc, "ctx", None), "command_path", "autoopt")
+        err.print(f"[red]error:[/red] {escape(' '.join(text.split()))} (see {name} --help)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

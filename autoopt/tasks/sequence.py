@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoopt.tasks import digits, mnist
 from autoopt.tasks.base import Task
 
 SOURCES = {
@@ -57,13 +58,9 @@ def as_sequence_task(image_task: Task, name: str, *, hidden: int) -> Task:
 
 def load_digits(data_dir: Path | None = None) -> Task:
     """``digits_lstm``: the 8x8 digits as 8 steps of 8 pixels, an LSTM with 64 units."""
-    from autoopt.tasks import digits
-
     return as_sequence_task(digits.load(data_dir), "digits_lstm", hidden=64)
 
 
 def load_mnist(data_dir: Path) -> Task:
     """``mnist_lstm``: MNIST as 28 steps of 28 pixels, an LSTM with 128 units."""
-    from autoopt.tasks import mnist
-
     return as_sequence_task(mnist.load(data_dir), "mnist_lstm", hidden=128)
