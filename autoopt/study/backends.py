@@ -136,10 +136,9 @@ class SQLiteBackend(Backend):
         if header != _SQLITE_MAGIC:
             raise UsageError(f"{where}: {path} is not a SQLite database (not autoopt's); "
                              "pick another file for --storage")
-        shown = _foreign(_sqlite_tables(path, where))
-        if shown:
-            raise UsageError(f"{where}: {path} is another application's database (tables {shown}), "
-                             "not an Optuna study database; pick another file for --storage")
+        owner = _foreign(_sqlite_tables(path, where))
+        if owner:
+            raise UsageError(f"{where} is {owner}, not an Optuna study database; pick another file for --storage")
 
     def creation_lock(self) -> contextlib.AbstractContextManager[Any]:
         """Serialises creating the store: drivers started at once in an empty folder would all
@@ -160,10 +159,13 @@ def _check_writable(path: Path, where: str) -> None:
 
 
 def _foreign(tables: set[str]) -> str | None:
-    """The first tables of a database that holds tables but not Optuna's, else None."""
+    """Whose a database is that holds tables but not Optuna's ("MLflow's database (tables
+    ...)"), else None."""
     if not tables or tables >= OPTUNA_TABLES:
         return None
-    return ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+    shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+    whose = "MLflow's" if {"experiments", "runs"} <= tables else "another application's"
+    return f"{whose} database (tables {shown})"
 
 
 def _sqlite_tables(path: Path, where: str) -> set[str]:
@@ -217,10 +219,9 @@ class PostgresBackend(Backend):
                              f"({redact(reason)}); start the database or {FIX}") from None
         finally:
             engine.dispose()
-        shown = _foreign(tables)
-        if shown:
-            raise UsageError(f"storage {self.masked} is another application's database (tables {shown}), "
-                             f"not an Optuna study database; {FIX}")
+        owner = _foreign(tables)
+        if owner:
+            raise UsageError(f"storage {self.masked} is {owner}, not an Optuna study database; {FIX}")
 
     @contextlib.contextmanager
     def ask_lock(self, study_name: str) -> Iterator[None]:

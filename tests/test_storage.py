@@ -1,0 +1,276 @@
+"""The storage seam and its bad input: one backend per scheme, query strings, drivers creating a
+new SQLite store at once, a read-only file, another application's database, an unreachable
+server, the trials snapshot, stale trials, the study's metric name."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from services import free_port, wait_for
+
+from autoopt.errors import UsageError
+from autoopt.study import (
+    PostgresBackend,
+    SQLiteBackend,
+    absolute_sqlite,
+    backend_for,
+    check_storage,
+    fail_stale,
+    open_storage,
+    open_study,
+    record_heartbeat,
+    sqlite_path,
+    stale,
+    trials_snapshot,
+)
+
+NOBODY = 65534
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- the seam -------------------------------------------------------------------------------
+
+
+def test_one_backend_per_scheme_and_others_are_refused(workdir: Path) -> None:
+    assert isinstance(backend_for("sqlite:///autoopt.db"), SQLiteBackend)
+    assert isinstance(backend_for("postgresql+psycopg://u:pw@db:5432/optuna"), PostgresBackend)
+    # No ask lock for MySQL: drivers sharing a study could run past --trials.
+    with pytest.raises(UsageError, match=r"scheme 'mysql\+pymysql' is not supported") as info:
+        backend_for("mysql+pymysql://me:s3cret@db/optuna")
+    assert "s3cret" not in str(info.value) and "me:***@db" in str(info.value)
+    with pytest.raises(UsageError, match="is not a database URL"):
+        backend_for("autoopt.db")
+
+
+def test_sqlite_url_with_a_query_string_opens_the_file_it_names(workdir: Path) -> None:
+    url = "sqlite:///autoopt.db?timeout=30"
+    assert absolute_sqlite(url) == f"sqlite:///{workdir / 'autoopt.db'}?timeout=30"
+    assert sqlite_path(url) == workdir / "autoopt.db"
+    study = open_study(open_storage(url), "q", direction="maximize")
+    study.tell(study.ask(), 1.0)
+    assert (workdir / "autoopt.db").is_file() and not [p for p in workdir.iterdir() if "timeout" in p.name]
+    assert backend_for(url).exists()
+    assert len(optuna.load_study(study_name="q", storage=f"sqlite:///{workdir / 'autoopt.db'}").trials) == 1
+    # MLflow URIs and other schemes pass through absolute_sqlite unchanged.
+    assert absolute_sqlite("http://mlflow:5000") == "http://mlflow:5000"
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from autoopt.study import open_storage, open_study
+url, folder, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+(folder / f"ready-{me}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.005)
+study = open_study(open_storage(url), "together", direction="maximize")
+study.tell(study.ask(), 1.0)
+print("opened")
+"""
+
+
+@pytest.mark.slow
+def test_drivers_creating_a_new_sqlite_store_at_once_all_succeed(workdir: Path) -> None:
+    """Without the creation lock one of them failed with ``table alembic_version already exists``."""
+    n = 4
+    url = "sqlite:///autoopt.db"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url, str(workdir), str(i)], cwd=workdir,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    try:
+        wait_for(lambda: len(list(workdir.glob("ready-*"))) == n, 120, "the openers to be ready", 0.05)
+        (workdir / "go").touch()
+        outcomes = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0] * n, [err[-800:] for _, err in outcomes]
+    trials = optuna.load_study(study_name="together", storage=url).trials
+    assert len(trials) == n and {t.state for t in trials} == {TrialState.COMPLETE}
+
+
+# --- bad input: refused before anything is created, left unchanged --------------------------
+
+
+def as_nobody(fn: Callable[[], None]) -> tuple[int, str]:
+    """Run ``fn`` in a forked child as an unprivileged user (root's override of file modes gone):
+    its exit code (2 for a UsageError) and message."""
+    out = Path(tempfile.mkstemp(prefix="aot-msg-")[1])
+    os.chmod(out, 0o666)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            fn()
+        except UsageError as exc:
+            code = 2
+            out.write_text(str(exc))
+        except BaseException as exc:
+            code = 1
+            out.write_text(f"{type(exc).__name__}: {exc}")
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    message = out.read_text()
+    out.unlink()
+    return os.waitstatus_to_exitcode(status), message
+
+
+@contextlib.contextmanager
+def shared_folder() -> Iterator[Path]:
+    """A folder any user may enter and write (tmp_path is root's own)."""
+    folder = Path(tempfile.mkdtemp(prefix="aot-ro-"))
+    folder.chmod(0o777)
+    try:
+        yield folder
+    finally:
+        for path in folder.iterdir():
+            path.chmod(0o666)
+            path.unlink()
+        folder.rmdir()
+
+
+def test_read_only_sqlite_file_is_bad_input_not_an_outage() -> None:
+    with shared_folder() as folder:
+        db = folder / "autoopt.db"
+        open_study(open_storage(f"sqlite:///{db}"), "ro", direction="maximize")
+        for path in folder.iterdir():
+            path.chmod(0o666)
+        url = f"sqlite:///{db}"
+
+        def check() -> None:
+            check_storage(url)
+
+        if os.geteuid() == 0:
+            assert as_nobody(check) == (0, "")  # the control: writable, it is accepted
+        db.chmod(0o444)
+        before, start = digest(db), time.monotonic()
+        if os.geteuid() == 0:
+            code, message = as_nobody(lambda: open_storage(url))
+        else:
+            with pytest.raises(UsageError) as info:
+                open_storage(url)
+            code, message = 2, str(info.value)
+        assert code == 2, message
+        assert f"{db} is read-only; make it writable (chmod u+w)" in message
+        assert time.monotonic() - start < 10  # no minute of retries
+        assert digest(db) == before
+        # Reading it (a report) is fine.
+        assert open_storage(url, heartbeat=False, write=False) is not None
+
+
+def test_a_text_file_as_storage_is_refused_and_left_unchanged(workdir: Path) -> None:
+    notes = workdir / "notes.db"
+    notes.write_text("not a database\n")
+    with pytest.raises(UsageError, match="is not a SQLite database"):
+        open_storage(f"sqlite:///{notes}")
+    assert notes.read_text() == "not a database\n"
+    with pytest.raises(UsageError, match="is a folder"):
+        open_storage(f"sqlite:///{workdir}")
+
+
+@pytest.mark.slow
+def test_mlflows_database_as_storage_is_refused_and_left_unchanged(workdir: Path) -> None:
+    import mlflow
+
+    db = workdir / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    client.create_experiment("e")
+    assert client.search_experiments()
+    before = digest(db)
+    files = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(UsageError) as info:
+        open_storage("sqlite:///mlflow.db")
+    message = str(info.value)
+    assert "mlflow.db is MLflow's database (tables alembic_version, " in message, message
+    assert "pick another file for --storage" in message
+    assert digest(db) == before and sorted(p.name for p in workdir.iterdir()) == files
+
+
+def test_unreachable_postgres_at_start_is_bad_input_within_the_connect_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that accepts the connection and never answers: only the timeout ends the wait.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql+psycopg://me:s3cret@127.0.0.1:{silent.getsockname()[1]}/optuna"
+        monkeypatch.setenv("AUTOOPT_CONNECT_TIMEOUT_S", "2")
+        start = time.monotonic()
+        with pytest.raises(UsageError) as info:
+            open_storage(url)
+        elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert elapsed < 8, elapsed
+    assert message.startswith("cannot open storage postgresql+psycopg://me:***@127.0.0.1:"), message
+    assert "not reachable within 2s" in message and "start the database or check --storage" in message
+    assert "s3cret" not in message
+    # Refused at once: the same message, at once.
+    with pytest.raises(UsageError, match="not reachable within"):
+        open_storage(f"postgresql+psycopg://me@127.0.0.1:{free_port()}/optuna")
+    monkeypatch.setenv("AUTOOPT_CONNECT_TIMEOUT_S", "soon")
+    with pytest.raises(UsageError, match="AUTOOPT_CONNECT_TIMEOUT_S must be a number"):
+        open_storage(url)
+
+
+def test_another_applications_postgres_database_is_refused(optuna_db: str) -> None:
+    from services import pg_execute, pg_url
+
+    pg_execute("create table experiments (id int)", dbname=optuna_db)
+    with pytest.raises(UsageError, match=r"is another application's database \(tables experiments\), not an Optuna"):
+        open_storage(pg_url(optuna_db))
+    assert {r[0] for r in pg_execute("select tablename from pg_tables where schemaname = 'public'",
+                                     dbname=optuna_db)} == {"experiments"}
+
+
+# --- the study -------------------------------------------------------------------------------
+
+
+def test_the_study_carries_its_metric_name(workdir: Path) -> None:
+    study = open_study(open_storage("sqlite:///autoopt.db"), "m", direction="maximize", metric="val_accuracy")
+    assert optuna.load_study(study_name="m", storage="sqlite:///autoopt.db").metric_names == ["val_accuracy"]
+    assert study.metric_names == ["val_accuracy"]
+
+
+def test_the_snapshot_serves_one_read_and_writes_go_through(workdir: Path) -> None:
+    url = "sqlite:///autoopt.db"
+    study = open_study(open_storage(url), "s", direction="maximize")
+    other = optuna.load_study(study_name="s", storage=url)  # another driver
+    study.tell(study.ask(), 1.0)
+    with trials_snapshot(study):
+        assert len(study.get_trials()) == 1
+        other.tell(other.ask(), 2.0)
+        with trials_snapshot(study):  # nested: the same snapshot
+            assert len(study.get_trials()) == 1
+        trial = study.ask()  # writes go through
+        assert len(study.get_trials()) == 1
+    assert len(study.get_trials()) == 3
+    assert [t.state for t in other.get_trials()][-1] == TrialState.RUNNING and trial.number == 2
+
+
+def test_a_trial_whose_driver_died_before_its_first_heartbeat_is_failed_and_requeued(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads Optuna's schema (trials, trial_heartbeats) directly: fails loudly if it moves."""
+    study = open_study(open_storage("sqlite:///autoopt.db"), "h", direction="maximize")
+    beaten, orphan = study.ask(), study.ask()
+    record_heartbeat(study, beaten.number)
+    monkeypatch.setattr(stale, "GRACE_S", -5)  # "older than twice the grace period": both are
+    assert stale._never_beaten(study) == [stale.trial_id_of(study, orphan.number)]
+    fail_stale(study)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].system_attrs["failed_trial"] == orphan.number
