@@ -31,7 +31,7 @@ from autoopt.recommendation import python_snippet
 from autoopt.recommendation import recommend as load_recommendation
 from autoopt.redact import mask_url, redact
 from autoopt.report import write_report
-from autoopt.spec import load_spec
+from autoopt.spec import load_spec, preflight
 from autoopt.study import StorageDown
 from autoopt.tasks import check_task_name, task_sources
 from autoopt.tuning import run as run_study
@@ -186,9 +186,11 @@ def tune(
     _setup_logging()
     options = dict(locals())  # the options, by name: the spec's keys once renamed
     spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
+    preflight(spec)  # the task itself: a module:function is called and checked before anything starts
     place = spec.placement
+    families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
     err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {spec.trials} trials x {spec.epochs} epochs, "
-              f"{len(spec.optimizers)} families ({escape(','.join(spec.optimizers))}); storage "
+              f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
         rec = run_study(spec, on_progress=display.update)

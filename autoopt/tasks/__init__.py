@@ -85,8 +85,8 @@ def load_task(name: str, data_dir: Path | str | None = None) -> Task:
     fn = _resolve_function(name)
     try:
         task = fn(root)
-    except UsageError:
-        raise
+    except UsageError as exc:
+        raise UsageError(f"task '{name}': {exc}") from None
     except Exception as exc:
         raise UsageError(f"task '{name}': {name.replace(':', '.')}(data_dir) raised {type(exc).__name__}: "
                          f"{_one_line(exc)}; fix the task function") from None
