@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ def _client(uri: str) -> Any:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
-        with creating_store(uri):
+        with creating_store(uri), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # alembic's notes on migrating MLflow's tables
             return mlflow.MlflowClient(tracking_uri=uri)  # opens the store, creating its tables
     except UsageError:
         raise
