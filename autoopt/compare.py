@@ -24,28 +24,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from autoopt import dispatch
 from autoopt.confirm import summarize
+from autoopt.dispatch import Job, JobResult, JobState
 from autoopt.errors import UsageError
-from autoopt.space import Fixed, TrialConfig, default_of, family
+from autoopt.plots import comparison_curves, save_figure
+from autoopt.space import TrialConfig, default_params, resolve_optimizers
+from autoopt.spec import Placement, StudySpec, builtin_study_file, flag_of, read_study_file
+from autoopt.tasks import check_task_name, load_task
+from autoopt.tracking import StudyRun
 
 log = logging.getLogger(__name__)
 
-
-def default_params(name: str) -> dict[str, Any]:
-    """The fixed settings family ``name`` is compared at: its fixed dimensions, then its
-    ``defaults`` (torch or paper defaults); a family without defaults (a user's own) trains at
-    its class's defaults with the representative ``lr`` of its space.
-
-    >>> default_params("sgd")
-    {'lr': 0.01, 'momentum': 0.9}
-    """
-    fam = family(name)
-    params = {k: d.value for k, d in fam.space.items() if isinstance(d, Fixed)}
-    if fam.defaults:
-        params.update(fam.defaults)
-    elif "lr" not in params:
-        params["lr"] = default_of(fam.space["lr"])
-    return params
+__all__ = [
+    "ComparePlan",
+    "CompareRow",
+    "Comparison",
+    "compare_configs",
+    "default_params",
+    "mean_curve",
+    "parse_lrs",
+    "plan_compare",
+    "run_compare",
+    "summarize_rows",
+]
 
 
 def compare_configs(optimizers: Sequence[str], lrs: Sequence[float] | None = None
@@ -137,36 +141,37 @@ def mean_curve(histories: list[list[dict[str, float]]], key: str = "train_loss"
 
 
 def summarize_rows(configs: list[tuple[str, TrialConfig]], seeds: list[int],
-                   results: dict[tuple[str, int], dict[str, Any]], metric: str, test_metric: str
+                   results: dict[tuple[str, int], JobResult], metric: str, test_metric: str
                    ) -> list[CompareRow]:
     """Fold the per-seed results into one row per config (``test_metric`` equal to ``metric``:
     the task has no test split, and the validation metric stands in)."""
     rows = []
     for label, cfg in configs:
-        runs = [results.get((label, s), {}) for s in seeds]
-        done = [r if r.get("state") == "COMPLETE" else {} for r in runs]
-        histories = [r.get("history") or [] for r in runs]
-        curve, curve_std = mean_curve(histories)
+        runs = [results.get((label, s)) for s in seeds]
+        done = [r if r is not None and r.state == JobState.COMPLETE else None for r in runs]
+        curve, curve_std = mean_curve([r.history if r is not None else [] for r in runs])
         rows.append(CompareRow(
             label, cfg, seeds,
-            val=summarize([r.get("value") for r in done]),
-            train_loss=summarize([r["history"][-1]["train_loss"] if r.get("history") else None
-                                  for r in done]),
-            test=summarize([r.get("test", {}).get(test_metric) if test_metric != metric else r.get("value")
+            val=summarize([r.value if r else None for r in done]),
+            train_loss=summarize([r.history[-1].get("train_loss") if r and r.history else None for r in done]),
+            test=summarize([(r.test.get(test_metric) if test_metric != metric else r.value) if r else None
                             for r in done]),
             curve=curve, curve_std=curve_std,
-            failed=[f"seed {s}: {r.get('reason') or 'no result'}" for s, r in zip(seeds, runs, strict=True)
-                    if r.get("state") != "COMPLETE"],
-            train_s=sum(r.get("train_s") or 0.0 for r in runs)))
+            failed=[f"seed {s}: {(r.reason if r else None) or 'no result'}"
+                    for s, r in zip(seeds, runs, strict=True) if r is None or r.state != JobState.COMPLETE],
+            train_s=sum(r.train_s for r in runs if r is not None)))
     return rows
 
 
 @dataclass
 class ComparePlan:
-    """A validated comparison, before anything runs: the spec (where and how), the rows'
-    configs, the seeds, and the task's metric names."""
+    """A validated comparison, before anything runs: where it runs (``placement``), what it
+    trains (task, epochs, batch size, the rows' configs, the seeds) and the task's metric names."""
 
-    spec: Any
+    task: str
+    placement: Placement
+    epochs: int
+    batch_size: int | None
     configs: list[tuple[str, TrialConfig]]
     seeds: list[int]
     lrs: list[float] | None
@@ -175,28 +180,96 @@ class ComparePlan:
     direction: str
 
 
+def _placement(options: dict[str, Any]) -> Placement:
+    """The ``Placement`` of the options that are not None; a bad one is a one-line ``UsageError``."""
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return Placement(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "options"
+        raise UsageError(f"{flag_of(key)}: {err['msg']}") from None
+
+
+def _default_epochs(task: str) -> int:
+    """The epochs of the task's study file, else the study default."""
+    path = builtin_study_file(task)
+    epochs = read_study_file(path).get("epochs") if path is not None else None
+    return epochs if isinstance(epochs, int) and epochs > 0 else StudySpec.model_fields["epochs"].default
+
+
 def plan_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop", *,
-                 lrs: Sequence[float] | None = None, seeds: int = 3, epochs: int | None = None,
-                 **options: Any) -> ComparePlan:
-    """Check everything a comparison needs (families, their extras, learning rates, seeds, the
+                 lrs: Sequence[float] | None = None, seeds: int = 3, epochs: int | None = None, seed: int = 0,
+                 batch_size: int | None = None, **placement: Any) -> ComparePlan:
+    """Check everything a comparison needs (families, learning rates, seeds, where it runs, the
     task's data) and return the plan; bad input is a ``UsageError``, raised before any work.
 
-    ``options`` are the study options that say where and how to run (``seed``, ``mlflow_uri``,
-    ``ray_address``, ``cpus_per_trial``, ``gpus_per_trial``, ``concurrency``, ``data_dir``,
-    ``batch_size``); ``epochs`` defaults to the task's study file.
+    ``placement`` are the ``autoopt.spec.Placement`` fields that say where and how to run
+    (``mlflow_uri``, ``ray_address``, ``cpus_per_trial``, ``gpus_per_trial``, ``concurrency``,
+    ``data_dir``); ``epochs`` defaults to the task's study file.
     """
-    from autoopt.spec import load_spec
-    from autoopt.tasks import load_task
-
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {seeds}")
-    names = ",".join(optimizers) if not isinstance(optimizers, str) else optimizers
-    spec = load_spec(task, optimizers=names, epochs=epochs, **options)
-    configs = compare_configs(spec.optimizers, lrs)
-    loaded = load_task(spec.task, spec.data_dir)  # fails fast (exit 2) on missing data
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {epochs}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    check_task_name(task)
+    place = _placement(placement)
+    configs = compare_configs(resolve_optimizers(optimizers), lrs)
+    loaded = load_task(task, place.data_dir)  # fails fast (exit 2) on missing data
     test_metric = f"test_{loaded.score}" if loaded.test is not None else None
-    return ComparePlan(spec, configs, [spec.seed + i for i in range(seeds)], list(lrs) if lrs else None,
-                       loaded.metric, test_metric, loaded.direction)
+    return ComparePlan(task, place, epochs or _default_epochs(task), batch_size, configs,
+                       [(seed or 0) + i for i in range(seeds)], list(lrs) if lrs else None, loaded.metric,
+                       test_metric, loaded.direction)
+
+
+def compare_jobs(plan: ComparePlan, handle: dict[str, Any]) -> list[Job]:
+    """One job per (row, seed), each a nested MLflow run tagged ``autoopt.kind=compare``."""
+    jobs = []
+    for label, cfg in plan.configs:
+        for s in plan.seeds:
+            tags = {"autoopt.kind": "compare", "autoopt.candidate": label, "autoopt.optimizer": cfg.optimizer,
+                    "autoopt.seed": s, "autoopt.lr": cfg.optimizer_params.get("lr")}
+            jobs.append(Job(plan.task, plan.placement.data_dir, cfg, plan.epochs, s, plan.batch_size,
+                            plan.placement.compile, evaluate_test=plan.test_metric is not None, tracking=handle,
+                            run_name=f"compare-{label.replace(' ', '-')}-s{s}", tags=tags))
+    return jobs
+
+
+def execute(plan: ComparePlan, jobs: list[Job], tracker: StudyRun,
+            on_progress: Callable[[int, int, str], None] | None) -> dict[tuple[str, int], JobResult]:
+    """Run the jobs on a worker pool (starting Ray where needed); the results by (row, seed).
+    The parent run is closed as FAILED or KILLED if this does not finish."""
+    results: dict[tuple[str, int], JobResult] = {}
+
+    def on_result(job: Job, result: JobResult) -> None:
+        results[(job.tags["autoopt.candidate"], job.seed)] = result
+        if on_progress is not None:
+            on_progress(len(results), len(jobs), f"{job.tags['autoopt.candidate']} seed {job.seed}")
+
+    place = plan.placement
+    started_ray = dispatch.start_ray(place.ray_address)
+    pool = None
+    status = "FAILED"
+    try:
+        size = place.concurrency or dispatch.default_concurrency(place.cpus_per_trial, place.gpus_per_trial)
+        pool = dispatch.WorkerPool(max(1, min(size, len(jobs))), cpus=place.cpus_per_trial,
+                                   gpus=place.gpus_per_trial)
+        dispatch.run_jobs(pool, jobs, on_result)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if pool is not None:
+            pool.flush()
+            pool.shutdown()
+        if started_ray:
+            dispatch.stop_ray()
+        if status != "FINISHED":
+            tracker.finish(status)
+    return results
 
 
 def run_compare(task: str | ComparePlan, optimizers: str | Sequence[str] = "sgd,adam,rmsprop", *,
@@ -213,67 +286,27 @@ def run_compare(task: str | ComparePlan, optimizers: str | Sequence[str] = "sgd,
     >>> [(r.label, round(r.val["mean"], 3)) for r in cmp.rows]         # doctest: +SKIP
     [('sgd', 0.95), ('adam', 0.96)]
     """
-    from autoopt import dispatch
-    from autoopt.report import comparison_curves, save_figure
-    from autoopt.tracking import StudyRun
-
     plan = task if isinstance(task, ComparePlan) else plan_compare(
         task, optimizers, lrs=lrs, seeds=seeds, epochs=epochs, **options)
-    spec, configs, seed_list, lrs = plan.spec, plan.configs, plan.seeds, plan.lrs
-    seeds = len(seed_list)
-    has_test = plan.test_metric is not None
-    test_metric = plan.test_metric or plan.metric
-    params = {"task": spec.task, "optimizers": ",".join(spec.optimizers),
-              "lrs": ",".join(map(str, lrs or [])), "seeds": seeds, "epochs": spec.epochs}
-    tracker = StudyRun(spec.mlflow_uri, spec.task, "compare", params, kind="compare",
-                       run_name=f"compare-{','.join(spec.optimizers)}")
+    names = list(dict.fromkeys(cfg.optimizer for _, cfg in plan.configs))
+    n_seeds = len(plan.seeds)
+    params = {"task": plan.task, "optimizers": ",".join(names), "lrs": ",".join(map(str, plan.lrs or [])),
+              "seeds": n_seeds, "epochs": plan.epochs}
+    tracker = StudyRun(plan.placement.mlflow_uri, plan.task, "compare", params, kind="compare",
+                       run_name=f"compare-{','.join(names)}")
     handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
-    jobs = []
-    for label, cfg in configs:
-        for s in seed_list:
-            tags = {"autoopt.kind": "compare", "autoopt.candidate": label, "autoopt.optimizer": cfg.optimizer,
-                    "autoopt.seed": s, "autoopt.lr": cfg.optimizer_params.get("lr")}
-            jobs.append(dispatch.Job(spec.task, spec.data_dir, cfg, spec.epochs, s, spec.batch_size,
-                                     spec.compile, evaluate_test=has_test, tracking=handle,
-                                     run_name=f"compare-{label.replace(' ', '-')}-s{s}", tags=tags))
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def on_result(job: Any, result: dict[str, Any]) -> None:
-        results[(job.tags["autoopt.candidate"], job.seed)] = result
-        if on_progress is not None:
-            on_progress(len(results), len(jobs), f"{job.tags['autoopt.candidate']} seed {job.seed}")
-
     t0 = time.monotonic()
-    started_ray = dispatch.start_ray(spec.ray_address)
-    pool = None
-    status = "FAILED"
-    try:
-        size = spec.concurrency or dispatch.default_concurrency(spec.cpus_per_trial, spec.gpus_per_trial)
-        pool = dispatch.WorkerPool(max(1, min(size, len(jobs))), cpus=spec.cpus_per_trial,
-                                   gpus=spec.gpus_per_trial)
-        dispatch.run_jobs(pool, jobs, on_result)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        if pool is not None:
-            pool.flush()
-            pool.shutdown()
-        if started_ray:
-            dispatch.stop_ray()
-        if status != "FINISHED":
-            tracker.finish(status)
+    results = execute(plan, compare_jobs(plan, handle), tracker, on_progress)
 
-    rows = summarize_rows(configs, seed_list, results, plan.metric, test_metric)
-    cmp = Comparison(spec.task, plan.metric, test_metric, plan.direction, spec.epochs, rows,
-                     run_id=tracker.run_id)
+    test_metric = plan.test_metric or plan.metric
+    rows = summarize_rows(plan.configs, plan.seeds, results, plan.metric, test_metric)
+    cmp = Comparison(plan.task, plan.metric, test_metric, plan.direction, plan.epochs, rows, run_id=tracker.run_id)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     curves = [{"label": r.label, "train_loss": r.curve, "std": r.curve_std} for r in rows if r.curve]
-    fig = comparison_curves(curves, title=f"optimizer comparison: {spec.task}, train loss "
-                                          f"(mean over {seeds} seed{'s' if seeds > 1 else ''})")
-    stem = spec.task.replace(":", "_")
+    fig = comparison_curves(curves, title=f"optimizer comparison: {plan.task}, train loss "
+                                          f"(mean over {n_seeds} seed{'s' if n_seeds > 1 else ''})")
+    stem = plan.task.replace(":", "_")
     try:
         tracker.log_figure(fig, f"compare/{stem}.png")
         tracker.log_dict(cmp.to_dict(), f"compare/{stem}.json")

@@ -22,43 +22,23 @@ from typing import Any
 from autoopt import tracking
 from autoopt.direction import better
 from autoopt.errors import UsageError
+from autoopt.plots import DPI, FIGSIZE, comparison_curves, save_figure
+from autoopt.plots import figure as _figure
+from autoopt.plots import integer_ticks as _integer_ticks
+from autoopt.plots import note as _note
+from autoopt.plots import pyplot as _pyplot
 from autoopt.recommendation import STUDY_ATTR
 from autoopt.spec import DEFAULT_STORAGE, DEFAULT_TRACKING
 from autoopt.study import absolute_sqlite, counts, load_existing_study, mask_url, open_storage, sqlite_path
 
 log = logging.getLogger(__name__)
 
-FIGSIZE = (8.0, 4.5)  # inches; at DPI that is an 800 x 450 PNG
-DPI = 100
+__all__ = ["DPI", "FIGSIZE", "PLOTS", "Report", "comparison_curves", "confirmation_plot", "loss_curves",
+           "lr_vs_metric", "optimization_history", "param_importances", "pareto_plot", "save_figure",
+           "summary_markdown", "write_report"]
+
 MIN_IMPORTANCE_TRIALS = 4  # fewer complete trials than this and an importance estimate is noise
 LOSS_CURVE_FAMILIES = 6  # more pairs of lines than this on one axis cannot be told apart
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works with no screen
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _figure() -> tuple[Any, Any]:
-    plt = _pyplot()
-    return plt.subplots(figsize=FIGSIZE, dpi=DPI)
-
-
-def _integer_ticks() -> Any:
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True)
-
-
-def _note(ax: Any, text: str) -> None:
-    """Write why a plot is empty on the plot itself, so an empty figure still explains itself."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True, color="0.3")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def _complete(study: Any) -> list[Any]:
@@ -380,41 +360,6 @@ def pareto_plot(rec: dict[str, Any]) -> Any:
     ax.legend(fontsize="x-small", loc="best")
     fig.tight_layout()
     return fig
-
-
-def comparison_curves(curves: list[dict[str, Any]], *, title: str = "optimizer comparison",
-                      key: str = "train_loss") -> Any:
-    """One line per curve (``{"label", key: [per-epoch values], "std": [...] optional}``) on one
-    axis: the tutorial's comparison figure. A ``std`` list draws a band of ±1 std."""
-    fig, ax = _figure()
-    for c in curves:
-        ys = c[key]
-        epochs = list(range(1, len(ys) + 1))
-        (line,) = ax.plot(epochs, ys, marker="o", markersize=3, label=c["label"])
-        if c.get("std"):
-            lo = [y - s for y, s in zip(ys, c["std"], strict=True)]
-            hi = [y + s for y, s in zip(ys, c["std"], strict=True)]
-            ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.15)
-    ax.set_title(title)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(_integer_ticks())
-    ax.set_ylabel(key.replace("_", " "))
-    if curves:
-        ax.set_yscale("log")
-        ax.legend(fontsize="small", ncol=2 if len(curves) > 6 else 1)
-    else:
-        _note(ax, "no run finished")
-    fig.tight_layout()
-    return fig
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Write ``fig`` as a PNG of exactly ``FIGSIZE * DPI`` pixels and free it."""
-    plt = _pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
 
 
 # --- the summary -------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from conftest import run_cli
 from PIL import Image
 
 from autoopt import report
-from autoopt.compare import compare_configs, default_params, mean_curve, parse_lrs
+from autoopt.compare import compare_configs, default_params, mean_curve, parse_lrs, plan_compare
 from autoopt.errors import UsageError
 from autoopt.space import FAMILIES, build_optimizer
+from autoopt.spec import Placement
 
 
 def test_classic_defaults_are_the_tutorials() -> None:
@@ -76,6 +77,17 @@ def test_cli_bad_input_is_one_line_exit_2(workdir: Path) -> None:
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_plan_holds_where_to_run_only(workdir: Path) -> None:
+    plan = plan_compare("digits", "sgd,adam", seeds=2, concurrency=2, data_dir=None)
+    assert isinstance(plan.placement, Placement) and plan.placement.concurrency == 2
+    assert plan.seeds == [0, 1] and plan.epochs >= 1 and [label for label, _ in plan.configs] == ["sgd", "adam"]
+    with pytest.raises(UsageError, match="--concurrency"):
+        plan_compare("digits", "sgd", concurrency=0)
+    with pytest.raises(UsageError, match="--epochs"):
+        plan_compare("digits", "sgd", epochs=0)
+
+
+@pytest.mark.slow
 def test_compare_learning_rates_end_to_end(workdir: Path) -> None:
     """The tutorial's exercise: two families at two learning rates, two seeds each."""
     import mlflow
