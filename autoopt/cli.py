@@ -30,10 +30,11 @@ from autoopt.progress import TuneDisplay
 from autoopt.recommendation import python_snippet
 from autoopt.recommendation import recommend as load_recommendation
 from autoopt.redact import mask_url, redact
-from autoopt.report import write_report
-from autoopt.spec import load_spec, preflight
+from autoopt.report import optimization_history, write_report
+from autoopt.spec import load_spec
 from autoopt.study import StorageDown
 from autoopt.tasks import check_task_name, task_sources
+from autoopt.tuning import preflight
 from autoopt.tuning import run as run_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -186,14 +187,15 @@ def tune(
     _setup_logging()
     options = dict(locals())  # the options, by name: the spec's keys once renamed
     spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
-    preflight(spec)  # the task itself: a module:function is called and checked before anything starts
+    task = preflight(spec)  # the task, GPUs, storage and MLflow: checked before anything starts
     place = spec.placement
     families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
     err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {spec.trials} trials x {spec.epochs} epochs, "
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
-        rec = run_study(spec, on_progress=display.update)
+        rec = run_study(spec, on_progress=display.update, checked=task,
+                        figures={"plots/optimization_history.png": optimization_history})
     _print_recommendation(rec.to_dict(), f"{place.out}/{spec.name}.json")
 
 

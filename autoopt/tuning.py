@@ -159,11 +159,12 @@ def check_model_fits(name: str, task: Task) -> None:
 
 
 def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
-        figures: Figures | None = None) -> Recommendation:
-    """Run a validated spec end to end (see the module docstring)."""
+        figures: Figures | None = None, checked: Task | None = None) -> Recommendation:
+    """Run a validated spec end to end (see the module docstring). ``checked`` is the task
+    ``preflight(spec)`` returned, where the caller ran it already (the CLI, before it prints)."""
     redact_logs()  # no password of a storage or tracking URL in any log line of this process
     t0 = time.monotonic()
-    task = preflight(spec)  # bad input stops here, with nothing created
+    task = checked if checked is not None else preflight(spec)  # bad input stops here, with nothing created
     storage_url = absolute_sqlite(spec.placement.storage)
     study = open_study(open_storage(storage_url), spec.name, direction=task.direction, metric=task.metric,
                        sampler=spec.sampler, seed=spec.seed)
