@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from sqlalchemy import create_engine, text
 
 from autoopt.errors import UsageError
 from autoopt.redact import mask_url, redact
@@ -128,6 +129,8 @@ def check_tracking(uri: str) -> None:
         _probe_server(uri)
     elif scheme == "sqlite":
         _check_sqlite_store(uri)
+    elif scheme.startswith("postgresql"):
+        _probe_database(uri)
 
 
 def _probe_server(uri: str) -> None:
@@ -160,6 +163,24 @@ def _probe_server(uri: str) -> None:
         raise UsageError(f"cannot reach MLflow at {mask_url(uri)} within {timeout:g} s ({redact(str(reason))}); "
                          "start the tracking server or fix --mlflow-uri / MLFLOW_TRACKING_URI "
                          "(AUTOOPT_CONNECT_TIMEOUT_S sets the wait)") from None
+
+
+def _probe_database(uri: str) -> None:
+    """Connect once to a PostgreSQL tracking store, with a timeout (its driver waits forever on a
+    host that drops packets)."""
+    timeout = connect_timeout_s()
+    try:
+        engine = create_engine(uri, connect_args={"connect_timeout": max(1, math.ceil(timeout))})
+    except ModuleNotFoundError:
+        return  # a driver MLflow names itself when it opens the store
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise UsageError(f"cannot reach MLflow's database at {mask_url(uri)} within {timeout:g} s "
+                         f"({_first_line(exc)}); start it or fix --mlflow-uri / MLFLOW_TRACKING_URI") from None
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite_store(uri: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import shutil
 import socket
 import sqlite3
 import sys
@@ -63,6 +64,12 @@ def test_a_server_that_never_answers_fails_within_the_connect_timeout(monkeypatc
         assert time.monotonic() - t0 < 5
 
 
+def test_an_unreachable_tracking_database_is_refused_without_its_password() -> None:
+    with pytest.raises(UsageError) as info:
+        tracking.check_tracking("postgresql+psycopg://bob:pw123@127.0.0.1:1/mlflow")
+    assert "bob:***@127.0.0.1:1" in str(info.value) and "pw123" not in str(info.value)
+
+
 def test_connect_timeout_must_be_a_positive_number(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOOPT_CONNECT_TIMEOUT_S", "soon")
     with pytest.raises(UsageError, match="AUTOOPT_CONNECT_TIMEOUT_S"):
@@ -71,14 +78,22 @@ def test_connect_timeout_must_be_a_positive_number(monkeypatch: pytest.MonkeyPat
     assert tracking.connect_timeout_s() == 15.0  # the storage and the tracking server wait alike
 
 
-def _mlflow_db(path: Path) -> None:
-    """A real MLflow store at ``path`` (its tables created by MLflow)."""
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow store made once (MLflow's migrations take seconds), copied by the tests."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
     tracking.StudyRun(f"sqlite:///{path}", "digits", "digits", {}).finish()
+    return path
 
 
-def test_half_migrated_mlflow_db_is_named_with_the_fix_and_left_alone(workdir: Path) -> None:
-    db = workdir / "mlflow.db"
-    _mlflow_db(db)
+def _mlflow_db(template: Path, path: Path) -> Path:
+    """A real MLflow store at ``path`` (its tables created by MLflow)."""
+    shutil.copyfile(template, path)
+    return path
+
+
+def test_half_migrated_mlflow_db_is_named_with_the_fix_and_left_alone(workdir: Path, mlflow_template: Path) -> None:
+    db = _mlflow_db(mlflow_template, workdir / "mlflow.db")
     with sqlite3.connect(db) as conn:  # what a migration that stopped half-way leaves
         conn.execute("CREATE TABLE _alembic_tmp_tags (key VARCHAR(250))")
     before = _sha(db)
@@ -90,9 +105,8 @@ def test_half_migrated_mlflow_db_is_named_with_the_fix_and_left_alone(workdir: P
     assert _sha(db) == before
 
 
-def test_an_mlflow_db_from_an_unknown_revision_is_named_when_opened(workdir: Path) -> None:
-    db = workdir / "newer.db"  # a file name no other test opened (MLflow keeps a store per URI)
-    _mlflow_db(db)
+def test_an_mlflow_db_from_an_unknown_revision_is_named_when_opened(workdir: Path, mlflow_template: Path) -> None:
+    db = _mlflow_db(mlflow_template, workdir / "newer.db")
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
     (workdir / "newer.db").rename(workdir / "unknown.db")
@@ -117,9 +131,8 @@ def test_a_database_that_is_not_mlflows_is_refused_unchanged(workdir: Path) -> N
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
-def test_a_read_only_mlflow_db_is_bad_input(workdir: Path) -> None:
-    db = workdir / "mlflow.db"
-    _mlflow_db(db)
+def test_a_read_only_mlflow_db_is_bad_input(workdir: Path, mlflow_template: Path) -> None:
+    db = _mlflow_db(mlflow_template, workdir / "mlflow.db")
     db.chmod(0o444)
     with pytest.raises(UsageError, match="read-only"):
         tracking.check_tracking("sqlite:///mlflow.db")
@@ -234,7 +247,8 @@ def test_a_task_that_raises_or_does_not_fit_its_model_stops_before_anything_is_c
 # --- viewers -------------------------------------------------------------------------------
 
 
-def test_pruned_trial_runs_can_be_filtered_and_show_as_pruned(workdir: Path) -> None:
+def test_pruned_trial_runs_can_be_filtered_and_show_as_pruned(workdir: Path, mlflow_template: Path) -> None:
+    _mlflow_db(mlflow_template, workdir / "mlflow.db")
     parent = tracking.StudyRun("sqlite:///mlflow.db", "digits", "digits", {})
     recorder = tracking.TrialRecorder(write_every_s=0.1)
     handles = []
@@ -254,7 +268,8 @@ def test_pruned_trial_runs_can_be_filtered_and_show_as_pruned(workdir: Path) -> 
     assert client.get_run(handles[0]["run_id"]).info.run_name == "trial-0"
 
 
-def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir: Path) -> None:
+def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir: Path, mlflow_template: Path) -> None:
+    _mlflow_db(mlflow_template, workdir / "mlflow.db")
     study = optuna.create_study(direction="maximize")
     parent = tracking.StudyRun("sqlite:///mlflow.db", "digits", "digits", {})
     rec = Recommendation(task="digits", optimizer="sgd", optimizer_params={"lr": 0.1}, scheduler="cosine",
