@@ -124,3 +124,31 @@ def test_after_the_screen_the_budget_goes_to_the_best_families(tmp_path: Path, d
     assert set(picks) == set(ranked[:3])
     assert picks[ranked[0]] > picks[ranked[1]] > picks[ranked[2]]
     assert PortfolioFirst(SearchSpace(ALL)).steer(optuna.create_study(), []) is None
+
+
+@pytest.mark.slow
+def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path) -> None:
+    import mlflow
+
+    from autoopt.spec import load_spec
+    from autoopt.tuning import run
+
+    spec = load_spec("digits", trials=5, epochs=2, concurrency=2, confirm=False, optimizers="sgd,adamw,nadam",
+                     storage=f"sqlite:///{workdir / 'autoopt.db'}", mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                     out=str(workdir / "recommendations"))
+    run(spec)
+    storage = open_storage(spec.placement.storage, heartbeat=False)
+    trials = optuna.load_study(study_name="digits", storage=storage).trials
+    screen = [t for t in trials if t.user_attrs.get("portfolio")]
+    assert [t.number for t in screen] == [0, 1, 2]  # before anything the sampler proposed
+    assert [t.user_attrs["config"]["optimizer"] for t in screen] == ["adamw", "nadam", "sgd"]
+    for t in screen:
+        config = t.user_attrs["config"]
+        assert config["optimizer_params"] == default_params(config["optimizer"])
+        assert (config["scheduler"], config["grad_clip_norm"]) == ("none", None)
+    assert all(t.user_attrs["s_per_epoch"] > 0 for t in trials if t.state.is_finished())
+    client = mlflow.MlflowClient(tracking_uri=spec.placement.mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("autoopt/digits").experiment_id], max_results=100)
+    kinds = {int(r.data.tags["autoopt.trial_number"]): r.data.tags["autoopt.kind"] for r in runs
+             if "autoopt.trial_number" in r.data.tags}
+    assert kinds == {0: "portfolio", 1: "portfolio", 2: "portfolio", 3: "search", 4: "search"}

@@ -36,8 +36,10 @@ from autoopt.study import (
     counts,
     fail_stale,
     is_unreachable,
-    open_storage,
+    record_heartbeat,
     retry_trial,
+    storage_of,
+    trial_id_of,
     trials_snapshot,
     with_retry,
 )
@@ -115,19 +117,14 @@ class SearchLoop:
     other drivers and those already finished), or ``spec.timeout_s`` passes."""
 
     def __init__(self, study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
-                 pool: WorkerPool, storage: Any = None, on_progress: Progress | None = None,
-                 policy: SearchPolicy | None = None) -> None:
+                 pool: WorkerPool, on_progress: Progress | None = None, policy: SearchPolicy | None = None) -> None:
         self.study, self.spec, self.storage_url, self.tracking = study, spec, storage_url, tracking
         self.pool, self.on_progress, self.policy = pool, on_progress, policy
-        # The study's own storage object, for heartbeats and trial ids (public calls only).
-        self.storage = storage if storage is not None else open_storage(storage_url)
-        self.study_id = with_retry(lambda: self.storage.get_study_id_from_name(study.study_name),
-                                   what="open the study")
+        self.storage = storage_of(study)  # the study was opened by autoopt.study
         self.space = spec.search_space()
         self.progress = SearchProgress(total=spec.trials)
         self.inflight: dict[ray.ObjectRef, InFlight] = {}
         self.owned: dict[int, optuna.trial.Trial] = {}  # asked here, not told yet (Ctrl-C fails them)
-        self.trial_ids: dict[int, int] = {}
         self.pending: Pending | None = None
         self.deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
         self.exhausted = False  # the budget (or the time) is spent: ask no more
@@ -236,18 +233,20 @@ class SearchLoop:
 
     def next(self) -> Pending | None:
         """Ask for the next trial and prepare its job; None when the budget is spent."""
-        # One read of the trials (under the ask lock) serves the budget check and the sampling.
-        with trials_snapshot(self.study):
-            trial = with_retry(self.ask, what="ask for a trial")
-            if trial is None:
-                self.exhausted = True
-                return None
-            self.owned[trial.number] = trial
+        asked = with_retry(self.ask, what="ask for a trial")
+        if asked is None:
+            self.exhausted = True
+            return None
+        trial, trials = asked
+        self.owned[trial.number] = trial
+        # The read of the trials made under the ask lock serves the sampling too.
+        with trials_snapshot(self.study, trials):
             config = with_retry(lambda: self.prepare(trial), what="store a trial's config")
         return Pending(trial, self._job(trial, config))
 
-    def ask(self) -> optuna.trial.Trial | None:
-        """A new trial (an enqueued one first), or None when the study's budget is spent."""
+    def ask(self) -> tuple[optuna.trial.Trial, list[FrozenTrial]] | None:
+        """A new trial (an enqueued one first) and the study's trials as read before asking it,
+        or None when the study's budget is spent."""
         with ask_lock(self.storage_url, self.study.study_name):
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
@@ -258,11 +257,9 @@ class SearchLoop:
                 # Fixed for this trial only; the sampler proposes the rest, within the family.
                 self.study.enqueue_trial({"optimizer": steer}, user_attrs={STEERED: steer})
             trial = self.study.ask()
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-            self.trial_ids[trial.number] = trial_id
             # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
-            self.storage.record_heartbeat(trial_id)
-        return trial
+            record_heartbeat(self.study, trial.number)
+        return trial, trials
 
     def prepare(self, trial: optuna.trial.Trial) -> TrialConfig:
         """Sample ``trial``'s config and store it (idempotent: a retry gives the same config).
@@ -278,7 +275,7 @@ class SearchLoop:
         if trial.user_attrs.get("portfolio"):
             config = TrialConfig(config.optimizer, default_params(config.optimizer))
         trial.set_user_attr("config", config.to_dict())
-        attrs = self.storage.get_trial_system_attrs(self.trial_ids[trial.number])
+        attrs = self.storage.get_trial_system_attrs(trial_id_of(self.study, trial.number))
         if "failed_trial" in attrs and trial.user_attrs.get("reason"):
             trial.set_user_attr("reason", None)  # inherited from the failed attempt it retries
         return config
@@ -323,8 +320,7 @@ class SearchLoop:
         if now - self.last_beat < HEARTBEAT_S:
             return
         for number in list(self.owned):
-            trial_id = self.trial_ids[number]
-            with_retry(lambda t=trial_id: self.storage.record_heartbeat(t), what="heartbeat")
+            with_retry(lambda n=number: record_heartbeat(self.study, n), what="heartbeat")
         with_retry(lambda: fail_stale(self.study), what="fail stale trials")
         self.last_beat = now
 
@@ -363,7 +359,8 @@ class SearchLoop:
         tags = {"autoopt.study": self.study.study_name, "autoopt.trial_number": number,
                 "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
-                   spec.placement.compile, trial=self._ref(self.trial_ids[number], number), tracking=self.tracking,
+                   spec.placement.compile, trial=self._ref(trial_id_of(self.study, number), number),
+                   tracking=self.tracking,
                    run_name=f"trial-{number}", tags=tags)
 
     def _check_gpus(self) -> None:
@@ -380,8 +377,8 @@ def _warm_config(name: str) -> TrialConfig:
 
 
 def run_search(study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
-               pool: WorkerPool, on_progress: Progress | None = None, storage: Any = None,
+               pool: WorkerPool, on_progress: Progress | None = None,
                policy: SearchPolicy | None = None) -> SearchProgress:
     """Run a ``SearchLoop`` (see there) and return its progress."""
-    return SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracking, pool=pool, storage=storage,
+    return SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracking, pool=pool,
                       on_progress=on_progress, policy=policy).run()

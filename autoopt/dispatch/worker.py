@@ -25,7 +25,7 @@ import ray
 from autoopt.dispatch.results import JobResult, JobState
 from autoopt.pruning import ReferenceTrials, TrialReporter, build_pruner
 from autoopt.space import Family, TrialConfig, family
-from autoopt.study import open_storage, redact_logs, with_retry
+from autoopt.study import load_study, open_storage, redact_logs, with_retry
 from autoopt.tasks import load_task
 from autoopt.tracking import TrialRecorder
 from autoopt.train import TrialResult, train, warm_up
@@ -122,8 +122,7 @@ class TrialWorker:
             pruner = build_pruner(ref.pruner, epochs=ref.epochs, warmup=ref.warmup)
             # A sampler that samples nothing: the worker only reports, the driver samples.
             self.studies[key] = with_retry(
-                lambda: optuna.load_study(study_name=ref.study_name, storage=storage, pruner=pruner,
-                                          sampler=optuna.samplers.RandomSampler()),
+                lambda: load_study(storage, ref.study_name, pruner=pruner, sampler=optuna.samplers.RandomSampler()),
                 what="load the study")
         return self.studies[key]
 
