@@ -31,7 +31,7 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from autoopt.study import trials_snapshot
+from autoopt.study import storage_of, trials_snapshot
 
 REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
@@ -133,10 +133,12 @@ class TrialReporter:
     * The pruner is consulted only at steps where it may prune, with one read of the finished
       trials, or a read of this worker's from less than a second ago (``ReferenceTrials``).
 
-    >>> import optuna
-    >>> study = optuna.create_study(pruner=build_pruner("median", epochs=4, warmup=0.0))
+    >>> from optuna.storages import InMemoryStorage
+    >>> from autoopt.study import open_study, trial_id_of
+    >>> study = open_study(InMemoryStorage(), "doc", direction="maximize",
+    ...                    pruner=build_pruner("median", epochs=4, warmup=0.0))
     >>> trial = study.ask()
-    >>> reporter = TrialReporter(study, trial._trial_id, trial.number)
+    >>> reporter = TrialReporter(study, trial_id_of(study, trial.number), trial.number)
     >>> reporter.report(0.5, 1)
     >>> reporter.should_prune(1), reporter.close()
     (False, None)
@@ -148,6 +150,7 @@ class TrialReporter:
                  background: Executor | None = None, reference: ReferenceTrials | None = None,
                  retry: Callable[[Callable[[], Any], str], Any] | None = None) -> None:
         self.study, self.trial_id, self.number = study, trial_id, number
+        self.storage = storage_of(study)  # the study must come from autoopt.study (open_study, load_study)
         self.reference = reference
         self.values: dict[int, float] = {}
         self._background = background
@@ -160,7 +163,7 @@ class TrialReporter:
         self.values[step] = float(value)
         if not write:
             return
-        storage, trial_id, value = self.study._storage, self.trial_id, float(value)
+        storage, trial_id, value = self.storage, self.trial_id, float(value)
 
         def _write() -> None:
             self._retry(lambda: storage.set_trial_intermediate_value(trial_id, step, value),
@@ -180,7 +183,7 @@ class TrialReporter:
         # Successive halving keeps its rungs in the trial's system attributes: read them for it.
         inner = pruner.inner if isinstance(pruner, GuardedPruner) else pruner
         halving = isinstance(inner, HyperbandPruner | SuccessiveHalvingPruner)
-        attrs = self.study._storage.get_trial_system_attrs(self.trial_id) if halving else {}
+        attrs = self.storage.get_trial_system_attrs(self.trial_id) if halving else {}
         frozen = FrozenTrial(number=self.number, state=TrialState.RUNNING, value=None, datetime_start=None,
                              datetime_complete=None, params={}, distributions={}, user_attrs={},
                              system_attrs=attrs, intermediate_values=dict(self.values),

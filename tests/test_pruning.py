@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from autoopt.pruning import GuardedPruner, ReferenceTrials, TrialReporter, build_pruner, may_prune
 from autoopt.space import TrialConfig
-from autoopt.study import open_storage, open_study
+from autoopt.study import open_storage, open_study, trial_id_of
 from autoopt.train import train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,13 +61,12 @@ def test_comeback_guard_vetoes_only_where_a_finished_trial_came_back(direction: 
 def test_reporter_writes_in_the_background_and_asks_the_pruner_only_where_it_may_prune(
         tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 'p.db'}", heartbeat=False)
-    study = optuna.create_study(storage=storage, direction="maximize",
-                                pruner=build_pruner("median", epochs=4, warmup=0.25))
+    study = open_study(storage, "p", direction="maximize", pruner=build_pruner("median", epochs=4, warmup=0.25))
     for _ in range(4):
         study.add_trial(finished([0.8, 0.85, 0.9, 0.95]))
     trial = study.ask()
     with ThreadPoolExecutor(max_workers=1) as background:
-        reporter = TrialReporter(study, trial._trial_id, trial.number, background=background)
+        reporter = TrialReporter(study, trial_id_of(study, trial.number), trial.number, background=background)
         reporter.report(0.1, 1)
         assert not reporter.should_prune(1)  # warm-up: far behind, still kept
         reporter.report(0.1, 2)
@@ -76,7 +75,7 @@ def test_reporter_writes_in_the_background_and_asks_the_pruner_only_where_it_may
         reporter.report(0.1, 4, write=False)  # the driver records the last epoch with the result
         assert not reporter.should_prune(4)  # the last epoch: nothing to save
         reporter.close()
-    stored = study._storage.get_trial(trial._trial_id).intermediate_values
+    stored = study.trials[trial.number].intermediate_values
     assert stored == {1: 0.1, 2: 0.1, 3: 0.1}
 
 
@@ -86,7 +85,7 @@ def test_a_worker_prunes_against_finished_trials_at_most_its_reference_age_old(t
     study = open_study(storage, "r", direction="maximize", pruner=build_pruner("median", epochs=4, warmup=0.0))
     reference = ReferenceTrials(max_age_s=3600.0)
     trial = study.ask()
-    reporter = TrialReporter(study, trial._trial_id, trial.number, reference=reference)
+    reporter = TrialReporter(study, trial_id_of(study, trial.number), trial.number, reference=reference)
     reporter.report(0.1, 1)
     assert not reporter.should_prune(1)  # nothing finished yet
     for _ in range(4):
@@ -98,12 +97,11 @@ def test_a_worker_prunes_against_finished_trials_at_most_its_reference_age_old(t
 
 def test_reporter_drives_hyperband_rungs_and_prunes_the_laggards(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat=False)
-    study = optuna.create_study(storage=storage, direction="maximize",
-                                pruner=build_pruner("hyperband", epochs=9, warmup=0.0))
+    study = open_study(storage, "h", direction="maximize", pruner=build_pruner("hyperband", epochs=9, warmup=0.0))
     with ThreadPoolExecutor(max_workers=1) as background:
         for quality in [0.9, 0.2, 0.8, 0.1, 0.7, 0.3, 0.95, 0.15, 0.6, 0.05] * 2:
             trial = study.ask()
-            reporter = TrialReporter(study, trial._trial_id, trial.number, background=background)
+            reporter = TrialReporter(study, trial_id_of(study, trial.number), trial.number, background=background)
             pruned = False
             for step in range(1, 10):
                 reporter.report(quality * step / 9, step)
