@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoopt.errors import UsageError
+from autoopt.redact import mask_url
 from autoopt.space import (
     Family,
     Fixed,
@@ -27,7 +28,7 @@ from autoopt.space import (
     schedule,
 )
 from autoopt.spec import DEFAULT_STORAGE
-from autoopt.study import load_existing_study, mask_url, open_storage, sqlite_path
+from autoopt.study import load_existing_study, open_storage, sqlite_path
 from autoopt.tasks import BUILTIN
 
 STUDY_ATTR = "recommendation"

@@ -28,8 +28,9 @@ from autoopt.plots import integer_ticks as _integer_ticks
 from autoopt.plots import note as _note
 from autoopt.plots import pyplot as _pyplot
 from autoopt.recommendation import STUDY_ATTR
+from autoopt.redact import mask_url
 from autoopt.spec import DEFAULT_STORAGE, DEFAULT_TRACKING
-from autoopt.study import absolute_sqlite, counts, load_existing_study, mask_url, open_storage, sqlite_path
+from autoopt.study import absolute_sqlite, counts, load_existing_study, open_storage, sqlite_path
 
 log = logging.getLogger(__name__)
 

@@ -204,7 +204,12 @@ def test_confirmation_numbers_are_the_runs_numbers(poor: Path) -> None:
     import optuna
 
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{poor / 'autoopt.db'}")
-    best_two = sorted(study.trials, key=lambda t: t.value, reverse=True)[:2]
+    keys = ("optimizer", "optimizer_params", "scheduler", "scheduler_params", "grad_clip_norm")
+    as_baseline = {json.dumps({k: b[k] for k in keys}, sort_keys=True) for b in rec["baselines"]}
+    # a portfolio trial whose config became a baseline is confirmed as that baseline, not twice
+    tuned = [t for t in study.trials if t.value is not None
+             and json.dumps({k: t.user_attrs["config"][k] for k in keys}, sort_keys=True) not in as_baseline]
+    best_two = sorted(tuned, key=lambda t: t.value, reverse=True)[:2]
     assert {e["trial_number"] for e in rec["confirmation"].values()} == {t.number for t in best_two}
     assert rec["search_value"] == study.best_value
 
@@ -242,8 +247,9 @@ def test_report_of_the_confirmed_study(poor: Path) -> None:
                                                                    f"sgd (#{best.number}) val"]
     train = next(line for line in ax.get_lines() if line.get_label().endswith("train"))
     assert list(train.get_ydata()) == pytest.approx([h["train_loss"] for h in best.user_attrs["history"]])
-    labels = [t.get_text() for t in report.confirmation_plot(rec).axes[0].get_xticklabels()]
-    assert f"★ {rec['chosen']}" in [lbl.split("\n")[0] for lbl in labels]
+    labels = [t.get_text() for t in report.confirmation_plot(rec).axes[0].get_yticklabels()]
+    assert f"★ {rec['chosen']}" in [lbl.split(" (")[0] for lbl in labels]
+    assert (folder / "pareto.png").exists() and "(pareto.png)" in summary
 
 
 # --- recommend() without a study --------------------------------------------------------------------
