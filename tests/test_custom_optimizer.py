@@ -136,6 +136,7 @@ def test_registered_family_builds_with_the_same_update_rule(signmom) -> None:
     assert "signmom" in autoopt.space.resolve_optimizers("all")
 
 
+@pytest.mark.slow
 def test_python_registered_optimizer_competes_in_a_study(workdir: Path, signmom) -> None:
     """The class lives in this test module, which the Ray workers cannot import: the job
     carries it to them. Its trials are complete, recorded and confirmed like the built-ins'."""
@@ -182,6 +183,7 @@ def test_python_registered_optimizer_competes_in_a_study(workdir: Path, signmom)
 MODULE_HEADER = "from __future__ import annotations\n\nimport torch\n\n\n"
 
 
+@pytest.mark.slow
 def test_study_file_optimizer_is_recommended_and_rebuilt_in_a_fresh_process(workdir: Path) -> None:
     (workdir / "myopts.py").write_text(MODULE_HEADER + inspect.getsource(SignMomentum))
     (workdir / "study.yaml").write_text(

@@ -121,6 +121,7 @@ def test_normalise_is_exact_and_never_touches_the_stored_split() -> None:
     assert torch.equal(stored, before)
 
 
+@pytest.mark.slow
 def test_seeded_epochs_and_training_repeat_exactly() -> None:
     x, y = cifar_like(300, seed=3)
     split = Split(x, y)
@@ -177,6 +178,7 @@ def test_images_train_channels_last_unless_the_model_cannot() -> None:
         memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_bench_prints_one_json_object_with_both_pipelines_measured(workdir: Path) -> None:
     res = run_cli("bench", "--json", "--parts", "data,train", "--data-images", "640", "--train-images", "256",
                   "--repeats", "1", cwd=workdir)

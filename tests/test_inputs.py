@@ -160,6 +160,8 @@ def test_a_missing_task_module_names_pythonpath(empty: Path, capsys: pytest.Capt
     (["--trials", "two"], "Invalid value for '--trials'"),
     (["--no-such-flag"], "No such option: --no-such-flag"),
     (["--schedulers", "none,warp"], "unknown scheduler 'warp'"),
+    (["--optimizers", "sgd,no_such_opt"], "unknown optimizer 'no_such_opt'; known: sgd"),
+    (["--epochs", "0"], "--epochs: Input should be greater than 0"),
 ])
 def test_bad_flags_name_the_flag(empty: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                  expect: str) -> None:

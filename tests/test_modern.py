@@ -15,7 +15,6 @@ from conftest import run_cli
 from torch import nn
 
 from autoopt import space
-from autoopt.confirm import TUNING_FREE, baselines
 from autoopt.errors import UsageError
 from autoopt.recommendation import Recommendation
 from autoopt.tasks import Task, load_task
@@ -67,7 +66,7 @@ def eval_loss(model: nn.Module, optimizer: torch.optim.Optimizer, fam: space.Fam
 def test_modern_families_are_registered_with_their_extra_and_paper() -> None:
     for name in MODERN:
         fam = space.FAMILIES[name]
-        assert fam.extra == "modern" and "modern" in fam.presets and "all" in fam.presets
+        assert fam.extra == "pytorch-optimizer" and "modern" in fam.presets and "all" in fam.presets
         assert isinstance(fam.optimizer_class, str) and fam.optimizer_class.startswith("pytorch_optimizer:")
         assert fam.summary
     assert space.FAMILIES["prodigy"].space["lr"] == space.Fixed(1.0)
@@ -215,8 +214,9 @@ def test_muon_trains_with_onecycle(digits_task: Task, one_thread: None) -> None:
     assert result.status == "complete" and result.value > 0.5
 
 
-def _probe_family(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimizer]:
-    """Register a Schedule-Free AdamW that remembers its instances, with sfadamw's protocol."""
+def _probe_family() -> tuple[list[torch.optim.Optimizer], space.Family]:
+    """A Schedule-Free AdamW family that remembers its instances, with sfadamw's protocol (not
+    registered: the trial gets it as its family, as a worker does)."""
     from pytorch_optimizer import ScheduleFreeAdamW
 
     made: list[torch.optim.Optimizer] = []
@@ -227,13 +227,11 @@ def _probe_family(monkeypatch: pytest.MonkeyPatch) -> list[torch.optim.Optimizer
             made.append(self)
 
     fam = dataclasses.replace(space.FAMILIES["sfadamw"], name="sfprobe", optimizer_class=ProbeSF)
-    monkeypatch.setitem(space.FAMILIES, "sfprobe", fam)
-    return made
+    return made, fam
 
 
-def test_schedule_free_validates_at_its_averaged_weights(monkeypatch: pytest.MonkeyPatch,
-                                                        digits_task: Task, one_thread: None) -> None:
-    made = _probe_family(monkeypatch)
+def test_schedule_free_validates_at_its_averaged_weights(digits_task: Task, one_thread: None) -> None:
+    made, fam = _probe_family()
     digits = digits_task
     models: list[nn.Module] = []
 
@@ -258,7 +256,7 @@ def test_schedule_free_validates_at_its_averaged_weights(monkeypatch: pytest.Mon
         return False
 
     cfg = space.TrialConfig("sfprobe", {"lr": 3e-3}, "cosine", {"eta_min_ratio": 0.01})
-    result = train(task, cfg, epochs=2, seed=0, on_epoch=on_epoch)
+    result = train(task, cfg, epochs=2, seed=0, on_epoch=on_epoch, family=fam)
     assert checked == [1, 2] and result.status == "complete"
     assert result.value > 0.5
     # No scheduler was built although the config names one: the lr stayed constant.
@@ -301,14 +299,16 @@ def test_presets() -> None:
         space.resolve_optimizers("lion,no_such_opt")
 
 
-def test_missing_extra_names_the_pip_command() -> None:
-    ghost = space.Family("ghost", "no_such_module_xyz:Ghost", {"lr": space.Fixed(1.0)}, extra="modern")
+def test_missing_package_names_the_pip_command() -> None:
+    ghost = space.Family("ghost", "no_such_module_xyz:Ghost", {"lr": space.Fixed(1.0)}, extra="pytorch-optimizer")
     with pytest.raises(UsageError) as err:
         ghost.load_class()
-    assert str(err.value) == "optimizer 'ghost' needs the extra 'modern': pip install 'autoopt[modern]'"
+    assert str(err.value) == ("optimizer 'ghost' needs the package pytorch-optimizer, which is missing here "
+                              "(it is a dependency of autoopt): pip install pytorch-optimizer")
     assert not ghost.available()
 
 
+@pytest.mark.slow
 def test_cli_unknown_optimizer_is_one_line_exit_2(workdir: Path) -> None:
     proc = run_cli("tune", "--task", "digits", "--optimizers", "no_such_opt", "--trials", "1", cwd=workdir)
     text = (proc.stdout + proc.stderr).strip()
@@ -318,8 +318,9 @@ def test_cli_unknown_optimizer_is_one_line_exit_2(workdir: Path) -> None:
     assert not (workdir / "autoopt.db").exists()  # nothing started
 
 
-def test_cli_without_the_modern_extra_is_one_line_exit_2(workdir: Path) -> None:
-    # A package that fails to import as pytorch_optimizer does when the extra isn't installed.
+@pytest.mark.slow
+def test_cli_without_pytorch_optimizer_is_one_line_exit_2(workdir: Path) -> None:
+    # A package that fails to import as pytorch_optimizer does when it is not installed.
     shadow = workdir / "shadow" / "pytorch_optimizer"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text('raise ModuleNotFoundError("No module named pytorch_optimizer")\n')
@@ -330,7 +331,7 @@ def test_cli_without_the_modern_extra_is_one_line_exit_2(workdir: Path) -> None:
         text = (proc.stdout + proc.stderr).strip()
         assert proc.returncode == 2, text
         assert len(text.splitlines()) == 1 and "Traceback" not in text
-        assert "pip install 'autoopt[modern]'" in text
+        assert "pip install pytorch-optimizer" in text
     # The classics need no extra: validation gets past the optimizers to the next mistake.
     proc = run_cli("tune", "--task", "digits", "--optimizers", "classic", "--schedulers", "nope",
                    "--trials", "1", cwd=workdir, env={"PYTHONPATH": path})
@@ -364,15 +365,15 @@ def test_modern_defaults_are_the_published_ones(name: str) -> None:
     assert {k: expected[k] for k in kwargs} == kwargs
 
 
-def test_tuning_free_baselines_run_at_their_defaults(digits_task: Task, one_thread: None) -> None:
-    assert {"sfadamw_default", "prodigy_default"} <= set(baselines())
-    for cfg in TUNING_FREE.values():
+def test_tuning_free_families_run_at_their_published_defaults(digits_task: Task, one_thread: None) -> None:
+    tuning_free = {name: space.TrialConfig(name, space.default_params(name)) for name in ("sfadamw", "prodigy")}
+    for cfg in tuning_free.values():
         assert cfg.scheduler == "none" and cfg.grad_clip_norm is None
         kwargs = space.optimizer_kwargs(cfg.optimizer_params)
         expected = _constructor_defaults(cfg.optimizer)
         assert {k: expected[k] for k in kwargs} == kwargs
-    assert TUNING_FREE["prodigy_default"].optimizer_params["lr"] == 1.0
-    assert TUNING_FREE["sfadamw_default"].optimizer_params["lr"] == 0.0025
-    for cfg in TUNING_FREE.values():
+    assert tuning_free["prodigy"].optimizer_params["lr"] == 1.0
+    assert tuning_free["sfadamw"].optimizer_params["lr"] == 0.0025
+    for cfg in tuning_free.values():
         result = train(digits_task, cfg, epochs=2, seed=0)
         assert result.status == "complete" and result.value > 0.8, (cfg, result.value)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import run_cli
 
@@ -40,6 +41,7 @@ def test_rows_are_the_time_steps() -> None:
     assert not torch.allclose(out, model(x.flip(2)))
 
 
+@pytest.mark.slow
 def test_digits_lstm_learns() -> None:
     result = train(load_task("digits_lstm"), TrialConfig("rmsprop", {"lr": 1e-2}), epochs=2, seed=0)
     assert result.status == "complete"
@@ -79,6 +81,7 @@ def test_sequence_tasks_are_listed_with_their_study_files() -> None:
     assert load_spec("mnist_lstm").task == "mnist_lstm"
 
 
+@pytest.mark.slow
 def test_tune_digits_lstm_end_to_end(workdir: Path) -> None:
     res = run_cli("tune", "--task", "digits_lstm", "--trials", "2", "--epochs", "1", "--no-confirm",
                   "--concurrency", "2", cwd=workdir)

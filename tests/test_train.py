@@ -18,6 +18,7 @@ def digits() -> Task:
     return load_task("digits")
 
 
+@pytest.mark.slow
 def test_seeded_runs_repeat_exactly_on_cpu(digits: Task) -> None:
     cfg = TrialConfig("sgd", {"lr": 0.05, "momentum": 0.9}, "cosine", {"eta_min_ratio": 0.01}, 1.0)
     a = train(digits, cfg, epochs=2, seed=3)
@@ -28,6 +29,7 @@ def test_seeded_runs_repeat_exactly_on_cpu(digits: Task) -> None:
     assert a.history[-1]["train_loss"] != c.history[-1]["train_loss"]
 
 
+@pytest.mark.slow
 def test_reports_every_epoch_and_learns(digits: Task) -> None:
     seen: list[tuple[int, dict]] = []
     result = train(digits, TrialConfig("adam", {"lr": 3e-3}), epochs=3, seed=0,
@@ -39,6 +41,7 @@ def test_reports_every_epoch_and_learns(digits: Task) -> None:
     assert result.test == {}  # test is only scored for the recommendation
 
 
+@pytest.mark.slow
 def test_on_epoch_true_stops_as_pruned(digits: Task) -> None:
     result = train(digits, TrialConfig("adam", {"lr": 1e-3}), epochs=5, seed=0, on_epoch=lambda e, m: e == 2)
     assert result.status == "pruned" and len(result.history) == 2
