@@ -24,7 +24,15 @@ from autoopt.portfolio import PortfolioFirst
 from autoopt.recommendation import Recommendation
 from autoopt.redact import mask_url, redact, redact_logs
 from autoopt.spec import StudySpec, load_spec
-from autoopt.study import StorageDown, absolute_sqlite, check_storage, open_storage, open_study, with_retry
+from autoopt.study import (
+    StorageDown,
+    absolute_sqlite,
+    check_storage,
+    open_storage,
+    open_study,
+    sqlite_path,
+    with_retry,
+)
 from autoopt.tasks import BUILTIN, Task
 
 log = logging.getLogger(__name__)
@@ -104,9 +112,18 @@ def preflight(spec: StudySpec) -> Task:
     if not place.ray_address:
         resolve_gpus(place.gpus_per_trial, gpus_seen=_local_gpus() if place.gpus_per_trial else 0)
     task = _load_task(spec)
+    _check_distinct(place.storage, place.mlflow_uri)
     check_storage(absolute_sqlite(place.storage))
     tracking.check_tracking(place.mlflow_uri)
     return task
+
+
+def _check_distinct(storage: str, mlflow_uri: str) -> None:
+    """Optuna's and MLflow's tables never share a SQLite file (each would take the other's for its own)."""
+    a, b = sqlite_path(absolute_sqlite(storage)), sqlite_path(absolute_sqlite(mlflow_uri))
+    if a is not None and b is not None and a.resolve() == b.resolve():
+        raise UsageError(f"--storage and --mlflow-uri both name {a}; give each its own file "
+                         "(sqlite:///autoopt.db and sqlite:///mlflow.db)")
 
 
 def _load_task(spec: StudySpec) -> Task:

@@ -182,6 +182,13 @@ def test_two_tune_drivers_in_an_empty_folder_both_succeed_with_exactly_the_trial
     assert all("best_value" in r.data.metrics and tracking.RECOMMENDED_TAG in r.data.tags for r in parents)
 
 
+def test_one_sqlite_file_for_both_optuna_and_mlflow_is_refused_in_an_empty_folder(workdir: Path) -> None:
+    spec = load_spec("digits", trials=1, epochs=1, storage="sqlite:///both.db", mlflow_uri="sqlite:///./both.db")
+    with pytest.raises(UsageError, match="both name"):
+        tuning.run(spec)
+    assert os.listdir(workdir) == []
+
+
 # --- GPUs ----------------------------------------------------------------------------------
 
 
