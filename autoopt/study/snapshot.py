@@ -37,7 +37,7 @@ class SnapshotStorage(BaseStorage):
         self.inner = get_storage(base)
         self._cache: dict[int, list[FrozenTrial]] | None = None
         self._ids: dict[tuple[int, int], int] = {}
-        self._study_ids: dict[str, int] = {}
+        self._ids_by_name: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -84,7 +84,7 @@ class SnapshotStorage(BaseStorage):
         return self.inner.create_new_study(directions, study_name)
 
     def delete_study(self, study_id: int) -> None:
-        self._study_ids = {k: v for k, v in self._study_ids.items() if v != study_id}
+        self._ids_by_name = {k: v for k, v in self._ids_by_name.items() if v != study_id}
         self.inner.delete_study(study_id)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
@@ -94,9 +94,9 @@ class SnapshotStorage(BaseStorage):
         self.inner.set_study_system_attr(study_id, key, value)
 
     def get_study_id_from_name(self, study_name: str) -> int:
-        if study_name not in self._study_ids:  # a deleted study's name is never reused by autoopt
-            self._study_ids[study_name] = self.inner.get_study_id_from_name(study_name)
-        return self._study_ids[study_name]
+        if study_name not in self._ids_by_name:  # a deleted study's name is never reused by autoopt
+            self._ids_by_name[study_name] = self.inner.get_study_id_from_name(study_name)
+        return self._ids_by_name[study_name]
 
     def get_study_name_from_id(self, study_id: int) -> str:
         return self.inner.get_study_name_from_id(study_id)
