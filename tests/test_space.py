@@ -11,6 +11,8 @@ import torch
 from autoopt.errors import UsageError
 from autoopt.space import (
     FAMILIES,
+    PORTFOLIO_PRIOR,
+    REGISTRY,
     SCHEDULES,
     Choice,
     Fixed,
@@ -19,11 +21,14 @@ from autoopt.space import (
     build_optimizer,
     build_scheduler,
     default_of,
+    default_params,
+    make_family,
     param_groups,
     parse_dimension,
     resolve_optimizers,
     suggest_config,
 )
+from autoopt.spec import StudySpec
 
 CLASSIC = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam"]
 
@@ -34,8 +39,10 @@ def small_model() -> torch.nn.Module:
                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
 
 
-def test_classic_preset_is_the_default_seven() -> None:
+def test_classic_preset_is_the_seven_and_all_is_the_default() -> None:
     assert resolve_optimizers("classic") == CLASSIC
+    assert StudySpec.model_fields["optimizers"].default == ["all"]
+    assert resolve_optimizers("all") == list(FAMILIES) and len(FAMILIES) == 14
     assert resolve_optimizers("sgd, adam,sgd") == ["sgd", "adam"]
     with pytest.raises(UsageError, match="unknown optimizer 'adamx'; known: sgd"):
         resolve_optimizers("adamx")
@@ -137,3 +144,45 @@ def test_parse_dimension_reads_study_file_syntax() -> None:
     for bad in ({"log": [0, 1]}, {"log": [1, 0.1]}, {"uniform": [1]}, {"gauss": [0, 1]}):
         with pytest.raises(UsageError):
             parse_dimension(bad, "sgd.lr")
+
+
+def test_the_registry_is_read_only_and_refuses_to_overwrite() -> None:
+    with pytest.raises(TypeError):
+        FAMILIES["adam"] = FAMILIES["sgd"]  # type: ignore[index]
+    with pytest.raises(UsageError, match="already registered"):
+        REGISTRY.register("sgd", torch.optim.Adam, {"lr": 0.1})
+    with pytest.raises(UsageError, match="built in and cannot be removed"):
+        REGISTRY.unregister("sgd")
+    assert FAMILIES["sgd"].optimizer_class == "torch.optim:SGD"
+
+
+def test_a_space_holds_its_own_families() -> None:
+    mine = make_family("mine", torch.optim.SGD, {"lr": LogUniform(1e-3, 1e-1)})
+    space = SearchSpace(("sgd", "mine"), ("none",), overrides={"sgd": {"lr": LogUniform(1e-2, 1e-1)}},
+                        custom={"mine": mine})
+    assert "mine" not in FAMILIES and space.family("mine") is mine
+    assert space.family("sgd").space["lr"] == LogUniform(1e-2, 1e-1)
+    assert FAMILIES["sgd"].space["lr"] == LogUniform(1e-4, 1.0)  # the registry's entry is untouched
+    with pytest.raises(TypeError):
+        space.families["adam"] = FAMILIES["adam"]  # type: ignore[index]
+    with pytest.raises(UsageError, match="not in this study's space"):
+        space.family("adam")
+    with pytest.raises(UsageError, match=r"space\.sgd\.nope: sgd has no parameter nope"):
+        SearchSpace(("sgd",), overrides={"sgd": {"nope": Fixed(1)}})
+
+
+@pytest.mark.parametrize(("space", "expect"), [
+    ({"lr": LogUniform(0.5, 1e-3)}, "mine.lr: log needs \\[low, high\\] with low < high"),
+    ({"lr": Fixed(-0.1)}, "mine.lr: a learning rate must be a positive number"),
+    ({"lr": Fixed(1e-3), "beta": LogUniform(float("nan"), 1.0)}, "mine.beta: log bounds must be finite"),
+    ({"momentum": Fixed(0.9)}, "its space needs an 'lr' entry"),
+])
+def test_python_registration_checks_the_space(space: dict, expect: str) -> None:
+    with pytest.raises(UsageError, match=expect):
+        make_family("mine", torch.optim.SGD, space)
+
+
+def test_default_params_and_the_portfolio_prior() -> None:
+    assert default_params("sgd") == {"lr": 0.01, "momentum": 0.9}
+    assert default_params("prodigy")["lr"] == 1.0
+    assert sorted(PORTFOLIO_PRIOR) == sorted(FAMILIES) and PORTFOLIO_PRIOR[0] == "adamw"
