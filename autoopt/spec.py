@@ -143,8 +143,14 @@ class StudySpec(BaseModel):
                                      f"known: {', '.join(known.space)}")
             overrides[fam_name] = _parse_space(f"space.{fam_name}", raw)
         space = SearchSpace(tuple(self.optimizers), tuple(self.schedulers), self.grad_clip, overrides, custom)
-        for fam in [*space.families.values(), *custom.values()]:
-            fam.load_class()  # a missing package or a class that is no Optimizer: bad input, now
+        for fam in space.families.values():
+            if fam.name not in custom:
+                fam.load_class()  # a missing package: bad input, now
+        for name, fam in custom.items():
+            try:
+                fam.load_class()  # a class that cannot be imported or is no Optimizer: bad input, now
+            except UsageError as exc:
+                raise UsageError(f"custom_optimizers.{name}.class: {exc}") from None
         self._space = space
         return self
 

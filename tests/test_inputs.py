@@ -100,7 +100,7 @@ def test_a_custom_class_that_is_not_an_optimizer(inputs: Path, empty: Path, caps
     path = study_file(inputs, f"task: digits\noptimizers: [notopt]\ncustom_optimizers:\n  notopt:\n"
                               f"    class: \"{cls}\"\n    space:\n      lr: {{log: [1.0e-4, 1.0e-1]}}\n")
     line = refused(empty, capsys, "tune", "--study-file", path)
-    assert "optimizer 'notopt'" in line and cls.partition(":")[0] in line
+    assert "custom_optimizers.notopt.class: optimizer 'notopt'" in line and cls.partition(":")[0] in line
     assert "notopt" not in FAMILIES  # validating registered nothing
 
 
