@@ -149,6 +149,7 @@ def state_of(study: optuna.Study, lr: float, momentum: float) -> TrialState:
     return next(t.state for t in study.trials if t.params == {"lr": lr, "momentum": momentum})
 
 
+@pytest.mark.slow
 def test_guarded_pruner_keeps_the_late_bloomer_and_saves_epochs_at_an_equal_best(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'plateau.db'}"
     full, full_epochs = run_study(NopPruner(), url)
