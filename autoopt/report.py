@@ -347,10 +347,11 @@ def pareto_plot(rec: dict[str, Any]) -> Any:
                        label=f"{kind}{' (left out: --max-slowdown)' if excluded else ''}")
     chosen = rec.get("chosen")
     by_cost = sorted(range(len(entries)), key=lambda i: points[i][0])
-    for rank, i in enumerate(by_cost):  # neighbours' names above and below in turn, so they do not overlap
+    for rank, i in enumerate(by_cost):  # neighbours' names at four heights in turn, so they do not overlap
         star = "★ " if entries[i]["name"] == chosen else ""
         ax.annotate(f"{star}{entries[i]['name']}", points[i], textcoords="offset points",
-                    xytext=(5, 5 if rank % 2 == 0 else -11), fontsize="x-small")
+                    xytext=(5, (5, -11, 14, -20)[rank % 4]), fontsize="x-small")
+    ax.margins(x=0.08, y=0.15)  # room for the names at the edges
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -394,7 +395,8 @@ def _verdict_line(imp: dict[str, Any]) -> str:
             "tie": "no difference beyond seed-to-seed noise: the baseline is the recommendation",
             "worse": "the tuned config is worse: the baseline is the recommendation"}.get(verdict, "no verdict")
     return (f"- paired verdict **{verdict}** (`{imp.get('tuned')}` vs `{imp.get('versus')}`, "
-            f"validation, per-seed differences {paired.get('deltas')}, mean {_fmt(paired.get('mean'))}"
+            f"validation, per-seed differences {', '.join(f'{d:+.4f}' for d in paired.get('deltas') or [])}, "
+            f"mean {_fmt(paired.get('mean'))}"
             f"{ci_text}): {what}")
 
 
