@@ -175,7 +175,11 @@ def test_python_registered_optimizer_competes_in_a_study(workdir: Path, signmom)
     parent = tracking.latest_study_run("sqlite:///mlflow.db", "digits", "digits")
     runs = tracking.child_runs("sqlite:///mlflow.db", "digits", parent)
     mine = [r for r in runs if r["tags"].get("autoopt.optimizer") == "signmom"]
-    assert len(mine) == 3 + 1  # three trials, one confirmation run
+    kinds: dict[str, int] = {}
+    for r in mine:
+        kinds[r["name"].partition("-")[0]] = kinds.get(r["name"].partition("-")[0], 0) + 1
+    # Three trials and one confirmation run; its published defaults may also be a baseline.
+    assert kinds.pop("trial") == 3 and kinds.pop("confirm") == 1 and set(kinds) <= {"baseline"}
     assert all(r["status"] == "FINISHED" and "val_accuracy" in r["metrics"] for r in mine)
     assert {r["params"]["optimizer"] for r in mine} == {"signmom"}
 
