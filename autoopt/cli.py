@@ -318,8 +318,7 @@ def compare(
     data_dir: DataDirOpt = None,
     out_dir: Annotated[str, typer.Option("--out", help="where <task>.png and <task>.json go")] = "compare",
 ) -> None:
-    """Compare optimizers at fixed settings (no search), as the tutorial does: a table and the
-    train-loss curves."""
+    """Compare optimizers at fixed settings (no search), as the tutorial does: a table and loss curves."""
     _setup_logging()
     # Validate everything before the progress bar starts: bad input is one line, nothing else.
     plan = plan_compare(task, optimizers, lrs=parse_lrs(lrs), seeds=seeds, epochs=epochs, seed=seed,
