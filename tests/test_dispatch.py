@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import optuna
 import pytest
 import ray
+import torch
 
-from autoopt.dispatch import Job, JobResult, JobState, WorkerPool, run_jobs
+from autoopt.dispatch import Job, JobResult, JobState, SearchLoop, WorkerPool, run_jobs
 from autoopt.dispatch.session import _token_auth_for
-from autoopt.space import TrialConfig
+from autoopt.space import REGISTRY, TrialConfig, register_optimizer
+from autoopt.spec import load_spec
+from autoopt.study import open_storage, open_study
 
 TOLERANCE_S = 0.5  # a result's way back to the driver and the next job's way out
+SLOW_STEP_S = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +61,15 @@ def job(epochs: int, seed: int) -> Job:
     return Job("digits", None, TrialConfig("sgd", {"lr": 0.05, "momentum": 0.9}), epochs, seed)
 
 
-def idle_while_waiting(runs: list[tuple[int, float, float]], t0: float) -> list[str]:
-    """Each job (worker pid, start, end; all queued at ``t0``) against each worker's idle spans:
-    a worker that sat idle while a job still waited to start."""
+def idle_while_waiting(runs: list[tuple[int, float, float]], t0: float | None = None) -> list[str]:
+    """Each job (worker, start, end; all queued at ``t0``) against each worker's idle spans (from
+    ``t0``, or from its first job when a worker may still have been warming up then): a worker
+    that sat idle while a job still waited to start."""
     out = []
     workers = {pid for pid, _, _ in runs}
     for pid in workers:
         spans = sorted((s, e) for p, s, e in runs if p == pid)
-        idle, free_from = [], t0
+        idle, free_from = [], spans[0][0] if t0 is None else t0
         for s, e in spans:
             idle.append((free_from, s))
             free_from = e
@@ -104,3 +112,52 @@ def test_no_worker_is_idle_while_a_job_waits(cluster: None) -> None:
         assert idle_while_waiting(runs, t0) == []
     finally:
         pool.shutdown()
+
+
+class SleepySGD(torch.optim.SGD):
+    """SGD that takes SLOW_STEP_S more per step: a trial many times slower than Adam's."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        time.sleep(SLOW_STEP_S)
+        return super().step(closure)
+
+
+class SlowFirst:
+    """A search policy for the test: one slow trial enqueued first, then fast ones (Adam), all
+    before the first ask."""
+
+    def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
+        study.enqueue_trial({"optimizer": "sleepy_sgd", "scheduler": "none", "grad_clip": False})
+        for _ in range(trials - 1):
+            study.enqueue_trial({"optimizer": "adam", "scheduler": "none", "grad_clip": False})
+        return None
+
+    def steer(self, study: optuna.Study, trials: list) -> str | None:
+        return None
+
+
+@pytest.mark.slow
+def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_path: Path) -> None:
+    if "sleepy_sgd" not in REGISTRY.names():
+        register_optimizer("sleepy_sgd", SleepySGD, {"lr": 0.05})
+    spec = load_spec("digits", trials=6, epochs=2, optimizers="sleepy_sgd,adam", pruner="none", concurrency=2,
+                     storage=f"sqlite:///{tmp_path / 's.db'}")
+    study = open_study(open_storage(spec.placement.storage), "idle", direction="maximize")
+    pool = WorkerPool(2, cpus=1, gpus=0)
+    try:
+        loop = SearchLoop(study, spec=spec, storage_url=spec.placement.storage, tracking=None, pool=pool,
+                          policy=SlowFirst())
+        progress = loop.run()
+    finally:
+        pool.shutdown()
+    assert progress.complete == 6
+    trials = {t.number: t for t in study.trials}
+    slow = next(n for n, t in trials.items() if t.params["optimizer"] == "sleepy_sgd")
+    spans = {e["number"]: (e["worker"], e["started"], e["ended"]) for e in loop.log}
+    slow_s = spans[slow][2] - spans[slow][1]
+    fast_s = sum(e - s for n, (_, s, e) in spans.items() if n != slow)
+    assert slow_s > fast_s / 2 + 2 * TOLERANCE_S, (slow_s, fast_s)  # a trial queued behind it would show
+    # All six were queued (enqueued) before the first started: no worker idles while one waits.
+    assert idle_while_waiting(list(spans.values())) == []
+    assert all(trials[n].user_attrs["s_per_epoch"] > 0 for n in spans)
