@@ -118,12 +118,15 @@ def test_after_the_screen_the_budget_goes_to_the_best_families(tmp_path: Path, d
         study.add_trial(optuna.trial.create_trial(
             params={"optimizer": name}, distributions={"optimizer": optuna.distributions.CategoricalDistribution(ALL)},
             value=float(score)))
-    policy = PortfolioFirst(SearchSpace(ALL))
+    policy = PortfolioFirst(SearchSpace(ALL), top_k=3, explore=0.0)
     picks = Counter(policy.steer(study, study.trials + [study.trials[0]] * n) for n in range(300))
     ranked = sorted(ALL, key=lambda n: scores[n], reverse=direction == "maximize")
     assert set(picks) == set(ranked[:3])
     assert picks[ranked[0]] > picks[ranked[1]] > picks[ranked[2]]
     assert PortfolioFirst(SearchSpace(ALL)).steer(optuna.create_study(), []) is None
+    # By default half the trials leave the family to the sampler (None), half go to the top five.
+    picks = Counter(PortfolioFirst(SearchSpace(ALL)).steer(study, study.trials * (1 + n)) for n in range(400))
+    assert set(picks) == {None, *ranked[:5]} and 150 < picks[None] < 250
 
 
 @pytest.mark.slow
