@@ -158,7 +158,7 @@ class SearchLoop:
             note = with_retry(lambda: self.policy.start(self.study, self.storage_url, spec.trials),
                               what="enqueue the portfolio")
             if note:
-                log.info("%s", note)
+                log.warning("%s", note)  # before the progress display starts: the CLI shows it
                 self.progress.notes.append(note)
         self.notify("start")
 
