@@ -154,7 +154,7 @@ def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_pa
     assert progress.complete == 6
     trials = {t.number: t for t in study.trials}
     slow = next(n for n, t in trials.items() if t.params["optimizer"] == "sleepy_sgd")
-    spans = {e["number"]: (e["worker"], e["started"], e["ended"]) for e in loop.log}
+    spans = {e["number"]: (e["worker"], e["started"], e["ended"]) for e in loop.timeline}
     slow_s = spans[slow][2] - spans[slow][1]
     fast_s = sum(e - s for n, (_, s, e) in spans.items() if n != slow)
     assert slow_s > fast_s / 2 + 2 * TOLERANCE_S, (slow_s, fast_s)  # a trial queued behind it would show

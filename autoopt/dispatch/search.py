@@ -130,7 +130,7 @@ class SearchLoop:
         self.exhausted = False  # the budget (or the time) is spent: ask no more
         self.last_beat = 0.0
         self.last_read = 0.0
-        self.log: list[dict[str, Any]] = []  # per trial run here: number, worker, started, ended (wall clock)
+        self.timeline: list[dict[str, Any]] = []  # per trial run here: number, worker, started, ended (wall clock)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class SearchLoop:
     def _finish(self, done: Finished) -> None:
         item, result = done.item, done.result
         number = item.trial.number
-        self.log.append({"number": number, "worker": item.worker, "started": item.started, "ended": done.ended})
+        self.timeline.append({"number": number, "worker": item.worker, "started": item.started, "ended": done.ended})
         if done.lost:
             log.warning("worker died during trial %d: %s", number, (result.reason or "")[:200])
             lost = JobResult.failed("worker died during the trial")
