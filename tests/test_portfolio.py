@@ -111,7 +111,7 @@ def test_a_short_budget_screens_the_likely_winners_first_and_says_so(tmp_path: P
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
-def test_after_the_screen_the_budget_goes_to_the_best_families(tmp_path: Path, direction: str) -> None:
+def test_steering_sends_trials_to_the_best_families_so_far(tmp_path: Path, direction: str) -> None:
     study = optuna.create_study(direction=direction)
     scores = {name: i for i, name in enumerate(ALL)}  # made up: later families score higher
     for name, score in scores.items():
@@ -124,9 +124,11 @@ def test_after_the_screen_the_budget_goes_to_the_best_families(tmp_path: Path, d
     assert set(picks) == set(ranked[:3])
     assert picks[ranked[0]] > picks[ranked[1]] > picks[ranked[2]]
     assert PortfolioFirst(SearchSpace(ALL)).steer(optuna.create_study(), []) is None
-    # By default half the trials leave the family to the sampler (None), half go to the top five.
-    picks = Counter(PortfolioFirst(SearchSpace(ALL)).steer(study, study.trials * (1 + n)) for n in range(400))
+    # explore=0.5: half the trials leave the family to the sampler (None), half go to the top five.
+    mixed = PortfolioFirst(SearchSpace(ALL), top_k=5, explore=0.5)
+    picks = Counter(mixed.steer(study, study.trials * (1 + n)) for n in range(400))
     assert set(picks) == {None, *ranked[:5]} and 150 < picks[None] < 250
+    assert PortfolioFirst(SearchSpace(ALL)).steer(study, study.trials) is None  # the default: TPE picks
 
 
 @pytest.mark.slow
