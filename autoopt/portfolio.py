@@ -19,7 +19,7 @@ level with it, paired over seeds against TPE over every family without a screen:
   top 3 always +0.022 ± 0.015, top 5 half the time -0.002 ± 0.022, TPE after the screen
   +0.009 ± 0.022;
 * ``digits_lstm`` (30 trials x 3 epochs, 4-5 seeds, val accuracy): top 3 always
-  -0.008 ± 0.005, top 5 half the time -0.012 ± 0.004, TPE after the screen -0.004 ± 0.006.
+  -0.008 ± 0.005, top 5 half the time -0.008 ± 0.005, TPE after the screen -0.004 ± 0.006.
 
 Families whose defaults screen badly but tune well (Muon on both) lose their trials when the
 budget is steered. So ``explore`` is 1 by default: the screen's evidence reaches the search
