@@ -268,8 +268,11 @@ def run_confirmation(spec: Any, study: Any, entries: dict[str, tuple[int | None,
     """Every entry on every seed as Ray jobs (nested MLflow runs tagged ``autoopt.kind`` =
     ``confirm`` or ``baseline``); the results by entry and seed."""
     jobs = []
+    space = spec.search_space()
     for name, (number, cfg) in entries.items():
         kind = "baseline" if number is None else "confirm"
+        # A study's own family (a study file's class) is in its space, not in the registry.
+        fam = space.families.get(cfg.optimizer) or family(cfg.optimizer)
         for seed in seeds:
             tags = {"autoopt.study": study.study_name, "autoopt.kind": kind, "autoopt.candidate": name,
                     "autoopt.optimizer": cfg.optimizer, "autoopt.seed": seed}
@@ -277,7 +280,7 @@ def run_confirmation(spec: Any, study: Any, entries: dict[str, tuple[int | None,
                 tags["autoopt.source_trial"] = number
             jobs.append(Job(spec.task, spec.placement.data_dir, cfg, spec.epochs, seed, spec.batch_size,
                             spec.placement.compile, evaluate_test=True, tracking=handle,
-                            run_name=f"{kind}-{name}-s{seed}", tags=tags))
+                            run_name=f"{kind}-{name}-s{seed}", tags=tags, family=fam))
     results: dict[str, dict[int, JobResult]] = {name: {} for name in entries}
     progress = SearchProgress(total=len(jobs), last="confirming")
 

@@ -42,13 +42,12 @@ from autoopt.space import (
     PORTFOLIO_PRIOR,
     Choice,
     Dimension,
+    Family,
     Fixed,
     IntRange,
     LogUniform,
     SearchSpace,
     Uniform,
-    default_params,
-    family,
 )
 from autoopt.study import ask_lock, budget_used
 
@@ -69,11 +68,11 @@ def screening_order(optimizers: Sequence[str]) -> list[str]:
     return sorted(optimizers, key=lambda n: (rank.get(n, len(rank)), list(optimizers).index(n)))
 
 
-def class_defaults(name: str) -> dict[str, Any]:
-    """The defaults of family ``name``'s optimizer class, in the space's names (``betas`` as
+def class_defaults(fam: Family) -> dict[str, Any]:
+    """The defaults of family ``fam``'s optimizer class, in the space's names (``betas`` as
     ``beta1``, ``beta2``, ...); empty when the class cannot be imported or inspected."""
     try:
-        signature = inspect.signature(family(name).load_class().__init__)
+        signature = inspect.signature(fam.load_class().__init__)
     except (UsageError, TypeError, ValueError):
         return {}
     out: dict[str, Any] = {}
@@ -102,11 +101,12 @@ def portfolio_params(name: str, space: SearchSpace) -> dict[str, Any]:
     searched parameter the defaults leave to the class gets the class's default, so the
     sampler sees what was trained."""
     dims = space.family_space(name)
-    values = {**class_defaults(name), **default_params(name)}
+    fam = space.family(name)
+    values = {**class_defaults(fam), **space.default_params(name)}
     params: dict[str, Any] = {"optimizer": name}
     params.update({f"{name}.{k}": values[k] for k, dim in dims.items()
                    if not isinstance(dim, Fixed) and k in values and _fits(values[k], dim)})
-    if family(name).schedulers and "none" in space.schedulers:
+    if fam.schedulers and "none" in space.schedulers:
         params["scheduler"] = "none"
     if space.grad_clip:
         params["grad_clip"] = False

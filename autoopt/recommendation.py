@@ -24,7 +24,7 @@ from autoopt.space import (
     build_optimizer,
     build_scheduler,
     family,
-    register_optimizer,
+    make_family,
     schedule,
 )
 from autoopt.spec import DEFAULT_STORAGE
@@ -83,20 +83,19 @@ class Recommendation:
             return None
 
     def family(self) -> Family:
-        """The optimizer's registry entry. A family this process has not registered is
-        registered from the stored ``optimizer_class`` import path (building an optimizer needs it)."""
+        """The optimizer's family: the registered one, else one built (not registered) from the
+        stored ``optimizer_class`` import path of a user's family."""
         fam = self.known_family()
         path = self.extra.get("optimizer_class")
         if fam is not None or not isinstance(path, str) or ":" not in path:
             return fam or family(self.optimizer)
-        return register_optimizer(self.optimizer, path, {"lr": Fixed(self.optimizer_params.get("lr", 1e-3))},
-                                  train_eval=bool(self.extra.get("train_eval_mode", False)))
+        return make_family(self.optimizer, path, {"lr": Fixed(self.optimizer_params.get("lr", 1e-3))},
+                           train_eval=bool(self.extra.get("train_eval_mode", False)))
 
     def build_optimizer(self, model_or_params: Any) -> Any:
         """The optimizer, built on a module (preferred: parameter splits need it) or on
         ``model.parameters()``. Biases and norm weights get no weight decay."""
-        self.family()
-        return build_optimizer(model_or_params, self.optimizer, self.optimizer_params)
+        return build_optimizer(model_or_params, self.family(), self.optimizer_params)
 
     def build_scheduler(self, optimizer: Any, *, epochs: int, steps_per_epoch: int) -> Any:
         """The scheduler, or None. Step it after every ``optimizer.step()``; a ``plateau``
@@ -173,6 +172,16 @@ class Recommendation:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+def family_origin(fam: Family | None) -> dict[str, Any]:
+    """Where a family's class comes from (``optimizer_class``, ``train_eval_mode``): what the JSON
+    of a recommendation needs to rebuild a family that is not registered. Empty for None."""
+    if fam is None:
+        return {}
+    cls = fam.optimizer_class
+    path = cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+    return {"optimizer_class": path, "train_eval_mode": bool(fam.train_eval)}
 
 
 def recommend(task: str, *, storage: str | None = None, study: str | None = None,

@@ -21,7 +21,7 @@ from autoopt.confirm import confirm
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
 from autoopt.portfolio import PortfolioFirst
-from autoopt.recommendation import Recommendation
+from autoopt.recommendation import Recommendation, family_origin
 from autoopt.redact import mask_url, redact, redact_logs
 from autoopt.spec import StudySpec, load_spec
 from autoopt.study import (
@@ -283,9 +283,13 @@ def best_recommendation(spec: StudySpec, study: Any, task: Any) -> Recommendatio
                                "see the trials' reasons in MLflow")
         raise UsageError("no trials ran; raise --trials or --timeout")
     best = best_by(done, key=lambda t: t.value, direction=task.direction)
+    extra: dict[str, Any] = {"source": "study"}
+    # A study's own family (a study file's class) is not registered: the JSON names its class,
+    # so that recommend() in another process rebuilds it.
+    extra.update(family_origin(spec.search_space().families.get(best.user_attrs["config"]["optimizer"])))
     return Recommendation(task=spec.task, **best.user_attrs["config"], metric=task.metric,
                           direction=task.direction, value=best.value, study_name=study.study_name,
-                          trial_number=best.number, extra={"source": "study"})
+                          trial_number=best.number, extra=extra)
 
 
 def verdict_tags(rec: Recommendation) -> dict[str, str]:

@@ -27,7 +27,7 @@ from autoopt.dispatch.pool import Finished, InFlight, WorkerPool
 from autoopt.dispatch.results import JobResult, JobState, compact_history
 from autoopt.dispatch.worker import Job, TrialRef
 from autoopt.errors import UsageError
-from autoopt.space import TrialConfig, default_params, family, suggest_config
+from autoopt.space import SearchSpace, TrialConfig, suggest_config
 from autoopt.study import (
     HEARTBEAT_S,
     ask_lock,
@@ -151,9 +151,10 @@ class SearchLoop:
         spec = self.spec
         # Workers warm up (task data, stores, torch) while the driver starts; each takes
         # trials once warm.
-        self.pool.warm(Job(spec.task, spec.placement.data_dir, _warm_config(spec.optimizers[0]), spec.epochs,
+        warm = _warm_config(self.space, spec.optimizers[0])
+        self.pool.warm(Job(spec.task, spec.placement.data_dir, warm, spec.epochs,
                            spec.seed, spec.batch_size, spec.placement.compile, tracking=self.tracking,
-                           trial=self._ref(-1, -1)))
+                           trial=self._ref(-1, -1), family=self.space.family(warm.optimizer)))
         if self.policy is not None:
             note = with_retry(lambda: self.policy.start(self.study, self.storage_url, spec.trials),
                               what="enqueue the portfolio")
@@ -273,7 +274,7 @@ class SearchLoop:
         self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed + trial.number)
         config = suggest_config(trial, self.space)
         if trial.user_attrs.get("portfolio"):
-            config = TrialConfig(config.optimizer, default_params(config.optimizer))
+            config = TrialConfig(config.optimizer, self.space.default_params(config.optimizer))
         trial.set_user_attr("config", config.to_dict())
         attrs = self.storage.get_trial_system_attrs(trial_id_of(self.study, trial.number))
         if "failed_trial" in attrs and trial.user_attrs.get("reason"):
@@ -360,8 +361,8 @@ class SearchLoop:
                 "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
                    spec.placement.compile, trial=self._ref(trial_id_of(self.study, number), number),
-                   tracking=self.tracking,
-                   run_name=f"trial-{number}", tags=tags)
+                   tracking=self.tracking, run_name=f"trial-{number}", tags=tags,
+                   family=self.space.family(config.optimizer))
 
     def _check_gpus(self) -> None:
         place = self.spec.placement
@@ -371,9 +372,9 @@ class SearchLoop:
                              "leave --gpus-per-trial out to train on the CPUs")
 
 
-def _warm_config(name: str) -> TrialConfig:
-    """A config of family ``name`` to warm a worker up with (its defaults)."""
-    return TrialConfig(name, default_params(family(name).name))
+def _warm_config(space: SearchSpace, name: str) -> TrialConfig:
+    """A config of the space's family ``name`` to warm a worker up with (its defaults)."""
+    return TrialConfig(name, space.default_params(name))
 
 
 def run_search(study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,

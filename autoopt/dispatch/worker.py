@@ -69,8 +69,7 @@ class Job:
     family: Family | None = None
 
     def __post_init__(self) -> None:
-        if self.family is None:
-            self.family = shippable_family(self.config.optimizer)
+        self.family = shippable_family(self.family or self.config.optimizer)
 
 
 class TrialWorker:
@@ -211,14 +210,14 @@ def _installed_top_levels() -> frozenset[str]:
     return frozenset(importlib.metadata.packages_distributions()) | frozenset(sys.stdlib_module_names)
 
 
-def shippable_family(name: str) -> Family:
-    """The registry entry of family ``name``, ready to travel to a worker.
+def shippable_family(name: str | Family) -> Family:
+    """Family ``name`` (a registered name, or a study's own ``Family``), ready to travel to a worker.
 
     A class from an installed package travels by reference (the worker imports it); a class
     from the user's own code (a script, a notebook, a test module) may not be importable on the
     worker, so its module is pickled by value.
     """
-    fam = family(name)
+    fam = name if isinstance(name, Family) else family(name)
     for obj in (fam.optimizer_class, fam.split, fam.adjust):
         module = getattr(obj, "__module__", None) if obj is not None and not isinstance(obj, str) else None
         if (module and module != "__main__" and module in sys.modules
