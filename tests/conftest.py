@@ -14,6 +14,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def registry_unchanged() -> Iterator[None]:
+    """Every test leaves the optimizer registry as it found it: a family a test registers and
+    forgets would change what `all` means for the tests after it (their order must not matter)."""
+    from autoopt.space import REGISTRY
+
+    before = set(REGISTRY.names())
+    yield
+    leaked = set(REGISTRY.names()) - before
+    for name in leaked:
+        REGISTRY.unregister(name)
+    assert not leaked, f"the test left families registered: {sorted(leaked)}"
+
+
 @pytest.fixture()
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty working folder with no autoopt environment variables leaking in."""

@@ -139,18 +139,20 @@ class SlowFirst:
 
 @pytest.mark.slow
 def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_path: Path) -> None:
-    if "sleepy_sgd" not in REGISTRY.names():
-        register_optimizer("sleepy_sgd", SleepySGD, {"lr": 0.05})
-    spec = load_spec("digits", trials=6, epochs=2, optimizers="sleepy_sgd,adam", pruner="none", concurrency=2,
-                     storage=f"sqlite:///{tmp_path / 's.db'}")
-    study = open_study(open_storage(spec.placement.storage), "idle", direction="maximize")
-    pool = WorkerPool(2, cpus=1, gpus=0)
-    try:
-        loop = SearchLoop(study, spec=spec, storage_url=spec.placement.storage, tracking=None, pool=pool,
-                          policy=SlowFirst())
-        progress = loop.run()
+    register_optimizer("sleepy_sgd", SleepySGD, {"lr": 0.05}, replace=True)
+    try:  # registered for this test only: later tests see the built-in families alone
+        spec = load_spec("digits", trials=6, epochs=2, optimizers="sleepy_sgd,adam", pruner="none",
+                         concurrency=2, storage=f"sqlite:///{tmp_path / 's.db'}")
+        study = open_study(open_storage(spec.placement.storage), "idle", direction="maximize")
+        pool = WorkerPool(2, cpus=1, gpus=0)
+        try:
+            loop = SearchLoop(study, spec=spec, storage_url=spec.placement.storage, tracking=None, pool=pool,
+                              policy=SlowFirst())
+            progress = loop.run()
+        finally:
+            pool.shutdown()
     finally:
-        pool.shutdown()
+        REGISTRY.unregister("sleepy_sgd")
     assert progress.complete == 6
     trials = {t.number: t for t in study.trials}
     slow = next(n for n, t in trials.items() if t.params["optimizer"] == "sleepy_sgd")

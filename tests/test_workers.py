@@ -116,7 +116,7 @@ def test_gpus_per_trial_without_a_gpu_is_bad_input_not_a_hang(workdir: Path) -> 
 
 
 def test_the_driver_samples_only_the_groups_a_trial_uses(tmp_path: Path) -> None:
-    spec = load_spec("digits", trials=30, epochs=1)
+    spec = load_spec("digits", trials=30, epochs=1, optimizers="classic")
     space = spec.search_space()
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=False)
     study = open_study(storage, "s", direction="maximize")
