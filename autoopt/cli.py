@@ -219,7 +219,8 @@ def _print_recommendation(data: dict[str, Any], path: str | None = None) -> None
         table.add_row(data["metric"], f"{data['value']:.4f}")
     imp = data.get("improvement") or {}
     if imp:
-        verdict = imp.get("verdict") or "-"
+        # No verdict: no tuned config completed every seed within --max-slowdown.
+        verdict = imp.get("verdict") or "no tuned config to compare"
         table.add_row("vs best baseline", escape(f"{verdict}: {imp['metric']} {imp['delta']:+.4f} "
                                                  f"(spread {imp['spread']:.4f}, {imp.get('versus')})"))
     cost = data.get("cost") or {}
@@ -231,7 +232,14 @@ def _print_recommendation(data: dict[str, Any], path: str | None = None) -> None
     out.print(table)
     if path:
         out.print(f"written to {escape(path)}; load it with "
-                  f"`from autoopt import recommend; recommend({data['task']!r})`", highlight=False)
+                  f"`from autoopt import recommend; {_recommend_call(data)}`", highlight=False)
+
+
+def _recommend_call(data: dict[str, Any]) -> str:
+    """The call that loads this recommendation: its study's name when that is not the task's."""
+    study = data.get("study_name")
+    named = f", study={study!r}" if study and study != data["task"] else ""
+    return f"recommend({data['task']!r}{named})"
 
 
 def _cost(cost: dict[str, Any]) -> str:
