@@ -30,7 +30,7 @@ from autoopt.progress import TuneDisplay
 from autoopt.recommendation import python_snippet
 from autoopt.recommendation import recommend as load_recommendation
 from autoopt.redact import mask_url, redact
-from autoopt.report import optimization_history, write_report
+from autoopt.report import write_report
 from autoopt.spec import load_spec
 from autoopt.study import StorageDown
 from autoopt.tasks import check_task_name, task_sources
@@ -194,8 +194,7 @@ def tune(
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
-        rec = run_study(spec, on_progress=display.update, checked=task,
-                        figures={"plots/optimization_history.png": optimization_history})
+        rec = run_study(spec, on_progress=display.update, checked=task)
     _print_recommendation(rec.to_dict(), f"{place.out}/{spec.name}.json")
 
 

@@ -8,6 +8,7 @@ figures of one size, saved as PNGs, and the tutorial's loss-curve comparison.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,32 @@ def save_figure(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def optimization_history(study: Any) -> Any:
+    """Each complete trial's value and the best so far, by trial number; pruned trials as grey
+    crosses at their last reported value (they stopped early: not a final value)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+    maximize = study.direction.name == "MAXIMIZE"
+    fig, ax = figure()
+    xs = [t.number for t in trials]
+    ys = [t.value for t in trials]
+    best, run = [], None
+    for y in ys:
+        run = y if run is None else (max(run, y) if maximize else min(run, y))
+        best.append(run)
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)])
+              for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED" and t.intermediate_values]
+    pruned = [(x, y) for x, y in pruned if math.isfinite(y)]
+    ax.scatter(xs, ys, s=18, label="complete trial", color="tab:blue", alpha=0.7)
+    if pruned:
+        ax.scatter(*zip(*pruned, strict=True), s=22, marker="x", color="0.45",
+                   label="pruned trial (last reported value)")
+    ax.step(xs, best, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(integer_ticks())
+    ax.set_ylabel(study.user_attrs.get("metric", "objective"))
+    ax.set_title(f"optimization history: {study.study_name}")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data, never over it
+    fig.tight_layout()
+    return fig

@@ -22,7 +22,7 @@ from typing import Any
 from autoopt import tracking
 from autoopt.direction import better
 from autoopt.errors import UsageError
-from autoopt.plots import DPI, FIGSIZE, comparison_curves, save_figure
+from autoopt.plots import DPI, FIGSIZE, comparison_curves, optimization_history, save_figure
 from autoopt.plots import figure as _figure
 from autoopt.plots import integer_ticks as _integer_ticks
 from autoopt.plots import note as _note
@@ -80,35 +80,6 @@ def best_per_family(study: Any) -> dict[str, Any]:
 
 
 # --- figures ------------------------------------------------------------------------------------
-
-
-def optimization_history(study: Any) -> Any:
-    """Each complete trial's value and the best so far, by trial number; pruned trials as grey
-    crosses at their last reported value (they stopped early: not a final value)."""
-    trials = _complete(study)
-    maximize = _maximize(study)
-    fig, ax = _figure()
-    xs = [t.number for t in trials]
-    ys = [t.value for t in trials]
-    best, run = [], None
-    for y in ys:
-        run = y if run is None else (max(run, y) if maximize else min(run, y))
-        best.append(run)
-    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)])
-              for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED" and t.intermediate_values]
-    pruned = [(x, y) for x, y in pruned if math.isfinite(y)]
-    ax.scatter(xs, ys, s=18, label="complete trial", color="tab:blue", alpha=0.7)
-    if pruned:
-        ax.scatter(*zip(*pruned, strict=True), s=22, marker="x", color="0.45",
-                   label="pruned trial (last reported value)")
-    ax.step(xs, best, where="post", color="tab:red", label="best so far")
-    ax.set_xlabel("trial")
-    ax.xaxis.set_major_locator(_integer_ticks())
-    ax.set_ylabel(_metric(study))
-    ax.set_title(f"optimization history: {study.study_name}")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data, never over it
-    fig.tight_layout()
-    return fig
 
 
 def importance_study(study: Any) -> Any:

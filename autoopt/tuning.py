@@ -20,6 +20,7 @@ from autoopt import spec as spec_mod
 from autoopt.confirm import confirm
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
+from autoopt.plots import optimization_history
 from autoopt.portfolio import PortfolioFirst
 from autoopt.recommendation import Recommendation, family_origin
 from autoopt.redact import mask_url, redact, redact_logs
@@ -39,9 +40,9 @@ log = logging.getLogger(__name__)
 
 GPU_PACK = 0.25  # GPUs per trial where Ray sees a GPU and none was asked for: four trials per GPU, as bench packs
 
-# A study's figures logged to its parent run: artifact path -> figure(study). The CLI passes
-# the report's plots (the report sits above this module and is not imported here).
+# A study's figures logged to its parent run: artifact path -> figure(study).
 Figures = Mapping[str, Callable[[Any], Any]]
+DEFAULT_FIGURES: Figures = {"plots/optimization_history.png": optimization_history}
 
 
 def tune(task: str | None = None, *, study_file: str | Path | None = None,
@@ -313,7 +314,7 @@ def save(spec: StudySpec, study: Any, rec: Recommendation, tracker: Any, figures
         if rec.value is not None and math.isfinite(rec.value):
             tracker.log_metrics({"best_value": rec.value})
         tracker.set_tags(verdict_tags(rec))
-        for name, make in (figures or {}).items():
+        for name, make in (DEFAULT_FIGURES if figures is None else figures).items():
             _log_figure(tracker, name, make(study))
     except Exception as exc:
         log.warning("could not log the recommendation to MLflow: %s", exc)
