@@ -175,7 +175,8 @@ def test_user_study_file_is_used(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "autoopt", "tune", *FAST, "--trials", "40", "--epochs", "4"]
+    # Far more trials than can finish before the interrupt, however slow the polling below is.
+    cmd = [sys.executable, "-m", "autoopt", "tune", *FAST, "--trials", "400", "--epochs", "4"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "autoopt.db"
     deadline = time.monotonic() + 180
