@@ -266,6 +266,8 @@ def confirmation_plot(rec: dict[str, Any]) -> Any:
         if e["kind"] == "baseline":
             ax.axhspan(y - 0.4, y + 0.4, color="0.92", zorder=0)
     ax.set_xlabel("metric (mean ± std over seeds)")
+    if any(e["name"] == chosen for e in entries):
+        ax.plot([], [], " ", label="★ the recommendation")  # a legend entry for the star in the labels
     handles, names = ax.get_legend_handles_labels()
     handles.append(Patch(color="0.92", label="baseline (published default)"))
     names.append("baseline (published default)")
@@ -330,6 +332,8 @@ def pareto_plot(rec: dict[str, Any]) -> Any:
     ax.tick_params(axis="x", which="minor", labelsize="x-small")
     ax.set_xlabel("seconds per epoch (training + validation, mean over seeds; log scale)")
     ax.set_ylabel(f"{metric} (mean over seeds)")
+    if any(e["name"] == chosen for e in entries):
+        ax.plot([], [], " ", label="★ the recommendation")  # a legend entry for the starred name
     ax.legend(fontsize="x-small", loc="best")
     fig.tight_layout()
     return fig

@@ -169,6 +169,7 @@ def test_confirmation_plot_has_mean_and_std_error_bars(study: optuna.Study) -> N
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "baseline (published default)" in legend  # the grey band has its entry
     assert "val_accuracy, one seed" in legend and "test_accuracy, one seed" in legend
+    assert "★ the recommendation" in legend  # the star in the labels has its entry
 
 
 def test_pareto_plot_marks_the_front(study: optuna.Study) -> None:
@@ -185,7 +186,8 @@ def test_pareto_plot_marks_the_front(study: optuna.Study) -> None:
     assert list(front.get_xdata()) == [0.5, 2.0]
     assert list(front.get_ydata()) == pytest.approx([0.94, 0.97])
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["Pareto front", "tuned", "baseline", "baseline (left out: --max-slowdown)"]
+    assert legend == ["Pareto front", "tuned", "baseline", "baseline (left out: --max-slowdown)",
+                      "★ the recommendation"]
     assert "★ trial_3" in [t.get_text() for t in ax.texts] and ax.get_xscale() == "log"
     empty = report.pareto_plot({})
     assert any("no confirmed config" in t.get_text() for t in empty.axes[0].texts)
