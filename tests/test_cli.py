@@ -177,7 +177,10 @@ def test_user_study_file_is_used(tmp_path: Path) -> None:
 def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
     # Far more trials than can finish before the interrupt, however slow the polling below is.
     cmd = [sys.executable, "-m", "autoopt", "tune", *FAST, "--trials", "400", "--epochs", "4"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job inherits SIGINT ignored (and Python then never raises
+    # KeyboardInterrupt): give the driver the default disposition a terminal would.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     db = tmp_path / "autoopt.db"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
