@@ -43,19 +43,26 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 FIX = "check --storage or AUTOOPT_STORAGE"
 
 
-def connect_timeout_s() -> float:
-    """How long a driver waits for the storage server at start: env ``AUTOOPT_CONNECT_TIMEOUT_S``
-    (seconds), 15 by default."""
-    raw = os.environ.get("AUTOOPT_CONNECT_TIMEOUT_S", "").strip()
+def env_seconds(name: str, default: float, *, allow_zero: bool = False) -> float:
+    """A number of seconds from env ``name`` (``default`` when unset); anything else than a
+    number > 0 (>= 0 with ``allow_zero``) is bad input naming the variable."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return PREFLIGHT_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise UsageError(f"AUTOOPT_CONNECT_TIMEOUT_S must be a number of seconds > 0, got {raw!r}")
+        value = -1.0
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise UsageError(f"{name} must be a number of seconds {bound}, got {raw!r}")
     return value
+
+
+def connect_timeout_s() -> float:
+    """How long a driver waits for the storage server at start: env ``AUTOOPT_CONNECT_TIMEOUT_S``
+    (seconds), 15 by default."""
+    return env_seconds("AUTOOPT_CONNECT_TIMEOUT_S", PREFLIGHT_TIMEOUT_S)
 
 
 class Backend:

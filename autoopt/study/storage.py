@@ -10,7 +10,6 @@ waited for (``with_retry``: exponential backoff for ``AUTOOPT_STORAGE_RETRY_S`` 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,7 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from autoopt.errors import UsageError
 from autoopt.redact import redact
-from autoopt.study.backends import FIX, Backend, backend_for
+from autoopt.study.backends import FIX, Backend, backend_for, env_seconds
 
 log = logging.getLogger("autoopt.study")
 T = TypeVar("T")
@@ -109,16 +108,7 @@ def _schema_race(exc: BaseException) -> bool:
 def storage_retry_s() -> float:
     """How long storage operations wait for an unreachable database: env
     ``AUTOOPT_STORAGE_RETRY_S`` (seconds), 60 by default."""
-    raw = os.environ.get("AUTOOPT_STORAGE_RETRY_S", "").strip()
-    if not raw:
-        return STORAGE_RETRY_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise UsageError(f"AUTOOPT_STORAGE_RETRY_S must be a number of seconds >= 0, got {raw!r}")
-    return value
+    return env_seconds("AUTOOPT_STORAGE_RETRY_S", STORAGE_RETRY_S, allow_zero=True)
 
 
 def is_unreachable(exc: BaseException) -> bool:
