@@ -1,8 +1,9 @@
 """Confirmation over seeds against published defaults: a paired verdict, and what it costs.
 
 The best trial of a search won once, on one seed. Here the top-k distinct configs and the
-baselines are each retrained on the same seeds at the full epoch budget, scored on
-validation and test. The baselines are the tutorial's three defaults (SGD, Adam, RMSprop)
+baselines are retrained at the full epoch budget on the same seeds, as a race
+(``autoopt.race``: clearly beaten configs leave early, seeds go to close ones while the verdict
+is undecided), scored on validation and test. The baselines are the tutorial's three defaults (SGD, Adam, RMSprop)
 plus the published defaults that screened best in the study's portfolio trials, at least
 two of them modern families.
 
@@ -15,6 +16,11 @@ Every entry also records its cost: seconds per epoch and the seconds it took to 
 the best baseline's final validation metric (``time_to_baseline_s``, AlgoPerf's
 time-to-result). ``max_slowdown`` leaves configs slower than that many times the fastest
 baseline out of the pick (they are still shown, marked ``excluded``).
+
+A cheaper alternative is named (``cheapest_equivalent``) only when it is shown equivalent to
+the pick: its paired 95% interval against the pick lies above ``-margin`` (a non-inferiority
+test), with the margin one point of accuracy, or 1% of the pick's value for another metric
+(RMSE). A tie on three seeds is no such evidence: the field is then null, with the reason.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autoopt.budget import MIN_SEEDS, Budget
 from autoopt.direction import ordered
-from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, run_jobs
+from autoopt.dispatch import JobResult, JobState, SearchProgress
+from autoopt.race import Contender, Race, margin_for, race_jobs
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family
+from autoopt.spec import StudySpec
 from autoopt.verdict import paired
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,9 @@ BASELINES: dict[str, TrialConfig] = {
 MODERN = frozenset({"lion", "adopt", "sfadamw", "prodigy", "dadapt_adam", "muon", "soap"})
 SCREENED_BASELINES = 3  # best-screened published defaults beside the tutorial's three
 MIN_MODERN = 2  # of which at least this many modern families
+EXTRA_SEEDS = 2  # seeds the race may add to close contenders beyond the first ones
+EQUIVALENCE_POINTS = 0.01  # an accuracy within one point of the pick's is equivalent
+EQUIVALENCE_RELATIVE = 0.01  # any other metric (RMSE) within 1% of the pick's
 
 
 def _key(cfg: TrialConfig) -> str:
@@ -182,6 +194,18 @@ class Pick:
     paired: dict[str, Any] | None
 
 
+def align(a: dict[str, Any], b: dict[str, Any], split: str = "val") -> tuple[list[float | None], list[float | None]]:
+    """Two entries' ``split`` values over the union of their seeds (None where one did not run
+    it): what ``paired`` compares, seed by seed."""
+    seeds = sorted(set(a["seeds"]) | set(b["seeds"]))
+
+    def on(e: dict[str, Any]) -> list[float | None]:
+        by_seed = dict(zip(e["seeds"], e[split]["values"], strict=True))
+        return [by_seed.get(s) for s in seeds]
+
+    return on(a), on(b)
+
+
 def choose(table: dict[str, dict[str, Any]], candidates: list[str], bases: list[str], direction: str, *,
            n_val: int | None = None) -> Pick:
     """The best tuned config and the best baseline by mean validation metric (entries marked
@@ -194,7 +218,7 @@ def choose(table: dict[str, dict[str, Any]], candidates: list[str], bases: list[
     tuned, base = best(candidates, False), best(bases, True)
     if tuned is None or base is None:
         return Pick(tuned or base, tuned, base, None)
-    comparison = paired(table[tuned]["val"]["values"], table[base]["val"]["values"], direction, n_val=n_val)
+    comparison = paired(*align(table[tuned], table[base]), direction, n_val=n_val)
     if table[tuned]["val"]["complete"] < len(table[tuned]["val"]["values"]) and comparison["verdict"] == "better":
         comparison["verdict"] = "tie"  # it failed on a seed: not better than a baseline that did not
     return Pick(tuned if comparison["verdict"] == "better" else base, tuned, base, comparison)
@@ -220,7 +244,7 @@ def improvement(table: dict[str, dict[str, Any]], pick: Pick, direction: str, me
            "recommended": w["mean"], "baseline": b["mean"],
            "verdict": pick.paired["verdict"] if pick.paired else None, "paired": pick.paired}
     if pick.tuned is not None and pick.paired is not None:
-        out["test_paired"] = paired(table[pick.tuned][split]["values"], b["values"], direction, n_val=n_test)
+        out["test_paired"] = paired(*align(table[pick.tuned], table[pick.baseline], split), direction, n_val=n_test)
     return out
 
 
@@ -236,16 +260,23 @@ def time_to(runs: list[JobResult | None], target: float, metric: str, direction:
     return None if math.isinf(mid) else mid
 
 
-def cheapest_tie(table: dict[str, dict[str, Any]], winner: str) -> dict[str, Any] | None:
-    """The cheapest entry (not excluded) cheaper than the pick whose verdict against it is ``tie``."""
+def cheapest_equivalent(table: dict[str, dict[str, Any]], winner: str) -> tuple[dict[str, Any] | None, str]:
+    """The cheapest entry (not excluded) cheaper per epoch than the pick and shown equivalent to
+    it (``versus_pick.equivalent``: its paired interval lies above -margin), and why; or None and
+    why none is named (a tie on few seeds is not an equivalence)."""
     speed = table[winner].get("s_per_epoch")
-    ties = [e for n, e in table.items() if n != winner and not e.get("excluded") and e.get("s_per_epoch")
-            and speed and e["s_per_epoch"] < speed and (e.get("versus_pick") or {}).get("verdict") == "tie"]
-    if not ties:
-        return None
-    e = min(ties, key=lambda e: e["s_per_epoch"])
-    return {"name": e["name"], "optimizer": e["optimizer"], "s_per_epoch": e["s_per_epoch"],
-            "relative": e["relative"], "versus_pick": e["versus_pick"]}
+    cheaper = [e for n, e in table.items() if n != winner and not e.get("excluded") and e.get("s_per_epoch")
+               and speed and e["s_per_epoch"] < speed and e.get("versus_pick")]
+    if not cheaper:
+        return None, "no confirmed config is cheaper per epoch than the pick"
+    equivalent = [e for e in cheaper if e["versus_pick"].get("equivalent")]
+    if not equivalent:
+        return None, (f"none of the {len(cheaper)} cheaper configs is shown within the margin of the pick: "
+                      "its paired interval reaches below -margin (more seeds may show it)")
+    e = min(equivalent, key=lambda e: e["s_per_epoch"])
+    return ({"name": e["name"], "optimizer": e["optimizer"], "s_per_epoch": e["s_per_epoch"],
+             "relative": e["relative"], "versus_pick": e["versus_pick"]},
+            f"its paired interval against the pick lies above -{e['versus_pick']['margin']:.4g}")
 
 
 def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], runs: dict[int, JobResult],
@@ -262,87 +293,95 @@ def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], run
                        if r is None or r.state != JobState.COMPLETE]}
 
 
-def run_confirmation(spec: Any, study: Any, entries: dict[str, tuple[int | None, TrialConfig]], seeds: list[int],
-                     pool: Any, handle: dict[str, Any], on_progress: Callable[[Any], None] | None
-                     ) -> dict[str, dict[int, JobResult]]:
-    """Every entry on every seed as Ray jobs (nested MLflow runs tagged ``autoopt.kind`` =
-    ``confirm`` or ``baseline``); the results by entry and seed."""
-    jobs = []
-    space = spec.search_space()
-    for name, (number, cfg) in entries.items():
-        kind = "baseline" if number is None else "confirm"
-        # A study's own family (a study file's class) is in its space, not in the registry.
-        fam = space.families.get(cfg.optimizer) or family(cfg.optimizer)
-        for seed in seeds:
-            tags = {"autoopt.study": study.study_name, "autoopt.kind": kind, "autoopt.candidate": name,
-                    "autoopt.optimizer": cfg.optimizer, "autoopt.seed": seed}
-            if number is not None:
-                tags["autoopt.source_trial"] = number
-            jobs.append(Job(spec.task, spec.placement.data_dir, cfg, spec.epochs, seed, spec.batch_size,
-                            spec.placement.compile, evaluate_test=True, tracking=handle,
-                            run_name=f"{kind}-{name}-s{seed}", tags=tags, family=fam))
-    results: dict[str, dict[int, JobResult]] = {name: {} for name in entries}
-    progress = SearchProgress(total=len(jobs), last="confirming")
-
-    def on_result(job: Any, result: JobResult) -> None:
-        results[job.tags["autoopt.candidate"]][job.seed] = result
-        progress.complete += 1
-        progress.finished_here += 1
-        progress.last = f"confirm {job.tags['autoopt.candidate']} seed {job.seed}"
-        if on_progress is not None:
-            on_progress(progress)
-
-    run_jobs(pool, jobs, on_result)
-    return results
-
-
 def _counts(split: Any, task: Any) -> int | None:
     """How many examples an accuracy on ``split`` counts (None for a metric without counts)."""
     return len(split) if split is not None and task.score == "accuracy" else None
 
 
+def equivalence_margin(task: Any, pick_mean: float | None) -> float:
+    """``EQUIVALENCE_POINTS`` of an accuracy, else ``EQUIVALENCE_RELATIVE`` of the pick's mean."""
+    return margin_for(task.score, pick_mean, points=EQUIVALENCE_POINTS, relative=EQUIVALENCE_RELATIVE)
+
+
 def judge(table: dict[str, dict[str, Any]], results: dict[str, dict[int, JobResult]], candidates: list[str],
           bases: list[str], task: Any, max_slowdown: float | None) -> Pick:
-    """Cost, the pick, and each entry's ``time_to_baseline_s`` and paired verdict against the pick."""
+    """Cost, the pick, and each entry's ``time_to_baseline_s`` and paired comparison against the
+    pick, with the equivalence margin and whether it is shown within it."""
     mark_cost(table, bases, max_slowdown)
     n_val = _counts(task.val, task)
     pick = choose(table, candidates, bases, task.direction, n_val=n_val)
     target = table[pick.baseline]["val"]["mean"] if pick.baseline else None
+    margin = equivalence_margin(task, table[pick.winner]["val"]["mean"]) if pick.winner else None
     for name, e in table.items():
         runs = [results[name].get(s) for s in e["seeds"]]
         runs = [r if r is not None and r.state == JobState.COMPLETE else None for r in runs]
         e["time_to_baseline_s"] = (time_to(runs, target, task.metric, task.direction)
                                    if target is not None else None)
-        if pick.winner is not None:
-            vs = paired(e["val"]["values"], table[pick.winner]["val"]["values"], task.direction, n_val=n_val)
-            e["versus_pick"] = {k: vs[k] for k in ("verdict", "mean", "ci95")}
+        if pick.winner is not None and margin is not None:
+            vs = paired(*align(e, table[pick.winner]), task.direction, n_val=n_val)
+            ci = vs["ci95"]
+            e["versus_pick"] = {"verdict": vs["verdict"], "mean": vs["mean"], "ci95": ci, "n": vs["n"],
+                                "margin": margin, "equivalent": ci is not None and ci[0] > -margin}
     return pick
 
 
-def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any], rec: Recommendation,
-            *, on_progress: Callable[[Any], None] | None = None) -> Recommendation:
-    """Retrain the top configs and the baselines on ``spec.confirm_seeds`` seeds; return the
-    recommendation with ``confirmation``, ``baselines``, ``improvement``, ``cost`` and
-    ``cheapest_tie`` filled in."""
-    seeds = confirmation_seeds(spec.seed, spec.confirm_seeds)
-    bases = {name: (None, cfg) for name, cfg in baselines(study, task.direction).items()}
-    exclude = {_key(cfg) for _, cfg in bases.values()}
-    candidates = {f"trial_{n}": (n, cfg) for n, cfg in top_configs(study, spec.confirm_top, task.direction, exclude)}
-    entries = {**candidates, **bases}
-    results = run_confirmation(spec, study, entries, seeds, pool, handle, on_progress)
+def contenders(spec: StudySpec, study: Any, task: Any) -> list[Contender]:
+    """The race's contenders: the top tuned configs, then the baselines (none twice: a baseline's
+    config is confirmed as the baseline); with the seconds per epoch the study measured for their
+    families."""
+    bases = baselines(study, task.direction)
+    exclude = {_key(cfg) for cfg in bases.values()}
+    tuned = top_configs(study, spec.confirm_top, task.direction, exclude)
+    speed = family_speeds(study)
+    out = [Contender(f"trial_{n}", n, cfg, speed.get(cfg.optimizer)) for n, cfg in tuned]
+    out += [Contender(name, None, cfg, speed.get(cfg.optimizer)) for name, cfg in bases.items()]
+    return out
 
+
+def family_speeds(study: Any) -> dict[str, float]:
+    """Median seconds per epoch each family took in the study's trials."""
+    by: dict[str, list[float]] = {}
+    for t in study.get_trials(deepcopy=False):
+        spe, cfg = t.user_attrs.get("s_per_epoch"), t.user_attrs.get("config")
+        if spe and cfg:
+            by.setdefault(cfg["optimizer"], []).append(float(spe))
+    return {k: statistics.median(v) for k, v in by.items()}
+
+
+def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, handle: dict[str, Any], rec: Recommendation,
+            *, on_progress: Callable[[Any], None] | None = None, budget: Budget | None = None) -> Recommendation:
+    """Race the top configs and the baselines over seeds (``autoopt.race``); return the
+    recommendation with ``confirmation``, ``baselines``, ``improvement``, ``cost`` and
+    ``cheapest_equivalent`` filled in."""
+    entrants = contenders(spec, study, task)
+    min_seeds = MIN_SEEDS if budget is not None else spec.confirm_seeds
+    max_seeds = min_seeds + EXTRA_SEEDS
+    seeds = confirmation_seeds(spec.seed, max_seeds)
+    n_val = _counts(task.val, task)
+    progress = SearchProgress(total=len(entrants) * min_seeds, last="confirming")
+    race = Race(entrants, seeds, direction=task.direction, n_val=n_val,
+                margin=lambda mean: equivalence_margin(task, mean), min_seeds=min_seeds, max_seeds=max_seeds,
+                workers=len(pool.workers), epochs=spec.epochs,
+                submit=race_jobs(spec, study, handle, pool, on_progress, progress), budget=budget)
+    race.run()
+    ran = [c for c in entrants if c.results]
+    results = {c.name: c.results for c in ran}
     test_key = f"test_{task.score}" if getattr(task, "test", None) is not None else None
-    table = {name: entry(name, number, cfg, seeds, results[name], test_key)
-             for name, (number, cfg) in entries.items()}
-    pick = judge(table, results, list(candidates), list(bases), task, getattr(spec, "max_slowdown", None))
+    table = {c.name: {**entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key),
+                      **({"race": {"status": c.status, "reason": c.reason}} if c.status != "racing" else {})}
+             for c in ran}
+    candidates = [c.name for c in ran if not c.baseline]
+    bases = [c.name for c in ran if c.baseline]
+    pick = judge(table, results, candidates, bases, task, spec.max_slowdown)
     if pick.winner is None:
         log.warning("no confirmation run completed; keeping the search's best trial")
         return rec
     w = table[pick.winner]
-    log.info("confirmed: %s (val %.4f ± %.4f); best tuned %s, best baseline %s, verdict %s", pick.winner,
-             w["val"]["mean"], w["val"]["std"], pick.tuned, pick.baseline,
+    log.info("confirmed: %s (val %.4f ± %.4f on %d seeds); best tuned %s, best baseline %s, verdict %s",
+             pick.winner, w["val"]["mean"], w["val"]["std"], len(w["seeds"]), pick.tuned, pick.baseline,
              pick.paired["verdict"] if pick.paired else None)
     metric = test_key or task.metric  # without a test split, validation stands in
+    alternative, why = cheapest_equivalent(table, pick.winner)
     extra = dict(rec.extra)
     extra.update({
         "source": "study",
@@ -355,8 +394,14 @@ def confirm(spec: Any, study: Any, task: Any, pool: Any, handle: dict[str, Any],
         "improvement": improvement(table, pick, task.direction, metric,
                                    n_test=_counts(getattr(task, "test", None), task)),
         "cost": {"s_per_epoch": w["s_per_epoch"], "relative": w["relative"]},
-        "cheapest_tie": cheapest_tie(table, pick.winner),
-        "max_slowdown": getattr(spec, "max_slowdown", None),
+        "cheapest_equivalent": alternative,
+        "cheapest_equivalent_reason": why,
+        "equivalence_margin": w["versus_pick"]["margin"] if w.get("versus_pick") else None,
+        "race": {"rounds": race.rounds, "min_seeds": min_seeds, "max_seeds": max_seeds,
+                 "runs": sum(len(c.results) for c in entrants),
+                 "epochs": sum(len(r.history) for c in entrants for r in c.results.values()),
+                 "left_out": {c.name: c.reason for c in entrants if c.status != "racing"}},
+        "max_slowdown": spec.max_slowdown,
         metric: w["test"]["mean"],
     })
     chosen = TrialConfig(w["optimizer"], w["optimizer_params"], w["scheduler"], w["scheduler_params"],

@@ -22,6 +22,7 @@ Each guard only ever vetoes a prune of the inner pruner; it never prunes by itse
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
@@ -36,6 +37,8 @@ from autoopt.study import storage_of, trials_snapshot
 REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
 MEDIAN_STARTUP_TRIALS = 4
+SCREEN_ETA = 3  # the screen keeps a third of the families at each rung
+PORTFOLIO_ATTR = "portfolio"  # the trial user attr of the portfolio's trials
 
 
 class GuardedPruner(BasePruner):
@@ -46,15 +49,18 @@ class GuardedPruner(BasePruner):
     """
 
     def __init__(self, inner: BasePruner, *, warmup_steps: int, max_steps: int | None = None,
-                 comeback_quantile: float = COMEBACK_QUANTILE) -> None:
+                 comeback_quantile: float = COMEBACK_QUANTILE, steps: Iterable[int] | None = None) -> None:
         self.inner = inner
         self.warmup_steps = warmup_steps
         self.max_steps = max_steps
         self.comeback_quantile = comeback_quantile
+        self.steps = frozenset(steps) if steps is not None else None  # the only steps it may prune at
 
     def may_prune(self, step: int) -> bool:
         """Whether a trial could be pruned at ``step`` at all (no storage read): a worker asks
         the storage-backed pruner only at such steps."""
+        if self.steps is not None and step not in self.steps:
+            return False
         return step > self.warmup_steps and (self.max_steps is None or step < self.max_steps)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
@@ -153,14 +159,17 @@ class TrialReporter:
         self.storage = storage_of(study)  # the study must come from autoopt.study (open_study, load_study)
         self.reference = reference
         self.values: dict[int, float] = {}
+        self.epoch_s: list[float] = []  # seconds of each epoch so far: the screen's cost-aware rule reads them
         self._background = background
         self._retry = retry or (lambda fn, _what: fn())
         self._pending: list[Future] = []
 
-    def report(self, value: float, step: int, *, write: bool = True) -> None:
-        """Record ``value`` at ``step`` for the pruner; store it unless ``write`` is False
-        (the driver then records it with the trial's result)."""
+    def report(self, value: float, step: int, *, write: bool = True, epoch_s: float | None = None) -> None:
+        """Record ``value`` at ``step`` (and the epoch's seconds) for the pruner; store it unless
+        ``write`` is False (the driver then records it with the trial's result)."""
         self.values[step] = float(value)
+        if epoch_s is not None:
+            self.epoch_s.append(float(epoch_s))
         if not write:
             return
         storage, trial_id, value = self.storage, self.trial_id, float(value)
@@ -184,8 +193,9 @@ class TrialReporter:
         inner = pruner.inner if isinstance(pruner, GuardedPruner) else pruner
         halving = isinstance(inner, HyperbandPruner | SuccessiveHalvingPruner)
         attrs = self.storage.get_trial_system_attrs(self.trial_id) if halving else {}
+        user_attrs = {"s_per_epoch": statistics.fmean(self.epoch_s)} if self.epoch_s else {}
         frozen = FrozenTrial(number=self.number, state=TrialState.RUNNING, value=None, datetime_start=None,
-                             datetime_complete=None, params={}, distributions={}, user_attrs={},
+                             datetime_complete=None, params={}, distributions={}, user_attrs=user_attrs,
                              system_attrs=attrs, intermediate_values=dict(self.values),
                              trial_id=self.trial_id)
 
@@ -202,11 +212,58 @@ class TrialReporter:
             future.result()
 
 
+def screen_rungs(epochs: int, eta: int = SCREEN_ETA) -> list[int]:
+    """The screen's rungs: epochs ``epochs / eta**2`` and ``epochs / eta`` (rounded up), below
+    the last epoch.
+
+    >>> screen_rungs(5), screen_rungs(8), screen_rungs(15), screen_rungs(2)
+    ([1, 2], [1, 3], [2, 5], [1])
+    """
+    return sorted({max(1, math.ceil(epochs / eta**i)) for i in (2, 1)} - {epochs})
+
+
+class ScreenPruner(BasePruner):
+    """Successive halving over the portfolio's published defaults, cost-aware.
+
+    At each rung (``screen_rungs``) a portfolio trial goes on only while it is among the best
+    ``1 / (eta * c)`` of the portfolio trials that reached the rung (at least the best one),
+    where ``c`` (at least 1) is its seconds per epoch over the median of theirs: a family ten
+    times slower per epoch must lead its rung to earn its full training. Asynchronous, as
+    ASHA (Li et al. 2020): a rung is judged on the trials that reached it so far. The
+    ``GuardedPruner`` around it keeps late bloomers (the comeback guard)."""
+
+    def __init__(self, rungs: Iterable[int], eta: int = SCREEN_ETA) -> None:
+        self.rungs, self.eta = frozenset(rungs), eta
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step not in self.rungs:
+            return False
+        value = trial.intermediate_values.get(step)
+        if value is None or not math.isfinite(value):
+            return True
+        peers = [t for t in study.get_trials(deepcopy=False)
+                 if t.user_attrs.get(PORTFOLIO_ATTR) and t.number != trial.number
+                 and math.isfinite(t.intermediate_values.get(step, math.nan))]
+        mine = trial.user_attrs.get("s_per_epoch")
+        speeds = [float(t.user_attrs["s_per_epoch"]) for t in peers if t.user_attrs.get("s_per_epoch")]
+        slowdown = mine / statistics.median([*speeds, mine]) if mine and speeds else 1.0
+        keep = max(1, math.floor((len(peers) + 1) / (self.eta * max(1.0, slowdown))))
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        ahead = sum(1 for t in peers if (t.intermediate_values[step] > value if maximize
+                                         else t.intermediate_values[step] < value))
+        return ahead >= keep
+
+
 def build_pruner(name: str, *, epochs: int, warmup: float) -> BasePruner:
     """``median``, ``hyperband`` or ``none``; no pruning before ``warmup`` × ``epochs``, nor at
-    the last epoch, nor while a finished trial shows a comeback from where the trial stands."""
+    the last epoch, nor while a finished trial shows a comeback from where the trial stands.
+    ``screen``: the portfolio's cost-aware successive halving (``ScreenPruner``), guarded the same way."""
     warmup_steps = math.floor(warmup * epochs)
-    if name == "none" or epochs < 2:
+    if name == "screen" and epochs >= 2:
+        rungs = screen_rungs(epochs)
+        return GuardedPruner(ScreenPruner(rungs), warmup_steps=0, max_steps=epochs, steps=rungs)
+    if name in ("none", "screen") or epochs < 2:
         return NopPruner()
     if name == "hyperband":
         inner: BasePruner = HyperbandPruner(min_resource=max(1, warmup_steps), max_resource=epochs,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from autoopt.budget import check_budget, parse_duration
 from autoopt.errors import UsageError
 from autoopt.space import (
     REGISTRY,
@@ -80,6 +81,7 @@ class StudySpec(BaseModel):
     trials: int = Field(20, gt=0)
     epochs: int = Field(5, gt=0)
     timeout_s: float | None = Field(None, gt=0)
+    time_budget: float | None = None  # seconds, launch to exit (``90s``, ``20m``, ``2h`` in a file or flag)
     optimizers: list[str] = ["all"]
     schedulers: list[str] = ["none", "step", "cosine", "onecycle", "plateau", "exponential"]
     grad_clip: bool = True
@@ -112,6 +114,11 @@ class StudySpec(BaseModel):
         placement = placement.model_dump() if isinstance(placement, Placement) else dict(placement)
         rest["placement"] = {**placement, **flat}
         return rest
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else check_budget(parse_duration(value))
 
     @field_validator("optimizers", "schedulers", mode="before")
     @classmethod

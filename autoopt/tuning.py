@@ -7,16 +7,19 @@ baselines → Recommendation (stored with the study, JSON file, MLflow artifact)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from autoopt import dispatch, tracking
 from autoopt import recommendation as recommend_mod
 from autoopt import spec as spec_mod
+from autoopt.budget import Budget
 from autoopt.confirm import confirm
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
@@ -177,39 +180,53 @@ def check_model_fits(name: str, task: Task) -> None:
 
 
 def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
-        figures: Figures | None = None, checked: Task | None = None) -> Recommendation:
+        figures: Figures | None = None, checked: Task | None = None, since: float | None = None) -> Recommendation:
     """Run a validated spec end to end (see the module docstring). ``checked`` is the task
-    ``preflight(spec)`` returned, where the caller ran it already (the CLI, before it prints)."""
+    ``preflight(spec)`` returned, where the caller ran it already (the CLI, before it prints);
+    ``since`` when the command was launched (wall clock): a time budget counts from there
+    (default: now)."""
     redact_logs()  # no password of a storage or tracking URL in any log line of this process
+    budget = Budget(spec.time_budget, since=time.time() if since is None else since) if spec.time_budget else None
     t0 = time.monotonic()
     task = checked if checked is not None else preflight(spec)  # bad input stops here, with nothing created
     storage_url = absolute_sqlite(spec.placement.storage)
     study = open_study(open_storage(storage_url), spec.name, direction=task.direction, metric=task.metric,
                        sampler=spec.sampler, seed=spec.seed)
     with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
-    tracker = _open_tracker(spec)
-    handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
+    # Start-up overlaps: MLflow's store and parent run are made while Ray starts and the
+    # workers warm up (their imports, the task's data, torch's first step).
+    opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoopt-mlflow")
+    opening = opener.submit(_open_tracker, spec)
+    opener.shutdown(wait=False)
+    tracker: Any = None
     started_ray = False
     pool = None
     status = "FAILED"
     storage_down = False
     try:
         started_ray = dispatch.start_ray(spec.placement.ray_address)
-        spec = _placed(spec, tracker)
+        spec, auto_gpus = _placed(spec)
         place = spec.placement
         size = place.concurrency or dispatch.default_concurrency(place.cpus_per_trial, place.gpus_per_trial)
         pool = dispatch.WorkerPool(max(1, min(size, spec.trials)), cpus=place.cpus_per_trial,
                                    gpus=place.gpus_per_trial)
-        progress = dispatch.run_search(study, spec=spec, storage_url=storage_url, tracking=handle,
-                                       pool=pool, on_progress=on_progress,
-                                       policy=PortfolioFirst(spec.search_space(), seed=spec.seed))
-        rec = finish(spec, study, task, tracker, pool, handle, on_progress=on_progress, figures=figures)
-        tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": progress.finished_here})
+        pool.warm(dispatch.warm_job(spec, storage_url, study.study_name,
+                                    {"uri": tracking.local_tracking_uri(place.mlflow_uri)}))
+        tracker = opening.result()
+        if auto_gpus is not None:
+            tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
+        handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
+        loop = dispatch.run_search(study, spec=spec, storage_url=storage_url, tracking=handle, pool=pool,
+                                   on_progress=on_progress, budget=budget,
+                                   policy=PortfolioFirst(spec.search_space(), seed=spec.seed))
+        rec = finish(spec, study, task, tracker, pool, handle, on_progress=on_progress, figures=figures,
+                     budget=budget, effort=effort_of(loop, budget))
+        tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": loop.progress.finished_here})
         status = "FINISHED"
-        return rec
     except KeyboardInterrupt:
         status = "KILLED"
-        _save_best_so_far(spec, study, task, tracker, figures)
+        if tracker is not None:
+            _save_best_so_far(spec, study, task, tracker, figures)
         raise
     except StorageDown:
         storage_down = True
@@ -221,20 +238,56 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
                 # they are stuck waiting for it, and the next run closes what they leave open.
                 pool.flush()
             pool.shutdown()
-        _close_orphans(tracker, study)
-        tracker.finish(status)
+        if tracker is None and opening.done() and opening.exception() is None:
+            tracker = opening.result()
+        if tracker is not None:
+            _close_orphans(tracker, study)
+            tracker.finish(status)
         if started_ray:
             dispatch.stop_ray()
+    if budget is not None:
+        rec = _close_budget(spec, study, rec, budget)
+    return rec
 
 
-def _placed(spec: StudySpec, tracker: Any) -> StudySpec:
-    """The spec with its GPUs per trial decided (``resolve_gpus``) now that Ray is up."""
+def _close_budget(spec: StudySpec, study: Any, rec: Recommendation, budget: Budget) -> Recommendation:
+    """The JSON's ``budget`` once everything is closed: the seconds of the end included."""
+    budget.phases["finish"] = time.time() - (budget.confirm_ended or time.time())
+    rec = dataclasses.replace(rec, extra={**rec.extra, "budget": budget.record()})
+    try:
+        recommend_mod.store(study, rec)
+        rec.save(spec.placement.out)
+    except Exception as exc:
+        log.warning("could not record the budget's last seconds: %s", exc)
+    return rec
+
+
+def effort_of(loop: Any, budget: Budget | None) -> dict[str, Any]:
+    """What the screen and the search spent: epochs by phase and the seconds of each phase (the
+    screen ends when its last trial does)."""
+    timeline = loop.timeline
+    first = min((t["started"] for t in timeline), default=None)
+    last = max((t["ended"] for t in timeline), default=None)
+    screen_end = max((t["ended"] for t in timeline if t["kind"] == "screen"), default=first)
+    out: dict[str, Any] = {"epochs": dict(loop.epochs_run), "trials": len(timeline)}
+    if first is not None and last is not None and screen_end is not None:
+        out["seconds"] = {"screen": round(screen_end - first, 2), "search": round(last - screen_end, 2)}
+        if budget is not None:
+            out["first_trial_s"] = round(first - budget.since, 2)
+    if budget is not None and "seconds" in out:
+        budget.phases.update(out["seconds"])
+    return out
+
+
+def _placed(spec: StudySpec) -> tuple[StudySpec, str | None]:
+    """The spec with its GPUs per trial decided (``resolve_gpus``) now that Ray is up, and the
+    GPUs per trial to tag the parent run with when they were decided here (auto)."""
     requested = spec.placement.gpus_per_trial
     gpus = resolve_gpus(requested, gpus_seen=_ray_gpus(), ray_address=spec.placement.ray_address)
     if requested is None:
-        tracker.set_tags({"autoopt.gpus_per_trial": f"{gpus:g}"})
         log.info("GPUs per trial: %g (auto)", gpus)
-    return spec.model_copy(update={"placement": spec.placement.model_copy(update={"gpus_per_trial": gpus})})
+    placed = spec.model_copy(update={"placement": spec.placement.model_copy(update={"gpus_per_trial": gpus})})
+    return placed, (f"{gpus:g}" if requested is None else None)
 
 
 def _open_tracker(spec: StudySpec) -> Any:
@@ -265,11 +318,25 @@ def _close_orphans(tracker: Any, study: Any) -> None:
 
 
 def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any, handle: dict[str, Any],
-           *, on_progress: Callable[[Any], None] | None = None, figures: Figures | None = None) -> Recommendation:
-    """Pick (and, with ``spec.confirm``, confirm) the recommendation, then save it everywhere."""
+           *, on_progress: Callable[[Any], None] | None = None, figures: Figures | None = None,
+           budget: Budget | None = None, effort: dict[str, Any] | None = None) -> Recommendation:
+    """Pick (and, with ``spec.confirm``, confirm) the recommendation, then save it everywhere,
+    with what each phase spent (``effort``) and, under a time budget, the ``budget``."""
     rec = best_recommendation(spec, study, task)
+    started = time.time()
     if spec.confirm:
-        rec = confirm(spec, study, task, pool, handle, rec, on_progress=on_progress)
+        rec = confirm(spec, study, task, pool, handle, rec, on_progress=on_progress, budget=budget)
+    extra = dict(rec.extra)
+    effort = dict(effort or {})
+    race = extra.get("race") or {}
+    effort.setdefault("epochs", {})["confirm"] = race.get("epochs", 0)
+    effort.setdefault("seconds", {})["confirm"] = round(time.time() - started, 2)
+    extra["effort"] = effort
+    if budget is not None:
+        budget.confirm_ended = time.time()
+        budget.phases["confirm"] = budget.confirm_ended - started
+        extra["budget"] = budget.record()  # rewritten once the files are written (below)
+    rec = dataclasses.replace(rec, extra=extra)
     save(spec, study, rec, tracker, figures)
     return rec
 

@@ -95,6 +95,11 @@ class WorkerPool:
         ping = actor.info.remote() if self._warm_job is None else actor.warm.remote(self._warm_job)
         self._pings[ping] = (index, actor)
 
+    @property
+    def warming(self) -> bool:
+        """Whether ``warm`` was called: workers become ready once warm."""
+        return self._warm_job is not None
+
     def warm(self, job: Job) -> None:
         """From now on a worker is ready only once it has paid ``job``'s one-time costs (its
         task loaded, its stores opened, torch warmed up: ``TrialWorker.warm``), so that trials

@@ -13,6 +13,7 @@ before the sampler proposes anything and steer later trials to a family.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import optuna
 import ray
 from optuna.trial import FrozenTrial, TrialState
 
+from autoopt.budget import MIN_SEEDS, RACE_FLOOR, Budget
 from autoopt.direction import best
 from autoopt.dispatch.pool import Finished, InFlight, WorkerPool
 from autoopt.dispatch.results import JobResult, JobState, compact_history
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 0.5  # the progress display reads the study at most this often while trials run
 STEERED = "steered"  # user attr: the family of this trial was chosen by the policy
+TRIAL_OVERHEAD_S = 0.3  # a trial's cost beyond its epochs (ask, dispatch, tell), for the budget
 
 
 @dataclass
@@ -117,9 +120,13 @@ class SearchLoop:
     other drivers and those already finished), or ``spec.timeout_s`` passes."""
 
     def __init__(self, study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
-                 pool: WorkerPool, on_progress: Progress | None = None, policy: SearchPolicy | None = None) -> None:
+                 pool: WorkerPool, on_progress: Progress | None = None, policy: SearchPolicy | None = None,
+                 budget: Budget | None = None) -> None:
         self.study, self.spec, self.storage_url, self.tracking = study, spec, storage_url, tracking
-        self.pool, self.on_progress, self.policy = pool, on_progress, policy
+        self.pool, self.on_progress, self.policy, self.budget = pool, on_progress, policy, budget
+        self.speeds: dict[str, list[float]] = {}  # seconds per epoch measured, by family
+        self.epochs_run: dict[str, int] = {"screen": 0, "search": 0}  # epochs trained here, by kind
+        self.out_of_budget = False  # the next trial's expected cost does not fit in the budget
         self.storage = storage_of(study)  # the study was opened by autoopt.study
         self.space = spec.search_space()
         self.progress = SearchProgress(total=spec.trials)
@@ -130,7 +137,7 @@ class SearchLoop:
         self.exhausted = False  # the budget (or the time) is spent: ask no more
         self.last_beat = 0.0
         self.last_read = 0.0
-        self.timeline: list[dict[str, Any]] = []  # per trial run here: number, worker, started, ended (wall clock)
+        self.timeline: list[dict[str, Any]] = []  # per trial run here: number, kind, worker, started, ended
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -150,11 +157,12 @@ class SearchLoop:
     def _start(self) -> None:
         spec = self.spec
         # Workers warm up (task data, stores, torch) while the driver starts; each takes
-        # trials once warm.
-        warm = _warm_config(self.space, spec.optimizers[0])
-        self.pool.warm(Job(spec.task, spec.placement.data_dir, warm, spec.epochs,
-                           spec.seed, spec.batch_size, spec.placement.compile, tracking=self.tracking,
-                           trial=self._ref(-1, -1), family=self.space.family(warm.optimizer)))
+        # trials once warm. ``tune`` starts their warm-up before it opens MLflow.
+        if not self.pool.warming:
+            self.pool.warm(warm_job(spec, self.storage_url, self.study.study_name, self.tracking))
+        for t in with_retry(lambda: self.study.get_trials(deepcopy=False), what="read the study"):
+            if t.user_attrs.get("s_per_epoch") and t.user_attrs.get("config"):  # a resumed study's costs
+                self.speeds.setdefault(t.user_attrs["config"]["optimizer"], []).append(t.user_attrs["s_per_epoch"])
         if self.policy is not None:
             note = with_retry(lambda: self.policy.start(self.study, self.storage_url, spec.trials),
                               what="enqueue the portfolio")
@@ -167,7 +175,7 @@ class SearchLoop:
         """One turn: heartbeats, idle workers fed, the next trial prepared, results collected.
         True when the search is over."""
         self.heartbeat()
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if (self.deadline is not None and time.monotonic() >= self.deadline) or self.out_of_budget:
             self.exhausted = True
         self._feed()
         if not self.inflight:
@@ -190,15 +198,21 @@ class SearchLoop:
             self.pending = None
             if pending is None:
                 return
+            if self.over_budget(pending.job.config.optimizer):
+                self.skip(pending)  # it waited for a worker while the budget ran down
+                return
             self.submit(w, pending)
 
     def _idle(self) -> bool:
         """Nothing in flight: the search is over, or waits (other drivers' trials, workers not
         placed yet). True when it is over."""
+        if self.pending is None and not self.exhausted:
+            self.pending = self.next()  # asked and sampled while the workers warm up
+            return False
         if self.pending is not None:
             self.pool.wait_ready(HEARTBEAT_S)  # a trial is ready, no worker is placed yet
             return False
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if (self.deadline is not None and time.monotonic() >= self.deadline) or self.out_of_budget:
             return True
         trials = with_retry(lambda: self.study.get_trials(deepcopy=False), what="read the study")
         c = counts(trials)
@@ -218,7 +232,12 @@ class SearchLoop:
     def _finish(self, done: Finished) -> None:
         item, result = done.item, done.result
         number = item.trial.number
-        self.timeline.append({"number": number, "worker": item.worker, "started": item.started, "ended": done.ended})
+        kind = "screen" if item.trial.user_attrs.get("portfolio") else "search"
+        self.timeline.append({"number": number, "kind": kind, "worker": item.worker, "started": item.started,
+                              "ended": done.ended})
+        self.epochs_run[kind] += len(result.history)
+        if result.s_per_epoch:
+            self.speeds.setdefault(item.job.config.optimizer, []).append(result.s_per_epoch)
         if done.lost:
             log.warning("worker died during trial %d: %s", number, (result.reason or "")[:200])
             lost = JobResult.failed("worker died during the trial")
@@ -243,7 +262,11 @@ class SearchLoop:
         # The read of the trials made under the ask lock serves the sampling too.
         with trials_snapshot(self.study, trials):
             config = with_retry(lambda: self.prepare(trial), what="store a trial's config")
-        return Pending(trial, self._job(trial, config))
+        pending = Pending(trial, self._job(trial, config))
+        if self.over_budget(config.optimizer):
+            self.skip(pending)  # its family, sampled now, is too slow for what is left
+            return None
+        return pending
 
     def ask(self) -> tuple[optuna.trial.Trial, list[FrozenTrial]] | None:
         """A new trial (an enqueued one first) and the study's trials as read before asking it,
@@ -253,6 +276,12 @@ class SearchLoop:
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and budget_used(trials) >= self.spec.trials:
                 return None
+            if self.budget is not None:
+                self.budget.mark_search_start()
+                upcoming = min((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number,
+                               default=None)
+                if self.over_budget(upcoming.params.get("optimizer") if upcoming is not None else None):
+                    return None
             steer = self.policy.steer(self.study, trials) if self.policy is not None and not waiting else None
             if steer is not None:
                 # Fixed for this trial only; the sampler proposes the rest, within the family.
@@ -314,6 +343,43 @@ class SearchLoop:
         self.owned.pop(trial.number, None)
         return True
 
+    # --- the time budget ----------------------------------------------------------------------
+
+    def expected_cost(self, name: str | None) -> float:
+        """Expected seconds of a trial of family ``name`` (None: not known yet): its measured
+        seconds per epoch, else the median of all measured, times the epochs; 0 before any."""
+        mine = self.speeds.get(name or "")
+        every = [v for vs in self.speeds.values() for v in vs]
+        speed = statistics.median(mine) if mine else (statistics.median(every) if every else 0.0)
+        return self.spec.epochs * speed + TRIAL_OVERHEAD_S
+
+    def race_cost(self) -> float:
+        """Expected seconds of the smallest confirmation: ``RACE_FLOOR`` configs on ``MIN_SEEDS``
+        seeds, over the workers."""
+        runs = RACE_FLOOR * MIN_SEEDS / max(1, len(self.pool.workers))
+        return runs * self.expected_cost(None)
+
+    def over_budget(self, name: str | None) -> bool:
+        """True (and no more trials are asked) when a trial of ``name`` does not fit in what the
+        budget leaves the search."""
+        if self.budget is None:
+            return False
+        cost, left = self.expected_cost(name), self.budget.search_left(self.race_cost())
+        if cost <= left:
+            return False
+        self.out_of_budget = self.exhausted = True
+        self.budget.note(f"search stopped: a {name or 'search'} trial's expected {cost:.1f}s exceeds the "
+                         f"{max(0.0, left):.1f}s left before the confirmation")
+        return True
+
+    def skip(self, pending: Pending) -> None:
+        """A trial asked but not started: failed with the budget's reason, so the study moves on."""
+        trial = pending.trial
+        with_retry(lambda: trial.set_user_attr("reason", "not started: its expected cost exceeds what is left "
+                                               "of the time budget"), what="record a trial")
+        with_retry(lambda: self.study.tell(trial, state=TrialState.FAIL), what="record a trial")
+        self.owned.pop(trial.number, None)
+
     def heartbeat(self) -> None:
         """Every HEARTBEAT_S: a beat for each trial asked here, and stale trials of dead drivers
         failed (and re-queued)."""
@@ -349,10 +415,10 @@ class SearchLoop:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _ref(self, trial_id: int, number: int) -> TrialRef:
+    def _ref(self, trial_id: int, number: int, pruner: str | None = None) -> TrialRef:
         spec = self.spec
-        return TrialRef(self.storage_url, self.study.study_name, trial_id, number, spec.pruner, spec.epochs,
-                        spec.pruner_warmup)
+        return TrialRef(self.storage_url, self.study.study_name, trial_id, number, pruner or spec.pruner,
+                        spec.epochs, spec.pruner_warmup)
 
     def _job(self, trial: optuna.trial.Trial, config: TrialConfig) -> Job:
         spec, number = self.spec, trial.number
@@ -360,7 +426,10 @@ class SearchLoop:
         tags = {"autoopt.study": self.study.study_name, "autoopt.trial_number": number,
                 "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
-                   spec.placement.compile, trial=self._ref(trial_id_of(self.study, number), number),
+                   spec.placement.compile,
+                   # The portfolio is screened by cost-aware successive halving (autoopt.pruning).
+                   trial=self._ref(trial_id_of(self.study, number), number,
+                                   "screen" if kind == "portfolio" and spec.pruner != "none" else None),
                    tracking=self.tracking, run_name=f"trial-{number}", tags=tags,
                    family=self.space.family(config.optimizer))
 
@@ -377,9 +446,21 @@ def _warm_config(space: SearchSpace, name: str) -> TrialConfig:
     return TrialConfig(name, space.default_params(name))
 
 
+def warm_job(spec: Any, storage_url: str, study_name: str, tracking: dict[str, Any] | None) -> Job:
+    """The job a worker warms up with (``WorkerPool.warm``): the study's task, its study's
+    handle and tracking store, a first training step of the space's first family."""
+    space = spec.search_space()
+    warm = _warm_config(space, spec.optimizers[0])
+    ref = TrialRef(storage_url, study_name, -1, -1, spec.pruner, spec.epochs, spec.pruner_warmup)
+    return Job(spec.task, spec.placement.data_dir, warm, spec.epochs, spec.seed, spec.batch_size,
+               spec.placement.compile, tracking=tracking, trial=ref, family=space.family(warm.optimizer))
+
+
 def run_search(study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
                pool: WorkerPool, on_progress: Progress | None = None,
-               policy: SearchPolicy | None = None) -> SearchProgress:
-    """Run a ``SearchLoop`` (see there) and return its progress."""
-    return SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracking, pool=pool,
-                      on_progress=on_progress, policy=policy).run()
+               policy: SearchPolicy | None = None, budget: Budget | None = None) -> SearchLoop:
+    """Run a ``SearchLoop`` (see there) and return it (its ``progress``, ``timeline``, ``epochs_run``)."""
+    loop = SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracking, pool=pool,
+                      on_progress=on_progress, policy=policy, budget=budget)
+    loop.run()
+    return loop

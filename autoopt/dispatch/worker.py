@@ -192,7 +192,7 @@ class TrialWorker:
                 return False
             # Written in the background; the last epoch's value goes back with the result and
             # the driver records it with the tell (nothing can be pruned there).
-            reporter.report(value, epoch, write=epoch < job.epochs)
+            reporter.report(value, epoch, write=epoch < job.epochs, epoch_s=metrics.get("epoch_s"))
             return reporter.should_prune(epoch)
 
         return on_epoch

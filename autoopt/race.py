@@ -1,0 +1,250 @@
+"""The confirmation as a race: seeds go where the decision is (irace's F-race, Maron & Moore's
+Hoeffding races).
+
+Every contender (the top tuned configs and the baselines) starts on the same seeds, one round
+of seeds at a time, so every comparison stays paired. After each round from the second on:
+
+* **dropped**: a contender clearly beaten by the leader (the best mean so far among those that
+  completed every seed) leaves the race: its paired 95% interval against the leader lies below
+  0, or it was worse on every seed by more than twice the equivalence margin;
+* **decided**: once every contender has ``min_seeds`` seeds, the race stops when the verdict
+  of the best tuned config against the best baseline is ``better`` or ``worse``;
+* **undecided**: otherwise a further seed goes to the close contenders (the leader and those
+  tied with it), up to ``max_seeds`` for cheap ones and ``min_seeds + 1`` for those more than
+  ``SLOW`` times the cheapest per epoch.
+
+Under a time budget a round starts only with the contenders whose runs fit in what is left (the
+rounds still needed to reach ``min_seeds`` counted in); the slowest are left out first, and
+the JSON says which were not confirmed and why.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoopt.budget import Budget
+from autoopt.direction import sign
+from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, run_jobs
+from autoopt.space import TrialConfig, family
+from autoopt.verdict import paired
+
+SLOW = 3.0  # more than this many times the cheapest contender per epoch: fewer extra seeds
+RUN_OVERHEAD_S = 0.5  # a confirmation run's cost beyond its epochs (dispatch, tracking)
+
+
+@dataclass
+class Contender:
+    """One config in the race: a tuned trial's (``number``) or a baseline's (``number`` None)."""
+
+    name: str
+    number: int | None
+    cfg: TrialConfig
+    s_per_epoch: float | None = None  # expected, from the study; measured once it ran
+    results: dict[int, JobResult] = field(default_factory=dict)
+    status: str = "racing"  # racing | dropped | unaffordable
+    reason: str | None = None
+
+    @property
+    def baseline(self) -> bool:
+        return self.number is None
+
+    def values(self, seeds: Sequence[int]) -> list[float | None]:
+        """Validation values on ``seeds`` (None where not run or not complete)."""
+        out: list[float | None] = []
+        for s in seeds:
+            r = self.results.get(s)
+            out.append(r.value if r is not None and r.state == JobState.COMPLETE else None)
+        return out
+
+    def mean(self) -> float | None:
+        vals = [v for v in self.values(sorted(self.results)) if v is not None and math.isfinite(v)]
+        return statistics.fmean(vals) if vals else None
+
+    def complete(self) -> bool:
+        return bool(self.results) and all(r.state == JobState.COMPLETE for r in self.results.values())
+
+
+def margin_for(score: str, pick_mean: float | None, *, points: float, relative: float) -> float:
+    """The equivalence margin: ``points`` of an accuracy; else ``relative`` of the pick's mean
+    (RMSE: 1% of the pick's error)."""
+    if score == "accuracy":
+        return points
+    return relative * abs(pick_mean) if pick_mean else relative
+
+
+def compare(a: Contender, b: Contender, direction: str, n_val: int | None) -> dict[str, Any]:
+    """A against B on their common seeds (positive = A better)."""
+    seeds = sorted(set(a.results) & set(b.results))
+    return paired(a.values(seeds), b.values(seeds), direction, n_val=n_val)
+
+
+class Race:
+    """Run the race (see the module docstring); ``run`` returns the contenders with their results."""
+
+    def __init__(self, contenders: list[Contender], seeds: list[int], *, direction: str, n_val: int | None,
+                 margin: Callable[[float | None], float], min_seeds: int, max_seeds: int, workers: int,
+                 epochs: int, submit: Callable[[list[tuple[Contender, int]]], None],
+                 budget: Budget | None = None) -> None:
+        self.contenders, self.seeds = contenders, seeds
+        self.direction, self.n_val, self.margin = direction, n_val, margin
+        self.min_seeds, self.max_seeds = min_seeds, max(min_seeds, max_seeds)
+        self.workers, self.epochs, self.submit, self.budget = max(1, workers), epochs, submit, budget
+        self.rounds = 0
+
+    # --- the race ----------------------------------------------------------------------------
+
+    def run(self) -> list[Contender]:
+        for k, seed in enumerate(self.seeds[:self.max_seeds]):
+            entrants = self.entrants(k)
+            entrants = self.affordable(entrants, k)
+            if not entrants:
+                break
+            self.submit([(c, seed) for c in entrants])
+            self.rounds = k + 1
+            if k + 1 >= 2:
+                self.drop_beaten()
+            if k + 1 >= self.min_seeds and self.decided():
+                break
+        return self.contenders
+
+    def racing(self) -> list[Contender]:
+        return [c for c in self.contenders if c.status == "racing"]
+
+    def entrants(self, k: int) -> list[Contender]:
+        """Who runs round ``k``: everyone racing until ``min_seeds``; then the close contenders
+        under their seed cap."""
+        racing = self.racing()
+        if k < self.min_seeds:
+            return racing
+        leader = self.leader()
+        if leader is None:
+            return []
+        cheapest = min((c.s_per_epoch for c in racing if c.s_per_epoch), default=None)
+        out = []
+        for c in racing:
+            close = c is leader or compare(c, leader, self.direction, self.n_val)["verdict"] == "tie"
+            slow = cheapest and c.s_per_epoch and c.s_per_epoch > SLOW * cheapest
+            cap = self.min_seeds + 1 if slow else self.max_seeds
+            if close and len(c.results) < cap:
+                out.append(c)
+        return out if len(out) >= 2 else []  # a lone contender has no one left to be compared with
+
+    def leader(self) -> Contender | None:
+        """The best mean among the racing contenders that completed every seed they ran."""
+        done = [c for c in self.racing() if c.complete() and c.mean() is not None]
+        if not done:
+            return None
+        s = sign(self.direction)
+        return max(done, key=lambda c: (s * (c.mean() or 0.0), c.baseline))
+
+    def drop_beaten(self) -> None:
+        leader = self.leader()
+        if leader is None:
+            return
+        for c in self.racing():
+            if c is leader:
+                continue
+            cmp = compare(c, leader, self.direction, self.n_val)
+            deltas, ci = cmp["deltas"], cmp["ci95"]
+            if not c.complete():
+                c.status, c.reason = "dropped", f"failed on a seed while {leader.name} completed every seed"
+                continue
+            m = self.margin(leader.mean())
+            if (ci is not None and ci[1] < 0) or (len(deltas) >= 2 and all(d < -2 * m for d in deltas)):
+                c.status = "dropped"
+                c.reason = (f"beaten by {leader.name} after {len(deltas)} seeds "
+                            f"(mean {cmp['mean']:+.4g}, ci95 {_fmt(ci)})")
+
+    def decided(self) -> bool:
+        """The verdict of the best tuned config against the best baseline is not a tie."""
+        def best(baseline: bool) -> Contender | None:
+            pool = [c for c in self.racing() if c.baseline == baseline and c.mean() is not None and c.complete()]
+            s = sign(self.direction)
+            return max(pool, key=lambda c: s * (c.mean() or 0.0), default=None)
+
+        tuned, base = best(False), best(True)
+        if tuned is None or base is None:
+            return True  # nothing left to decide between
+        return compare(tuned, base, self.direction, self.n_val)["verdict"] in ("better", "worse")
+
+    # --- the budget --------------------------------------------------------------------------
+
+    def run_cost(self, c: Contender) -> float:
+        """Expected seconds of one run of ``c``."""
+        known = [x.s_per_epoch for x in self.contenders if x.s_per_epoch]
+        speed = c.s_per_epoch or (statistics.median(known) if known else 0.0)
+        return self.epochs * speed + RUN_OVERHEAD_S
+
+    def makespan(self, entrants: list[Contender]) -> float:
+        """Seconds a round of ``entrants`` takes on the workers (longest run first, each to the
+        least loaded worker)."""
+        loads = [0.0] * self.workers
+        for cost in sorted((self.run_cost(c) for c in entrants), reverse=True):
+            loads[loads.index(min(loads))] += cost
+        return max(loads)
+
+    def affordable(self, entrants: list[Contender], k: int) -> list[Contender]:
+        """``entrants`` less the slowest, until the rounds still needed fit in the budget."""
+        if self.budget is None:
+            return entrants
+        out = sorted(entrants, key=self.run_cost)
+        rounds = max(1, self.min_seeds - k)
+        left = self.budget.left()
+        while out and rounds * self.makespan(out) > left:
+            c = out.pop()  # the slowest first
+            if len(c.results) < self.min_seeds:
+                c.status = "unaffordable"
+                c.reason = (f"not confirmed: {rounds} more run(s) of {self.run_cost(c):.1f}s do not fit in "
+                            f"the {max(0.0, left):.0f}s left of the budget")
+                self.budget.note(f"{c.name}: {c.reason}")
+        if k >= self.min_seeds and len(out) < 2:
+            return []
+        return out
+
+
+def _fmt(ci: list[float] | None) -> str:
+    return "none" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"
+
+
+def race_jobs(spec: Any, study: Any, handle: dict[str, Any], pool: Any,
+              on_progress: Callable[[SearchProgress], None] | None, progress: SearchProgress
+              ) -> Callable[[list[tuple[Contender, int]]], None]:
+    """A ``submit`` for ``Race``: each (contender, seed) as a Ray job on the pool (nested MLflow
+    runs tagged ``autoopt.kind`` = ``confirm`` or ``baseline``); results land in the contender."""
+    space = spec.search_space()
+
+    def submit(batch: list[tuple[Contender, int]]) -> None:
+        jobs, owner = [], {}
+        for c, seed in batch:
+            kind = "baseline" if c.baseline else "confirm"
+            fam = space.families.get(c.cfg.optimizer) or family(c.cfg.optimizer)
+            tags = {"autoopt.study": study.study_name, "autoopt.kind": kind, "autoopt.candidate": c.name,
+                    "autoopt.optimizer": c.cfg.optimizer, "autoopt.seed": seed}
+            if c.number is not None:
+                tags["autoopt.source_trial"] = c.number
+            job = Job(spec.task, spec.placement.data_dir, c.cfg, spec.epochs, seed, spec.batch_size,
+                      spec.placement.compile, evaluate_test=True, tracking=handle,
+                      run_name=f"{kind}-{c.name}-s{seed}", tags=tags, family=fam)
+            jobs.append(job)
+            owner[id(job)] = c
+        progress.total = progress.complete + len(jobs)
+
+        def on_result(job: Job, result: JobResult) -> None:
+            c = owner[id(job)]
+            c.results[job.seed] = result
+            if result.s_per_epoch:
+                runs = [r.s_per_epoch for r in c.results.values() if r.s_per_epoch]
+                c.s_per_epoch = statistics.fmean(runs)
+            progress.complete += 1
+            progress.finished_here += 1
+            progress.last = f"confirm {c.name} seed {job.seed}"
+            if on_progress is not None:
+                on_progress(progress)
+
+        run_jobs(pool, jobs, on_result)
+
+    return submit
