@@ -36,7 +36,7 @@ from autoopt.errors import UsageError
 
 MIN_BUDGET_S = 30.0  # start-up (about 10 s here) plus one config confirmed on two seeds, at the least
 CONFIRM_SHARE = 0.3  # of the budget left after start-up, kept for the confirmation at the least
-RACE_FLOOR = 4  # configs the confirmation's reserve can race at the least (two tuned, two baselines)
+RACE_FLOOR = 6  # configs the confirmation's reserve can race at the least (of three tuned and six baselines)
 MIN_SEEDS = 2  # seeds every confirmed config gets under a budget
 END_RESERVE_S = 4.0  # saving, closing the runs, stopping the workers and Ray
 END_SHARE = 0.02

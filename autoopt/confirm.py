@@ -71,19 +71,24 @@ def _available(name: str) -> bool:
 
 def screened(study: Any, direction: str) -> list[TrialConfig]:
     """The study's portfolio configs (trials with user attr ``portfolio``), one per family, best
-    screened first: complete trials by value, then pruned ones by their last reported value."""
-    complete, pruned = [], []
+    screened first: complete trials by value, then pruned ones by the rung they reached (the
+    screen's successive halving), then by their value there."""
+    complete: list[tuple[float, dict[str, Any]]] = []
+    pruned: dict[int, list[tuple[float, dict[str, Any]]]] = {}
     for t in study.get_trials(deepcopy=False):
         if not t.user_attrs.get("portfolio") or "config" not in t.user_attrs:
             continue
         if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value):
             complete.append((t.value, t.user_attrs["config"]))
         elif t.state.name == "PRUNED" and t.intermediate_values:
-            last = t.intermediate_values[max(t.intermediate_values)]
-            if math.isfinite(last):
-                pruned.append((last, t.user_attrs["config"]))
+            step = max(t.intermediate_values)
+            if math.isfinite(t.intermediate_values[step]):
+                pruned.setdefault(step, []).append((t.intermediate_values[step], t.user_attrs["config"]))
+    ranked = ordered(complete, lambda p: p[0], direction)
+    for step in sorted(pruned, reverse=True):
+        ranked += ordered(pruned[step], lambda p: p[0], direction)
     out: list[TrialConfig] = []
-    for _, config in [*ordered(complete, lambda p: p[0], direction), *ordered(pruned, lambda p: p[0], direction)]:
+    for _, config in ranked:
         if all(c.optimizer != config["optimizer"] for c in out):
             out.append(TrialConfig(**config))
     return out
@@ -197,10 +202,13 @@ class Pick:
 def align(a: dict[str, Any], b: dict[str, Any], split: str = "val") -> tuple[list[float | None], list[float | None]]:
     """Two entries' ``split`` values over the union of their seeds (None where one did not run
     it): what ``paired`` compares, seed by seed."""
-    seeds = sorted(set(a["seeds"]) | set(b["seeds"]))
+    def seeds_of(e: dict[str, Any]) -> list[int]:
+        return list(e.get("seeds") or range(len(e[split]["values"])))
+
+    seeds = sorted(set(seeds_of(a)) | set(seeds_of(b)))
 
     def on(e: dict[str, Any]) -> list[float | None]:
-        by_seed = dict(zip(e["seeds"], e[split]["values"], strict=True))
+        by_seed = dict(zip(seeds_of(e), e[split]["values"], strict=True))
         return [by_seed.get(s) for s in seeds]
 
     return on(a), on(b)
@@ -333,8 +341,11 @@ def contenders(spec: StudySpec, study: Any, task: Any) -> list[Contender]:
     exclude = {_key(cfg) for cfg in bases.values()}
     tuned = top_configs(study, spec.confirm_top, task.direction, exclude)
     speed = family_speeds(study)
-    out = [Contender(f"trial_{n}", n, cfg, speed.get(cfg.optimizer)) for n, cfg in tuned]
-    out += [Contender(name, None, cfg, speed.get(cfg.optimizer)) for name, cfg in bases.items()]
+    out = [Contender(f"trial_{n}", n, cfg, speed.get(cfg.optimizer), essential=i == 0)
+           for i, (n, cfg) in enumerate(tuned)]
+    first_screened = next((name for name in bases if name not in BASELINES), None)
+    out += [Contender(name, None, cfg, speed.get(cfg.optimizer), essential=name == first_screened)
+            for name, cfg in bases.items()]
     return out
 
 

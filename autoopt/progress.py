@@ -46,7 +46,7 @@ class TuneDisplay:
         if p.last.startswith("confirm"):
             if self.confirm is None:
                 self.confirm = self.bar.add_task("confirm", total=p.total, info="")
-            self.bar.update(self.confirm, completed=p.done, info=p.last)
+            self.bar.update(self.confirm, completed=p.done, total=max(p.total, p.done), info=p.last)
             return
         info = describe(p)
         self.bar.update(self.search, completed=min(p.done, p.total), total=max(p.total, p.done), info=info)

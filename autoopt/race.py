@@ -6,7 +6,8 @@ of seeds at a time, so every comparison stays paired. After each round from the 
 
 * **dropped**: a contender clearly beaten by the leader (the best mean so far among those that
   completed every seed) leaves the race: its paired 95% interval against the leader lies below
-  0, or it was worse on every seed by more than twice the equivalence margin;
+  0, or it was worse on every seed by more than twice the equivalence margin. The best tuned
+  config and the best baseline are never dropped: the verdict is decided between them;
 * **decided**: once every contender has ``min_seeds`` seeds, the race stops when the verdict
   of the best tuned config against the best baseline is ``better`` or ``worse``;
 * **undecided**: otherwise a further seed goes to the close contenders (the leader and those
@@ -14,8 +15,9 @@ of seeds at a time, so every comparison stays paired. After each round from the 
   ``SLOW`` times the cheapest per epoch.
 
 Under a time budget a round starts only with the contenders whose runs fit in what is left (the
-rounds still needed to reach ``min_seeds`` counted in); the slowest are left out first, and
-the JSON says which were not confirmed and why.
+rounds still needed to reach ``min_seeds`` counted in); the slowest are left out first (the
+search's best config and the best-screened published default last), and the JSON says which
+were not confirmed and why.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Contender:
     number: int | None
     cfg: TrialConfig
     s_per_epoch: float | None = None  # expected, from the study; measured once it ran
+    essential: bool = False  # the search's best config or the best-screened default: left out last
     results: dict[int, JobResult] = field(default_factory=dict)
     status: str = "racing"  # racing | dropped | unaffordable
     reason: str | None = None
@@ -142,11 +145,14 @@ class Race:
         return max(done, key=lambda c: (s * (c.mean() or 0.0), c.baseline))
 
     def drop_beaten(self) -> None:
+        """Drop the clearly beaten, never the best tuned config nor the best baseline: the
+        verdict is decided between those two."""
         leader = self.leader()
         if leader is None:
             return
+        keep = {id(c) for c in (leader, self.best(baseline=True), self.best(baseline=False)) if c is not None}
         for c in self.racing():
-            if c is leader:
+            if id(c) in keep:
                 continue
             cmp = compare(c, leader, self.direction, self.n_val)
             deltas, ci = cmp["deltas"], cmp["ci95"]
@@ -159,14 +165,15 @@ class Race:
                 c.reason = (f"beaten by {leader.name} after {len(deltas)} seeds "
                             f"(mean {cmp['mean']:+.4g}, ci95 {_fmt(ci)})")
 
+    def best(self, *, baseline: bool) -> Contender | None:
+        """The best mean among the racing baselines (or tuned configs) that completed every seed."""
+        pool = [c for c in self.racing() if c.baseline == baseline and c.mean() is not None and c.complete()]
+        s = sign(self.direction)
+        return max(pool, key=lambda c: s * (c.mean() or 0.0), default=None)
+
     def decided(self) -> bool:
         """The verdict of the best tuned config against the best baseline is not a tie."""
-        def best(baseline: bool) -> Contender | None:
-            pool = [c for c in self.racing() if c.baseline == baseline and c.mean() is not None and c.complete()]
-            s = sign(self.direction)
-            return max(pool, key=lambda c: s * (c.mean() or 0.0), default=None)
-
-        tuned, base = best(False), best(True)
+        tuned, base = self.best(baseline=False), self.best(baseline=True)
         if tuned is None or base is None:
             return True  # nothing left to decide between
         return compare(tuned, base, self.direction, self.n_val)["verdict"] in ("better", "worse")
@@ -191,11 +198,11 @@ class Race:
         """``entrants`` less the slowest, until the rounds still needed fit in the budget."""
         if self.budget is None:
             return entrants
-        out = sorted(entrants, key=self.run_cost)
+        out = sorted(entrants, key=lambda c: (not c.essential, self.run_cost(c)))
         rounds = max(1, self.min_seeds - k)
         left = self.budget.left()
         while out and rounds * self.makespan(out) > left:
-            c = out.pop()  # the slowest first
+            c = out.pop()  # the slowest first, the essential ones last
             if len(c.results) < self.min_seeds:
                 c.status = "unaffordable"
                 c.reason = (f"not confirmed: {rounds} more run(s) of {self.run_cost(c):.1f}s do not fit in "

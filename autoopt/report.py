@@ -401,10 +401,17 @@ def _recommendation_lines(rec: dict[str, Any], metric: str) -> list[str]:
     if cost and cost.get("s_per_epoch"):
         lines.append(f"- cost: {cost['s_per_epoch']:.3g} s per epoch, {_fmt(cost.get('relative'), 3)}x the "
                      "fastest baseline")
-    tie = rec.get("cheapest_tie")
-    if tie:
-        lines.append(f"- cheaper and tied with it: `{tie['name']}` ({tie['optimizer']}), "
-                     f"{tie['s_per_epoch']:.3g} s per epoch ({_fmt(tie.get('relative'), 3)}x)")
+    alt = rec.get("cheapest_equivalent")
+    if alt:
+        margin = (alt.get("versus_pick") or {}).get("margin")
+        lines.append(f"- cheaper and equivalent to it (within {_fmt(margin, 3)}): `{alt['name']}` "
+                     f"({alt['optimizer']}), {alt['s_per_epoch']:.3g} s per epoch ({_fmt(alt.get('relative'), 3)}x)")
+    elif rec.get("cheapest_equivalent_reason"):
+        lines.append(f"- no cheaper config named: {rec['cheapest_equivalent_reason']}")
+    budget = rec.get("budget")
+    if budget:
+        phases = ", ".join(f"{k} {v:.0f}s" for k, v in (budget.get("phases_s") or {}).items())
+        lines.append(f"- time budget: {budget['used_s']:.0f}s of {budget['limit_s']:g}s ({phases})")
     return [*lines, ""]
 
 

@@ -1,0 +1,81 @@
+"""The time budget: parsing, what is refused before anything starts, and a budgeted study that
+records its phases and confirms its pick on two seeds at least."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoopt.budget import MIN_BUDGET_S, Budget, check_budget, parse_duration
+from autoopt.errors import UsageError
+from autoopt.spec import load_spec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("20m", 1200), ("2h", 7200), ("1h30m", 5400),
+                                           ("45", 45), (" 2M ", 120), (30.5, 30.5)])
+def test_durations(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["abc", "-5", "0", "5x", "1h 2", "", "nan", "inf"])
+def test_what_is_not_a_duration_names_the_budget(text: str) -> None:
+    with pytest.raises(UsageError, match="budget"):
+        parse_duration(text)
+
+
+def test_a_budget_too_small_for_start_up_and_one_confirmed_config_is_refused() -> None:
+    with pytest.raises(UsageError, match=f"at least {MIN_BUDGET_S:g}s"):
+        check_budget(2.0)
+    assert check_budget(MIN_BUDGET_S) == MIN_BUDGET_S
+    with pytest.raises(UsageError, match="--time-budget: time budget of 2s"):
+        load_spec("digits", time_budget="2s")
+    assert load_spec("digits", time_budget="20m").time_budget == 1200
+
+
+def test_a_study_file_sets_the_budget(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("task: digits\ntime_budget: 2m\n")
+    assert load_spec(None, f).time_budget == 120
+    f.write_text("task: digits\ntime_budget: soon\n")
+    with pytest.raises(UsageError, match=r"study file .*time_budget.*not a duration"):
+        load_spec(None, f)
+
+
+def test_the_confirmation_keeps_its_share_and_the_end_its_reserve() -> None:
+    b = Budget(limit_s=100.0, since=0.0)
+    b.search_started = 10.0  # start-up took 10 s
+    # 100 - 10 - (4 + 2) = 84 s after start-up: 30% of it, unless the smallest race costs more
+    assert b.confirm_reserve(5.0) == pytest.approx(0.3 * 84)
+    assert b.confirm_reserve(40.0) == 40.0
+    assert b.end_reserve() == pytest.approx(6.0)
+
+
+@pytest.mark.slow
+def test_a_budgeted_study_records_its_phases_and_confirms_on_two_seeds(workdir: Path) -> None:
+    from autoopt import tune
+
+    rec = tune("digits", trials=30, epochs=3, time_budget="60s", concurrency=2,
+               optimizers="sgd,adamw,nadam,rmsprop,soap", storage=f"sqlite:///{workdir / 'autoopt.db'}",
+               mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}", out=str(workdir / "recommendations"))
+    data = json.loads((workdir / "recommendations" / "digits.json").read_text())
+    budget = data["budget"]
+    assert budget["limit_s"] == 60 and set(budget["phases_s"]) >= {"startup", "screen", "confirm", "finish"}
+    assert budget["used_s"] >= sum(v for k, v in budget["phases_s"].items() if k in ("startup", "confirm"))
+    # the search stopped for the budget, not for --trials: the 30 trials never all ran
+    trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{workdir / 'autoopt.db'}").trials
+    assert len([t for t in trials if t.state.is_finished()]) < 30
+    assert any("search stopped" in n for n in budget.get("notes", []))
+    chosen = data["chosen"]
+    entry = data["confirmation"].get(chosen) or next(b for b in data["baselines"] if b["name"] == chosen)
+    assert len(entry["seeds"]) >= 2 and entry["val"]["complete"] == len(entry["seeds"])
+    assert data["improvement"]["verdict"] in ("better", "tie", "worse")
+    assert data["effort"]["epochs"]["confirm"] > 0 and data["race"]["min_seeds"] == 2
+    assert rec.extra["budget"]["limit_s"] == 60
+    # the portfolio was screened by successive halving: some defaults stopped at a rung (epoch 1)
+    screen = [t for t in trials if t.user_attrs.get("portfolio")]
+    assert any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen)

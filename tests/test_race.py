@@ -1,0 +1,122 @@
+"""The confirmation's race, on made-up per-seed values: who is dropped, who gets more seeds, who
+is left out under a time budget; and the screen's cost-aware successive halving on a real study."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState, create_trial
+
+from autoopt.budget import Budget
+from autoopt.dispatch import JobResult, JobState
+from autoopt.pruning import GuardedPruner, ScreenPruner, build_pruner, screen_rungs
+from autoopt.race import Contender, Race
+from autoopt.space import TrialConfig
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+N_VAL = 1000
+
+
+def contender(name: str, values: list[float], *, s_per_epoch: float = 1.0, essential: bool = False) -> Contender:
+    c = Contender(name, None if "default" in name or "tutorial" in name else 1, TrialConfig("adamw", {}),
+                  s_per_epoch, essential=essential)
+    c.truth = values  # type: ignore[attr-defined]  # what each seed would measure
+    return c
+
+
+def race(contenders: list[Contender], *, min_seeds: int = 3, max_seeds: int = 5, budget: Budget | None = None,
+         epochs: int = 1) -> tuple[Race, list[list[str]]]:
+    rounds: list[list[str]] = []
+
+    def submit(batch: list[tuple[Contender, int]]) -> None:
+        rounds.append([c.name for c, _ in batch])
+        for c, seed in batch:
+            value = c.truth[seed]  # type: ignore[attr-defined]
+            c.results[seed] = JobResult(JobState.COMPLETE, value, [{"epoch": 1, "epoch_s": c.s_per_epoch or 1.0}])
+
+    r = Race(contenders, list(range(max_seeds)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
+             min_seeds=min_seeds, max_seeds=max_seeds, workers=2, epochs=epochs, submit=submit, budget=budget)
+    r.run()
+    return r, rounds
+
+
+def test_a_clearly_beaten_contender_leaves_after_two_seeds_and_a_decided_race_stops_at_min_seeds() -> None:
+    tuned = contender("trial_1", [0.95, 0.96, 0.95, 0.96, 0.95])
+    base = contender("adam_default", [0.90, 0.91, 0.90, 0.91, 0.90])
+    worse = contender("rmsprop_tutorial", [0.85, 0.86, 0.99, 0.99, 0.99])  # would have come back: never asked
+    hopeless = contender("sgd_tutorial", [0.60, 0.62, 0.99, 0.99, 0.99])
+    r, rounds = race([tuned, base, worse, hopeless])
+    assert rounds[0] == rounds[1] == ["trial_1", "adam_default", "rmsprop_tutorial", "sgd_tutorial"]
+    # the best baseline is far behind too, but stays: the verdict is decided between it and trial_1
+    assert hopeless.status == worse.status == "dropped" and base.status == "racing"
+    assert "beaten by trial_1 after 2 seeds" in hopeless.reason
+    assert sorted(hopeless.results) == [0, 1]
+    assert rounds[2] == ["trial_1", "adam_default"] and len(rounds) == 3  # better, decided at three seeds
+    assert r.rounds == 3
+
+
+def test_an_undecided_verdict_gets_more_seeds_for_close_contenders_up_to_the_cap() -> None:
+    noisy = [0.90, 0.93, 0.89, 0.94, 0.91, 0.92]
+    tuned = contender("trial_1", noisy)
+    base = contender("adam_default", [v + d for v, d in zip(noisy, [0.01, -0.02, 0.015, -0.01, 0.0, 0.0],
+                                                               strict=True)])
+    _, rounds = race([tuned, base], max_seeds=5)
+    assert [len(x) for x in rounds] == [2, 2, 2, 2, 2]  # a tie throughout: the cap, five seeds
+    assert sorted(tuned.results) == sorted(base.results) == [0, 1, 2, 3, 4]
+
+
+def test_slow_contenders_get_fewer_extra_seeds_than_cheap_ones() -> None:
+    same = [0.90, 0.93, 0.89, 0.94, 0.91, 0.92]
+    cheap = contender("adam_default", same, s_per_epoch=1.0)
+    cheap2 = contender("trial_1", [v + d for v, d in zip(same, [0.01, -0.02, 0.015, -0.01, 0, 0], strict=True)])
+    slow = contender("soap_default", [v + d for v, d in zip(same, [-0.01, 0.02, 0, 0.01, 0, 0], strict=True)],
+                     s_per_epoch=10.0)
+    race([cheap, cheap2, slow], max_seeds=5)
+    assert len(slow.results) == 4 and len(cheap.results) == 5  # min_seeds + 1 for a 10x slower one
+
+
+def test_under_a_budget_the_slowest_are_left_out_first_and_the_essential_last() -> None:
+    budget = Budget(limit_s=100.0)  # about 94 s left for work
+    values = [0.9, 0.91, 0.9, 0.91, 0.9]
+    fast = [contender(f"f{i}_default", values, s_per_epoch=1.0) for i in range(3)]
+    slow_essential = contender("trial_1", [v + 0.05 for v in values], s_per_epoch=20.0, essential=True)
+    slow = contender("soap_default", values, s_per_epoch=30.0)
+    _, rounds = race([*fast, slow_essential, slow], min_seeds=2, max_seeds=2, budget=budget, epochs=2)
+    # Two rounds of everyone: ~2 x 61 s on two workers; without soap (60 s a run) they fit.
+    assert slow.status == "unaffordable" and "not confirmed" in slow.reason and not slow.results
+    assert slow_essential.status == "racing" and sorted(slow_essential.results) == [0, 1]
+    assert any("soap_default" in note for note in budget.notes)
+    assert all("soap_default" not in names for names in rounds)
+
+
+def test_screen_rungs_and_the_guarded_screen_pruner() -> None:
+    assert screen_rungs(5) == [1, 2] and screen_rungs(9) == [1, 3] and screen_rungs(1) == []
+    pruner = build_pruner("screen", epochs=9, warmup=0.3)
+    assert isinstance(pruner, GuardedPruner) and isinstance(pruner.inner, ScreenPruner)
+    assert [s for s in range(1, 10) if pruner.may_prune(s)] == [1, 3]  # only at the rungs
+
+
+def _portfolio_study(values_at_1: list[float], speeds: list[float]) -> optuna.Study:
+    study = optuna.create_study(storage=InMemoryStorage(), direction="maximize")
+    for v, s in zip(values_at_1, speeds, strict=True):
+        study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: v},
+                                     user_attrs={"portfolio": True, "s_per_epoch": s}))
+    return study
+
+
+def _running(value: float, s_per_epoch: float) -> optuna.trial.FrozenTrial:
+    t = create_trial(state=TrialState.RUNNING, intermediate_values={1: value}, user_attrs={"s_per_epoch": s_per_epoch})
+    t.number = 999
+    return t
+
+
+@pytest.mark.parametrize("speed, kept", [(1.0, True), (10.0, False)])
+def test_the_screen_keeps_a_third_at_each_rung_and_a_slow_family_must_lead_its_rung(speed: float, kept: bool) -> None:
+    # Eight families reached rung 1; a ninth at 0.85 is second of nine: inside the best third (3)
+    # at the median's speed, outside at ten times the median (it must be the best one).
+    study = _portfolio_study([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [1.0] * 8)
+    pruner = ScreenPruner([1, 3])
+    assert pruner.prune(study, _running(0.85, speed)) is not kept
+    assert not pruner.prune(study, _running(0.95, 10.0))  # the rung's leader goes on, however slow
+    assert pruner.prune(study, _running(0.55, 1.0))  # sixth of nine: pruned
