@@ -368,6 +368,7 @@ class TrialRecorder:
     def __init__(self, write_every_s: float = WRITE_EVERY_S) -> None:
         self.write_every_s = write_every_s
         self._clients: dict[str, Any] = {}
+        self._client_lock = threading.Lock()
         self._runs: dict[int, _PendingRun] = {}
         self._cond = threading.Condition()
         self._writing = False
@@ -375,37 +376,38 @@ class TrialRecorder:
         self._thread.start()
 
     def _client(self, uri: str) -> Any:
-        if uri not in self._clients:
-            self._clients[uri] = _client(uri)
-        return self._clients[uri]
+        with self._client_lock:
+            if uri not in self._clients:
+                self._clients[uri] = _client(uri)
+            return self._clients[uri]
 
     def warm(self, uri: str) -> None:
-        """Import MLflow and open the store at ``uri`` now (a second or more for a database
-        store), so that a worker's first trial does not wait for it."""
-        try:
-            self._client(uri)
-        except Exception as exc:  # tracking must never fail a trial
-            log.warning("MLflow store %s could not be opened: %s", uri, exc)
+        """Import MLflow and open the store at ``uri`` in the background (a second or more for a
+        database store): the training path never imports MLflow (what it records goes as plain
+        data to the writer thread), so a worker's first trial need not wait for it."""
+        def _open() -> None:
+            try:
+                self._client(uri)
+            except Exception as exc:  # tracking must never fail a trial
+                log.warning("MLflow store %s could not be opened: %s", uri, exc)
+
+        threading.Thread(target=_open, name="mlflow-open", daemon=True).start()
 
     def start(self, handle: dict[str, Any], *, run_name: str, params: dict[str, Any],
               tags: dict[str, Any]) -> None:
         """Open the nested run; ``handle`` (uri, experiment_id, parent_run_id) comes from the
         driver and receives the new run's id once it is created."""
-        from mlflow.entities import Param
-
         run = _PendingRun(handle, run_name, {PARENT_TAG: handle["parent_run_id"],
                                              **{k: str(v) for k, v in tags.items()}},
                           due=time.monotonic(),  # created at once: a running trial shows in the UI
-                          params=[Param(k, _param_value(v)) for k, v in params.items()])
+                          params=[(k, _param_value(v)) for k, v in params.items()])
         with self._cond:
             self._runs[id(handle)] = run
             self._cond.notify()
 
     def log_epoch(self, handle: dict[str, Any], epoch: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if math.isfinite(v)]
+        batch = [(k, float(v), now, epoch) for k, v in metrics.items() if math.isfinite(v)]
         with self._cond:
             run = self._runs.get(id(handle))
             if run is not None:
@@ -414,19 +416,17 @@ class TrialRecorder:
     def finish(self, handle: dict[str, Any], *, state: str, tags: dict[str, Any],
                metrics: dict[str, float] | None = None) -> None:
         """Set the final tags (and metrics) and end the run: FINISHED, or FAILED for a failed trial."""
-        from mlflow.entities import Metric, RunTag
-
         now = int(time.time() * 1000)
         with self._cond:
             run = self._runs.get(id(handle))
             if run is None:
                 return
-            run.metrics.extend(Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+            run.metrics.extend((k, float(v), now, 0) for k, v in (metrics or {}).items()
                                if v is not None and math.isfinite(v))
-            run.final_tags += [RunTag(STATE_TAG, state), *(RunTag(k, _param_value(v)) for k, v in tags.items())]
+            run.final_tags += [(STATE_TAG, state), *((k, _param_value(v)) for k, v in tags.items())]
             if state == "PRUNED":
                 # The runs table shows it by name; filter with tags.autoopt.pruned = 'true'.
-                run.final_tags += [RunTag(PRUNED_TAG, "true"), RunTag("mlflow.runName", f"{run.run_name} (pruned)")]
+                run.final_tags += [(PRUNED_TAG, "true"), ("mlflow.runName", f"{run.run_name} (pruned)")]
             run.status = "FAILED" if state == "FAIL" else "FINISHED"
             run.due = time.monotonic()
             self._cond.notify()
@@ -474,8 +474,13 @@ class TrialRecorder:
 
     def _write(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
                tags: list[Any], status: str | None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
         handle = run.handle
         client = self._client(handle["uri"])
+        params = [Param(*p) for p in params]
+        metrics = [Metric(*m) for m in metrics]
+        tags = [RunTag(*t) for t in tags]
         if not created:
             handle["run_id"] = client.create_run(handle["experiment_id"], run_name=run.run_name,
                                                  tags=run.tags).info.run_id
