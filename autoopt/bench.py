@@ -15,8 +15,8 @@ Four measures, each against what a PyTorch user would otherwise run:
   a local Ray, in a temporary folder) of many short ``digits`` trials.
   ``overhead_s_per_trial = (study_s × concurrency − Σ train_s) / trials``: the slot-seconds a
   trial costs beyond its training (dispatch, storage, pruning round trips, tracking). The
-  study runs from the first trial asked to the last trial recorded both in Optuna and in
-  MLflow; the one-time costs around it (starting Ray, creating both databases, starting and
+  study runs from the first trial's start on a worker to the last trial recorded both in
+  Optuna and in MLflow; the one-time costs around it (starting Ray, creating both databases, starting and
   warming the workers: ``startup_s``; choosing and writing the recommendation, stopping Ray:
   ``finish_s``) are reported apart, and ``overhead_s_per_trial_all_in`` spreads them over the
   trials too. ``train_s`` is what ``train`` measures per epoch (training steps and the
@@ -306,9 +306,9 @@ def study_timing(task: str, *, concurrency: int, trials: int | None = None, epoc
     """Run a study through ``autoopt.tuning.run`` in a temporary folder (SQLite storage, MLflow
     on SQLite, Ray local unless ``ray_address``) with ``concurrency`` trials at once, and time it.
 
-    ``study_s`` spans the first trial asked to the last trial recorded (told to Optuna, and its
-    MLflow run closed); ``startup_s`` comes before it, ``finish_s`` after it; ``train_s`` is the
-    sum of the trials' ``train_s``.
+    ``study_s`` spans the first trial's start on a worker (its MLflow run opened) to the last
+    trial recorded (told to Optuna, and its MLflow run closed); ``startup_s`` comes before it,
+    ``finish_s`` after it; ``train_s`` is the sum of the trials' ``train_s``.
     """
     import optuna
 
@@ -326,11 +326,15 @@ def study_timing(task: str, *, concurrency: int, trials: int | None = None, epoc
         done = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
         if not done:
             raise RuntimeError(f"the bench study of {task} finished no trial")
-        first = min(t.datetime_start for t in done if t.datetime_start is not None).timestamp()
+        asked = min(t.datetime_start for t in done if t.datetime_start is not None).timestamp()
         last_told = max(t.datetime_complete for t in done).timestamp()
         parent = latest_study_run(tracking, spec.task, spec.name)
-        ends = [r["end_time_ms"] / 1000 for r in child_runs(tracking, spec.task, parent)
-                if r.get("end_time_ms")] if parent else []
+        runs = child_runs(tracking, spec.task, parent) if parent else []
+        ends = [r["end_time_ms"] / 1000 for r in runs if r.get("end_time_ms")]
+        # The first trial is asked while the workers warm up; the study starts when it starts
+        # on a worker (its run opens there), the warm-up is start-up.
+        starts = [r["start_time_ms"] / 1000 for r in runs if r.get("start_time_ms")]
+        first = max(asked, min(starts)) if starts else asked
         last = max([last_told, *ends])
         states: dict[str, int] = {}
         for t in done:

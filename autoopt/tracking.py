@@ -324,7 +324,7 @@ def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
 def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
     """The nested runs of a parent run as plain dicts: ``run_id``, ``name``, ``status``,
     ``end_time_ms`` (None while running), ``tags``,
-    ``params``, ``metrics`` (the last value of each)."""
+    ``params``, ``metrics`` (the last value of each), and ``start_time_ms``."""
     client = _client(local_tracking_uri(uri))
     exp = client.get_experiment_by_name(experiment_name(task))
     if exp is None:
@@ -332,7 +332,7 @@ def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
                               max_results=5000)
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-             "end_time_ms": r.info.end_time,
+             "start_time_ms": r.info.start_time, "end_time_ms": r.info.end_time,
              "tags": dict(r.data.tags), "params": dict(r.data.params), "metrics": dict(r.data.metrics)}
             for r in runs]
 
