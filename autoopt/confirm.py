@@ -36,7 +36,7 @@ from typing import Any
 from autoopt.budget import MIN_SEEDS, Budget
 from autoopt.direction import ordered
 from autoopt.dispatch import JobResult, JobState, SearchProgress
-from autoopt.race import Contender, Race, margin_for, race_jobs
+from autoopt.race import SLOW, Contender, Race, margin_for, race_jobs
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family
 from autoopt.spec import StudySpec
@@ -94,14 +94,17 @@ def screened(study: Any, direction: str) -> list[TrialConfig]:
     return out
 
 
-def baselines(study: Any = None, direction: str = "maximize") -> dict[str, TrialConfig]:
+def baselines(study: Any = None, direction: str = "maximize", slow: frozenset[str] = frozenset()
+              ) -> dict[str, TrialConfig]:
     """The tutorial's three defaults plus ``SCREENED_BASELINES`` published defaults: the best
     screened in ``study``'s portfolio, at least ``MIN_MODERN`` of them modern families (filled
-    from ``PORTFOLIO_PRIOR`` where the portfolio screened too few). Named ``<family>_default``."""
+    from ``PORTFOLIO_PRIOR`` where the portfolio screened too few). Named ``<family>_default``.
+    A family in ``slow`` stands only if it screened best: a slow one must earn its place."""
     tutorial = {_key(c) for c in BASELINES.values()}
     ranked = [c for c in (screened(study, direction) if study is not None else [])
               if _key(c) not in tutorial and _available(c.optimizer)]
     extras: list[TrialConfig] = ranked[:1]
+    ranked = ranked[:1] + [c for c in ranked[1:] if c.optimizer not in slow]
 
     def n_modern() -> int:
         return sum(c.optimizer in MODERN for c in extras)
@@ -114,7 +117,7 @@ def baselines(study: Any = None, direction: str = "maximize") -> dict[str, Trial
     for name in PORTFOLIO_PRIOR:  # the portfolio screened too few modern families
         if n_modern() >= MIN_MODERN:
             break
-        if name in MODERN and all(c.optimizer != name for c in extras) and _available(name):
+        if name in MODERN and name not in slow and all(c.optimizer != name for c in extras) and _available(name):
             extras.append(TrialConfig(name, default_params(name)))
     for c in ranked:  # then the next best screened, whatever the family
         if len(extras) >= SCREENED_BASELINES:
@@ -336,11 +339,15 @@ def judge(table: dict[str, dict[str, Any]], results: dict[str, dict[int, JobResu
 def contenders(spec: StudySpec, study: Any, task: Any) -> list[Contender]:
     """The race's contenders: the top tuned configs, then the baselines (none twice: a baseline's
     config is confirmed as the baseline); with the seconds per epoch the study measured for their
-    families."""
-    bases = baselines(study, task.direction)
-    exclude = {_key(cfg) for cfg in bases.values()}
-    tuned = top_configs(study, spec.confirm_top, task.direction, exclude)
+    families. Cost-aware: a family more than ``SLOW`` times the median family's seconds per
+    epoch enters only as the search's best config or the best-screened default."""
     speed = family_speeds(study)
+    typical = statistics.median(speed.values()) if speed else None
+    slow = frozenset(f for f, v in speed.items() if typical and v > SLOW * typical)
+    bases = baselines(study, task.direction, slow)
+    exclude = {_key(cfg) for cfg in bases.values()}
+    ranked = top_configs(study, 4 * spec.confirm_top, task.direction, exclude)
+    tuned = (ranked[:1] + [(n, c) for n, c in ranked[1:] if c.optimizer not in slow])[:spec.confirm_top]
     out = [Contender(f"trial_{n}", n, cfg, speed.get(cfg.optimizer), essential=i == 0)
            for i, (n, cfg) in enumerate(tuned)]
     first_screened = next((name for name in bases if name not in BASELINES), None)

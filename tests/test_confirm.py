@@ -105,6 +105,15 @@ def test_baselines_add_the_best_screened_defaults_with_two_modern_ones() -> None
     assert {c.optimizer for c in bases.values()} & MODERN == {"soap", "prodigy"}
 
 
+def test_a_slow_family_is_a_baseline_only_when_it_screened_best() -> None:
+    st = _portfolio_study({"nadam": 0.97, "adamw": 0.96, "soap": 0.95, "sgd": 0.99, "lion": 0.90,
+                           "prodigy": 0.94, "radam": 0.93})
+    bases = baselines(st, "maximize", slow=frozenset({"soap"}))
+    assert "soap_default" not in bases and {"nadam_default", "prodigy_default", "lion_default"} <= set(bases)
+    first = _portfolio_study({"soap": 0.99, "nadam": 0.97, "prodigy": 0.94})
+    assert "soap_default" in baselines(first, "maximize", slow=frozenset({"soap"}))  # it earned its place
+
+
 def test_baselines_fill_modern_defaults_in_prior_order_when_the_portfolio_screened_too_few() -> None:
     bases = baselines(_portfolio_study({"nadam": 0.97, "adamw": 0.96, "lion": 0.5}), "maximize")
     modern = [c.optimizer for c in bases.values() if c.optimizer in MODERN]
