@@ -23,19 +23,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autoopt.bench import BenchOptions, run_bench
-from autoopt.compare import parse_lrs, plan_compare, run_compare
-from autoopt.errors import UsageError
-from autoopt.progress import TuneDisplay
-from autoopt.recommendation import python_snippet
-from autoopt.recommendation import recommend as load_recommendation
+# Light modules only (the standard library, typer, rich, yaml): each command imports what pulls
+# torch, Ray, MLflow or Optuna itself, so --help, --version, tasks and recommend answer at once.
+from autoopt.catalog import SOURCES, check_task_name
+from autoopt.errors import StorageDown, UsageError
 from autoopt.redact import mask_url, redact
-from autoopt.report import write_report
-from autoopt.spec import load_spec
-from autoopt.study import StorageDown
-from autoopt.tasks import check_task_name, task_sources
-from autoopt.tuning import preflight
-from autoopt.tuning import run as run_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
@@ -98,6 +90,32 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("autoopt")
+    except PackageNotFoundError:  # a source tree that is not installed
+        from autoopt import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"autoopt {_installed_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help="print autoopt's version and exit", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    # No docstring: the app's help stays the one given to typer.Typer.
+    pass
+
+
 # --- options shared between commands ---------------------------------------------------------
 # Defaults that come from the environment or a study file are spelt out as text (show_default):
 # the help shows them without rich reading brackets as markup.
@@ -149,6 +167,9 @@ def tune(
                                                show_default="20, or the study file's trials",
                                                rich_help_panel=SEARCH)] = None,
     epochs: EpochsOpt = None,
+    time_budget: Annotated[str | None, typer.Option(
+        help="the whole command, launch to exit, ends within this (90s, 20m, 2h) with a confirmed pick",
+        show_default="none", rich_help_panel=SEARCH)] = None,
     timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds",
                                                   show_default="none", rich_help_panel=SEARCH)] = None,
     optimizers: Annotated[str | None, typer.Option(help="families (sgd,adam) or a preset: all, classic, modern",
@@ -186,6 +207,11 @@ def tune(
     """Run (or resume) the study for a task and write its recommendation."""
     _setup_logging()
     options = dict(locals())  # the options, by name: the spec's keys once renamed
+    from autoopt.progress import TuneDisplay  # after locals(): heavy (torch, Ray, MLflow)
+    from autoopt.spec import load_spec
+    from autoopt.tuning import preflight
+    from autoopt.tuning import run as run_study
+
     spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
     task = preflight(spec)  # the task, GPUs, storage and MLflow: checked before anything starts
     place = spec.placement
@@ -194,8 +220,15 @@ def tune(
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
-        rec = run_study(spec, on_progress=display.update, checked=task)
+        rec = run_study(spec, on_progress=display.update, checked=task, since=_launched())
     _print_recommendation(rec.to_dict(), f"{place.out}/{spec.name}.json")
+
+
+def _launched() -> float:
+    """When this command was launched: a time budget counts from there."""
+    from autoopt.budget import launch_time
+
+    return launch_time()
 
 
 # CLI parameter -> spec key, where they differ.
@@ -225,9 +258,14 @@ def _print_recommendation(data: dict[str, Any], path: str | None = None) -> None
     cost = data.get("cost") or {}
     if cost.get("s_per_epoch") is not None:
         table.add_row("cost", _cost(cost))
-    tie = data.get("cheapest_tie")
-    if tie:
-        table.add_row("cheapest tie", escape(f"{tie['name']} ({tie['optimizer']}): {_cost(tie)}"))
+    alt = data.get("cheapest_equivalent")
+    if alt:
+        vs = alt.get("versus_pick") or {}
+        table.add_row("cheaper, equivalent", escape(f"{alt['name']} ({alt['optimizer']}): {_cost(alt)}; within "
+                                                    f"{vs.get('margin', 0):.4g} of the pick"))
+    budget = data.get("budget") or {}
+    if budget.get("limit_s"):
+        table.add_row("time budget", f"{budget['used_s']:.0f}s of {budget['limit_s']:g}s")
     out.print(table)
     if path:
         out.print(f"written to {escape(path)}; load it with "
@@ -259,6 +297,10 @@ def recommend(
     fmt: Annotated[Format, typer.Option("--format", help="json, yaml or python")] = Format.json,
 ) -> None:
     """Print the stored recommendation for a task."""
+    # Light: Optuna is imported only where there is a database to read, torch never.
+    from autoopt.recommendation import python_snippet
+    from autoopt.recommendation import recommend as load_recommendation
+
     check_task_name(task)  # an unknown task names the known ones, not a command that cannot work
     data = load_recommendation(task, storage=storage, study=study).to_dict()
     if fmt is Format.json:
@@ -275,7 +317,7 @@ def tasks() -> None:
     """List the built-in tasks and where their data comes from."""
     table = Table("task", "data", "metric")
     table.columns[1].overflow = "fold"
-    for name, source in task_sources().items():
+    for name, source in SOURCES.items():  # light data: no task is imported
         table.add_row(name, source, "val_accuracy (maximize)")
     table.add_row("module:function", "your function returning an autoopt Task", "yours (accuracy or rmse)")
     out.print(table)
@@ -292,6 +334,8 @@ def report(
     mlflow_uri: MlflowOpt = None,
 ) -> None:
     """Write plots and a one-minute summary of a finished study; log them to its MLflow run."""
+    from autoopt.report import write_report
+
     _setup_logging()
     result = write_report(task, storage=storage, study_name=study, out=out_dir, mlflow_uri=mlflow_uri)
     for name in result.files:
@@ -326,6 +370,8 @@ def compare(
     out_dir: Annotated[str, typer.Option("--out", help="where <task>.png and <task>.json go")] = "compare",
 ) -> None:
     """Compare optimizers at fixed settings (no search), as the tutorial does: a table and loss curves."""
+    from autoopt.compare import parse_lrs, plan_compare, run_compare
+
     _setup_logging()
     # Validate everything before the progress bar starts: bad input is one line, nothing else.
     plan = plan_compare(task, optimizers, lrs=parse_lrs(lrs), seeds=seeds, epochs=epochs, seed=seed,
@@ -410,6 +456,8 @@ def bench(
                                             "on a GPU)")] = "data,train,overhead,digits",
 ) -> None:
     """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way."""
+    from autoopt.bench import BenchOptions, run_bench
+
     _setup_logging()
     opts = BenchOptions(device=device, data_images=data_images,
                         train_images=data_images if full_cifar and train_images is None else train_images,

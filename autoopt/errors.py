@@ -1,4 +1,7 @@
-"""The one exception type for bad input."""
+"""The exceptions the CLI turns into an exit code: bad input (2), a storage that stayed down (1).
+
+Dependency-free, so the CLI catches them without importing what raises them.
+"""
 
 
 class UsageError(ValueError):
@@ -11,3 +14,7 @@ class UsageError(ValueError):
     ...
     autoopt.errors.UsageError: unknown task 'cifar'; known tasks: cifar10, digits, mnist, or module:function
     """
+
+
+class StorageDown(RuntimeError):
+    """The storage stayed unreachable after retries (exit code 1); ``autoopt.study`` re-exports it."""

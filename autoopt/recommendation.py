@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
 from autoopt.errors import UsageError
 from autoopt.redact import mask_url
 from autoopt.space import (
@@ -27,9 +30,6 @@ from autoopt.space import (
     make_family,
     schedule,
 )
-from autoopt.spec import DEFAULT_STORAGE
-from autoopt.study import load_existing_study, open_storage, sqlite_path
-from autoopt.tasks import BUILTIN
 
 STUDY_ATTR = "recommendation"
 FOLDER = "recommendations"  # where tune writes <study>.json; AUTOOPT_RECOMMENDATIONS names another
@@ -228,7 +228,19 @@ def shipped_path(study_name: str) -> Path:
 
 
 def load_stored(url: str, study_name: str) -> dict[str, Any] | None:
-    """The recommendation dict stored with a study, or None (no database, study or recommendation)."""
+    """The recommendation dict stored with a study, or None (no database, study or recommendation).
+
+    A plain SQLite file is read with the standard library (``recommend`` answers at once);
+    any other storage, or a file that cannot be read that way, through Optuna."""
+    path = _plain_sqlite_path(url)
+    if path is not None:
+        if not path.exists():
+            return None  # don't create an empty database just to look
+        read, data = _read_sqlite(path, study_name)
+        if read:
+            return data
+    from autoopt.study import load_existing_study, open_storage, sqlite_path
+
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return None  # don't create an empty database just to look
@@ -236,6 +248,41 @@ def load_stored(url: str, study_name: str) -> dict[str, Any] | None:
     if study is None:
         return None
     return study.user_attrs.get(STUDY_ATTR)
+
+
+# A plain SQLite URL, ``sqlite:///path`` with no query, no driver and nothing to unquote: the
+# path is the file, as SQLAlchemy reads it. Anything else is parsed by SQLAlchemy.
+_PLAIN_SQLITE = re.compile(r"sqlite:///(?P<path>[^?#%]+)")
+
+
+def _plain_sqlite_path(url: str) -> Path | None:
+    """The file of a plain SQLite URL, or None (another URL: SQLAlchemy parses it)."""
+    match = _PLAIN_SQLITE.fullmatch(url)
+    path = match["path"] if match else ""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return Path(path).expanduser()
+
+
+def _read_sqlite(path: Path, study_name: str) -> tuple[bool, Any]:
+    """``(True, the study's recommendation or None)``, selected from the two tables of an Optuna
+    storage that hold it (``studies``, ``study_user_attributes``: their columns are the same
+    since Optuna 1.0); ``(False, None)`` when it cannot be read so (not an Optuna database, a
+    locked or broken file): then Optuna opens it and says what is wrong. Opened as Optuna opens
+    it, read-write (never created), so closing it leaves no WAL files behind; nothing is written."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
+        try:
+            rows = conn.execute(
+                "SELECT a.value_json FROM studies AS s LEFT JOIN study_user_attributes AS a "
+                "ON a.study_id = s.study_id AND a.key = ? WHERE s.study_name = ?", (STUDY_ATTR, study_name)
+            ).fetchall()
+        finally:
+            conn.close()
+        value = rows[0][0] if rows else None
+        return True, None if value is None else json.loads(value)
+    except (sqlite3.Error, OSError, ValueError):
+        return False, None
 
 
 def store(study: Any, rec: Recommendation) -> None:

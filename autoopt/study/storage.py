@@ -18,7 +18,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from autoopt.errors import UsageError
+from autoopt.errors import StorageDown, UsageError
 from autoopt.redact import redact
 from autoopt.study.backends import FIX, Backend, backend_for, env_seconds
 
@@ -32,10 +32,6 @@ HEARTBEAT_S = 3
 GRACE_S = 15
 MAX_RETRY = 2
 STORAGE_RETRY_S = 60.0  # default of AUTOOPT_STORAGE_RETRY_S
-
-
-class StorageDown(RuntimeError):
-    """The storage stayed unreachable after retries (exit code 1)."""
 
 
 def check_storage(url: str, *, write: bool = True) -> Backend:

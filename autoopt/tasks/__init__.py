@@ -12,63 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoopt.catalog import BUILTIN, SOURCES, check_task_name, one_line, resolve_function
 from autoopt.data import Split
 from autoopt.errors import UsageError
 from autoopt.tasks.base import LOSSES, Task
-
-BUILTIN: dict[str, str] = {
-    "digits": "autoopt.tasks.digits",
-    "mnist": "autoopt.tasks.mnist",
-    "cifar10": "autoopt.tasks.cifar10",
-    # module:function where one module builds several tasks
-    "digits_lstm": "autoopt.tasks.sequence:load_digits",
-    "mnist_lstm": "autoopt.tasks.sequence:load_mnist",
-}
 
 __all__ = ["BUILTIN", "Task", "check_task", "check_task_name", "default_data_dir", "load_task"]
 
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("AUTOOPT_DATA") or Path.home() / ".cache" / "autoopt" / "data")
-
-
-def check_task_name(name: str) -> str:
-    """Check a task name without loading data: built-in, or an importable ``module:function``."""
-    if name in BUILTIN:
-        return name
-    if ":" in name:
-        _resolve_function(name)
-        return name
-    raise UsageError(f"unknown task '{name}'; known tasks: {', '.join(sorted(BUILTIN))}, or module:function")
-
-
-def _resolve_function(name: str) -> Callable[..., Task]:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or str(exc)
-        if module_name == missing or module_name.startswith(f"{missing}."):
-            raise UsageError(f"task '{name}': no module named {module_name}; put its folder on PYTHONPATH "
-                             "(on a cluster: on every node)") from None
-        raise UsageError(f"task '{name}': {module_name} imports {missing}, which is not installed; "
-                         f"install it (pip install {missing.partition('.')[0]})") from None
-    except SyntaxError as exc:
-        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
-        raise UsageError(f"task '{name}': {module_name} has a syntax error ({where}: {exc.msg}); fix the file"
-                         ) from None
-    except Exception as exc:
-        raise UsageError(f"task '{name}': importing {module_name} raised {type(exc).__name__}: "
-                         f"{_one_line(exc)}; fix the module") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise UsageError(f"task '{name}': {module_name} has no function {attr}; name it as module:function")
-    return fn
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 def load_task(name: str, data_dir: Path | str | None = None) -> Task:
@@ -82,14 +35,14 @@ def load_task(name: str, data_dir: Path | str | None = None) -> Task:
     check_task_name(name)
     if name in BUILTIN:
         return _builtin(name)[1](root)
-    fn = _resolve_function(name)
+    fn = resolve_function(name)
     try:
         task = fn(root)
     except UsageError as exc:
         raise UsageError(f"task '{name}': {exc}") from None
     except Exception as exc:
         raise UsageError(f"task '{name}': {name.replace(':', '.')}(data_dir) raised {type(exc).__name__}: "
-                         f"{_one_line(exc)}; fix the task function") from None
+                         f"{one_line(exc)}; fix the task function") from None
     check_task(task, name)
     return task
 
@@ -124,9 +77,5 @@ def _builtin(name: str) -> tuple[Any, Callable[..., Task]]:
 
 
 def task_sources() -> dict[str, str]:
-    """Where each built-in task's data comes from (``autoopt tasks``)."""
-    sources = {}
-    for name in BUILTIN:
-        module = _builtin(name)[0]
-        sources[name] = getattr(module, "SOURCES", {}).get(name, module.SOURCE)
-    return sources
+    """Where each built-in task's data comes from (``autoopt tasks``), without importing a task."""
+    return dict(SOURCES)

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoopt.catalog import SOURCES
 from autoopt.data import Preprocess, Split, split_holdout
 from autoopt.errors import UsageError
 from autoopt.tasks.base import Task
 from autoopt.tasks.models import SimpleCNN
 
-SOURCE = "torchvision CIFAR-10 (python pickle batches, downloaded into the data folder)"
+SOURCE = SOURCES["cifar10"]
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCHES = ["test_batch"]

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
+from autoopt.catalog import SOURCES
 from autoopt.data import Preprocess, split_holdout
 from autoopt.tasks.base import Task
 from autoopt.tasks.models import SmallCNN
 
-SOURCE = "scikit-learn's bundled 8x8 digits (offline)"
+SOURCE = SOURCES["digits"]
 
 
 def load(data_dir: Path | None = None) -> Task:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoopt.catalog import SOURCES
 from autoopt.data import Preprocess, Split, split_holdout
 from autoopt.errors import UsageError
 from autoopt.tasks.base import Task
 from autoopt.tasks.models import SmallCNN
 
-SOURCE = "torchvision MNIST (IDX files, downloaded into the data folder)"
+SOURCE = SOURCES["mnist"]
 
 
 def read_mnist(root: Path, *, download: bool = True) -> tuple[Split, Split]:

@@ -17,13 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoopt.catalog import SOURCES as _ALL_SOURCES
 from autoopt.tasks import digits, mnist
 from autoopt.tasks.base import Task
 
-SOURCES = {
-    "digits_lstm": "scikit-learn's bundled 8x8 digits (offline), 8 rows of 8 pixels read by an LSTM",
-    "mnist_lstm": "torchvision MNIST (IDX files, downloaded into the data folder), 28 rows read by an LSTM",
-}
+SOURCES = {name: _ALL_SOURCES[name] for name in ("digits_lstm", "mnist_lstm")}
 SOURCE = "the digits or MNIST images read row by row by an LSTM"
 
 
