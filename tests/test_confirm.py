@@ -180,7 +180,7 @@ def test_baseline_wins_over_a_hopeless_search(poor: Path) -> None:
     assert rec["cost"]["s_per_epoch"] > 0 and rec["cost"]["relative"] >= 1.0
     for entry in [*rec["confirmation"].values(), *rec["baselines"]]:
         assert entry["s_per_epoch"] > 0 and "time_to_baseline_s" in entry
-    assert "cheapest_tie" in rec
+    assert "cheapest_equivalent" in rec and rec["equivalence_margin"] == 0.01
 
 
 @pytest.mark.slow
