@@ -193,11 +193,18 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     study = open_study(open_storage(storage_url), spec.name, direction=task.direction, metric=task.metric,
                        sampler=spec.sampler, seed=spec.seed)
     with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
-    # Start-up overlaps: MLflow's store and parent run are made while Ray starts and the
-    # workers warm up (their imports, the task's data, torch's first step).
-    opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoopt-mlflow")
-    opening = opener.submit(_open_tracker, spec)
-    opener.shutdown(wait=False)
+    # Start-up overlaps: while Ray starts (on this thread: Ray's processes die with the thread
+    # that started them), MLflow's store and parent run are made and the portfolio is enqueued
+    # and the first trial asked and prepared, in the background; the workers then warm up
+    # (their imports, a first training step) on the task loaded here.
+    handle: dict[str, Any] = {}  # the parent run's: filled before the first job is sent
+    loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=handle, pool=None,
+                               on_progress=on_progress, budget=budget,
+                               policy=PortfolioFirst(spec.search_space(), seed=spec.seed))
+    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoopt-start")
+    opening = background.submit(_open_tracker, spec)
+    beginning = background.submit(loop.begin)
+    background.shutdown(wait=False)
     tracker: Any = None
     started_ray = False
     pool = None
@@ -205,31 +212,38 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     storage_down = False
     try:
         started_ray = dispatch.start_ray(spec.placement.ray_address)
+        beginning.result()
         spec, auto_gpus = _placed(spec)
+        loop.spec = spec
         place = spec.placement
         size = place.concurrency or dispatch.default_concurrency(place.cpus_per_trial, place.gpus_per_trial)
         pool = dispatch.WorkerPool(max(1, min(size, spec.trials)), cpus=place.cpus_per_trial,
                                    gpus=place.gpus_per_trial)
         pool.warm(dispatch.warm_job(spec, storage_url, study.study_name,
-                                    {"uri": tracking.local_tracking_uri(place.mlflow_uri)}))
+                                    {"uri": tracking.local_tracking_uri(place.mlflow_uri)}), task=task)
+        loop.pool = pool
         tracker = opening.result()
         if auto_gpus is not None:
             tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
-        handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
-        loop = dispatch.run_search(study, spec=spec, storage_url=storage_url, tracking=handle, pool=pool,
-                                   on_progress=on_progress, budget=budget,
-                                   policy=PortfolioFirst(spec.search_space(), seed=spec.seed))
+        handle.update(uri=tracker.uri, experiment_id=tracker.experiment_id, parent_run_id=tracker.run_id)
+        loop.run()
         rec = finish(spec, study, task, tracker, pool, handle, on_progress=on_progress, figures=figures,
                      budget=budget, effort=effort_of(loop, budget))
         tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": loop.progress.finished_here})
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        beginning.exception()
+        loop.interrupt()  # what was asked here is failed and re-queued (again: a no-op)
         if tracker is not None:
             _save_best_so_far(spec, study, task, tracker, figures)
         raise
     except StorageDown:
         storage_down = True
+        raise
+    except BaseException:
+        beginning.exception()  # it has asked what it will ask
+        loop.interrupt()  # the trials asked here are failed and re-queued: a rerun finishes them
         raise
     finally:
         if pool is not None:

@@ -86,13 +86,14 @@ class WorkerPool:
         self._pings: dict[ray.ObjectRef, tuple[int, Any]] = {}
         self._start_failures = 0
         self._warm_job: Job | None = None
+        self._warm_task: Any = None  # an object ref to the task the driver loaded, or None
         for i in range(size):
             self._start(i)
 
     def _start(self, index: int) -> None:
         actor = self._remote.remote(max(1, int(self.cpus)), self.gpus)
         self.workers[index], self.load[index], self.ready[index] = actor, 0, False
-        ping = actor.info.remote() if self._warm_job is None else actor.warm.remote(self._warm_job)
+        ping = actor.info.remote() if self._warm_job is None else actor.warm.remote(self._warm_job, self._warm_task)
         self._pings[ping] = (index, actor)
 
     @property
@@ -100,17 +101,19 @@ class WorkerPool:
         """Whether ``warm`` was called: workers become ready once warm."""
         return self._warm_job is not None
 
-    def warm(self, job: Job) -> None:
+    def warm(self, job: Job, task: Any = None) -> None:
         """From now on a worker is ready only once it has paid ``job``'s one-time costs (its
         task loaded, its stores opened, torch warmed up: ``TrialWorker.warm``), so that trials
-        start on warm workers; replacements started later warm up too. Call before the first
-        job."""
+        start on warm workers; replacements started later warm up too. ``task``: the job's task
+        as the driver loaded it, shipped through Ray's object store (the workers need not load
+        it again). Call before the first job."""
         self._warm_job = job
+        self._warm_task = ray.put(task) if task is not None else None
         for index, actor in enumerate(self.workers):
             # Queued behind the actor's ping: it answers once Ray has placed the actor and it is warm.
             self.ready[index] = False
             self._pings = {ref: v for ref, v in self._pings.items() if v[1] is not actor}
-            self._pings[actor.warm.remote(job)] = (index, actor)
+            self._pings[actor.warm.remote(job, self._warm_task)] = (index, actor)
 
     def poll(self, timeout_s: float = 0.0) -> None:
         """Mark the workers Ray has placed since the last call as ready (waits up to

@@ -120,8 +120,8 @@ class SearchLoop:
     other drivers and those already finished), or ``spec.timeout_s`` passes."""
 
     def __init__(self, study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
-                 pool: WorkerPool, on_progress: Progress | None = None, policy: SearchPolicy | None = None,
-                 budget: Budget | None = None) -> None:
+                 pool: WorkerPool | None, on_progress: Progress | None = None,
+                 policy: SearchPolicy | None = None, budget: Budget | None = None) -> None:
         self.study, self.spec, self.storage_url, self.tracking = study, spec, storage_url, tracking
         self.pool, self.on_progress, self.policy, self.budget = pool, on_progress, policy, budget
         self.speeds: dict[str, list[float]] = {}  # seconds per epoch measured, by family
@@ -138,6 +138,7 @@ class SearchLoop:
         self.last_beat = 0.0
         self.last_read = 0.0
         self.timeline: list[dict[str, Any]] = []  # per trial run here: number, kind, worker, started, ended
+        self.begun = False
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -154,21 +155,37 @@ class SearchLoop:
             raise
         return self.progress
 
-    def _start(self) -> None:
-        spec = self.spec
-        # Workers warm up (task data, stores, torch) while the driver starts; each takes
-        # trials once warm. ``tune`` starts their warm-up before it opens MLflow.
-        if not self.pool.warming:
-            self.pool.warm(warm_job(spec, self.storage_url, self.study.study_name, self.tracking))
+    def begin(self) -> None:
+        """What needs no worker, done once, possibly before the pool exists (``tune`` calls it
+        while Ray starts): a resumed study's costs read, the portfolio enqueued, the first trial
+        asked and prepared, to wait for the first warm worker. Ctrl-C re-queues what it asked."""
+        if self.begun:
+            return
+        self.begun = True
         for t in with_retry(lambda: self.study.get_trials(deepcopy=False), what="read the study"):
             if t.user_attrs.get("s_per_epoch") and t.user_attrs.get("config"):  # a resumed study's costs
                 self.speeds.setdefault(t.user_attrs["config"]["optimizer"], []).append(t.user_attrs["s_per_epoch"])
         if self.policy is not None:
-            note = with_retry(lambda: self.policy.start(self.study, self.storage_url, spec.trials),
+            policy = self.policy
+            note = with_retry(lambda: policy.start(self.study, self.storage_url, self.spec.trials),
                               what="enqueue the portfolio")
             if note:
                 log.warning("%s", note)  # before the progress display starts: the CLI shows it
                 self.progress.notes.append(note)
+        try:
+            if self.pending is None and not self.exhausted:
+                self.pending = self.next()
+        except KeyboardInterrupt:
+            self.interrupt()
+            raise
+
+    def _start(self) -> None:
+        # Workers warm up (task data, stores, torch) while the driver starts; each takes
+        # trials once warm. ``tune`` starts their warm-up before it opens MLflow.
+        assert self.pool is not None, "the search runs on a pool"
+        if not self.pool.warming:
+            self.pool.warm(warm_job(self.spec, self.storage_url, self.study.study_name, self.tracking))
+        self.begin()
         self.notify("start")
 
     def _step(self) -> bool:
@@ -356,7 +373,7 @@ class SearchLoop:
     def race_cost(self) -> float:
         """Expected seconds of the smallest confirmation: ``RACE_FLOOR`` configs on ``MIN_SEEDS``
         seeds, over the workers."""
-        runs = RACE_FLOOR * MIN_SEEDS / max(1, len(self.pool.workers))
+        runs = RACE_FLOOR * MIN_SEEDS / max(1, len(self.pool.workers) if self.pool is not None else 1)
         return runs * self.expected_cost(None)
 
     def over_budget(self, name: str | None) -> bool:
@@ -394,7 +411,8 @@ class SearchLoop:
     def interrupt(self) -> None:
         """Ctrl-C: fail the trials asked here (running or waiting in the driver) and re-queue
         them, so running the command again finishes exactly the remainder."""
-        self.pool.shutdown()
+        if self.pool is not None:
+            self.pool.shutdown()
         for trial in list(self.owned.values()):
             try:
                 trial.set_user_attr("reason", "interrupted")
@@ -402,6 +420,8 @@ class SearchLoop:
                 retry_trial(self.study, trial.number)
             except Exception as exc:
                 log.warning("could not re-queue trial %d: %s", trial.number, exc)
+        self.owned.clear()
+        self.pending = None
 
     def notify(self, event: str) -> None:
         self.progress.last = event

@@ -103,10 +103,12 @@ class TrialWorker:
     def flush(self) -> None:
         self.recorder.flush()
 
-    def _task(self, job: Job) -> Any:
+    def _task(self, job: Job, loaded: Any = None) -> Any:
+        """``job``'s task on this worker's device, loaded once (or taken from ``loaded``, the
+        task as the driver loaded it)."""
         key = (job.task, job.data_dir, job.batch_size)
         if key not in self.tasks:
-            task = load_task(job.task, job.data_dir).to(self.device)
+            task = (loaded if loaded is not None else load_task(job.task, job.data_dir)).to(self.device)
             self.task_loads += 1
             if job.batch_size:
                 task.batch_size = job.batch_size
@@ -125,13 +127,14 @@ class TrialWorker:
                 what="load the study")
         return self.studies[key]
 
-    def warm(self, job: Job) -> dict[str, Any]:
-        """Pay ``job``'s one-time costs before the first trial: its task's data on the device,
-        its study and tracking stores opened, torch's first training step. Best effort: a
-        failure here is logged, and the trial that meets it reports it."""
+    def warm(self, job: Job, task: Any = None) -> dict[str, Any]:
+        """Pay ``job``'s one-time costs before the first trial: its task's data on the device
+        (``task``, when the driver shipped the one it loaded), its study and tracking stores
+        opened, torch's first training step. Best effort: a failure here is logged, and the
+        trial that meets it reports it."""
         started = time.perf_counter()
         try:
-            task = self._task(job)
+            task = self._task(job, task)
             if job.trial is not None:
                 self._study(job.trial)
             if job.tracking:
