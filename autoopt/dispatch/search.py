@@ -45,6 +45,7 @@ from autoopt.study import (
     trials_snapshot,
     with_retry,
 )
+from autoopt.study.samplers import TrialSeededSampler
 
 log = logging.getLogger(__name__)
 
@@ -311,13 +312,17 @@ class SearchLoop:
     def prepare(self, trial: optuna.trial.Trial) -> TrialConfig:
         """Sample ``trial``'s config and store it (idempotent: a retry gives the same config).
 
-        A sampler seeded by the trial's number (unique in the study): two drivers started
-        together with the same --seed would otherwise propose the same configs, and one driver
-        stays reproducible. Samplers keep their state in the study, so a fresh one per trial
-        loses nothing; it samples lazily, at the first suggest. A portfolio trial trains its
-        family at its published defaults, without a scheduler or clipping.
+        Each trial is sampled by a sampler of its own seeded by --seed plus the trial's number
+        (unique in the study), made when the trial is asked (``build_sampler``): two drivers
+        started together with the same --seed would otherwise propose the same configs, and one
+        driver stays reproducible. The study's sampler is set here only when it is not that one
+        yet (a study opened with another seed: once per driver); a trial asked before then is
+        sampled by the new one all the same. A portfolio trial trains its family at its
+        published defaults, without a scheduler or clipping.
         """
-        self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed + trial.number)
+        sampler = self.study.sampler
+        if not (isinstance(sampler, TrialSeededSampler) and sampler.serves(self.spec.sampler, self.spec.seed)):
+            self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed)
         config = suggest_config(trial, self.space)
         if trial.user_attrs.get("portfolio"):
             config = TrialConfig(config.optimizer, self.space.default_params(config.optimizer))

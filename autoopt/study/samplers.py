@@ -1,5 +1,8 @@
 """The samplers: ``build_sampler`` by name, and ``GroupTPESampler`` for autoopt's conditional space.
 
+``build_sampler`` gives a ``TrialSeededSampler``: each trial is sampled by a sampler of its own,
+seeded by the trial's number, made when the trial is asked.
+
 ``GroupTPESampler`` is TPE multivariate with groups, built on Optuna's public API: it splits the
 search space into groups of parameters that always appear together (the decomposition Optuna's
 ``group=True`` makes) and asks a public multivariate ``TPESampler`` (with the constant liar) for
@@ -8,7 +11,8 @@ one group at a time, only when the trial asks for one of its parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -16,9 +20,16 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 
-def build_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler for a conditional space: TPE multivariate with groups (each optimizer
-    family's subspace is modelled jointly) and the constant liar (trials run in parallel)."""
+def build_sampler(name: str, seed: int) -> TrialSeededSampler:
+    """The study's sampler ``name`` (``tpe``, ``random``, ``cmaes``, ``gp``), each trial sampled
+    by one of its own seeded by ``seed`` plus the trial's number (``TrialSeededSampler``)."""
+    return TrialSeededSampler(name, seed)
+
+
+def trial_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler ``name`` for one trial. ``tpe``, for a conditional space: TPE multivariate
+    with groups (each optimizer family's subspace is modelled jointly) and the constant liar
+    (trials run in parallel)."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
@@ -26,6 +37,67 @@ def build_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return GroupTPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Samples each trial with a fresh ``trial_sampler(name, seed + trial.number)``.
+
+    A trial's number is unique in its study, so two drivers of one study started with the same
+    seed propose different configs, and one driver is reproducible. The trial's sampler is made
+    when the trial is asked (``before_trial``) and serves every call for that trial until it is
+    told: the sampler that infers a trial's relative search space (at ask time in Optuna before
+    4.6, at the first suggest since) is the one that samples it. Samplers keep their model in the
+    study, so a fresh one per trial loses nothing.
+    """
+
+    MAX_OPEN = 1024  # trials asked and not told here (another driver failed them): the oldest go
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name, self.seed = name, seed
+        self._open: OrderedDict[tuple[str, int], optuna.samplers.BaseSampler] = OrderedDict()
+        self._reseeded = False
+
+    def serves(self, name: str, seed: int) -> bool:
+        """Whether this is ``build_sampler(name, seed)``."""
+        return (self.name, self.seed) == (name, seed)
+
+    def for_trial(self, study: optuna.Study, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        """The sampler of ``trial`` (made on first use)."""
+        key = (study.study_name, trial.number)
+        sampler = self._open.get(key)
+        if sampler is None:
+            sampler = self._open[key] = trial_sampler(self.name, self.seed + trial.number)
+            if self._reseeded:
+                sampler.reseed_rng()
+            while len(self._open) > self.MAX_OPEN:
+                self._open.popitem(last=False)
+        return sampler
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.for_trial(study, trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.for_trial(study, trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> Any:
+        return self.for_trial(study, trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.for_trial(study, trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.for_trial(study, trial).after_trial(study, trial, state, values)
+        self._open.pop((study.study_name, trial.number), None)
+
+    def reseed_rng(self) -> None:
+        """Draws no longer follow the seed (Optuna's ``optimize`` with ``n_jobs`` > 1): the
+        samplers of the trials in flight and those made later."""
+        self._reseeded = True
+        for sampler in self._open.values():
+            sampler.reseed_rng()
 
 
 class SearchSpaceGroups:
@@ -73,16 +145,24 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
         self.tpe = optuna.samplers.TPESampler(multivariate=True, **tpe_kwargs)
         self.space: dict[str, SearchSpaceGroups] = {}  # per study name
 
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def _groups(self, study: optuna.Study) -> SearchSpaceGroups:
+        """The study's groups, with its finished trials not seen yet added."""
         groups = self.space.setdefault(study.study_name, SearchSpaceGroups())
         groups.update(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        return groups
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        groups = self._groups(study)
         return {n: d for group in groups.groups for n, d in sorted(group.items()) if not d.single()}
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> Any:
         if not search_space:
             return {}
-        groups = self.space[study.study_name].groups
+        # Another sampler may have inferred ``search_space`` (Optuna before 4.6 infers it at ask
+        # time, with the study's sampler then): this one reads the groups from the study.
+        known = self.space.get(study.study_name)
+        groups = (known if known is not None else self._groups(study)).groups
         subspaces = [{n: d for n, d in sorted(group.items()) if not d.single() and n in search_space}
                      for group in groups]
         return _LazyGroups(lambda space: self.tpe.sample_relative(study, trial, space), subspaces)
