@@ -216,7 +216,8 @@ def tune(
     task = preflight(spec)  # the task, GPUs, storage and MLflow: checked before anything starts
     place = spec.placement
     families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
-    err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {spec.trials} trials x {spec.epochs} epochs, "
+    within = f" within {spec.time_budget:g}s" if spec.time_budget else ""
+    err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {spec.trials} trials x {spec.epochs} epochs{within}, "
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
