@@ -54,6 +54,7 @@ MODERN = frozenset({"lion", "adopt", "sfadamw", "prodigy", "dadapt_adam", "muon"
 SCREENED_BASELINES = 3  # best-screened published defaults beside the tutorial's three
 MIN_MODERN = 2  # of which at least this many modern families
 EXTRA_SEEDS = 2  # seeds the race may add to close contenders beyond the first ones
+ALLOWANCE_FLOOR_S = 60.0  # without a budget, the race may spend at least this, or what the search took
 EQUIVALENCE_POINTS = 0.01  # an accuracy within one point of the pick's is equivalent
 EQUIVALENCE_RELATIVE = 0.01  # any other metric (RMSE) within 1% of the pick's
 
@@ -367,10 +368,12 @@ def family_speeds(study: Any) -> dict[str, float]:
 
 
 def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, handle: dict[str, Any], rec: Recommendation,
-            *, on_progress: Callable[[Any], None] | None = None, budget: Budget | None = None) -> Recommendation:
+            *, on_progress: Callable[[Any], None] | None = None, budget: Budget | None = None,
+            search_s: float | None = None) -> Recommendation:
     """Race the top configs and the baselines over seeds (``autoopt.race``); return the
     recommendation with ``confirmation``, ``baselines``, ``improvement``, ``cost`` and
-    ``cheapest_equivalent`` filled in."""
+    ``cheapest_equivalent`` filled in. Without a ``budget`` the race may spend about what the
+    screen and the search took (``search_s``, at least ``ALLOWANCE_FLOOR_S``)."""
     entrants = contenders(spec, study, task)
     min_seeds = MIN_SEEDS if budget is not None else spec.confirm_seeds
     max_seeds = min_seeds + EXTRA_SEEDS
@@ -380,9 +383,10 @@ def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, handle: dict[str,
     race = Race(entrants, seeds, direction=task.direction, n_val=n_val,
                 margin=lambda mean: equivalence_margin(task, mean), min_seeds=min_seeds, max_seeds=max_seeds,
                 workers=len(pool.workers), epochs=spec.epochs,
-                submit=race_jobs(spec, study, handle, pool, on_progress, progress), budget=budget)
+                submit=race_jobs(spec, study, handle, pool, on_progress, progress), budget=budget,
+                allowance_s=max(search_s or 0.0, ALLOWANCE_FLOOR_S))
     race.run()
-    ran = [c for c in entrants if c.results]
+    ran = entrants  # those left out unconfirmed too, marked so
     results = {c.name: c.results for c in ran}
     test_key = f"test_{task.score}" if getattr(task, "test", None) is not None else None
     table = {c.name: {**entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key),

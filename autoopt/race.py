@@ -10,9 +10,16 @@ of seeds at a time, so every comparison stays paired. After each round from the 
   config and the best baseline are never dropped: the verdict is decided between them;
 * **decided**: once every contender has ``min_seeds`` seeds, the race stops when the verdict
   of the best tuned config against the best baseline is ``better`` or ``worse``;
-* **undecided**: otherwise a further seed goes to the close contenders (the leader and those
-  tied with it), up to ``max_seeds`` for cheap ones and ``min_seeds + 1`` for those more than
-  ``SLOW`` times the cheapest per epoch.
+* **behind**: a contender behind the leader by more than the equivalence margin on the mean
+  leaves too: on that evidence it is neither the pick nor equivalent to it;
+* **undecided**: otherwise a further seed goes to the two the verdict is decided between, up to
+  ``max_seeds`` for cheap ones and ``min_seeds + 1`` for those more than ``SLOW`` times the
+  cheapest per epoch.
+
+Without a budget the race has an allowance: the seconds the screen and the search took (at
+least ``ALLOWANCE_FLOOR_S``), so that confirming never costs much more than searching; the two
+decisive contenders (the search's best config, the best-screened default) always get their
+seeds.
 
 Under a time budget a round starts only with the contenders whose runs fit in what is left (the
 rounds still needed to reach ``min_seeds`` counted in); the slowest are left out first (the
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,12 +99,15 @@ class Race:
     def __init__(self, contenders: list[Contender], seeds: list[int], *, direction: str, n_val: int | None,
                  margin: Callable[[float | None], float], min_seeds: int, max_seeds: int, workers: int,
                  epochs: int, submit: Callable[[list[tuple[Contender, int]]], None],
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, allowance_s: float | None = None) -> None:
         self.contenders, self.seeds = contenders, seeds
         self.direction, self.n_val, self.margin = direction, n_val, margin
         self.min_seeds, self.max_seeds = min_seeds, max(min_seeds, max_seeds)
         self.workers, self.epochs, self.submit, self.budget = max(1, workers), epochs, submit, budget
         self.rounds = 0
+        # Without a budget, the race may spend ``allowance_s`` (the search's time): a soft limit,
+        # the two decisive contenders always get ``min_seeds``.
+        self.soft_deadline = time.monotonic() + allowance_s if allowance_s is not None and budget is None else None
 
     # --- the race ----------------------------------------------------------------------------
 
@@ -118,23 +129,21 @@ class Race:
         return [c for c in self.contenders if c.status == "racing"]
 
     def entrants(self, k: int) -> list[Contender]:
-        """Who runs round ``k``: everyone racing until ``min_seeds``; then the close contenders
-        under their seed cap."""
+        """Who runs round ``k``: everyone racing until ``min_seeds``; then, while their verdict is
+        a tie, the two the verdict is decided between (the best tuned config, the best
+        baseline), each under its seed cap."""
         racing = self.racing()
         if k < self.min_seeds:
             return racing
-        leader = self.leader()
-        if leader is None:
+        pair = [c for c in (self.best(baseline=False), self.best(baseline=True)) if c is not None]
+        if len(pair) < 2:
             return []
         cheapest = min((c.s_per_epoch for c in racing if c.s_per_epoch), default=None)
-        out = []
-        for c in racing:
-            close = c is leader or compare(c, leader, self.direction, self.n_val)["verdict"] == "tie"
+        for c in pair:
             slow = cheapest and c.s_per_epoch and c.s_per_epoch > SLOW * cheapest
-            cap = self.min_seeds + 1 if slow else self.max_seeds
-            if close and len(c.results) < cap:
-                out.append(c)
-        return out if len(out) >= 2 else []  # a lone contender has no one left to be compared with
+            if len(c.results) >= (self.min_seeds + 1 if slow else self.max_seeds):
+                return []  # one of the two has all its seeds: more for the other pairs nothing
+        return pair
 
     def leader(self) -> Contender | None:
         """The best mean among the racing contenders that completed every seed they ran."""
@@ -164,6 +173,12 @@ class Race:
                 c.status = "dropped"
                 c.reason = (f"beaten by {leader.name} after {len(deltas)} seeds "
                             f"(mean {cmp['mean']:+.4g}, ci95 {_fmt(ci)})")
+            elif cmp["mean"] is not None and cmp["mean"] < -m:
+                # Behind by more than the margin: on this evidence neither the pick nor a config
+                # equivalent to it; more seeds would go where the decision is not.
+                c.status = "dropped"
+                c.reason = (f"behind {leader.name} by more than the margin {m:.4g} after {len(deltas)} seeds "
+                            f"(mean {cmp['mean']:+.4g})")
 
     def best(self, *, baseline: bool) -> Contender | None:
         """The best mean among the racing baselines (or tuned configs) that completed every seed."""
@@ -194,20 +209,33 @@ class Race:
             loads[loads.index(min(loads))] += cost
         return max(loads)
 
+    def left(self) -> float | None:
+        """Seconds the race may still spend: the budget's (hard), the allowance's (soft), or None."""
+        if self.budget is not None:
+            return self.budget.left()
+        if self.soft_deadline is not None:
+            return self.soft_deadline - time.monotonic()
+        return None
+
     def affordable(self, entrants: list[Contender], k: int) -> list[Contender]:
-        """``entrants`` less the slowest, until the rounds still needed fit in the budget."""
-        if self.budget is None:
+        """``entrants`` less the slowest, until the rounds still needed fit in what is left (a
+        soft allowance never leaves out the essential contenders)."""
+        left = self.left()
+        if left is None:
             return entrants
         out = sorted(entrants, key=lambda c: (not c.essential, self.run_cost(c)))
         rounds = max(1, self.min_seeds - k)
-        left = self.budget.left()
+        what = "the budget" if self.budget is not None else "the confirmation's allowance (the search's time)"
         while out and rounds * self.makespan(out) > left:
+            if self.budget is None and out[-1].essential:
+                break
             c = out.pop()  # the slowest first, the essential ones last
             if len(c.results) < self.min_seeds:
                 c.status = "unaffordable"
                 c.reason = (f"not confirmed: {rounds} more run(s) of {self.run_cost(c):.1f}s do not fit in "
-                            f"the {max(0.0, left):.0f}s left of the budget")
-                self.budget.note(f"{c.name}: {c.reason}")
+                            f"the {max(0.0, left):.0f}s left of {what}")
+                if self.budget is not None:
+                    self.budget.note(f"{c.name}: {c.reason}")
         if k >= self.min_seeds and len(out) < 2:
             return []
         return out

@@ -339,7 +339,9 @@ def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any, hand
     rec = best_recommendation(spec, study, task)
     started = time.time()
     if spec.confirm:
-        rec = confirm(spec, study, task, pool, handle, rec, on_progress=on_progress, budget=budget)
+        seconds = (effort or {}).get("seconds") or {}
+        rec = confirm(spec, study, task, pool, handle, rec, on_progress=on_progress, budget=budget,
+                      search_s=seconds.get("screen", 0.0) + seconds.get("search", 0.0))
     extra = dict(rec.extra)
     effort = dict(effort or {})
     race = extra.get("race") or {}

@@ -66,14 +66,43 @@ def test_an_undecided_verdict_gets_more_seeds_for_close_contenders_up_to_the_cap
     assert sorted(tuned.results) == sorted(base.results) == [0, 1, 2, 3, 4]
 
 
-def test_slow_contenders_get_fewer_extra_seeds_than_cheap_ones() -> None:
+def test_extra_seeds_go_to_the_decisive_pair_and_a_slow_one_gets_fewer() -> None:
     same = [0.90, 0.93, 0.89, 0.94, 0.91, 0.92]
-    cheap = contender("adam_default", same, s_per_epoch=1.0)
-    cheap2 = contender("trial_1", [v + d for v, d in zip(same, [0.01, -0.02, 0.015, -0.01, 0, 0], strict=True)])
-    slow = contender("soap_default", [v + d for v, d in zip(same, [-0.01, 0.02, 0, 0.01, 0, 0], strict=True)],
+    tuned = contender("trial_1", [v + d for v, d in zip(same, [0.01, -0.02, 0.015, -0.01, 0, 0], strict=True)])
+    slow = contender("soap_default", [v + d for v, d in zip(same, [0.0, 0.0, 0.01, 0.0, 0, 0], strict=True)],
                      s_per_epoch=10.0)
-    race([cheap, cheap2, slow], max_seeds=5)
-    assert len(slow.results) == 4 and len(cheap.results) == 5  # min_seeds + 1 for a 10x slower one
+    other = contender("adam_default", [v + d for v, d in zip(same, [-0.006, 0.002, -0.004, 0, 0, 0], strict=True)])
+    race([tuned, slow, other], max_seeds=5)
+    assert len(slow.results) == 4 and len(tuned.results) == 4  # min_seeds + 1 for a 10x slower one
+    assert len(other.results) == 3 and other.status == "racing"
+
+
+def test_a_contender_behind_by_more_than_the_margin_leaves_after_two_seeds() -> None:
+    tuned = contender("trial_1", [0.950, 0.960, 0.955, 0.95, 0.95])
+    base = contender("adam_default", [0.948, 0.962, 0.950, 0.95, 0.95])
+    behind = contender("lion_default", [0.940, 0.945, 0.990, 0.99, 0.99])  # 1.25 points behind on the mean
+    race([tuned, base, behind])
+    assert behind.status == "dropped" and "by more than the margin" in behind.reason
+    assert sorted(behind.results) == [0, 1]
+
+
+def test_without_a_budget_the_allowance_leaves_out_slow_contenders_but_never_the_decisive_two() -> None:
+    values = [0.9, 0.91, 0.9, 0.91, 0.9]
+    best = contender("trial_1", values, s_per_epoch=30.0, essential=True)
+    screened = contender("soap_default", values, s_per_epoch=30.0, essential=True)
+    slow = contender("trial_2", values, s_per_epoch=20.0)
+    cheap = contender("adam_tutorial", values)
+    rounds: list[list[str]] = []
+
+    def submit(batch: list[tuple[Contender, int]]) -> None:
+        rounds.append([c.name for c, _ in batch])
+        for c, seed in batch:
+            c.results[seed] = JobResult(JobState.COMPLETE, c.truth[seed], [{"epoch": 1, "epoch_s": c.s_per_epoch}])
+
+    Race([best, screened, slow, cheap], list(range(3)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
+         min_seeds=3, max_seeds=3, workers=2, epochs=1, submit=submit, allowance_s=40.0).run()
+    assert slow.status == "unaffordable" and "allowance" in slow.reason
+    assert len(best.results) == len(screened.results) == 3  # over the allowance: they still get their seeds
 
 
 def test_under_a_budget_the_slowest_are_left_out_first_and_the_essential_last() -> None:
