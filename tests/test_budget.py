@@ -59,16 +59,16 @@ def test_the_confirmation_keeps_its_share_and_the_end_its_reserve() -> None:
 def test_a_budgeted_study_records_its_phases_and_confirms_on_two_seeds(workdir: Path) -> None:
     from autoopt import tune
 
-    rec = tune("digits", trials=30, epochs=3, time_budget="60s", concurrency=2,
+    rec = tune("digits", trials=300, epochs=3, time_budget="60s", concurrency=2,
                optimizers="sgd,adamw,nadam,rmsprop,soap", storage=f"sqlite:///{workdir / 'autoopt.db'}",
                mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}", out=str(workdir / "recommendations"))
     data = json.loads((workdir / "recommendations" / "digits.json").read_text())
     budget = data["budget"]
     assert budget["limit_s"] == 60 and set(budget["phases_s"]) >= {"startup", "screen", "confirm", "finish"}
     assert budget["used_s"] >= sum(v for k, v in budget["phases_s"].items() if k in ("startup", "confirm"))
-    # the search stopped for the budget, not for --trials: the 30 trials never all ran
+    # the search stopped for the budget, not for --trials: the 300 trials never all ran
     trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{workdir / 'autoopt.db'}").trials
-    assert len([t for t in trials if t.state.is_finished()]) < 30
+    assert len([t for t in trials if t.state.is_finished()]) < 300
     assert any("search stopped" in n for n in budget.get("notes", []))
     chosen = data["chosen"]
     entry = data["confirmation"].get(chosen) or next(b for b in data["baselines"] if b["name"] == chosen)
