@@ -358,21 +358,33 @@ def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any, hand
 
 
 def best_recommendation(spec: StudySpec, study: Any, task: Any) -> Recommendation:
-    """The study's best complete trial as a Recommendation (``source: study``)."""
+    """The study's best complete trial as a Recommendation (``source: study``). Where none
+    completed (a short time budget spent on the screen), the screened trial that got furthest,
+    best at that epoch, stands until the confirmation decides."""
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state.name == "COMPLETE" and "config" in t.user_attrs]
-    if not done:
-        if trials:
-            raise RuntimeError(f"study '{study.study_name}' has no complete trial to recommend from; "
-                               "see the trials' reasons in MLflow")
-        raise UsageError("no trials ran; raise --trials or --timeout")
-    best = best_by(done, key=lambda t: t.value, direction=task.direction)
     extra: dict[str, Any] = {"source": "study"}
+    if done:
+        best = best_by(done, key=lambda t: t.value, direction=task.direction)
+        value = best.value
+    else:
+        screened = [t for t in trials if t.state.name == "PRUNED" and "config" in t.user_attrs
+                    and t.intermediate_values]
+        if not screened:
+            if trials:
+                raise RuntimeError(f"study '{study.study_name}' has no complete trial to recommend from; "
+                                   "see the trials' reasons in MLflow")
+            raise UsageError("no trials ran; raise --trials or --timeout")
+        furthest = max(max(t.intermediate_values) for t in screened)
+        at = [t for t in screened if max(t.intermediate_values) == furthest]
+        best = best_by(at, key=lambda t: t.intermediate_values[furthest], direction=task.direction)
+        value = best.intermediate_values[furthest]
+        extra["search_note"] = f"no trial completed; trial {best.number} led the screen at epoch {furthest}"
     # A study's own family (a study file's class) is not registered: the JSON names its class,
     # so that recommend() in another process rebuilds it.
     extra.update(family_origin(spec.search_space().families.get(best.user_attrs["config"]["optimizer"])))
     return Recommendation(task=spec.task, **best.user_attrs["config"], metric=task.metric,
-                          direction=task.direction, value=best.value, study_name=study.study_name,
+                          direction=task.direction, value=value, study_name=study.study_name,
                           trial_number=best.number, extra=extra)
 
 

@@ -59,12 +59,12 @@ def test_the_confirmation_keeps_its_share_and_the_end_its_reserve() -> None:
 def test_a_budgeted_study_records_its_phases_and_confirms_on_two_seeds(workdir: Path) -> None:
     from autoopt import tune
 
-    rec = tune("digits", trials=300, epochs=3, time_budget="60s", concurrency=2,
+    rec = tune("digits", trials=300, epochs=3, time_budget="120s", concurrency=2,
                optimizers="sgd,adamw,nadam,rmsprop,soap", storage=f"sqlite:///{workdir / 'autoopt.db'}",
                mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}", out=str(workdir / "recommendations"))
     data = json.loads((workdir / "recommendations" / "digits.json").read_text())
     budget = data["budget"]
-    assert budget["limit_s"] == 60 and set(budget["phases_s"]) >= {"startup", "screen", "confirm", "finish"}
+    assert budget["limit_s"] == 120 and set(budget["phases_s"]) >= {"startup", "screen", "confirm", "finish"}
     assert budget["used_s"] >= sum(v for k, v in budget["phases_s"].items() if k in ("startup", "confirm"))
     # the search stopped for the budget, not for --trials: the 300 trials never all ran
     trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{workdir / 'autoopt.db'}").trials
@@ -75,7 +75,26 @@ def test_a_budgeted_study_records_its_phases_and_confirms_on_two_seeds(workdir: 
     assert len(entry["seeds"]) >= 2 and entry["val"]["complete"] == len(entry["seeds"])
     assert data["improvement"]["verdict"] in ("better", "tie", "worse")
     assert data["effort"]["epochs"]["confirm"] > 0 and data["race"]["min_seeds"] == 2
-    assert rec.extra["budget"]["limit_s"] == 60
+    assert rec.extra["budget"]["limit_s"] == 120
     # the portfolio was screened by successive halving: some defaults stopped at a rung (epoch 1)
     screen = [t for t in trials if t.user_attrs.get("portfolio")]
     assert any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen)
+
+
+def test_with_no_complete_trial_the_screened_default_that_got_furthest_stands() -> None:
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState, create_trial
+
+    from autoopt.tuning import best_recommendation
+
+    spec = load_spec("digits", optimizers="adamw,sgd,nadam")
+    study = optuna.create_study(direction="maximize")
+    for name, values in (("adamw", {1: 0.9}), ("sgd", {1: 0.95}), ("nadam", {1: 0.8, 2: 0.85})):
+        config = {"optimizer": name, "optimizer_params": {}, "scheduler": "none", "scheduler_params": {},
+                  "grad_clip_norm": None}
+        study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values=values,
+                                     user_attrs={"config": config, "portfolio": True}))
+    task = SimpleNamespace(metric="val_accuracy", direction="maximize")
+    rec = best_recommendation(spec, study, task)
+    assert rec.optimizer == "nadam" and rec.value == 0.85 and "epoch 2" in rec.extra["search_note"]
