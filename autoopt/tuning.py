@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -201,9 +202,16 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=handle, pool=None,
                                on_progress=on_progress, budget=budget,
                                policy=PortfolioFirst(spec.search_space(), seed=spec.seed))
+    started = threading.Event()  # the search loop runs: the start-up's heartbeats stop
+
+    def start_up() -> None:
+        loop.begin()
+        while not started.wait(1.0):
+            loop.heartbeat()  # the trial asked early is not taken for a dead driver's
+
     background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoopt-start")
     opening = background.submit(_open_tracker, spec)
-    beginning = background.submit(loop.begin)
+    beginning = background.submit(start_up)
     background.shutdown(wait=False)
     tracker: Any = None
     started_ray = False
@@ -212,7 +220,6 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     storage_down = False
     try:
         started_ray = dispatch.start_ray(spec.placement.ray_address)
-        beginning.result()
         spec, auto_gpus = _placed(spec)
         loop.spec = spec
         place = spec.placement
@@ -226,6 +233,8 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
         if auto_gpus is not None:
             tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
         handle.update(uri=tracker.uri, experiment_id=tracker.experiment_id, parent_run_id=tracker.run_id)
+        started.set()
+        beginning.result()
         loop.run()
         rec = finish(spec, study, task, tracker, pool, handle, on_progress=on_progress, figures=figures,
                      budget=budget, effort=effort_of(loop, budget))
@@ -233,6 +242,7 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        started.set()
         beginning.exception()
         loop.interrupt()  # what was asked here is failed and re-queued (again: a no-op)
         if tracker is not None:
@@ -242,10 +252,12 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
         storage_down = True
         raise
     except BaseException:
+        started.set()
         beginning.exception()  # it has asked what it will ask
         loop.interrupt()  # the trials asked here are failed and re-queued: a rerun finishes them
         raise
     finally:
+        started.set()
         if pool is not None:
             if not storage_down:
                 # Let the workers finish writing their runs. Not when the database is gone:
