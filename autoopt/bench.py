@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from autoopt.data import Preprocess, Split
+from autoopt.dispatch.gpus import GPU_PACK
 from autoopt.errors import UsageError
 from autoopt.space import TrialConfig
 from autoopt.spec import load_spec
@@ -392,7 +393,7 @@ def bench_packing(opts: BenchOptions, device: Any) -> dict[str, Any]:
     ``gpus_per_trial`` (0.25 unless a fraction is given), with throughput of each."""
     if device.type != "cuda":
         raise UsageError("the packing part needs a GPU (--device cuda)")
-    fraction = opts.gpus_per_trial if 0 < opts.gpus_per_trial < 1 else 0.25
+    fraction = opts.gpus_per_trial if 0 < opts.gpus_per_trial < 1 else GPU_PACK
     out: dict[str, Any] = {"packing_fraction": fraction}
     for label, gpus in (("whole", 1.0), ("packed", fraction)):
         t = study_timing("digits", concurrency=default_concurrency(device, gpus), trials=opts.trials,
@@ -410,7 +411,7 @@ def run_bench(opts: BenchOptions, on_step: Callable[[str], None] | None = None) 
     opts.check()
     device = resolve_device(opts.device)
     if device.type == "cuda" and not opts.gpus_per_trial:
-        opts = replace(opts, gpus_per_trial=0.25)  # the studies' trials on the GPU, four at a time
+        opts = replace(opts, gpus_per_trial=GPU_PACK)  # the studies' trials on the GPU, as tune packs them
     started = time.perf_counter()
     out: dict[str, Any] = {"device": _describe(device), "batch_size": opts.batch_size,
                            "repeats": opts.repeats, "threads": opts.threads if device.type == "cpu" else None,

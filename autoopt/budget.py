@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from autoopt.errors import UsageError
+from autoopt.evidence import BudgetUse
 
 MIN_BUDGET_S = 30.0  # start-up (about 10 s here) plus one config confirmed on two seeds, at the least
 CONFIRM_SHARE = 0.3  # of the budget left after start-up, kept for the confirmation at the least
@@ -128,10 +129,7 @@ class Budget:
         if text not in self.notes:
             self.notes.append(text)
 
-    def record(self) -> dict[str, object]:
-        """The JSON's ``budget``."""
-        out: dict[str, object] = {"limit_s": self.limit_s, "used_s": round(self.used(), 2),
-                                  "phases_s": {k: round(v, 2) for k, v in self.phases.items()}}
-        if self.notes:
-            out["notes"] = list(self.notes)
-        return out
+    def record(self) -> BudgetUse:
+        """The recommendation's ``budget``: the limit, what was used, by phase, and the notes."""
+        return BudgetUse(limit_s=self.limit_s, used_s=round(self.used(), 2),
+                         phases_s={k: round(v, 2) for k, v in self.phases.items()}, notes=tuple(self.notes))

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from functools import wraps
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -28,6 +28,11 @@ from rich.table import Table
 from autoopt.catalog import SOURCES, check_task_name
 from autoopt.errors import StorageDown, UsageError
 from autoopt.redact import mask_url, redact
+from autoopt.space import SAMPLERS
+
+if TYPE_CHECKING:
+    from autoopt.evidence import Stats
+    from autoopt.recommendation import Recommendation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
@@ -35,11 +40,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-class Sampler(StrEnum):
-    tpe = "tpe"
-    random = "random"
-    cmaes = "cmaes"
-    gp = "gp"
+Sampler = StrEnum("Sampler", [(name, name) for name in SAMPLERS])  # type: ignore[misc]
 
 
 class Pruner(StrEnum):
@@ -172,6 +173,12 @@ def tune(
         show_default="none", rich_help_panel=SEARCH)] = None,
     timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds",
                                                   show_default="none", rich_help_panel=SEARCH)] = None,
+    prior: Annotated[str | None, typer.Option(
+        help="order the screen and warm-start from the storage's earlier studies: auto, none or STUDY,STUDY",
+        show_default="auto", rich_help_panel=SEARCH)] = None,
+    quick: Annotated[bool | None, typer.Option(
+        "--quick", help="screen the prior's first 3 families and its warm starts, confirm; no search",
+        show_default="no", rich_help_panel=SEARCH)] = None,
     optimizers: Annotated[str | None, typer.Option(help="families (sgd,adam) or a preset: all, classic, modern",
                                                    show_default="all", rich_help_panel=SEARCH)] = None,
     schedulers: Annotated[str | None, typer.Option(help="e.g. none,cosine,onecycle", show_default="all six",
@@ -222,7 +229,7 @@ def tune(
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
         rec = run_study(spec, on_progress=display.update, checked=task, since=_launched())
-    _print_recommendation(rec.to_dict(), f"{place.out}/{spec.name}.json")
+    _print_recommendation(rec, f"{place.out}/{spec.name}.json")
 
 
 def _launched() -> float:
@@ -241,36 +248,35 @@ def _spec_keys(options: dict[str, Any]) -> dict[str, Any]:
     return {_RENAMED.get(k, k): (v.value if isinstance(v, StrEnum) else v) for k, v in options.items()}
 
 
-def _print_recommendation(data: dict[str, Any], path: str | None = None) -> None:
-    table = Table(title=f"recommendation for {escape(data['task'])}", show_header=False)
+def _print_recommendation(rec: Recommendation, path: str | None = None) -> None:
+    table = Table(title=f"recommendation for {escape(rec.task)}", show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
-    table.add_row("optimizer", escape(f"{data['optimizer']} {json.dumps(data['optimizer_params'])}"))
-    table.add_row("scheduler", escape(f"{data['scheduler']} {json.dumps(data['scheduler_params'])}"))
-    table.add_row("grad clip", str(data["grad_clip_norm"]))
-    if data.get("value") is not None:
-        table.add_row(data["metric"], f"{data['value']:.4f}")
-    imp = data.get("improvement") or {}
-    if imp:
+    table.add_row("optimizer", escape(f"{rec.optimizer} {json.dumps(rec.optimizer_params)}"))
+    table.add_row("scheduler", escape(f"{rec.scheduler} {json.dumps(rec.scheduler_params)}"))
+    table.add_row("grad clip", str(rec.grad_clip_norm))
+    if rec.value is not None:
+        table.add_row(rec.metric, f"{rec.value:.4f}")
+    imp = rec.improvement
+    if imp is not None:
         # No verdict: no tuned config completed every seed within --max-slowdown.
-        verdict = imp.get("verdict") or "no tuned config to compare"
-        table.add_row("vs best baseline", escape(f"{verdict}: {imp['metric']} {imp['delta']:+.4f} "
-                                                 f"(spread {imp['spread']:.4f}, {imp.get('versus')})"))
-    cost = data.get("cost") or {}
-    if cost.get("s_per_epoch") is not None:
-        table.add_row("cost", _cost(cost))
-    alt = data.get("cheapest_equivalent")
-    if alt:
-        vs = alt.get("versus_pick") or {}
-        table.add_row("cheaper, equivalent", escape(f"{alt['name']} ({alt['optimizer']}): {_cost(alt)}; within "
-                                                    f"{vs.get('margin', 0):.4g} of the pick"))
-    budget = data.get("budget") or {}
-    if budget.get("limit_s"):
-        table.add_row("time budget", f"{budget['used_s']:.0f}s of {budget['limit_s']:g}s")
+        verdict = imp.verdict or "no tuned config to compare"
+        table.add_row("vs best baseline", escape(f"{verdict}: {imp.metric} {imp.delta:+.4f} "
+                                                 f"(spread {imp.spread:.4f}, {imp.versus})"))
+    if rec.cost is not None and rec.cost.s_per_epoch is not None:
+        table.add_row("cost", _cost(rec.cost.s_per_epoch, rec.cost.relative))
+    alt = rec.cheapest_equivalent
+    if alt is not None and alt.s_per_epoch is not None:
+        margin = alt.versus_pick.margin if alt.versus_pick else None
+        table.add_row("cheaper, equivalent", escape(f"{alt.name} ({alt.optimizer}): "
+                                                    f"{_cost(alt.s_per_epoch, alt.relative)}; within "
+                                                    f"{margin or 0.0:.4g} of the pick"))
+    if rec.budget is not None:
+        table.add_row("time budget", f"{rec.budget.used_s:.0f}s of {rec.budget.limit_s:g}s")
     out.print(table)
     if path:
         out.print(f"written to {escape(path)}; load it with "
-                  f"`from autoopt import recommend; {_recommend_call(data)}`", highlight=False)
+                  f"`from autoopt import recommend; {_recommend_call(rec.to_dict())}`", highlight=False)
 
 
 def _recommend_call(data: dict[str, Any]) -> str:
@@ -280,10 +286,9 @@ def _recommend_call(data: dict[str, Any]) -> str:
     return f"recommend({data['task']!r}{named})"
 
 
-def _cost(cost: dict[str, Any]) -> str:
-    relative = cost.get("relative")
+def _cost(s_per_epoch: float, relative: float | None) -> str:
     rel = f", {relative:.2f}x the fastest baseline" if relative is not None else ""
-    return f"{cost['s_per_epoch']:.3f} s/epoch{rel}"
+    return f"{s_per_epoch:.3f} s/epoch{rel}"
 
 
 # --- recommend, tasks, report ---------------------------------------------------------------
@@ -296,6 +301,9 @@ def recommend(
     storage: StorageOpt = None,
     study: StudyNameOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="json, yaml or python")] = Format.json,
+    from_database: Annotated[bool, typer.Option(
+        "--from-database", help="no study of the task: the zero-shot answer of the storage's earlier studies")
+    ] = False,
 ) -> None:
     """Print the stored recommendation for a task."""
     # Light: Optuna is imported only where there is a database to read, torch never.
@@ -303,7 +311,8 @@ def recommend(
     from autoopt.recommendation import recommend as load_recommendation
 
     check_task_name(task)  # an unknown task names the known ones, not a command that cannot work
-    data = load_recommendation(task, storage=storage, study=study).to_dict()
+    data = load_recommendation(task, storage=storage, study=study,
+                               fallback="database" if from_database else None).to_dict()
     if fmt is Format.json:
         print(json.dumps(data, indent=2))
     elif fmt is Format.yaml:
@@ -390,10 +399,10 @@ def compare(
     _print_comparison(result)
 
 
-def _mean_std(stats: dict[str, Any], digits: int = 4) -> str:
-    if stats.get("mean") is None:
+def _mean_std(stats: Stats, digits: int = 4) -> str:
+    if stats.mean is None:
         return "-"
-    return f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f}"  # compact: fits 80 columns
+    return f"{stats.mean:.{digits}f}±{stats.std or 0.0:.{digits}f}"  # compact: fits 80 columns
 
 
 def _print_comparison(result: Any) -> None:
@@ -414,7 +423,7 @@ def _print_comparison(result: Any) -> None:
                                      for k, v in row.config.optimizer_params.items()) for row in result.rows}
     for row in result.rows:
         cells = [_mean_std(row.val), _mean_std(row.train_loss), _mean_std(row.test),
-                 f"{row.val.get('complete', 0)}/{len(row.seeds)}"]
+                 f"{row.val.complete}/{len(row.seeds)}"]
         table.add_row(row.label, *([settings[row.label]] if wide else []), *cells)
     out.print(table)
     if not wide:

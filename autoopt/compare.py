@@ -27,14 +27,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from autoopt import dispatch
-from autoopt.confirm import summarize
 from autoopt.dispatch import Job, JobResult, JobState
 from autoopt.errors import UsageError
+from autoopt.evidence import Stats
 from autoopt.plots import comparison_curves, save_figure
 from autoopt.space import TrialConfig, default_params, resolve_optimizers
 from autoopt.spec import Placement, StudySpec, builtin_study_file, flag_of, read_study_file
 from autoopt.tasks import check_task_name, load_task
-from autoopt.tracking import StudyRun
+from autoopt.tracking import RunRef, StudyRun
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,17 @@ class CompareRow:
     label: str
     config: TrialConfig
     seeds: list[int]
-    val: dict[str, Any]
-    train_loss: dict[str, Any]
-    test: dict[str, Any]
+    val: Stats
+    train_loss: Stats
+    test: Stats
     curve: list[float] = field(default_factory=list)
     curve_std: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     train_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, **self.config.to_dict(), "seeds": self.seeds, "val": self.val,
-                "train_loss": self.train_loss, "test": self.test, "curve": self.curve,
+        return {"label": self.label, **self.config.to_dict(), "seeds": self.seeds, "val": self.val.to_dict(),
+                "train_loss": self.train_loss.to_dict(), "test": self.test.to_dict(), "curve": self.curve,
                 "curve_std": self.curve_std, "failed": self.failed, "train_s": self.train_s}
 
 
@@ -152,9 +152,9 @@ def summarize_rows(configs: list[tuple[str, TrialConfig]], seeds: list[int],
         curve, curve_std = mean_curve([r.history if r is not None else [] for r in runs])
         rows.append(CompareRow(
             label, cfg, seeds,
-            val=summarize([r.value if r else None for r in done]),
-            train_loss=summarize([r.history[-1].get("train_loss") if r and r.history else None for r in done]),
-            test=summarize([(r.test.get(test_metric) if test_metric != metric else r.value) if r else None
+            val=Stats.of([r.value if r else None for r in done]),
+            train_loss=Stats.of([r.history[-1].get("train_loss") if r and r.history else None for r in done]),
+            test=Stats.of([(r.test.get(test_metric) if test_metric != metric else r.value) if r else None
                             for r in done]),
             curve=curve, curve_std=curve_std,
             failed=[f"seed {s}: {(r.reason if r else None) or 'no result'}"
@@ -224,7 +224,7 @@ def plan_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop"
                        test_metric, loaded.direction)
 
 
-def compare_jobs(plan: ComparePlan, handle: dict[str, Any]) -> list[Job]:
+def compare_jobs(plan: ComparePlan, run: RunRef) -> list[Job]:
     """One job per (row, seed), each a nested MLflow run tagged ``autoopt.kind=compare``."""
     jobs = []
     for label, cfg in plan.configs:
@@ -232,15 +232,14 @@ def compare_jobs(plan: ComparePlan, handle: dict[str, Any]) -> list[Job]:
             tags = {"autoopt.kind": "compare", "autoopt.candidate": label, "autoopt.optimizer": cfg.optimizer,
                     "autoopt.seed": s, "autoopt.lr": cfg.optimizer_params.get("lr")}
             jobs.append(Job(plan.task, plan.placement.data_dir, cfg, plan.epochs, s, plan.batch_size,
-                            plan.placement.compile, evaluate_test=plan.test_metric is not None, tracking=handle,
+                            plan.placement.compile, evaluate_test=plan.test_metric is not None, tracking=run,
                             run_name=f"compare-{label.replace(' ', '-')}-s{s}", tags=tags))
     return jobs
 
 
-def execute(plan: ComparePlan, jobs: list[Job], tracker: StudyRun,
+def execute(plan: ComparePlan, jobs: list[Job], session: dispatch.RunSession,
             on_progress: Callable[[int, int, str], None] | None) -> dict[tuple[str, int], JobResult]:
-    """Run the jobs on a worker pool (starting Ray where needed); the results by (row, seed).
-    The parent run is closed as FAILED or KILLED if this does not finish."""
+    """Run the jobs on the session's worker pool; the results by (row, seed)."""
     results: dict[tuple[str, int], JobResult] = {}
 
     def on_result(job: Job, result: JobResult) -> None:
@@ -249,26 +248,9 @@ def execute(plan: ComparePlan, jobs: list[Job], tracker: StudyRun,
             on_progress(len(results), len(jobs), f"{job.tags['autoopt.candidate']} seed {job.seed}")
 
     place = plan.placement
-    started_ray = dispatch.start_ray(place.ray_address)
-    pool = None
-    status = "FAILED"
-    try:
-        size = place.concurrency or dispatch.default_concurrency(place.cpus_per_trial, place.gpus_per_trial)
-        pool = dispatch.WorkerPool(max(1, min(size, len(jobs))), cpus=place.cpus_per_trial,
-                                   gpus=place.gpus_per_trial)
-        dispatch.run_jobs(pool, jobs, on_result)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        if pool is not None:
-            pool.flush()
-            pool.shutdown()
-        if started_ray:
-            dispatch.stop_ray()
-        if status != "FINISHED":
-            tracker.finish(status)
+    pool = session.open_pool(len(jobs), concurrency=place.concurrency, cpus=place.cpus_per_trial,
+                             gpus=place.gpus_per_trial)
+    dispatch.run_jobs(pool, jobs, on_result)
     return results
 
 
@@ -283,7 +265,7 @@ def run_compare(task: str | ComparePlan, optimizers: str | Sequence[str] = "sgd,
     ``on_progress(done, total, what)`` is called after every run.
 
     >>> cmp = run_compare("digits", "sgd,adam", seeds=2, epochs=2)   # doctest: +SKIP
-    >>> [(r.label, round(r.val["mean"], 3)) for r in cmp.rows]         # doctest: +SKIP
+    >>> [(r.label, round(r.val.mean, 3)) for r in cmp.rows]         # doctest: +SKIP
     [('sgd', 0.95), ('adam', 0.96)]
     """
     plan = task if isinstance(task, ComparePlan) else plan_compare(
@@ -294,10 +276,19 @@ def run_compare(task: str | ComparePlan, optimizers: str | Sequence[str] = "sgd,
               "seeds": n_seeds, "epochs": plan.epochs}
     tracker = StudyRun(plan.placement.mlflow_uri, plan.task, "compare", params, kind="compare",
                        run_name=f"compare-{','.join(names)}")
-    handle = {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_run_id": tracker.run_id}
     t0 = time.monotonic()
-    results = execute(plan, compare_jobs(plan, handle), tracker, on_progress)
+    with dispatch.RunSession(plan.placement.ray_address) as session:
+        session.tracker = tracker  # ended FAILED or KILLED if this does not finish
+        results = execute(plan, compare_jobs(plan, tracker.ref), session, on_progress)
+        cmp = _compared(plan, results, tracker, out, t0)
+        session.status = "FINISHED"
+    return cmp
 
+
+def _compared(plan: ComparePlan, results: dict[tuple[str, int], JobResult], tracker: StudyRun,
+              out: str | Path, t0: float) -> Comparison:
+    """The comparison of the results: its rows, its plot and JSON on disk and in MLflow."""
+    n_seeds = len(plan.seeds)
     test_metric = plan.test_metric or plan.metric
     rows = summarize_rows(plan.configs, plan.seeds, results, plan.metric, test_metric)
     cmp = Comparison(plan.task, plan.metric, test_metric, plan.direction, plan.epochs, rows, run_id=tracker.run_id)
@@ -316,5 +307,4 @@ def run_compare(task: str | ComparePlan, optimizers: str | Sequence[str] = "sgd,
     cmp.plot = save_figure(fig, folder / f"{stem}.png")
     cmp.json_path = folder / f"{stem}.json"
     cmp.json_path.write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
-    tracker.finish("FINISHED")
     return cmp

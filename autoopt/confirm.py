@@ -36,21 +36,32 @@ from typing import Any
 from autoopt.budget import MIN_SEEDS, Budget
 from autoopt.direction import ordered
 from autoopt.dispatch import JobResult, JobState, SearchProgress
+from autoopt.evidence import (
+    Alternative,
+    Baseline,
+    Cost,
+    Entry,
+    Improvement,
+    Paired,
+    RaceStatus,
+    RaceSummary,
+    Stats,
+    VersusPick,
+)
 from autoopt.race import SLOW, Contender, Race, margin_for, race_jobs
 from autoopt.recommendation import Recommendation
-from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family
+from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
+from autoopt.tracking import RunRef
 from autoopt.verdict import paired
 
 log = logging.getLogger(__name__)
 
-# The tutorial's defaults: constant learning rate, no schedule, no clipping.
-BASELINES: dict[str, TrialConfig] = {
-    "sgd_tutorial": TrialConfig("sgd", {"lr": 0.01, "momentum": 0.9}),
-    "adam_tutorial": TrialConfig("adam", {"lr": 1e-3}),
-    "rmsprop_tutorial": TrialConfig("rmsprop", {"lr": 1e-3}),
-}
-MODERN = frozenset({"lion", "adopt", "sfadamw", "prodigy", "dadapt_adam", "muon", "soap"})
+# The tutorial's three at their published defaults (the registry's ``default_params``): constant
+# learning rate, no schedule, no clipping. Named ``<family>_tutorial``.
+TUTORIAL = ("sgd", "adam", "rmsprop")
+BASELINES: dict[str, TrialConfig] = {f"{name}_tutorial": TrialConfig(name, default_params(name)) for name in TUTORIAL}
+MODERN = frozenset(preset("modern"))  # the registry's modern families
 SCREENED_BASELINES = 3  # best-screened published defaults beside the tutorial's three
 MIN_MODERN = 2  # of which at least this many modern families
 EXTRA_SEEDS = 2  # seeds the race may add to close contenders beyond the first ones
@@ -152,47 +163,35 @@ def confirmation_seeds(base_seed: int, n: int) -> list[int]:
     return [base_seed + 10_000 + i for i in range(n)]
 
 
-def summarize(values: list[float | None]) -> dict[str, Any]:
-    """Mean, population std and the per-seed values (None for a seed whose run did not
-    complete); ``complete`` counts the seeds that did.
-
-    >>> summarize([0.5, None, 0.7])["mean"], summarize([0.5, None, 0.7])["complete"]
-    (0.6, 2)
-    """
-    clean = [v for v in values if v is not None and math.isfinite(v)]
-    if not clean:
-        return {"mean": None, "std": None, "values": values, "complete": 0}
-    return {"mean": statistics.fmean(clean), "std": statistics.pstdev(clean) if len(clean) > 1 else 0.0,
-            "values": values, "complete": len(clean)}
-
-
-def rank_key(entry: dict[str, Any], direction: str, *, baseline: bool = False) -> tuple:
+def rank_key(entry: Entry, direction: str, *, baseline: bool = False) -> tuple:
     """Sort key, best first: configs that completed on every seed before those that failed on
     some (a mean over the seeds that survived flatters them), then by mean validation metric,
     then a baseline before a tuned config it ties with (the simpler choice)."""
-    val = entry["val"]
-    if val["mean"] is None:
+    if entry.val.mean is None:
         return (2, 0.0, 1)
-    all_done = val["complete"] == len(val["values"])
     sign = -1.0 if direction == "maximize" else 1.0
-    return (0 if all_done else 1, round(sign * val["mean"], 9), 0 if baseline else 1)
+    return (0 if entry.val.all_complete else 1, round(sign * entry.val.mean, 9), 0 if baseline else 1)
 
 
-def mark_cost(table: dict[str, dict[str, Any]], bases: list[str], max_slowdown: float | None) -> str | None:
-    """Set each entry's ``relative`` cost (its ``s_per_epoch`` over the fastest baseline's) and,
-    with ``max_slowdown``, ``excluded`` on those slower than that; return the fastest baseline."""
-    timed = [n for n in bases if table[n].get("s_per_epoch")]
-    fastest = min(timed, key=lambda n: table[n]["s_per_epoch"], default=None)
-    for e in table.values():
-        speed = e.get("s_per_epoch")
-        e["relative"] = speed / table[fastest]["s_per_epoch"] if speed and fastest else None
-        if max_slowdown is not None and e["relative"] is not None and e["relative"] > max_slowdown:
-            e["excluded"] = (f"slower than {max_slowdown:g}x the fastest baseline ({fastest}): "
-                             f"{e['relative']:.2f}x")
-    return fastest
+Table = dict[str, Entry]
 
 
-@dataclass
+def mark_cost(table: Table, bases: list[str], max_slowdown: float | None) -> tuple[Table, str | None]:
+    """Each entry with its ``relative`` cost (its ``s_per_epoch`` over the fastest baseline's) and,
+    with ``max_slowdown``, ``excluded`` on those slower than that; and the fastest baseline."""
+    timed = [n for n in bases if table[n].s_per_epoch]
+    fastest = min(timed, key=lambda n: table[n].s_per_epoch or 0.0, default=None)
+    base_speed = table[fastest].s_per_epoch if fastest else None
+    out: Table = {}
+    for name, e in table.items():
+        relative = e.s_per_epoch / base_speed if e.s_per_epoch and base_speed else None
+        excluded = (f"slower than {max_slowdown:g}x the fastest baseline ({fastest}): {relative:.2f}x"
+                    if max_slowdown is not None and relative is not None and relative > max_slowdown else None)
+        out[name] = e.model_copy(update={"relative": relative, "excluded": excluded})
+    return out, fastest
+
+
+@dataclass(frozen=True)
 class Pick:
     """What ``choose`` decided: the recommendation, the best tuned config and best baseline
     among those allowed, and the paired comparison of the two on validation."""
@@ -200,44 +199,50 @@ class Pick:
     winner: str | None
     tuned: str | None
     baseline: str | None
-    paired: dict[str, Any] | None
+    paired: Paired | None
 
 
-def align(a: dict[str, Any], b: dict[str, Any], split: str = "val") -> tuple[list[float | None], list[float | None]]:
+def align(a: Entry, b: Entry, split: str = "val") -> tuple[list[float | None], list[float | None]]:
     """Two entries' ``split`` values over the union of their seeds (None where one did not run
     it): what ``paired`` compares, seed by seed."""
-    def seeds_of(e: dict[str, Any]) -> list[int]:
-        return list(e.get("seeds") or range(len(e[split]["values"])))
+    def seeds_of(e: Entry) -> list[int]:
+        return list(e.seeds or range(len(getattr(e, split).values)))
 
     seeds = sorted(set(seeds_of(a)) | set(seeds_of(b)))
 
-    def on(e: dict[str, Any]) -> list[float | None]:
-        by_seed = dict(zip(seeds_of(e), e[split]["values"], strict=True))
+    def on(e: Entry) -> list[float | None]:
+        by_seed = dict(zip(seeds_of(e), getattr(e, split).values, strict=True))
         return [by_seed.get(s) for s in seeds]
 
     return on(a), on(b)
 
 
-def choose(table: dict[str, dict[str, Any]], candidates: list[str], bases: list[str], direction: str, *,
+def compare(a: Entry, b: Entry, direction: str, *, split: str = "val", n_val: int | None = None) -> Paired:
+    """The paired comparison of ``a`` against ``b`` on ``split`` over their seeds."""
+    return Paired.model_validate(paired(*align(a, b, split), direction, n_val=n_val))
+
+
+def choose(table: Table, candidates: list[str], bases: list[str], direction: str, *,
            n_val: int | None = None) -> Pick:
     """The best tuned config and the best baseline by mean validation metric (entries marked
     ``excluded`` left out), compared seed by seed; the tuned one is the recommendation only
     when the verdict is ``better``."""
     def best(names: list[str], baseline: bool) -> str | None:
-        ok = [n for n in names if table[n]["val"]["mean"] is not None and not table[n].get("excluded")]
+        ok = [n for n in names if table[n].val.mean is not None and not table[n].excluded]
         return min(ok, key=lambda n: rank_key(table[n], direction, baseline=baseline), default=None)
 
     tuned, base = best(candidates, False), best(bases, True)
     if tuned is None or base is None:
         return Pick(tuned or base, tuned, base, None)
-    comparison = paired(*align(table[tuned], table[base]), direction, n_val=n_val)
-    if table[tuned]["val"]["complete"] < len(table[tuned]["val"]["values"]) and comparison["verdict"] == "better":
-        comparison["verdict"] = "tie"  # it failed on a seed: not better than a baseline that did not
-    return Pick(tuned if comparison["verdict"] == "better" else base, tuned, base, comparison)
+    comparison = compare(table[tuned], table[base], direction, n_val=n_val)
+    if not table[tuned].val.all_complete and comparison.verdict == "better":
+        # it failed on a seed: not better than a baseline that did not
+        comparison = comparison.model_copy(update={"verdict": "tie"})
+    return Pick(tuned if comparison.verdict == "better" else base, tuned, base, comparison)
 
 
-def improvement(table: dict[str, dict[str, Any]], pick: Pick, direction: str, metric: str, *,
-                split: str = "test", n_test: int | None = None) -> dict[str, Any] | None:
+def improvement(table: Table, pick: Pick, direction: str, metric: str, *,
+                split: str = "test", n_test: int | None = None) -> Improvement | None:
     """What tuning bought over the best baseline.
 
     ``delta`` is the recommendation's mean ``metric`` (test) minus the baseline's, signed so that
@@ -247,17 +252,16 @@ def improvement(table: dict[str, dict[str, Any]], pick: Pick, direction: str, me
     ``test_paired`` the same comparison on ``metric``, for the record."""
     if pick.baseline is None or pick.winner is None:
         return None
-    w, b = table[pick.winner][split], table[pick.baseline][split]
-    if w["mean"] is None or b["mean"] is None:
+    w, b = getattr(table[pick.winner], split), getattr(table[pick.baseline], split)
+    if w.mean is None or b.mean is None:
         return None
     sign = 1.0 if direction == "maximize" else -1.0
-    out = {"metric": metric, "delta": sign * (w["mean"] - b["mean"]),
-           "spread": max(w["std"] or 0.0, b["std"] or 0.0), "versus": pick.baseline, "tuned": pick.tuned,
-           "recommended": w["mean"], "baseline": b["mean"],
-           "verdict": pick.paired["verdict"] if pick.paired else None, "paired": pick.paired}
-    if pick.tuned is not None and pick.paired is not None:
-        out["test_paired"] = paired(*align(table[pick.tuned], table[pick.baseline], split), direction, n_val=n_test)
-    return out
+    test_paired = (compare(table[pick.tuned], table[pick.baseline], direction, split=split, n_val=n_test)
+                   if pick.tuned is not None and pick.paired is not None else None)
+    return Improvement(metric=metric, delta=sign * (w.mean - b.mean), spread=max(w.std or 0.0, b.std or 0.0),
+                       versus=pick.baseline, tuned=pick.tuned, recommended=w.mean, baseline=b.mean,
+                       verdict=pick.paired.verdict if pick.paired else None, paired=pick.paired,
+                       test_paired=test_paired)
 
 
 def time_to(runs: list[JobResult | None], target: float, metric: str, direction: str) -> float | None:
@@ -272,37 +276,39 @@ def time_to(runs: list[JobResult | None], target: float, metric: str, direction:
     return None if math.isinf(mid) else mid
 
 
-def cheapest_equivalent(table: dict[str, dict[str, Any]], winner: str) -> tuple[dict[str, Any] | None, str]:
+def cheapest_equivalent(table: Table, winner: str) -> tuple[Alternative | None, str]:
     """The cheapest entry (not excluded) cheaper per epoch than the pick and shown equivalent to
     it (``versus_pick.equivalent``: its paired interval lies above -margin), and why; or None and
     why none is named (a tie on few seeds is not an equivalence)."""
-    speed = table[winner].get("s_per_epoch")
-    cheaper = [e for n, e in table.items() if n != winner and not e.get("excluded") and e.get("s_per_epoch")
-               and speed and e["s_per_epoch"] < speed and e.get("versus_pick")]
+    speed = table[winner].s_per_epoch
+    cheaper = [e for n, e in table.items() if n != winner and not e.excluded and e.s_per_epoch
+               and speed and e.s_per_epoch < speed and e.versus_pick]
     if not cheaper:
         return None, "no confirmed config is cheaper per epoch than the pick"
-    equivalent = [e for e in cheaper if e["versus_pick"].get("equivalent")]
+    equivalent = [e for e in cheaper if e.versus_pick and e.versus_pick.equivalent]
     if not equivalent:
         return None, (f"none of the {len(cheaper)} cheaper configs is shown within the margin of the pick: "
                       "its paired interval reaches below -margin (more seeds may show it)")
-    e = min(equivalent, key=lambda e: e["s_per_epoch"])
-    return ({"name": e["name"], "optimizer": e["optimizer"], "s_per_epoch": e["s_per_epoch"],
-             "relative": e["relative"], "versus_pick": e["versus_pick"]},
-            f"its paired interval against the pick lies above -{e['versus_pick']['margin']:.4g}")
+    e = min(equivalent, key=lambda e: e.s_per_epoch or 0.0)
+    margin = e.versus_pick.margin if e.versus_pick else None
+    return (Alternative(name=e.name, optimizer=e.optimizer, s_per_epoch=e.s_per_epoch, relative=e.relative,
+                        versus_pick=e.versus_pick),
+            f"its paired interval against the pick lies above -{margin or 0.0:.4g}")
 
 
 def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], runs: dict[int, JobResult],
-          test_key: str | None) -> dict[str, Any]:
+          test_key: str | None, *, baseline: bool = False, race: RaceStatus | None = None) -> Entry:
     """One confirmed config or baseline: per-seed val and test, failures, seconds per epoch."""
     per_seed = [runs.get(s) for s in seeds]
     done = [r if r is not None and r.state == JobState.COMPLETE else None for r in per_seed]
     val = [r.value if r else None for r in done]
     test = [r.test.get(test_key) if r else None for r in done] if test_key else list(val)
     speeds = [r.s_per_epoch for r in done if r is not None and r.s_per_epoch]
-    return {"name": name, "trial_number": number, **cfg.to_dict(), "seeds": seeds, "val": summarize(val),
-            "test": summarize(test), "s_per_epoch": statistics.fmean(speeds) if speeds else None,
-            "failed": [(r.reason if r else "no result") for r in per_seed
-                       if r is None or r.state != JobState.COMPLETE]}
+    record = Baseline if baseline else Entry
+    return record(name=name, trial_number=number, **cfg.to_dict(), seeds=tuple(seeds), val=Stats.of(val),
+                  test=Stats.of(test), s_per_epoch=statistics.fmean(speeds) if speeds else None,
+                  failed=tuple((r.reason if r else None) or "no result" for r in per_seed
+                               if r is None or r.state != JobState.COMPLETE), race=race)
 
 
 def _counts(split: Any, task: Any) -> int | None:
@@ -315,26 +321,27 @@ def equivalence_margin(task: Any, pick_mean: float | None) -> float:
     return margin_for(task.score, pick_mean, points=EQUIVALENCE_POINTS, relative=EQUIVALENCE_RELATIVE)
 
 
-def judge(table: dict[str, dict[str, Any]], results: dict[str, dict[int, JobResult]], candidates: list[str],
-          bases: list[str], task: Any, max_slowdown: float | None) -> Pick:
-    """Cost, the pick, and each entry's ``time_to_baseline_s`` and paired comparison against the
-    pick, with the equivalence margin and whether it is shown within it."""
-    mark_cost(table, bases, max_slowdown)
+def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: list[str],
+          bases: list[str], task: Any, max_slowdown: float | None) -> tuple[Table, Pick]:
+    """The entries with their cost, ``time_to_baseline_s`` and paired comparison against the pick
+    (with the equivalence margin and whether each is shown within it); and the pick."""
+    table, _ = mark_cost(table, bases, max_slowdown)
     n_val = _counts(task.val, task)
     pick = choose(table, candidates, bases, task.direction, n_val=n_val)
-    target = table[pick.baseline]["val"]["mean"] if pick.baseline else None
-    margin = equivalence_margin(task, table[pick.winner]["val"]["mean"]) if pick.winner else None
+    target = table[pick.baseline].val.mean if pick.baseline else None
+    margin = equivalence_margin(task, table[pick.winner].val.mean) if pick.winner else None
+    out: Table = {}
     for name, e in table.items():
-        runs = [results[name].get(s) for s in e["seeds"]]
+        runs = [results[name].get(s) for s in e.seeds]
         runs = [r if r is not None and r.state == JobState.COMPLETE else None for r in runs]
-        e["time_to_baseline_s"] = (time_to(runs, target, task.metric, task.direction)
-                                   if target is not None else None)
+        update: dict[str, Any] = {"time_to_baseline_s": (time_to(runs, target, task.metric, task.direction)
+                                                          if target is not None else None)}
         if pick.winner is not None and margin is not None:
-            vs = paired(*align(e, table[pick.winner]), task.direction, n_val=n_val)
-            ci = vs["ci95"]
-            e["versus_pick"] = {"verdict": vs["verdict"], "mean": vs["mean"], "ci95": ci, "n": vs["n"],
-                                "margin": margin, "equivalent": ci is not None and ci[0] > -margin}
-    return pick
+            vs = compare(e, table[pick.winner], task.direction, n_val=n_val)
+            update["versus_pick"] = VersusPick(verdict=vs.verdict, mean=vs.mean, ci95=vs.ci95, n=vs.n, margin=margin,
+                                               equivalent=vs.ci95 is not None and vs.ci95[0] > -margin)
+        out[name] = e.model_copy(update=update)
+    return out, pick
 
 
 def contenders(spec: StudySpec, study: Any, task: Any) -> list[Contender]:
@@ -367,7 +374,7 @@ def family_speeds(study: Any) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in by.items()}
 
 
-def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, handle: dict[str, Any], rec: Recommendation,
+def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, run: RunRef, rec: Recommendation,
             *, on_progress: Callable[[Any], None] | None = None, budget: Budget | None = None,
             search_s: float | None = None) -> Recommendation:
     """Race the top configs and the baselines over seeds (``autoopt.race``); return the
@@ -383,25 +390,25 @@ def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, handle: dict[str,
     race = Race(entrants, seeds, direction=task.direction, n_val=n_val,
                 margin=lambda mean: equivalence_margin(task, mean), min_seeds=min_seeds, max_seeds=max_seeds,
                 workers=len(pool.workers), epochs=spec.epochs,
-                submit=race_jobs(spec, study, handle, pool, on_progress, progress), budget=budget,
+                submit=race_jobs(spec, study, run, pool, on_progress, progress), budget=budget,
                 allowance_s=max(search_s or 0.0, ALLOWANCE_FLOOR_S))
     race.run()
-    ran = entrants  # those left out unconfirmed too, marked so
-    results = {c.name: c.results for c in ran}
     test_key = f"test_{task.score}" if getattr(task, "test", None) is not None else None
-    table = {c.name: {**entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key),
-                      **({"race": {"status": c.status, "reason": c.reason}} if c.status != "racing" else {})}
-             for c in ran}
-    candidates = [c.name for c in ran if not c.baseline]
-    bases = [c.name for c in ran if c.baseline]
-    pick = judge(table, results, candidates, bases, task, spec.max_slowdown)
+    table: Table = {c.name: entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key,
+                                  baseline=c.baseline,
+                                  race=RaceStatus(status=c.status, reason=c.reason) if c.status != "racing" else None)
+                    for c in entrants}  # those left out unconfirmed too, marked so
+    results = {c.name: c.results for c in entrants}
+    candidates = [c.name for c in entrants if not c.baseline]
+    bases = [c.name for c in entrants if c.baseline]
+    table, pick = judge(table, results, candidates, bases, task, spec.max_slowdown)
     if pick.winner is None:
         log.warning("no confirmation run completed; keeping the search's best trial")
         return rec
     w = table[pick.winner]
     log.info("confirmed: %s (val %.4f ± %.4f on %d seeds); best tuned %s, best baseline %s, verdict %s",
-             pick.winner, w["val"]["mean"], w["val"]["std"], len(w["seeds"]), pick.tuned, pick.baseline,
-             pick.paired["verdict"] if pick.paired else None)
+             pick.winner, w.val.mean, w.val.std, len(w.seeds), pick.tuned, pick.baseline,
+             pick.paired.verdict if pick.paired else None)
     metric = test_key or task.metric  # without a test split, validation stands in
     alternative, why = cheapest_equivalent(table, pick.winner)
     extra = dict(rec.extra)
@@ -411,23 +418,20 @@ def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, handle: dict[str,
         "chosen_kind": "baseline" if pick.winner in bases else "tuned",
         "search_value": rec.value,
         "search_trial_number": rec.trial_number,
-        "confirmation": {n: table[n] for n in candidates},
-        "baselines": [{**table[n], "params": table[n]["optimizer_params"]} for n in bases],
-        "improvement": improvement(table, pick, task.direction, metric,
-                                   n_test=_counts(getattr(task, "test", None), task)),
-        "cost": {"s_per_epoch": w["s_per_epoch"], "relative": w["relative"]},
-        "cheapest_equivalent": alternative,
         "cheapest_equivalent_reason": why,
-        "equivalence_margin": w["versus_pick"]["margin"] if w.get("versus_pick") else None,
-        "race": {"rounds": race.rounds, "min_seeds": min_seeds, "max_seeds": max_seeds,
-                 "runs": sum(len(c.results) for c in entrants),
-                 "epochs": sum(len(r.history) for c in entrants for r in c.results.values()),
-                 "left_out": {c.name: c.reason for c in entrants if c.status != "racing"}},
+        "equivalence_margin": w.versus_pick.margin if w.versus_pick else None,
         "max_slowdown": spec.max_slowdown,
-        metric: w["test"]["mean"],
+        metric: w.test.mean,
     })
-    chosen = TrialConfig(w["optimizer"], w["optimizer_params"], w["scheduler"], w["scheduler_params"],
-                         w["grad_clip_norm"])
-    return Recommendation(task=rec.task, **chosen.to_dict(), metric=rec.metric, direction=rec.direction,
-                          value=w["val"]["mean"], study_name=rec.study_name,
-                          trial_number=w["trial_number"], extra=extra)
+    race_summary = RaceSummary(rounds=race.rounds, min_seeds=min_seeds, max_seeds=max_seeds,
+                               runs=sum(len(c.results) for c in entrants),
+                               epochs=sum(len(r.history) for c in entrants for r in c.results.values()),
+                               left_out={c.name: c.reason for c in entrants if c.status != "racing"})
+    return Recommendation(task=rec.task, **w.config(), metric=rec.metric, direction=rec.direction,
+                          value=w.val.mean, study_name=rec.study_name, trial_number=w.trial_number, extra=extra,
+                          confirmation={n: table[n] for n in candidates},
+                          baselines=tuple(b for n in bases if isinstance(b := table[n], Baseline)),
+                          improvement=improvement(table, pick, task.direction, metric,
+                                                  n_test=_counts(getattr(task, "test", None), task)),
+                          cost=Cost(s_per_epoch=w.s_per_epoch, relative=w.relative),
+                          cheapest_equivalent=alternative, race=race_summary)

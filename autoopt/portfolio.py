@@ -8,6 +8,11 @@ recorded in the study attribute ``portfolio_enqueued``: two drivers starting tog
 resumed study, enqueue nothing twice. A ``--trials`` smaller than the portfolio screens the
 families most likely to win first (``PORTFOLIO_PRIOR``), and says so.
 
+With a prior learned from the storage's earlier studies (``autoopt.prior``), a new study screens
+in the prior's order, records it (study attr ``prior``), and enqueues the prior's warm starts
+(trial attr ``warmstart``) once the whole portfolio is enqueued, within ``--trials``; a resumed
+study keeps the order it began with.
+
 After the screen, TPE proposes the rest over every family, seeing the screened trials. The
 alternative, steering trials to the families that screened best (``steer``: each proposed
 trial trains one of the ``top_k`` best families so far, by rank weights 1, 1/2, ..., except an
@@ -39,7 +44,9 @@ from optuna.trial import FrozenTrial, TrialState
 from autoopt.direction import better, ordered
 from autoopt.errors import UsageError
 from autoopt.space import (
+    GRAD_CLIP,
     PORTFOLIO_PRIOR,
+    WARMUP,
     Choice,
     Dimension,
     Family,
@@ -48,11 +55,15 @@ from autoopt.space import (
     LogUniform,
     SearchSpace,
     Uniform,
+    schedule,
 )
 from autoopt.study import ask_lock, budget_used
 
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
 PORTFOLIO = "portfolio"  # trial user attr
+PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (autoopt.prior): {studies, order, warmstart}
+WARMSTART = "warmstart"  # trial user attr: the earlier study whose config this warm-start trial trains
+WARM_ENQUEUED = "warmstart_enqueued"  # study user attr: how many of the prior's warm starts were enqueued
 TOP_K = 5
 EXPLORE = 1.0  # the share of proposed trials whose family the sampler picks (see above)
 
@@ -113,24 +124,106 @@ def portfolio_params(name: str, space: SearchSpace) -> dict[str, Any]:
     return params
 
 
+def _fitted(value: Any, dim: Dimension) -> Any:
+    """``value`` as a value of ``dim``: a number clamped into its range, a choice it offers; None
+    when it cannot be one (a fixed dimension, a choice it does not offer, not a number)."""
+    match dim:
+        case LogUniform(low, high) | Uniform(low, high):
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+                return float(min(max(float(value), low), high))
+        case IntRange(low, high):
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+                return int(min(max(round(value), low), high))
+        case Choice(options):
+            return value if value in options else None
+    return None
+
+
+def config_params(config: Any, space: SearchSpace) -> dict[str, Any] | None:
+    """The parameters the search space's suggest calls ask for, so that a trial enqueued with
+    them trains ``config`` (a ``TrialConfig`` dict, e.g. an earlier study's pick) as closely as
+    the space allows: numbers clamped into its ranges, values it cannot hold left to the
+    sampler. None when the config's family is not in the space."""
+    name = config.get("optimizer")
+    if name not in space.optimizers:
+        return None
+    fam = space.family(name)
+    params: dict[str, Any] = {"optimizer": name}
+    given = config.get("optimizer_params") or {}
+    for key, dim in fam.space.items():
+        if key in given and (value := _fitted(given[key], dim)) is not None:
+            params[f"{name}.{key}"] = value
+    if fam.schedulers and space.schedulers and (config.get("scheduler") or "none") in space.schedulers:
+        sched = schedule(config.get("scheduler") or "none")
+        params["scheduler"] = sched.name
+        sp = config.get("scheduler_params") or {}
+        for key, dim in sched.space.items():
+            if key in sp and (value := _fitted(sp[key], dim)) is not None:
+                params[f"{sched.name}.{key}"] = value
+        if sched.warmup and sched.build is not None and (value := _fitted(sp.get("warmup_ratio", 0.0), WARMUP)
+                                                          ) is not None:
+            params["warmup_ratio"] = value
+    if space.grad_clip:
+        clip = config.get("grad_clip_norm")
+        params["grad_clip"] = clip is not None
+        if clip is not None and (value := _fitted(clip, GRAD_CLIP)) is not None:
+            params["grad_clip_norm"] = value
+    return params
+
+
 class PortfolioFirst:
     """The search policy of ``autoopt tune`` (``autoopt.dispatch.SearchPolicy``)."""
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, top_k: int = TOP_K, explore: float = EXPLORE) -> None:
+    def __init__(self, space: SearchSpace, *, seed: int = 0, top_k: int = TOP_K, explore: float = EXPLORE,
+                 prior: dict[str, Any] | None = None, quick: int | None = None) -> None:
+        """``prior``: the record of ``autoopt.prior`` (``{studies, order, warmstart}``) a new study
+        screens by and keeps as its user attr ``prior`` (a study that has one keeps its own);
+        ``quick``: screen only that many families, the first of the order (``tune --quick``)."""
         self.space, self.seed, self.top_k, self.explore = space, seed, top_k, explore
+        self.prior, self.quick = prior, quick
+
+    def plan(self, prior: dict[str, Any] | None) -> list[str]:
+        """The families to screen, in order: the prior's order (families of the space only), then
+        the rest of the space in the built-in order; the first ``quick`` of them with ``quick``."""
+        first = [n for n in (prior or {}).get("order", []) if n in self.space.optimizers]
+        plan = list(dict.fromkeys(first + screening_order(self.space.optimizers)))
+        return plan[:self.quick] if self.quick else plan
+
+    def warm_starts(self, prior: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+        """The prior's warm starts as ``(source study, params)``, those the space can hold."""
+        out = []
+        for entry in (prior or {}).get("warmstart", []):
+            params = config_params(entry.get("config") or {}, self.space)
+            if params is not None:
+                out.append((str(entry.get("study")), params))
+        return out
 
     def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
-        """Enqueue the families not enqueued yet, within the budget left; a note when the budget
-        is smaller than the portfolio."""
-        plan = screening_order(self.space.optimizers)
+        """Enqueue the families not enqueued yet, within the budget left, then (once the whole
+        portfolio is enqueued) the prior's warm starts not enqueued yet; a note when the budget
+        is smaller than the portfolio. A new study records the prior it screens by; a resumed
+        one keeps the order it began with."""
         with ask_lock(storage_url, study.study_name):
-            done = list(study.user_attrs.get(ENQUEUED, []))
+            attrs = study.user_attrs
+            done = list(attrs.get(ENQUEUED, []))
+            prior = attrs.get(PRIOR_ATTR)
+            if prior is None and not done and self.prior is not None:
+                prior = self.prior
+                study.set_user_attr(PRIOR_ATTR, prior)
+            plan = self.plan(prior)
             room = trials - budget_used(study.get_trials(deepcopy=False))
             todo = [n for n in plan if n not in done][:max(0, room)]
             for name in todo:
                 study.enqueue_trial(portfolio_params(name, self.space), user_attrs={PORTFOLIO: True})
             if todo:
                 study.set_user_attr(ENQUEUED, done + todo)
+            if all(n in done + todo for n in plan):
+                warmed = int(attrs.get(WARM_ENQUEUED, 0))
+                warm = self.warm_starts(prior)[warmed:warmed + max(0, room - len(todo))]
+                for source, params in warm:
+                    study.enqueue_trial(params, user_attrs={WARMSTART: source})
+                if warm:
+                    study.set_user_attr(WARM_ENQUEUED, warmed + len(warm))
         screened = done + todo
         if len(screened) < len(plan):
             return (f"--trials {trials} is smaller than the portfolio of {len(plan)} families: screening the "
@@ -154,11 +247,3 @@ class PortfolioFirst:
         if rng.random() < self.explore:
             return None  # the sampler picks the family
         return rng.choices(top, weights=[1 / (i + 1) for i in range(len(top))])[0]
-
-
-def screened(trials: Sequence[FrozenTrial], direction: object) -> list[tuple[str, float]]:
-    """The portfolio trials that completed, as ``(family, value)``, best first: which published
-    defaults screened best (for the confirmation's baselines)."""
-    done = [t for t in trials if t.user_attrs.get(PORTFOLIO) and t.state == TrialState.COMPLETE
-            and t.value is not None]
-    return [(t.params["optimizer"], float(t.value)) for t in ordered(done, key=lambda t: t.value, direction=direction)]

@@ -40,6 +40,7 @@ from autoopt.budget import Budget
 from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, run_jobs
 from autoopt.space import TrialConfig, family
+from autoopt.tracking import RunRef
 from autoopt.verdict import paired
 
 SLOW = 3.0  # more than this many times the cheapest contender per epoch: fewer extra seeds
@@ -245,7 +246,7 @@ def _fmt(ci: list[float] | None) -> str:
     return "none" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"
 
 
-def race_jobs(spec: Any, study: Any, handle: dict[str, Any], pool: Any,
+def race_jobs(spec: Any, study: Any, run: RunRef, pool: Any,
               on_progress: Callable[[SearchProgress], None] | None, progress: SearchProgress
               ) -> Callable[[list[tuple[Contender, int]]], None]:
     """A ``submit`` for ``Race``: each (contender, seed) as a Ray job on the pool (nested MLflow
@@ -262,7 +263,7 @@ def race_jobs(spec: Any, study: Any, handle: dict[str, Any], pool: Any,
             if c.number is not None:
                 tags["autoopt.source_trial"] = c.number
             job = Job(spec.task, spec.placement.data_dir, c.cfg, spec.epochs, seed, spec.batch_size,
-                      spec.placement.compile, evaluate_test=True, tracking=handle,
+                      spec.placement.compile, evaluate_test=True, tracking=run,
                       run_name=f"{kind}-{c.name}-s{seed}", tags=tags, family=fam)
             jobs.append(job)
             owner[id(job)] = c

@@ -19,6 +19,7 @@ from typing import Any
 
 from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
 from autoopt.errors import UsageError
+from autoopt.evidence import EVIDENCE, Alternative, Baseline, BudgetUse, Cost, Entry, Improvement, RaceSummary
 from autoopt.redact import mask_url
 from autoopt.space import (
     Family,
@@ -35,6 +36,9 @@ STUDY_ATTR = "recommendation"
 FOLDER = "recommendations"  # where tune writes <study>.json; AUTOOPT_RECOMMENDATIONS names another
 CORE_KEYS = ("task", "optimizer", "optimizer_params", "scheduler", "scheduler_params", "grad_clip_norm",
              "metric", "direction", "value", "study_name", "trial_number", "created_at")
+# The JSON's layout. 1: the evidence (confirmation, baselines, improvement, cost, ...) is typed and
+# ``cheapest_tie`` is gone (``cheapest_equivalent``). A JSON without it is read as version 0.
+SCHEMA_VERSION = 1
 
 # What autoopt recommends with no study: AdamW with cosine decay and a short warmup, the
 # usual strong default for small vision models (Loshchilov & Hutter 2019).
@@ -42,9 +46,10 @@ PRIOR = TrialConfig("adamw", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1
                     "cosine", {"eta_min_ratio": 0.01, "warmup_ratio": 0.05}, None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recommendation:
-    """A recommended optimizer config for one task.
+    """A recommended optimizer config for one task, with the evidence that chose it (typed
+    records, ``autoopt.evidence``; empty for a recommendation that was not confirmed).
 
     >>> import torch
     >>> rec = Recommendation.prior("digits")
@@ -68,6 +73,32 @@ class Recommendation:
     trial_number: int | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     extra: dict[str, Any] = field(default_factory=dict)
+    confirmation: dict[str, Entry] = field(default_factory=dict)
+    baselines: tuple[Baseline, ...] = ()
+    improvement: Improvement | None = None
+    cost: Cost | None = None
+    cheapest_equivalent: Alternative | None = None
+    race: RaceSummary | None = None
+    budget: BudgetUse | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        """Accept the evidence as records or as their JSON dicts."""
+        def setf(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        setf("confirmation", {k: Entry.model_validate(v) for k, v in (self.confirmation or {}).items()})
+        setf("baselines", tuple(Baseline.model_validate(b.to_dict() if isinstance(b, Entry) else b)
+                                for b in self.baselines or ()))
+        for key, record in EVIDENCE.items():
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, record):
+                setf(key, record.model_validate(value))
+
+    @property
+    def source(self) -> str | None:
+        """Where the answer comes from: ``study``, ``prior``, ``database``, ... (None: unknown)."""
+        return self.extra.get("source")
 
     @property
     def config(self) -> TrialConfig:
@@ -124,14 +155,30 @@ class Recommendation:
             "optimizer_class": cls,
         }
         out.update({k: v for k, v in self.extra.items() if k not in ("optimizer_class", "train_eval_mode")})
+        if self.confirmation or self.baselines:  # confirmed (with no tuned config, possibly)
+            out["confirmation"] = {k: e.to_dict() for k, e in self.confirmation.items()}
+            out["baselines"] = [b.to_dict() for b in self.baselines]
+            out["cheapest_equivalent"] = None  # none shown equivalent: null, with the reason
+        for key in EVIDENCE:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value.to_dict()
+        out["schema_version"] = SCHEMA_VERSION
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recommendation:
+        """Read any version of the JSON: one without ``schema_version`` (0) loads as well, and one
+        of a later version keeps the keys this release does not know."""
         core = {k: data[k] for k in CORE_KEYS if k in data}
-        derived = {"scheduler_step"}  # train_eval_mode stays: family() re-registers a user's class with it
-        extra = {k: v for k, v in data.items() if k not in CORE_KEYS and k not in derived}
-        return cls(**core, extra=extra)
+        evidence = ("confirmation", "baselines", *EVIDENCE)
+        typed = {k: data[k] for k in evidence if data.get(k) is not None}
+        derived = {"scheduler_step", "schema_version"}  # train_eval_mode stays: family() re-registers a user's class
+        extra = {k: v for k, v in data.items() if k not in CORE_KEYS and k not in derived and k not in evidence}
+        version = data.get("schema_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise UsageError(f"not a recommendation JSON: schema_version {version!r} is not an integer")
+        return cls(**core, extra=extra, **typed)
 
     @classmethod
     def prior(cls, task: str) -> Recommendation:
@@ -192,7 +239,9 @@ def recommend(task: str, *, storage: str | None = None, study: str | None = None
 
     ``storage`` defaults to ``AUTOOPT_STORAGE`` or ``sqlite:///autoopt.db``; ``study`` to the
     task name. With neither this raises ``UsageError`` naming the command to run, unless
-    ``fallback="prior"``, which returns ``Recommendation.prior(task)``. Looking creates nothing.
+    ``fallback="prior"``, which returns ``Recommendation.prior(task)``, or ``fallback="database"``,
+    which returns the zero-shot answer of the storage's earlier studies (``autoopt.prior``:
+    ``"source": "database"``, ``"prior": {studies, ...}``) where it holds one. Looking creates nothing.
 
     >>> rec = recommend("digits", storage="sqlite:///no-such.db", fallback="prior")
     >>> rec.to_dict()["source"]
@@ -202,8 +251,8 @@ def recommend(task: str, *, storage: str | None = None, study: str | None = None
         raise UsageError(f"recommend(task): task must be a task name such as 'digits', got {task!r}")
     if study is not None and (not isinstance(study, str) or not study):
         raise UsageError(f"recommend(study=...): a study name such as 'digits', got {study!r}")
-    if fallback not in (None, "prior"):
-        raise UsageError(f"fallback must be None or 'prior', got {fallback!r}")
+    if fallback not in (None, "prior", "database"):
+        raise UsageError(f"fallback must be None, 'prior' or 'database', got {fallback!r}")
     url = storage or os.environ.get("AUTOOPT_STORAGE") or DEFAULT_STORAGE
     name = study or task
     data = load_stored(url, name)
@@ -214,6 +263,12 @@ def recommend(task: str, *, storage: str | None = None, study: str | None = None
         return Recommendation.load(shipped)
     if fallback == "prior":
         return Recommendation.prior(task)
+    if fallback == "database":
+        from autoopt.prior import zero_shot
+
+        zero = zero_shot(url, task, exclude=name)
+        if zero is not None:
+            return zero
     hint = (f"run: autoopt tune --task {task}" + (f" --study {study}" if study else "")
             if task in BUILTIN or ":" in task else
             f"'{task}' is not a task autoopt knows (built-in: {', '.join(sorted(BUILTIN))}, or module:function)")

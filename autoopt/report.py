@@ -22,12 +22,13 @@ from typing import Any
 from autoopt import tracking
 from autoopt.direction import better
 from autoopt.errors import UsageError
+from autoopt.evidence import Entry, Improvement, Stats
 from autoopt.plots import DPI, FIGSIZE, comparison_curves, optimization_history, save_figure
 from autoopt.plots import figure as _figure
 from autoopt.plots import integer_ticks as _integer_ticks
 from autoopt.plots import note as _note
 from autoopt.plots import pyplot as _pyplot
-from autoopt.recommendation import STUDY_ATTR
+from autoopt.recommendation import STUDY_ATTR, Recommendation
 from autoopt.redact import mask_url
 from autoopt.spec import DEFAULT_STORAGE, DEFAULT_TRACKING
 from autoopt.study import absolute_sqlite, counts, load_existing_study, open_storage, sqlite_path
@@ -222,51 +223,60 @@ def lr_vs_metric(study: Any) -> Any:
     return fig
 
 
-def confirmation_entries(rec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The confirmed configs and the baselines of a recommendation dict, as one list of
-    ``{"name", "kind", "optimizer", "val", "test", "s_per_epoch", "relative", "excluded", ...}``."""
-    keep = ("s_per_epoch", "relative", "time_to_baseline_s", "excluded", "versus_pick")
-    out = [{"name": name, "kind": "tuned", "optimizer": e["optimizer"], "val": e["val"], "test": e["test"],
-            **{k: e.get(k) for k in keep}} for name, e in (rec.get("confirmation") or {}).items()]
-    out += [{"name": b["name"], "kind": "baseline", "optimizer": b["optimizer"], "val": b["val"],
-             "test": b["test"], **{k: b.get(k) for k in keep}} for b in rec.get("baselines") or []]
-    return out
+@dataclass(frozen=True)
+class Shown:
+    """A confirmed config (``kind`` tuned) or baseline, as the report shows it."""
+
+    kind: str
+    entry: Entry
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
 
 
-def confirmation_plot(rec: dict[str, Any]) -> Any:
+def confirmation_entries(rec: Recommendation | None) -> list[Shown]:
+    """The confirmed configs, then the baselines, of a recommendation."""
+    if rec is None:
+        return []
+    return ([Shown("tuned", e) for e in rec.confirmation.values()]
+            + [Shown("baseline", b) for b in rec.baselines])
+
+
+def confirmation_plot(rec: Recommendation | None) -> Any:
     """Mean ± std over the seeds of the validation and test metric for each confirmed config
     and baseline, one row each (names read horizontally); baselines on a grey band; the
     recommendation's label is marked with a star."""
     from matplotlib.patches import Patch
 
     fig, ax = _figure()
-    entries = [e for e in confirmation_entries(rec) if e["val"]["mean"] is not None]
+    entries = [e for e in confirmation_entries(rec) if e.entry.val.mean is not None]
     ax.set_title("confirmation over seeds: tuned configs vs baselines")
     if not entries:
         _note(ax, "no confirmation in this recommendation (tuned with --no-confirm?)")
         fig.tight_layout()
         return fig
     ys = list(range(len(entries)))[::-1]  # the first entry on top
-    split = rec.get("improvement", {}) or {}
-    test_name = split.get("metric") or f"test_{rec.get('metric', 'val_').removeprefix('val_')}"
-    for offset, key, label, color in ((0.12, "val", rec.get("metric", "val"), "tab:blue"),
+    assert rec is not None  # entries come from it
+    test_name = rec.improvement.metric if rec.improvement else f"test_{rec.metric.removeprefix('val_')}"
+    for offset, key, label, color in ((0.12, "val", rec.metric, "tab:blue"),
                                       (-0.12, "test", test_name, "tab:orange")):
-        xs = [e[key]["mean"] if e[key]["mean"] is not None else math.nan for e in entries]
-        err = [e[key]["std"] or 0.0 for e in entries]
+        stats = [getattr(e.entry, key) for e in entries]
+        xs = [st.mean if st.mean is not None else math.nan for st in stats]
+        err = [st.std or 0.0 for st in stats]
         ax.errorbar(xs, [y + offset for y in ys], xerr=err, fmt="o", capsize=4, color=color,
                     label=f"{label} (mean ± std)")
-        seeds = [(v, y + offset) for y, e in zip(ys, entries, strict=True) for v in e[key]["values"]
-                 if v is not None]
+        seeds = [(v, y + offset) for y, st in zip(ys, stats, strict=True) for v in st.values if v is not None]
         if seeds:
             ax.scatter(*zip(*seeds, strict=True), s=8, color=color, alpha=0.35, label=f"{label}, one seed")
-    chosen = rec.get("chosen")
-    labels = [f"{'★ ' if e['name'] == chosen else ''}{e['name']} ({e['optimizer']})" for e in entries]
+    chosen = rec.extra.get("chosen")
+    labels = [f"{'★ ' if e.name == chosen else ''}{e.name} ({e.entry.optimizer})" for e in entries]
     ax.set_yticks(ys, labels, fontsize="small")
     for y, e in zip(ys, entries, strict=True):
-        if e["kind"] == "baseline":
+        if e.kind == "baseline":
             ax.axhspan(y - 0.4, y + 0.4, color="0.92", zorder=0)
     ax.set_xlabel("metric (mean ± std over seeds)")
-    if any(e["name"] == chosen for e in entries):
+    if any(e.name == chosen for e in entries):
         ax.plot([], [], " ", label="★ the recommendation")  # a legend entry for the star in the labels
     handles, names = ax.get_legend_handles_labels()
     handles.append(Patch(color="0.92", label="baseline (published default)"))
@@ -292,37 +302,38 @@ def pareto_front(points: list[tuple[float, float]], direction: str) -> list[int]
     return front
 
 
-def pareto_plot(rec: dict[str, Any]) -> Any:
+def pareto_plot(rec: Recommendation | None) -> Any:
     """Mean validation metric against seconds per epoch for every confirmed config (circles) and
     baseline (squares); the Pareto front (nothing cheaper is as good) joined by a line, the
     recommendation starred, configs ``max_slowdown`` left out drawn hollow."""
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = _figure()
-    entries = [e for e in confirmation_entries(rec) if e["val"]["mean"] is not None and e.get("s_per_epoch")]
-    metric = rec.get("metric", "val")
+    entries = [e for e in confirmation_entries(rec) if e.entry.val.mean is not None and e.entry.s_per_epoch]
+    metric = rec.metric if rec is not None else "val"
     ax.set_title(f"{metric} against cost: confirmed configs and baselines")
     if not entries:
         _note(ax, "no confirmed config with a measured time per epoch (tuned with --no-confirm?)")
         fig.tight_layout()
         return fig
-    points = [(e["s_per_epoch"], e["val"]["mean"]) for e in entries]
-    front = pareto_front(points, rec.get("direction", "maximize"))
+    assert rec is not None  # entries come from it
+    points = [(e.entry.s_per_epoch or 0.0, e.entry.val.mean or 0.0) for e in entries]
+    front = pareto_front(points, rec.direction)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", linewidth=1.2,
             zorder=1, label="Pareto front")
     for kind, marker, color in (("tuned", "o", "tab:blue"), ("baseline", "s", "tab:gray")):
         for excluded in (False, True):
-            sel = [i for i, e in enumerate(entries) if e["kind"] == kind and bool(e.get("excluded")) == excluded]
+            sel = [i for i, e in enumerate(entries) if e.kind == kind and bool(e.entry.excluded) == excluded]
             if not sel:
                 continue
             ax.scatter([points[i][0] for i in sel], [points[i][1] for i in sel], marker=marker, s=40, zorder=2,
                        facecolors="none" if excluded else color, edgecolors=color,
                        label=f"{kind}{' (left out: --max-slowdown)' if excluded else ''}")
-    chosen = rec.get("chosen")
+    chosen = rec.extra.get("chosen")
     by_cost = sorted(range(len(entries)), key=lambda i: points[i][0])
     for rank, i in enumerate(by_cost):  # neighbours' names at four heights in turn, so they do not overlap
-        star = "★ " if entries[i]["name"] == chosen else ""
-        ax.annotate(f"{star}{entries[i]['name']}", points[i], textcoords="offset points",
+        star = "★ " if entries[i].name == chosen else ""
+        ax.annotate(f"{star}{entries[i].name}", points[i], textcoords="offset points",
                     xytext=(5, (5, -11, 14, -20)[rank % 4]), fontsize="x-small")
     ax.margins(x=0.08, y=0.15)  # room for the names at the edges
     ax.set_xscale("log")
@@ -332,7 +343,7 @@ def pareto_plot(rec: dict[str, Any]) -> Any:
     ax.tick_params(axis="x", which="minor", labelsize="x-small")
     ax.set_xlabel("seconds per epoch (training + validation, mean over seeds; log scale)")
     ax.set_ylabel(f"{metric} (mean over seeds)")
-    if any(e["name"] == chosen for e in entries):
+    if any(e.name == chosen for e in entries):
         ax.plot([], [], " ", label="★ the recommendation")  # a legend entry for the starred name
     ax.legend(fontsize="x-small", loc="best")
     fig.tight_layout()
@@ -354,84 +365,86 @@ def _params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt(v, 3)}" for k, v in params.items()) or "defaults"
 
 
-def _mean_std(stats: dict[str, Any]) -> str:
-    if not stats or stats.get("mean") is None:
+def _mean_std(stats: Stats | None) -> str:
+    if stats is None or stats.mean is None:
         return "–"
-    return f"{stats['mean']:.4f} ± {stats['std'] or 0.0:.4f}"
+    return f"{stats.mean:.4f} ± {stats.std or 0.0:.4f}"
 
 
-def _verdict_line(imp: dict[str, Any]) -> str:
+def _verdict_line(imp: Improvement) -> str:
     """The paired verdict of the best tuned config against the best baseline, in words."""
-    paired = imp.get("paired") or {}
-    verdict = imp.get("verdict")
-    ci = paired.get("ci95")
+    paired = imp.paired
+    ci = paired.ci95 if paired else None
     ci_text = f", 95% interval [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
     what = {"better": "the tuned config is better on every reading of the seeds: it is the recommendation",
             "tie": "no difference beyond seed-to-seed noise: the baseline is the recommendation",
-            "worse": "the tuned config is worse: the baseline is the recommendation"}.get(verdict, "no verdict")
-    return (f"- paired verdict **{verdict}** (`{imp.get('tuned')}` vs `{imp.get('versus')}`, "
-            f"validation, per-seed differences {', '.join(f'{d:+.4f}' for d in paired.get('deltas') or [])}, "
-            f"mean {_fmt(paired.get('mean'))}"
+            "worse": "the tuned config is worse: the baseline is the recommendation"}.get(imp.verdict or "",
+                                                                                          "no verdict")
+    deltas = paired.deltas if paired else ()
+    return (f"- paired verdict **{imp.verdict}** (`{imp.tuned}` vs `{imp.versus}`, "
+            f"validation, per-seed differences {', '.join(f'{d:+.4f}' for d in deltas)}, "
+            f"mean {_fmt(paired.mean if paired else None)}"
             f"{ci_text}): {what}")
 
 
-def _recommendation_lines(rec: dict[str, Any], metric: str) -> list[str]:
-    """The summary's recommendation section: what, how sure, at what cost."""
-    lines = ["## Recommendation", "", f"- **{rec['optimizer']}** ({_params(rec['optimizer_params'])})"]
-    sched = rec["scheduler"]
-    if rec["scheduler_params"]:
-        sched += f" ({_params(rec['scheduler_params'])})"
-    lines.append(f"- scheduler: {sched}; gradient clipping: {_fmt(rec.get('grad_clip_norm'), 3)}")
-    chosen = rec.get("chosen")
-    entries = {e["name"]: e for e in confirmation_entries(rec)}
+def _recommendation_lines(rec: Recommendation, metric: str) -> list[str]:
+    """What to use and how sure: the config, the verdict, the cost, a cheaper equivalent, the budget."""
+    lines = ["## Recommendation", "", f"- **{rec.optimizer}** ({_params(rec.optimizer_params)})"]
+    sched = rec.scheduler
+    if rec.scheduler_params:
+        sched += f" ({_params(rec.scheduler_params)})"
+    lines.append(f"- scheduler: {sched}; gradient clipping: {_fmt(rec.grad_clip_norm, 3)}")
+    chosen = rec.extra.get("chosen")
+    entries = {e.name: e for e in confirmation_entries(rec)}
     if chosen in entries:
         e = entries[chosen]
-        kind = "a baseline: no tuned config beat it" if e["kind"] == "baseline" else "a tuned config"
-        lines.append(f"- chosen: `{chosen}`, {kind}; {metric} {_mean_std(e['val'])}, "
-                     f"test {_mean_std(e['test'])} over {len(e['val']['values'])} seeds")
-    elif rec.get("value") is not None:
-        lines.append(f"- {metric} {rec['value']:.4f} (one run: not confirmed over seeds)")
-    imp = rec.get("improvement")
-    if imp:
-        if imp.get("verdict"):
+        kind = "a baseline: no tuned config beat it" if e.kind == "baseline" else "a tuned config"
+        lines.append(f"- chosen: `{chosen}`, {kind}; {metric} {_mean_std(e.entry.val)}, "
+                     f"test {_mean_std(e.entry.test)} over {len(e.entry.val.values)} seeds")
+    elif rec.value is not None:
+        lines.append(f"- {metric} {rec.value:.4f} (one run: not confirmed over seeds)")
+    imp = rec.improvement
+    if imp is not None:
+        if imp.verdict:
             lines.append(_verdict_line(imp))
-        lines.append(f"- versus the best baseline (`{imp.get('versus')}`) on {imp['metric']}: "
-                     f"{imp['delta']:+.4f}, seed-to-seed spread {imp['spread']:.4f}")
-    cost = rec.get("cost")
-    if cost and cost.get("s_per_epoch"):
-        lines.append(f"- cost: {cost['s_per_epoch']:.3g} s per epoch, {_fmt(cost.get('relative'), 3)}x the "
+        lines.append(f"- versus the best baseline (`{imp.versus}`) on {imp.metric}: "
+                     f"{imp.delta:+.4f}, seed-to-seed spread {imp.spread:.4f}")
+    cost = rec.cost
+    if cost is not None and cost.s_per_epoch:
+        lines.append(f"- cost: {cost.s_per_epoch:.3g} s per epoch, {_fmt(cost.relative, 3)}x the "
                      "fastest baseline")
-    alt = rec.get("cheapest_equivalent")
-    if alt:
-        margin = (alt.get("versus_pick") or {}).get("margin")
-        lines.append(f"- cheaper and equivalent to it (within {_fmt(margin, 3)}): `{alt['name']}` "
-                     f"({alt['optimizer']}), {alt['s_per_epoch']:.3g} s per epoch ({_fmt(alt.get('relative'), 3)}x)")
-    elif rec.get("cheapest_equivalent_reason"):
-        lines.append(f"- no cheaper config named: {rec['cheapest_equivalent_reason']}")
-    budget = rec.get("budget")
-    if budget:
-        phases = ", ".join(f"{k} {v:.0f}s" for k, v in (budget.get("phases_s") or {}).items())
-        lines.append(f"- time budget: {budget['used_s']:.0f}s of {budget['limit_s']:g}s ({phases})")
+    alt = rec.cheapest_equivalent
+    if alt is not None:
+        margin = alt.versus_pick.margin if alt.versus_pick else None
+        lines.append(f"- cheaper and equivalent to it (within {_fmt(margin, 3)}): `{alt.name}` "
+                     f"({alt.optimizer}), {_fmt(alt.s_per_epoch, 3)} s per epoch ({_fmt(alt.relative, 3)}x)")
+    elif rec.extra.get("cheapest_equivalent_reason"):
+        lines.append(f"- no cheaper config named: {rec.extra['cheapest_equivalent_reason']}")
+    budget = rec.budget
+    if budget is not None:
+        phases = ", ".join(f"{k} {v:.0f}s" for k, v in budget.phases_s.items())
+        lines.append(f"- time budget: {budget.used_s:.0f}s of {budget.limit_s:g}s ({phases})")
     return [*lines, ""]
 
 
-def _confirmation_table(rec: dict[str, Any], metric: str) -> list[str]:
+def _confirmation_table(rec: Recommendation, metric: str) -> list[str]:
     entries = confirmation_entries(rec)
     if not entries:
         return []
     lines = ["## Confirmation over seeds", "",
              f"| config | kind | optimizer | {metric} | test | s/epoch | x fastest baseline | time to baseline (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for e in entries:
-        mark = " ★" if e["name"] == rec.get("chosen") else ""
-        left_out = " (left out: slower than --max-slowdown)" if e.get("excluded") else ""
-        lines.append(f"| {e['name']}{mark}{left_out} | {e['kind']} | {e['optimizer']} | {_mean_std(e['val'])} | "
-                     f"{_mean_std(e['test'])} | {_fmt(e.get('s_per_epoch'), 3)} | {_fmt(e.get('relative'), 3)} | "
-                     f"{_fmt(e.get('time_to_baseline_s'), 3)} |")
+    for shown in entries:
+        e = shown.entry
+        mark = " ★" if e.name == rec.extra.get("chosen") else ""
+        left_out = " (left out: slower than --max-slowdown)" if e.excluded else ""
+        lines.append(f"| {e.name}{mark}{left_out} | {shown.kind} | {e.optimizer} | {_mean_std(e.val)} | "
+                     f"{_mean_std(e.test)} | {_fmt(e.s_per_epoch, 3)} | {_fmt(e.relative, 3)} | "
+                     f"{_fmt(e.time_to_baseline_s, 3)} |")
     return [*lines, ""]
 
 
-def summary_markdown(study: Any, rec: dict[str, Any] | None, importances: dict[str, float],
+def summary_markdown(study: Any, rec: Recommendation | None, importances: dict[str, float],
                      plots: dict[str, str]) -> str:
     """The report's ``summary.md``: what to use, how sure, and the evidence, in a minute."""
     trials = study.get_trials(deepcopy=False)
@@ -460,7 +473,7 @@ def summary_markdown(study: Any, rec: dict[str, Any] | None, importances: dict[s
         lines += [f"Parameter importances: {top}.", ""]
     lines += ["## Plots", ""] + [f"- [{title}]({name})" for title, name in plots.items()]
     lines += ["", "Use it: `from autoopt import recommend; rec = recommend("
-              f"{(rec or {}).get('task', study.study_name)!r}); opt = rec.build_optimizer(model)`", ""]
+              f"{rec.task if rec else study.study_name!r}); opt = rec.build_optimizer(model)`", ""]
     return "\n".join(lines)
 
 
@@ -516,7 +529,8 @@ def write_report(task: str, *, storage: str | None = None, study_name: str | Non
     if not _complete(study):
         raise UsageError(f"study '{study.study_name}' has no complete trial to report on; "
                          f"run: autoopt tune --task {task}")
-    rec = study.user_attrs.get(STUDY_ATTR)
+    stored = study.user_attrs.get(STUDY_ATTR)
+    rec = Recommendation.from_dict(stored) if isinstance(stored, dict) else None
     folder = Path(out) if out else Path("reports") / task
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(folder)
@@ -526,8 +540,8 @@ def write_report(task: str, *, storage: str | None = None, study_name: str | Non
         "param_importances.png": importance_fig,
         "loss_curves.png": loss_curves(study),
         "lr_vs_metric.png": lr_vs_metric(study),
-        "confirmation.png": confirmation_plot(rec or {}),
-        "pareto.png": pareto_plot(rec or {}),
+        "confirmation.png": confirmation_plot(rec),
+        "pareto.png": pareto_plot(rec),
     }
     for name, fig in figures.items():
         report.files[name] = save_figure(fig, folder / name)

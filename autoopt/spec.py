@@ -18,6 +18,7 @@ from autoopt.budget import check_budget, parse_duration
 from autoopt.errors import UsageError
 from autoopt.space import (
     REGISTRY,
+    SAMPLERS,
     Dimension,
     Family,
     SearchSpace,
@@ -26,7 +27,7 @@ from autoopt.space import (
     parse_dimension,
     resolve_optimizers,
 )
-from autoopt.tasks import Task, check_task_name, load_task
+from autoopt.tasks import check_task_name
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_STORAGE = "sqlite:///autoopt.db"
@@ -88,7 +89,7 @@ class StudySpec(BaseModel):
     space: dict[str, dict[str, Any]] = {}
     custom_optimizers: dict[str, CustomOptimizer] = {}
     batch_size: int | None = Field(None, gt=0)
-    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
+    sampler: Literal[SAMPLERS] = SAMPLERS[0]  # type: ignore[valid-type]
     pruner: Literal["none", "median", "hyperband"] = "median"
     pruner_warmup: float = Field(0.3, ge=0.0, le=1.0)
     seed: int = 0
@@ -97,6 +98,10 @@ class StudySpec(BaseModel):
     confirm_top: int = Field(3, gt=0)
     confirm_seeds: int = Field(3, gt=0)
     max_slowdown: float | None = Field(None, gt=0)
+    # The storage's earlier studies order the screen and warm-start the search (autoopt.prior):
+    # ``auto``, ``none`` or study names separated by commas (a list in a study file).
+    prior: str = "auto"
+    quick: bool = False  # screen the prior's first families and its warm starts, confirm, no search
     placement: Placement = Field(default_factory=lambda: Placement())
     _space: SearchSpace = PrivateAttr()
 
@@ -119,6 +124,22 @@ class StudySpec(BaseModel):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else check_budget(parse_duration(value))
+
+    @field_validator("prior", mode="before")
+    @classmethod
+    def _prior(cls, value: Any) -> Any:
+        if value is None:
+            return "auto"
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        if not isinstance(value, str):
+            raise ValueError("give auto, none, or the names of earlier studies separated by commas")
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if not names:
+            raise ValueError("give auto, none, or the names of earlier studies separated by commas")
+        if len(names) > 1 and {"auto", "none"} & set(names):
+            raise ValueError("auto and none stand alone; or name earlier studies separated by commas")
+        return ",".join(names)
 
     @field_validator("optimizers", "schedulers", mode="before")
     @classmethod
@@ -181,13 +202,6 @@ def _parse_space(where: str, raw: Any) -> dict[str, Dimension]:
     return {str(k): parse_dimension(v, f"{where}.{k}") for k, v in raw.items()}
 
 
-def preflight(spec: StudySpec) -> Task:
-    """Everything that can be checked before a study, an MLflow run, a file or Ray exists: the
-    spec is already checked (``load_spec``); this loads the task (for ``module:function``, calls
-    the function) and checks it. Returns the task. Bad input is a one-line ``UsageError``."""
-    return load_task(spec.task, spec.placement.data_dir)
-
-
 def known_keys() -> list[str]:
     """The keys a study file may set (placement keys are set flat, like ``storage:``)."""
     return [k for k in StudySpec.model_fields if k != "placement"] + list(PLACEMENT_FIELDS)
@@ -235,7 +249,7 @@ def load_spec(task: str | None = None, study_file: str | Path | None = None, **o
     """Build the spec: the study file (``--study-file``, else ``studies/<task>.yaml``), then
     the overrides that are not None. Any problem is a one-line ``UsageError`` naming the flag
     or the study file's key that caused it. Checks the space, the classes and the task's
-    module; ``preflight`` then loads the task itself."""
+    module; ``autoopt.tuning.preflight`` then loads the task itself."""
     raw: dict[str, Any] = {}
     path: Path | None = None
     if study_file is not None:

@@ -8,6 +8,7 @@ a trial never waits for the tracking server.
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import math
 import os
@@ -250,6 +251,11 @@ class StudyRun:
         self.run_id = run.info.run_id
         self.client.log_batch(self.run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
 
+    @property
+    def ref(self) -> RunRef:
+        """Where the jobs' nested runs go: under this run."""
+        return RunRef(self.uri, self.experiment_id, self.run_id)
+
     def log_dict(self, data: dict[str, Any], name: str) -> None:
         self.client.log_dict(self.run_id, data, name)
 
@@ -337,11 +343,21 @@ def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
             for r in runs]
 
 
+@dataclass(frozen=True)
+class RunRef:
+    """Where a job's nested run goes: the tracking store and, once the driver opened it, the
+    parent run (a warm-up job has the store only)."""
+
+    uri: str
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+
+
 @dataclass
 class _PendingRun:
     """What a trial's run still needs written."""
 
-    handle: dict[str, Any]
+    ref: RunRef
     run_name: str
     tags: dict[str, str]
     due: float  # when to write what is pending (time.monotonic())
@@ -350,6 +366,7 @@ class _PendingRun:
     metrics: list[Any] = field(default_factory=list)
     final_tags: list[Any] = field(default_factory=list)
     status: str | None = None
+    run_id: str | None = None  # set by the writer thread once the run exists
 
     def pending(self) -> bool:
         return not self.created or bool(self.params or self.metrics or self.final_tags) or self.status is not None
@@ -369,7 +386,8 @@ class TrialRecorder:
         self.write_every_s = write_every_s
         self._clients: dict[str, Any] = {}
         self._client_lock = threading.Lock()
-        self._runs: dict[int, _PendingRun] = {}
+        self._runs: dict[int, _PendingRun] = {}  # by the key start() returned
+        self._keys = itertools.count()
         self._cond = threading.Condition()
         self._writing = False
         self._thread = threading.Thread(target=self._loop, name="mlflow", daemon=True)
@@ -393,32 +411,37 @@ class TrialRecorder:
 
         threading.Thread(target=_open, name="mlflow-open", daemon=True).start()
 
-    def start(self, handle: dict[str, Any], *, run_name: str, params: dict[str, Any],
-              tags: dict[str, Any]) -> None:
-        """Open the nested run; ``handle`` (uri, experiment_id, parent_run_id) comes from the
-        driver and receives the new run's id once it is created."""
-        run = _PendingRun(handle, run_name, {PARENT_TAG: handle["parent_run_id"],
-                                             **{k: str(v) for k, v in tags.items()}},
+    def start(self, ref: RunRef, *, run_name: str, params: dict[str, Any], tags: dict[str, Any]) -> int:
+        """Open a nested run under ``ref``'s parent; returns the key ``log_epoch`` and ``finish`` take."""
+        run = _PendingRun(ref, run_name, {PARENT_TAG: str(ref.parent_run_id), **{k: str(v) for k, v in tags.items()}},
                           due=time.monotonic(),  # created at once: a running trial shows in the UI
                           params=[(k, _param_value(v)) for k, v in params.items()])
         with self._cond:
-            self._runs[id(handle)] = run
+            key = next(self._keys)
+            self._runs[key] = run
             self._cond.notify()
+        return key
 
-    def log_epoch(self, handle: dict[str, Any], epoch: int, metrics: dict[str, float]) -> None:
+    def run_id(self, key: int) -> str | None:
+        """The MLflow id of an open run, once the writer thread has created it."""
+        with self._cond:
+            run = self._runs.get(key)
+            return run.run_id if run is not None else None
+
+    def log_epoch(self, key: int, epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         batch = [(k, float(v), now, epoch) for k, v in metrics.items() if math.isfinite(v)]
         with self._cond:
-            run = self._runs.get(id(handle))
+            run = self._runs.get(key)
             if run is not None:
                 run.metrics.extend(batch)
 
-    def finish(self, handle: dict[str, Any], *, state: str, tags: dict[str, Any],
+    def finish(self, key: int, *, state: str, tags: dict[str, Any],
                metrics: dict[str, float] | None = None) -> None:
         """Set the final tags (and metrics) and end the run: FINISHED, or FAILED for a failed trial."""
         now = int(time.time() * 1000)
         with self._cond:
-            run = self._runs.get(id(handle))
+            run = self._runs.get(key)
             if run is None:
                 return
             run.metrics.extend((k, float(v), now, 0) for k, v in (metrics or {}).items()
@@ -444,13 +467,13 @@ class TrialRecorder:
             with self._cond:
                 while True:
                     now = time.monotonic()
-                    due = [r for r in self._runs.values() if r.pending() and r.due <= now]
+                    due = [(k, r) for k, r in self._runs.items() if r.pending() and r.due <= now]
                     if due:
                         break
                     waits = [r.due - now for r in self._runs.values() if r.pending()]
                     self._cond.wait(timeout=min(waits) if waits else None)
                 work = []
-                for run in due:
+                for key, run in due:
                     if not run.created and run.status is None:
                         # Create it now; its params go with its first metrics, or its end.
                         work.append((run, False, [], [], [], None))
@@ -461,7 +484,7 @@ class TrialRecorder:
                     run.created = True
                     run.due = now + self.write_every_s
                     if run.status is not None:
-                        del self._runs[id(run.handle)]
+                        del self._runs[key]
                 self._writing = True
             for item in work:
                 try:
@@ -476,15 +499,13 @@ class TrialRecorder:
                tags: list[Any], status: str | None) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        handle = run.handle
-        client = self._client(handle["uri"])
+        client = self._client(run.ref.uri)
         params = [Param(*p) for p in params]
         metrics = [Metric(*m) for m in metrics]
         tags = [RunTag(*t) for t in tags]
         if not created:
-            handle["run_id"] = client.create_run(handle["experiment_id"], run_name=run.run_name,
-                                                 tags=run.tags).info.run_id
-        run_id = handle["run_id"]
+            run.run_id = client.create_run(run.ref.experiment_id, run_name=run.run_name, tags=run.tags).info.run_id
+        run_id = run.run_id
         # MLflow takes at most 1000 metrics, 100 params and 100 tags per batch.
         while params or metrics or tags:
             client.log_batch(run_id, metrics=metrics[:1000], params=params[:100], tags=tags[:100])

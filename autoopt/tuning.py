@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from autoopt import dispatch, tracking
+from autoopt import prior as prior_mod
 from autoopt import recommendation as recommend_mod
-from autoopt import spec as spec_mod
 from autoopt.budget import Budget
 from autoopt.confirm import confirm
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
+from autoopt.evidence import BudgetUse
 from autoopt.plots import optimization_history
 from autoopt.portfolio import PortfolioFirst
 from autoopt.recommendation import Recommendation, family_origin
@@ -38,11 +39,10 @@ from autoopt.study import (
     sqlite_path,
     with_retry,
 )
-from autoopt.tasks import BUILTIN, Task
+from autoopt.tasks import BUILTIN, Task, load_task
 
 log = logging.getLogger(__name__)
 
-GPU_PACK = 0.25  # GPUs per trial where Ray sees a GPU and none was asked for: four trials per GPU, as bench packs
 
 # A study's figures logged to its parent run: artifact path -> figure(study).
 Figures = Mapping[str, Callable[[Any], Any]]
@@ -57,7 +57,8 @@ def tune(task: str | None = None, *, study_file: str | Path | None = None,
     Takes the CLI's options as keyword arguments (``trials``, ``epochs``, ``optimizers``,
     ``sampler``, ``pruner``, ``seed``, ``storage``, ``study_name``, ``mlflow_uri``,
     ``ray_address``, ``gpus_per_trial``, ``cpus_per_trial``, ``concurrency``, ``data_dir``,
-    ``out``, ``timeout_s``, ``confirm``, ``confirm_top``, ``confirm_seeds``).
+    ``out``, ``timeout_s``, ``confirm``, ``confirm_top``, ``confirm_seeds``, ``prior``: ``"auto"``,
+    ``"none"`` or earlier study names, ``quick``).
 
     >>> rec = tune("digits", trials=2, epochs=1, confirm=False)  # doctest: +SKIP
     >>> rec.build_optimizer(model)                               # doctest: +SKIP
@@ -81,32 +82,10 @@ def describe(spec: StudySpec) -> dict[str, Any]:
     return data
 
 
-def resolve_gpus(requested: float | None, *, gpus_seen: float, ray_address: str | None = None) -> float:
-    """GPUs per trial: as asked; or, when not asked (None), ``GPU_PACK`` where Ray sees a GPU
-    and 0 where it sees none. Asking for GPUs from a local Ray on a machine without one is bad
-    input (the workers would wait for a GPU forever); a cluster's GPUs are its own business.
-
-    >>> resolve_gpus(None, gpus_seen=1), resolve_gpus(None, gpus_seen=0), resolve_gpus(1, gpus_seen=2)
-    (0.25, 0.0, 1)
-    """
-    if requested is None:
-        return GPU_PACK if gpus_seen > 0 else 0.0
-    if requested > 0 and gpus_seen <= 0 and not ray_address:
-        raise UsageError(f"--gpus-per-trial {requested:g}: there is no GPU on this machine; leave "
-                         "--gpus-per-trial out to train on the CPUs, or join a cluster with --ray-address")
-    return requested
-
-
 def _local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def _ray_gpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0.0))
 
 
 def preflight(spec: StudySpec) -> Task:
@@ -115,10 +94,13 @@ def preflight(spec: StudySpec) -> Task:
     tracking store. Returns the task; any problem is a one-line ``UsageError``."""
     place = spec.placement
     if not place.ray_address:
-        resolve_gpus(place.gpus_per_trial, gpus_seen=_local_gpus() if place.gpus_per_trial else 0)
+        dispatch.resolve_gpus(place.gpus_per_trial, gpus_seen=_local_gpus() if place.gpus_per_trial else 0)
     task = _load_task(spec)
     _check_distinct(place.storage, place.mlflow_uri)
     check_storage(absolute_sqlite(place.storage))
+    names = prior_mod.parse(spec.prior)
+    if isinstance(names, list):
+        prior_mod.check_sources(absolute_sqlite(place.storage), names)
     tracking.check_tracking(place.mlflow_uri)
     return task
 
@@ -132,10 +114,10 @@ def _check_distinct(storage: str, mlflow_uri: str) -> None:
 
 
 def _load_task(spec: StudySpec) -> Task:
-    """Load the task (``spec.preflight``: the space, the classes and the task's module were
-    checked by ``load_spec``) and check that its model fits its data."""
+    """Load the task (for ``module:function``, call the function: the space, the classes and the
+    task's module were checked by ``load_spec``) and check that its model fits its data."""
     try:
-        task = spec_mod.preflight(spec)
+        task = load_task(spec.task, spec.placement.data_dir)
     except (UsageError, StorageDown, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -191,17 +173,26 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     t0 = time.monotonic()
     task = checked if checked is not None else preflight(spec)  # bad input stops here, with nothing created
     storage_url = absolute_sqlite(spec.placement.storage)
-    study = open_study(open_storage(storage_url), spec.name, direction=task.direction, metric=task.metric,
+    storage = open_storage(storage_url)
+    study = open_study(storage, spec.name, direction=task.direction, metric=task.metric,
                        sampler=spec.sampler, seed=spec.seed)
     with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
+    info = prior_mod.TaskInfo.of_task(spec.task, task)
+    with_retry(lambda: study.set_user_attr(prior_mod.TASK_ATTR, info.to_dict()), what="open the study")
+    # The earlier studies' prior (autoopt.prior): a new study screens by it and records it.
+    prior = with_retry(lambda: prior_mod.for_study(study, storage, spec, info), what="read the earlier studies")
+    policy = PortfolioFirst(spec.search_space(), seed=spec.seed, prior=prior,
+                            quick=prior_mod.QUICK_FAMILIES if spec.quick else None)
+    if spec.quick:  # the screen and the warm starts, nothing else
+        kept = study.user_attrs.get(prior_mod.PRIOR_ATTR) or prior
+        spec = spec.model_copy(update={"trials": len(policy.plan(kept)) + len(policy.warm_starts(kept))})
     # Start-up overlaps: while Ray starts (on this thread: Ray's processes die with the thread
     # that started them), MLflow's store and parent run are made and the portfolio is enqueued
     # and the first trial asked and prepared, in the background; the workers then warm up
     # (their imports, a first training step) on the task loaded here.
-    handle: dict[str, Any] = {}  # the parent run's: filled before the first job is sent
-    loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=handle, pool=None,
-                               on_progress=on_progress, budget=budget,
-                               policy=PortfolioFirst(spec.search_space(), seed=spec.seed))
+    # The parent run's reference is set once MLflow has made it, before the first job is sent.
+    loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=None, pool=None,
+                               on_progress=on_progress, budget=budget, policy=policy)
     started = threading.Event()  # the search loop runs: the start-up's heartbeats stop
 
     def start_up() -> None:
@@ -227,16 +218,16 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
         pool = dispatch.WorkerPool(max(1, min(size, spec.trials)), cpus=place.cpus_per_trial,
                                    gpus=place.gpus_per_trial)
         pool.warm(dispatch.warm_job(spec, storage_url, study.study_name,
-                                    {"uri": tracking.local_tracking_uri(place.mlflow_uri)}), task=task)
+                                    tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))), task=task)
         loop.pool = pool
         tracker = opening.result()
         if auto_gpus is not None:
             tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
-        handle.update(uri=tracker.uri, experiment_id=tracker.experiment_id, parent_run_id=tracker.run_id)
+        loop.tracking = tracker.ref
         started.set()
         beginning.result()
         loop.run()
-        rec = finish(spec, study, task, tracker, pool, handle, on_progress=on_progress, figures=figures,
+        rec = finish(spec, study, task, tracker, pool, on_progress=on_progress, figures=figures,
                      budget=budget, effort=effort_of(loop, budget))
         tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": loop.progress.finished_here})
         status = "FINISHED"
@@ -279,7 +270,7 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
 def _close_budget(spec: StudySpec, study: Any, rec: Recommendation, budget: Budget) -> Recommendation:
     """The JSON's ``budget`` once everything is closed: the seconds of the end included."""
     budget.phases["finish"] = time.time() - (budget.confirm_ended or time.time())
-    rec = dataclasses.replace(rec, extra={**rec.extra, "budget": budget.record()})
+    rec = dataclasses.replace(rec, budget=budget.record())
     try:
         recommend_mod.store(study, rec)
         rec.save(spec.placement.out)
@@ -309,7 +300,7 @@ def _placed(spec: StudySpec) -> tuple[StudySpec, str | None]:
     """The spec with its GPUs per trial decided (``resolve_gpus``) now that Ray is up, and the
     GPUs per trial to tag the parent run with when they were decided here (auto)."""
     requested = spec.placement.gpus_per_trial
-    gpus = resolve_gpus(requested, gpus_seen=_ray_gpus(), ray_address=spec.placement.ray_address)
+    gpus = dispatch.gpus_per_trial(requested, ray_address=spec.placement.ray_address)
     if requested is None:
         log.info("GPUs per trial: %g (auto)", gpus)
     placed = spec.model_copy(update={"placement": spec.placement.model_copy(update={"gpus_per_trial": gpus})})
@@ -343,7 +334,7 @@ def _close_orphans(tracker: Any, study: Any) -> None:
         log.warning("could not close orphaned MLflow runs: %s", exc)
 
 
-def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any, handle: dict[str, Any],
+def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any,
            *, on_progress: Callable[[Any], None] | None = None, figures: Figures | None = None,
            budget: Budget | None = None, effort: dict[str, Any] | None = None) -> Recommendation:
     """Pick (and, with ``spec.confirm``, confirm) the recommendation, then save it everywhere,
@@ -352,19 +343,17 @@ def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any, hand
     started = time.time()
     if spec.confirm:
         seconds = (effort or {}).get("seconds") or {}
-        rec = confirm(spec, study, task, pool, handle, rec, on_progress=on_progress, budget=budget,
+        rec = confirm(spec, study, task, pool, tracker.ref, rec, on_progress=on_progress, budget=budget,
                       search_s=seconds.get("screen", 0.0) + seconds.get("search", 0.0))
-    extra = dict(rec.extra)
     effort = dict(effort or {})
-    race = extra.get("race") or {}
-    effort.setdefault("epochs", {})["confirm"] = race.get("epochs", 0)
+    effort.setdefault("epochs", {})["confirm"] = rec.race.epochs if rec.race else 0
     effort.setdefault("seconds", {})["confirm"] = round(time.time() - started, 2)
-    extra["effort"] = effort
+    used: BudgetUse | None = None
     if budget is not None:
         budget.confirm_ended = time.time()
         budget.phases["confirm"] = budget.confirm_ended - started
-        extra["budget"] = budget.record()  # rewritten once the files are written (below)
-    rec = dataclasses.replace(rec, extra=extra)
+        used = budget.record()  # rewritten once the files are written (below)
+    rec = dataclasses.replace(rec, extra={**rec.extra, "effort": effort}, budget=used)
     save(spec, study, rec, tracker, figures)
     return rec
 
@@ -403,11 +392,9 @@ def best_recommendation(spec: StudySpec, study: Any, task: Any) -> Recommendatio
 def verdict_tags(rec: Recommendation) -> dict[str, str]:
     """What the parent run's tags say of the recommendation: the pick and, once confirmed,
     the verdict of its improvement over the baseline."""
-    data = rec.to_dict()
     tags = {tracking.RECOMMENDED_TAG: f"{rec.optimizer} + {rec.scheduler}"}
-    improvement = data.get("improvement")
-    if isinstance(improvement, dict) and improvement.get("verdict"):
-        tags[tracking.VERDICT_TAG] = str(improvement["verdict"])
+    if rec.improvement is not None and rec.improvement.verdict:
+        tags[tracking.VERDICT_TAG] = rec.improvement.verdict
     return tags
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,59 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "autoopt", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+NOBODY = 65534
+
+
+def as_nobody(fn: Callable[[], object]) -> tuple[int, str]:
+    """Run ``fn`` as an unprivileged user, as a user would meet a read-only file (root's override
+    of file modes gone): as root in a forked child that becomes ``nobody``, otherwise right here.
+    Returns its exit code (0, or 2 for a ``UsageError``, 1 for anything else) and message."""
+    from autoopt.errors import UsageError
+
+    if os.geteuid() != 0:
+        try:
+            fn()
+        except UsageError as exc:
+            return 2, str(exc)
+        except Exception as exc:
+            return 1, f"{type(exc).__name__}: {exc}"
+        return 0, ""
+    out = Path(tempfile.mkstemp(prefix="aot-msg-")[1])
+    os.chmod(out, 0o666)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            fn()
+        except UsageError as exc:
+            code = 2
+            out.write_text(str(exc))
+        except BaseException as exc:
+            code = 1
+            out.write_text(f"{type(exc).__name__}: {exc}")
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    message = out.read_text()
+    out.unlink()
+    return os.waitstatus_to_exitcode(status), message
+
+
+@contextlib.contextmanager
+def shared_folder() -> Iterator[Path]:
+    """A folder any user may enter and write (tmp_path is root's own), for ``as_nobody``."""
+    folder = Path(tempfile.mkdtemp(prefix="aot-ro-"))
+    folder.chmod(0o777)
+    try:
+        yield folder
+    finally:
+        for path in folder.iterdir():
+            path.chmod(0o666)
+            path.unlink()
+        folder.rmdir()
 
 
 # --- the cluster path's real services (tests/services.py), shared by the cluster and fault tests

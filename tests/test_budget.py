@@ -75,7 +75,7 @@ def test_a_budgeted_study_records_its_phases_and_confirms_on_two_seeds(workdir: 
     assert len(entry["seeds"]) >= 2 and entry["val"]["complete"] == len(entry["seeds"])
     assert data["improvement"]["verdict"] in ("better", "tie", "worse")
     assert data["effort"]["epochs"]["confirm"] > 0 and data["race"]["min_seeds"] == 2
-    assert rec.extra["budget"]["limit_s"] == 120
+    assert rec.budget is not None and rec.budget.limit_s == 120
     # the portfolio was screened by successive halving: some defaults stopped at a rung (epoch 1)
     screen = [t for t in trials if t.user_attrs.get("portfolio")]
     assert any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen)

@@ -105,8 +105,19 @@ def test_compare_learning_rates_end_to_end(workdir: Path) -> None:
     assert data["metric"] == "val_accuracy" and data["test_metric"] == "test_accuracy" and data["epochs"] == 2
     assert data["rows"][1]["optimizer_params"] == {"lr": 0.001, "momentum": 0.9}
     for row in data["rows"]:
-        assert len(row["val"]["values"]) == 2 and row["seeds"] == [0, 1]
-        assert len(row["curve"]) == 2 or row["failed"]
+        values = row["val"]["values"]
+        assert len(values) == 2 and row["seeds"] == [0, 1]
+        # ``failed`` names exactly the seeds without a value (a diverged lr=0.1 run), each with its reason.
+        missing = [seed for seed, value in zip(row["seeds"], values, strict=True) if value is None]
+        assert [f.partition(":")[0] for f in row["failed"]] == [f"seed {seed}" for seed in missing], row
+        assert all(f.partition(": ")[2] for f in row["failed"]), row["failed"]
+        assert row["val"]["complete"] == 2 - len(missing)
+        # A seed that completed trained both epochs: the mean curve covers both (one that
+        # diverged stops where it blew up, so a row with none complete may be shorter).
+        if len(missing) < 2:
+            assert len(row["curve"]) == len(row["curve_std"]) == 2, row
+        else:
+            assert len(row["curve"]) <= 2, row
     good = data["rows"][0]  # sgd at 0.1 with momentum 0.9 learns digits in two epochs
     assert good["val"]["complete"] == 2 and good["val"]["mean"] > 0.5
     assert good["curve"][1] < good["curve"][0]  # the train loss fell

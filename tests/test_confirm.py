@@ -10,7 +10,7 @@ import optuna
 import pytest
 from conftest import run_cli
 
-from autoopt import recommend
+from autoopt import Recommendation, recommend
 from autoopt.confirm import (
     BASELINES,
     MODERN,
@@ -19,23 +19,23 @@ from autoopt.confirm import (
     choose,
     confirmation_seeds,
     improvement,
-    summarize,
 )
 from autoopt.errors import UsageError
+from autoopt.evidence import Entry, Stats
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params
 
 # --- the rules, on hand-made tables ---------------------------------------------------------------
 
 
-def _entry(val: list[float | None], test: list[float | None] | None = None) -> dict:
-    return {"val": summarize(val), "test": summarize(test if test is not None else val)}
+def _entry(val: list[float | None], test: list[float | None] | None = None) -> Entry:
+    return Entry(name="e", optimizer="adam", val=Stats.of(val), test=Stats.of(test if test is not None else val))
 
 
-def test_summarize_counts_only_completed_seeds() -> None:
-    s = summarize([0.9, None, 0.7])
-    assert s["mean"] == pytest.approx(0.8) and s["std"] == pytest.approx(0.1)
-    assert s["complete"] == 2 and s["values"] == [0.9, None, 0.7]
-    assert summarize([None, None]) == {"mean": None, "std": None, "values": [None, None], "complete": 0}
+def test_stats_count_only_completed_seeds() -> None:
+    s = Stats.of([0.9, None, 0.7])
+    assert s.mean == pytest.approx(0.8) and s.std == pytest.approx(0.1)
+    assert s.complete == 2 and s.values == (0.9, None, 0.7) and not s.all_complete
+    assert Stats.of([None, None]) == Stats(mean=None, std=None, values=(None, None), complete=0)
 
 
 def test_best_means_are_compared_and_a_baseline_that_is_best_is_the_recommendation() -> None:
@@ -43,7 +43,7 @@ def test_best_means_are_compared_and_a_baseline_that_is_best_is_the_recommendati
              "adam_tutorial": _entry([0.93, 0.93]), "sgd_tutorial": _entry([0.5, 0.5])}
     pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "sgd_tutorial"], "maximize")
     assert (pick.tuned, pick.baseline) == ("trial_1", "adam_tutorial")  # 0.91 beats 0.895 on the mean
-    assert pick.winner == "adam_tutorial" and pick.paired["verdict"] == "tie"  # two seeds: a wide interval
+    assert pick.winner == "adam_tutorial" and pick.paired.verdict == "tie"  # two seeds: a wide interval
 
 
 def test_a_config_that_failed_on_a_seed_ranks_below_complete_ones() -> None:
@@ -57,10 +57,10 @@ def test_a_config_that_failed_on_a_seed_ranks_below_complete_ones() -> None:
 def test_minimized_metric_picks_the_lowest_mean() -> None:
     table = {"trial_1": _entry([0.30, 0.32]), "adam_tutorial": _entry([0.40, 0.42])}
     pick = choose(table, ["trial_1"], ["adam_tutorial"], "minimize")
-    assert pick.winner == "trial_1" and pick.paired["verdict"] == "better"
+    assert pick.winner == "trial_1" and pick.paired.verdict == "better"
     imp = improvement(table, pick, "minimize", "test_rmse")
     # positive means better: the baseline's RMSE minus the recommendation's
-    assert imp["delta"] == pytest.approx(0.41 - 0.31) and imp["spread"] == pytest.approx(0.01)
+    assert imp.delta == pytest.approx(0.41 - 0.31) and imp.spread == pytest.approx(0.01)
 
 
 def test_improvement_is_recommended_minus_best_baseline_with_the_larger_spread() -> None:
@@ -68,9 +68,9 @@ def test_improvement_is_recommended_minus_best_baseline_with_the_larger_spread()
              "adam_tutorial": _entry([0.8, 0.8], test=[0.90, 0.94])}
     pick = choose(table, ["trial_1"], ["adam_tutorial"], "maximize")
     imp = improvement(table, pick, "maximize", "test_accuracy")
-    assert imp["metric"] == "test_accuracy" and imp["versus"] == "adam_tutorial"
-    assert imp["delta"] == pytest.approx(0.96 - 0.92)
-    assert imp["spread"] == pytest.approx(max(statistics.pstdev([0.95, 0.97]),
+    assert imp.metric == "test_accuracy" and imp.versus == "adam_tutorial"
+    assert imp.delta == pytest.approx(0.96 - 0.92)
+    assert imp.spread == pytest.approx(max(statistics.pstdev([0.95, 0.97]),
                                               statistics.pstdev([0.90, 0.94])))
     assert improvement(table, Pick("trial_1", "trial_1", None, None), "maximize", "test_accuracy") is None
 
@@ -256,7 +256,7 @@ def test_report_of_the_confirmed_study(poor: Path) -> None:
                                                                    f"sgd (#{best.number}) val"]
     train = next(line for line in ax.get_lines() if line.get_label().endswith("train"))
     assert list(train.get_ydata()) == pytest.approx([h["train_loss"] for h in best.user_attrs["history"]])
-    labels = [t.get_text() for t in report.confirmation_plot(rec).axes[0].get_yticklabels()]
+    labels = [t.get_text() for t in report.confirmation_plot(Recommendation.from_dict(rec)).axes[0].get_yticklabels()]
     assert f"★ {rec['chosen']}" in [lbl.split(" (")[0] for lbl in labels]
     assert (folder / "pareto.png").exists() and "(pareto.png)" in summary
 

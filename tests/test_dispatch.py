@@ -3,6 +3,7 @@ waits in the driver, not on a busy worker's queue), on a real local Ray."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +14,11 @@ import pytest
 import ray
 import torch
 
-from autoopt.dispatch import Job, JobResult, JobState, SearchLoop, WorkerPool, run_jobs
+from autoopt.dispatch import Job, JobResult, JobState, SearchLoop, SearchProgress, WorkerPool, run_jobs
 from autoopt.dispatch.session import _token_auth_for
 from autoopt.space import REGISTRY, TrialConfig, register_optimizer
 from autoopt.spec import load_spec
 from autoopt.study import open_storage, open_study
-
-TOLERANCE_S = 0.5  # a result's way back to the driver and the next job's way out
-SLOW_STEP_S = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -57,33 +55,99 @@ def test_the_private_ray_token_helper_is_where_autoopt_expects_it() -> None:
     assert callable(maybe_enable_token_auth_if_token_available) and callable(_token_auth_for)
 
 
-def job(epochs: int, seed: int) -> Job:
-    return Job("digits", None, TrialConfig("sgd", {"lr": 0.05, "momentum": 0.9}), epochs, seed)
+def job(epochs: int, seed: int, optimizer: str = "sgd") -> Job:
+    return Job("digits", None, TrialConfig(optimizer, {"lr": 0.05, "momentum": 0.9} if optimizer == "sgd"
+                                           else {"lr": 0.05}), epochs, seed)
 
 
-def idle_while_waiting(runs: list[tuple[int, float, float]], t0: float | None = None) -> list[str]:
-    """Each job (worker, start, end; all queued at ``t0``) against each worker's idle spans (from
-    ``t0``, or from its first job when a worker may still have been warming up then): a worker
-    that sat idle while a job still waited to start."""
+class GatedSGD(torch.optim.SGD):
+    """SGD whose every step waits until the file ``gate`` exists: a job that cannot end before
+    the test opens the gate, on a fast machine or a loaded one. ``wait_s`` only guards against a
+    hang (a pool that queued the job the gate waits for behind this one); a step that waited
+    that long leaves ``<gate>.timed-out``. Both travel with the class to the workers."""
+
+    gate = ""
+    wait_s = 240.0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        deadline = time.monotonic() + self.wait_s
+        while not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                Path(f"{self.gate}.timed-out").touch()
+                break
+            time.sleep(0.02)
+        return super().step(closure)
+
+
+@pytest.fixture()
+def gated(tmp_path: Path) -> Iterator[Path]:
+    """The family ``gated_sgd`` (GatedSGD), registered for this test only, and its gate (closed)."""
+    gate = tmp_path / "gate"
+    GatedSGD.gate = str(gate)
+    register_optimizer("gated_sgd", GatedSGD, {"lr": 0.05}, replace=True)
+    try:
+        yield gate
+    finally:
+        REGISTRY.unregister("gated_sgd")  # later tests see the built-in families alone
+    assert not Path(f"{gate}.timed-out").exists(), "the gated job waited for its gate until wait_s"
+
+
+Event = tuple[str, int, int]  # ("start" | "end", worker index, job)
+
+
+def record_events(pool: WorkerPool, job_of: Any, on_start: Any = None) -> list[Event]:
+    """Every job the driver hands to a worker (``submit``) and every job it sees end (``collect``),
+    in the order it does them: the order of the driver's own events, no clock involved."""
+    events: list[Event] = []
+    submit, collect = pool.submit, pool.collect
+
+    def recording_submit(index: int, job: Job, trial: Any = None) -> Any:
+        events.append(("start", index, job_of(job, trial)))
+        if on_start is not None:
+            on_start(events)
+        return submit(index, job, trial)
+
+    def recording_collect(inflight: dict, timeout_s: float | None = None) -> Any:
+        done = collect(inflight, timeout_s)
+        events.extend(("end", d.item.worker, job_of(d.item.job, d.item.trial)) for d in done)
+        return done
+
+    pool.submit, pool.collect = recording_submit, recording_collect  # type: ignore[method-assign]
+    return events
+
+
+def idle_while_waiting(events: list[Event], workers: int) -> list[str]:
+    """What the pool promises, checked on the order of the driver's events (all jobs queued
+    before the first start): every worker gets a job before any job ends; a worker gets a job
+    only when it is free (none waits on a busy worker's queue); and a worker that frees while a
+    job still waits to start gets one before the driver sees any other job end."""
     out = []
-    workers = {pid for pid, _, _ in runs}
-    for pid in workers:
-        spans = sorted((s, e) for p, s, e in runs if p == pid)
-        idle, free_from = [], spans[0][0] if t0 is None else t0
-        for s, e in spans:
-            idle.append((free_from, s))
-            free_from = e
-        idle.append((free_from, float("inf")))
-        for _, start, _ in runs:
-            for a, b in idle:
-                overlap = min(b, start) - a
-                if overlap > TOLERANCE_S:
-                    out.append(f"worker {pid} idle {overlap:.2f}s while a job waited to start")
+    first_end = next((i for i, e in enumerate(events) if e[0] == "end"), len(events))
+    started_first = {w for kind, w, _ in events[:first_end] if kind == "start"}
+    if len(started_first) != workers:
+        out.append(f"only workers {sorted(started_first)} of {workers} got a job before the first ended")
+    running: dict[int, int | None] = {}
+    for i, (kind, worker, what) in enumerate(events):
+        if kind == "start":
+            if running.get(worker) is not None:
+                out.append(f"job {what} queued on worker {worker}, busy with job {running[worker]}")
+            running[worker] = what
+            continue
+        running[worker] = None
+        later = events[i + 1:]
+        if not any(k == "start" for k, _, _ in later):
+            continue  # no job waits
+        after = next((e for e in later if e[0] == "end" or e[1] == worker), None)
+        if after is None or after[0] == "end":
+            out.append(f"worker {worker} idle after job {what} while a job waited, until {after}")
     return out
 
 
 @pytest.mark.slow
-def test_no_worker_is_idle_while_a_job_waits(cluster: None) -> None:
+def test_no_worker_is_idle_while_a_job_waits(cluster: None, gated: Path) -> None:
+    """A slow job (held until the eight fast ones are done) and eight fast ones: the fast ones
+    all run on the other worker, one after the other, and no worker idles while one waits."""
     pool = WorkerPool(2, cpus=1, gpus=0)
     try:
         pool.warm(job(1, 0))
@@ -91,44 +155,44 @@ def test_no_worker_is_idle_while_a_job_waits(cluster: None) -> None:
         while not all(pool.ready) and time.monotonic() < deadline:
             pool.poll(1.0)
         assert all(pool.ready)
-        slow, fast = job(40, 0), [job(1, s) for s in range(1, 9)]
-        runs: list[tuple[int, float, float]] = []
+        slow, fast = job(1, 0, "gated_sgd"), [job(1, s) for s in range(1, 9)]
         results: list[JobResult] = []
+        fast_done: list[int] = []
 
-        def on_result(_job: Job, result: JobResult) -> None:
-            end = time.time()
-            runs.append((result.pid, end - result.worker_s, end))
+        def open_if_queued_on_a_busy_worker(events: list[Event]) -> None:
+            # A pool that queues a fast job behind the held one would wait for the gate: open it
+            # at once, the order of events fails the test below.
+            busy = {w for kind, w, j in events[:-1] if kind == "start" and j == 0} - {
+                w for kind, w, j in events if kind == "end" and j == 0}
+            if events[-1][1] in busy:
+                gated.touch()
+
+        events = record_events(pool, lambda j, _trial: j.seed, open_if_queued_on_a_busy_worker)
+
+        def on_result(done: Job, result: JobResult) -> None:
             results.append(result)
+            if done.seed != 0:
+                fast_done.append(done.seed)
+            if len(fast_done) == len(fast):
+                gated.touch()  # the fast ones are done: the slow one may end
 
-        t0 = time.time()
         run_jobs(pool, [slow, *fast], on_result)
         assert [r.state for r in results].count(JobState.COMPLETE) == 9
-        slow_pid = next(r.pid for r in results if len(r.history) == 40)
-        slow_s = next(r.worker_s for r in results if len(r.history) == 40)
-        fast_s = sum(r.worker_s for r in results if len(r.history) == 1)
-        assert slow_s > fast_s + 2 * TOLERANCE_S, (slow_s, fast_s)  # the test can tell a queued job
-        # Every fast job ran on the other worker, while the slow one trained.
-        assert [r.pid for r in results if len(r.history) == 1].count(slow_pid) == 0
-        assert idle_while_waiting(runs, t0) == []
+        assert idle_while_waiting(events, workers=2) == [], events
+        # The slow job ended last; every fast job ran on the other worker, while it was held.
+        slow_worker = next(w for kind, w, j in events if kind == "start" and j == 0)
+        assert events[-1] == ("end", slow_worker, 0), events
+        assert {w for kind, w, j in events if kind == "start" and j != 0} == {1 - slow_worker}, events
     finally:
         pool.shutdown()
 
 
-class SleepySGD(torch.optim.SGD):
-    """SGD that takes SLOW_STEP_S more per step: a trial many times slower than Adam's."""
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        time.sleep(SLOW_STEP_S)
-        return super().step(closure)
-
-
 class SlowFirst:
-    """A search policy for the test: one slow trial enqueued first, then fast ones (Adam), all
-    before the first ask."""
+    """A search policy for the test: one slow trial (gated) enqueued first, then fast ones
+    (Adam), all before the first ask."""
 
     def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
-        study.enqueue_trial({"optimizer": "sleepy_sgd", "scheduler": "none", "grad_clip": False})
+        study.enqueue_trial({"optimizer": "gated_sgd", "scheduler": "none", "grad_clip": False})
         for _ in range(trials - 1):
             study.enqueue_trial({"optimizer": "adam", "scheduler": "none", "grad_clip": False})
         return None
@@ -138,28 +202,50 @@ class SlowFirst:
 
 
 @pytest.mark.slow
-def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_path: Path) -> None:
-    register_optimizer("sleepy_sgd", SleepySGD, {"lr": 0.05}, replace=True)
-    try:  # registered for this test only: later tests see the built-in families alone
-        spec = load_spec("digits", trials=6, epochs=2, optimizers="sleepy_sgd,adam", pruner="none",
-                         concurrency=2, storage=f"sqlite:///{tmp_path / 's.db'}")
-        study = open_study(open_storage(spec.placement.storage), "idle", direction="maximize")
-        pool = WorkerPool(2, cpus=1, gpus=0)
-        try:
-            loop = SearchLoop(study, spec=spec, storage_url=spec.placement.storage, tracking=None, pool=pool,
-                              policy=SlowFirst())
-            progress = loop.run()
-        finally:
-            pool.shutdown()
+def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_path: Path, gated: Path) -> None:
+    # adam first: the workers warm up with the space's first family, which must not be held.
+    spec = load_spec("digits", trials=6, epochs=2, optimizers="adam,gated_sgd", pruner="none",
+                     concurrency=2, storage=f"sqlite:///{tmp_path / 's.db'}")
+    study = open_study(open_storage(spec.placement.storage), "idle", direction="maximize")
+    pool = WorkerPool(2, cpus=1, gpus=0)
+    events = record_events(pool, lambda _job, trial: trial.number)
+
+    def on_progress(progress: SearchProgress) -> None:
+        if progress.finished_here >= 5:  # the five fast trials are told: the slow one may end
+            gated.touch()
+
+    try:
+        loop = SearchLoop(study, spec=spec, storage_url=spec.placement.storage, tracking=None, pool=pool,
+                          policy=SlowFirst(), on_progress=on_progress)
+        told: list[tuple[int, int]] = []  # (trial, events recorded before its tell)
+        tell = loop.tell
+
+        def recording_tell(trial: optuna.trial.Trial, result: JobResult) -> bool:
+            told.append((trial.number, len(events)))
+            return tell(trial, result)
+
+        loop.tell = recording_tell  # type: ignore[method-assign]
+        progress = loop.run()
     finally:
-        REGISTRY.unregister("sleepy_sgd")
+        pool.shutdown()
     assert progress.complete == 6
     trials = {t.number: t for t in study.trials}
-    slow = next(n for n, t in trials.items() if t.params["optimizer"] == "sleepy_sgd")
-    spans = {e["number"]: (e["worker"], e["started"], e["ended"]) for e in loop.timeline}
-    slow_s = spans[slow][2] - spans[slow][1]
-    fast_s = sum(e - s for n, (_, s, e) in spans.items() if n != slow)
-    assert slow_s > fast_s / 2 + 2 * TOLERANCE_S, (slow_s, fast_s)  # a trial queued behind it would show
+    slow = next(n for n, t in trials.items() if t.params["optimizer"] == "gated_sgd")
     # All six were queued (enqueued) before the first started: no worker idles while one waits.
-    assert idle_while_waiting(list(spans.values())) == []
-    assert all(trials[n].user_attrs["s_per_epoch"] > 0 for n in spans)
+    assert idle_while_waiting(events, workers=2) == [], events
+    # ... and the freed worker got the waiting trial before the finished one was told (its
+    # bookkeeping waits, not the worker).
+    for number, seen in told:
+        worker = next(w for k, w, n in events if k == "start" and n == number)
+        end = events.index(("end", worker, number))
+        if any(k == "start" for k, _, _ in events[end + 1:]):  # a trial waited when this one ended
+            assert any(k == "start" and w == worker for k, w, _ in events[end + 1:seen]), (number, events)
+    assert sorted(n for n, _ in told) == sorted(trials)
+    slow_worker = next(w for kind, w, n in events if kind == "start" and n == slow)
+    assert events[-1] == ("end", slow_worker, slow), events
+    assert {w for kind, w, n in events if kind == "start" and n != slow} == {1 - slow_worker}, events
+    # The timeline the loop keeps agrees: each trial once, on the worker it was sent to.
+    assert sorted((e["number"], e["worker"]) for e in loop.timeline) == sorted(
+        (n, w) for kind, w, n in events if kind == "start")
+    assert all(e["started"] <= e["ended"] for e in loop.timeline)
+    assert all(trials[n].user_attrs["s_per_epoch"] > 0 for n in trials)

@@ -8,6 +8,7 @@ succeed. The parent run carries the best value and the verdict; pruned runs can 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -16,17 +17,17 @@ import socket
 import sqlite3
 import sys
 import textwrap
-import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import mlflow
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import as_nobody, shared_folder
 from rich.console import Console
 
-from autoopt import tracking, tuning
+from autoopt import dispatch, tracking, tuning
 from autoopt.errors import UsageError
 from autoopt.progress import TuneDisplay
 from autoopt.recommendation import Recommendation
@@ -40,13 +41,45 @@ def _sha(path: Path) -> bytes:
 # --- the tracking URI, checked before anything exists ----------------------------------------
 
 
-def test_unreachable_tracking_server_is_refused_at_once_naming_the_url_without_its_password(workdir: Path) -> None:
+class Probes:
+    """What the tracking check sends out: each ``urlopen`` (its URL and timeout) goes through,
+    and any request of MLflow's own client (which retries an unreachable server for minutes)
+    is refused and recorded."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import urllib.request
+
+        import requests
+
+        self.opened: list[tuple[str, float | None]] = []
+        self.mlflow_requests: list[str] = []
+        real = urllib.request.urlopen
+
+        def urlopen(request: Any, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            url = request.full_url if isinstance(request, urllib.request.Request) else str(request)
+            self.opened.append((url, timeout))
+            assert timeout is not None, "a probe without a timeout waits for a silent server forever"
+            return real(request, *args, timeout=timeout, **kwargs)
+
+        def refuse(session: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            self.mlflow_requests.append(f"{method} {url}")
+            raise requests.ConnectionError(f"the test refuses {method} {url}")
+
+        monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+        monkeypatch.setattr(requests.Session, "request", refuse)
+
+
+def test_unreachable_tracking_server_is_refused_at_once_naming_the_url_without_its_password(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = load_spec("digits", trials=2, epochs=1, mlflow_uri="http://alice:s3cret@127.0.0.1:1")
-    t0 = time.monotonic()
+    probes = Probes(monkeypatch)
     with pytest.raises(UsageError) as info:
         tuning.run(spec)
     msg = str(info.value)
-    assert time.monotonic() - t0 < 15
+    # At once: one probe, with the connect timeout, and no retry; MLflow's client never asked.
+    assert [(url.split("/api/")[0], timeout) for url, timeout in probes.opened] == [
+        ("http://127.0.0.1:1", tracking.connect_timeout_s())]
+    assert probes.mlflow_requests == []
     assert "127.0.0.1:1" in msg and "s3cret" not in msg and "--mlflow-uri" in msg, msg
     assert "\n" not in msg
     assert os.listdir(workdir) == []  # no study file, no mlflow.db, no lock, no mlruns/
@@ -58,10 +91,19 @@ def test_a_server_that_never_answers_fails_within_the_connect_timeout(monkeypatc
         silent.listen(8)
         port = silent.getsockname()[1]
         monkeypatch.setenv("AUTOOPT_CONNECT_TIMEOUT_S", "1")
-        t0 = time.monotonic()
+        probes = Probes(monkeypatch)
         with pytest.raises(UsageError, match=r"within 1 s"):
             tracking.check_tracking(f"http://127.0.0.1:{port}")
-        assert time.monotonic() - t0 < 5
+        # Within the timeout: one connection, one request bounded by the 1 s asked for, no retry.
+        silent.setblocking(False)
+        connections = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                connections.append(silent.accept()[0])
+        for conn in connections:
+            conn.close()
+    assert len(connections) == 1, connections
+    assert [timeout for _, timeout in probes.opened] == [1.0] and probes.mlflow_requests == []
 
 
 def test_an_unreachable_tracking_database_is_refused_without_its_password() -> None:
@@ -130,12 +172,20 @@ def test_a_database_that_is_not_mlflows_is_refused_unchanged(workdir: Path) -> N
         tracking.check_tracking("sqlite:///no/such/folder/mlflow.db")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
-def test_a_read_only_mlflow_db_is_bad_input(workdir: Path, mlflow_template: Path) -> None:
-    db = _mlflow_db(mlflow_template, workdir / "mlflow.db")
-    db.chmod(0o444)
-    with pytest.raises(UsageError, match="read-only"):
-        tracking.check_tracking("sqlite:///mlflow.db")
+def test_a_read_only_mlflow_db_is_bad_input(mlflow_template: Path) -> None:
+    """As ``nobody`` when the tests run as root (root writes read-only files), as
+    tests/test_storage.py's read-only Optuna file does."""
+    with shared_folder() as folder:
+        db = _mlflow_db(mlflow_template, folder / "mlflow.db")
+        db.chmod(0o666)
+        uri = f"sqlite:///{db}"
+        assert as_nobody(lambda: tracking.check_tracking(uri)) == (0, "")  # the control: writable, accepted
+        db.chmod(0o444)
+        before = _sha(db)
+        code, message = as_nobody(lambda: tracking.check_tracking(uri))
+        assert code == 2, message
+        assert f"MLflow database {db} is read-only; make it writable (chmod u+w)" in message, message
+        assert _sha(db) == before
 
 
 def _open_parent(uri: str, name: str) -> str:
@@ -193,14 +243,14 @@ def test_one_sqlite_file_for_both_optuna_and_mlflow_is_refused_in_an_empty_folde
 
 
 def test_gpus_per_trial_packs_four_per_gpu_when_not_asked_and_refuses_gpus_that_are_not_there() -> None:
-    assert tuning.resolve_gpus(None, gpus_seen=1) == 0.25
-    assert tuning.resolve_gpus(None, gpus_seen=8) == 0.25
-    assert tuning.resolve_gpus(None, gpus_seen=0) == 0.0
-    assert tuning.resolve_gpus(0, gpus_seen=4) == 0  # told otherwise: the CPUs
-    assert tuning.resolve_gpus(1, gpus_seen=4) == 1
-    assert tuning.resolve_gpus(0.5, gpus_seen=0, ray_address="10.0.0.1:6379") == 0.5  # the cluster's GPUs
+    assert dispatch.resolve_gpus(None, gpus_seen=1) == 0.25
+    assert dispatch.resolve_gpus(None, gpus_seen=8) == 0.25
+    assert dispatch.resolve_gpus(None, gpus_seen=0) == 0.0
+    assert dispatch.resolve_gpus(0, gpus_seen=4) == 0  # told otherwise: the CPUs
+    assert dispatch.resolve_gpus(1, gpus_seen=4) == 1
+    assert dispatch.resolve_gpus(0.5, gpus_seen=0, ray_address="10.0.0.1:6379") == 0.5  # the cluster's GPUs
     with pytest.raises(UsageError, match=r"--gpus-per-trial 0.3: there is no GPU"):
-        tuning.resolve_gpus(0.3, gpus_seen=0)
+        dispatch.resolve_gpus(0.3, gpus_seen=0)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.device_count() > 0, reason="this machine has a GPU")
@@ -258,21 +308,18 @@ def test_pruned_trial_runs_can_be_filtered_and_show_as_pruned(workdir: Path, mlf
     _mlflow_db(mlflow_template, workdir / "mlflow.db")
     parent = tracking.StudyRun("sqlite:///mlflow.db", "digits", "digits", {})
     recorder = tracking.TrialRecorder(write_every_s=0.1)
-    handles = []
     for number, state in enumerate(["COMPLETE", "PRUNED"]):
-        handle = {"uri": parent.uri, "experiment_id": parent.experiment_id, "parent_run_id": parent.run_id}
-        recorder.start(handle, run_name=f"trial-{number}", params={"lr": 0.1},
-                       tags={tracking.TRIAL_TAG: number})
-        recorder.finish(handle, state=state, tags={})
-        handles.append(handle)
+        run = recorder.start(parent.ref, run_name=f"trial-{number}", params={"lr": 0.1},
+                             tags={tracking.TRIAL_TAG: number})
+        recorder.finish(run, state=state, tags={})
     recorder.flush()
     client = mlflow.MlflowClient(tracking_uri=parent.uri)
     for where in ("tags.autoopt.pruned = 'true'", "tags.autoopt.state = 'PRUNED'"):  # as typed in the UI
         runs = client.search_runs([parent.experiment_id], filter_string=where)
-        assert [r.info.run_id for r in runs] == [handles[1]["run_id"]], where
-    pruned = client.get_run(handles[1]["run_id"])
-    assert pruned.info.run_name == "trial-1 (pruned)" and pruned.info.status == "FINISHED"
-    assert client.get_run(handles[0]["run_id"]).info.run_name == "trial-0"
+        assert [r.info.run_name for r in runs] == ["trial-1 (pruned)"], where
+        assert runs[0].info.status == "FINISHED"
+    (complete,) = client.search_runs([parent.experiment_id], filter_string="tags.autoopt.state = 'COMPLETE'")
+    assert complete.info.run_name == "trial-0"
 
 
 def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir: Path, mlflow_template: Path) -> None:
@@ -280,7 +327,8 @@ def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir:
     study = optuna.create_study(direction="maximize")
     parent = tracking.StudyRun("sqlite:///mlflow.db", "digits", "digits", {})
     rec = Recommendation(task="digits", optimizer="sgd", optimizer_params={"lr": 0.1}, scheduler="cosine",
-                         value=0.93, study_name="digits", extra={"improvement": {"verdict": "better"}})
+                         value=0.93, study_name="digits",
+                         improvement={"metric": "test_accuracy", "delta": 0.01, "spread": 0.0, "verdict": "better"})
     spec = load_spec("digits", out=str(workdir / "recs"))
     tuning.save(spec, study, rec, parent)
     run = mlflow.MlflowClient(tracking_uri=parent.uri).get_run(parent.run_id)
@@ -303,13 +351,52 @@ def test_progress_stays_readable_at_80_columns() -> None:
     assert len(line) <= 80
 
 
+# The ``autoopt`` command with an audit hook: every connection it opens and every program it
+# starts is appended to the file $AUDIT_LOG names.
+AUDITED_CLI = """
+import os, runpy, sys
+log = os.environ["AUDIT_LOG"]
+def hook(event, args):
+    if event == "socket.connect":
+        line = f"connect {args[1]!r}"
+    elif event == "subprocess.Popen":
+        line = f"start {args[0] or (args[1] if isinstance(args[1], str) else list(args[1])[0])}"
+    elif event in ("os.posix_spawn", "os.exec"):
+        line = f"start {args[0]}"
+    else:
+        return
+    with open(log, "a") as f:
+        f.write(line + "\\n")
+sys.addaudithook(hook)
+sys.argv = ["autoopt", *sys.argv[1:]]
+runpy.run_module("autoopt", run_name="__main__", alter_sys=True)
+"""
+
+
+def _python_or_ray(program: str) -> bool:
+    """A program Ray starts: its binaries (gcs_server, raylet) or Python (its other processes)."""
+    path = Path(os.fsdecode(program))
+    return "ray" in path.parts or path.name.startswith("python") or str(path) == sys.executable
+
+
 @pytest.mark.slow
-def test_a_dead_mlflow_server_from_the_cli_exits_2_at_once_with_nothing_created(workdir: Path) -> None:
-    t0 = time.monotonic()
-    result = run_cli("tune", "--task", "digits", "--mlflow-uri", "http://127.0.0.1:1", "--trials", "1",
-                     cwd=workdir, timeout=120, env={"COLUMNS": "200"})
+def test_a_dead_mlflow_server_from_the_cli_exits_2_at_once_with_nothing_created(workdir: Path,
+                                                                              tmp_path_factory: pytest.TempPathFactory
+                                                                              ) -> None:
+    import subprocess
+
+    audit = tmp_path_factory.mktemp("audit") / "events.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTOOPT_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    result = subprocess.run([sys.executable, "-c", AUDITED_CLI, "tune", "--task", "digits", "--mlflow-uri",
+                             "http://127.0.0.1:1", "--trials", "1"], cwd=workdir, capture_output=True, text=True,
+                            timeout=120, env={**env, "COLUMNS": "200", "AUDIT_LOG": str(audit)},
+                            stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stderr
-    assert time.monotonic() - t0 < 45
+    # At once: the one probe of the server, then the exit; Ray never started (no process of its
+    # own, no Python); a helper a library runs at import (ldconfig) may show.
+    events = audit.read_text().splitlines() if audit.exists() else []
+    assert [e for e in events if e.startswith("connect ")] == ["connect ('127.0.0.1', 1)"], events
+    assert not [e for e in events if e.startswith("start ") and _python_or_ray(e.removeprefix("start "))], events
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot reach MLflow at http://127.0.0.1:1"), result.stderr
     assert not any(line.startswith("trials ") for line in result.stderr.splitlines())  # no progress bar

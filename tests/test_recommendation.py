@@ -67,6 +67,45 @@ def test_concurrent_saves_never_collide_and_readers_see_whole_files(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]  # no temporary file left behind
 
 
+def test_a_save_replaces_the_file_in_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Atomic, observed directly: the whole new file is written beside the old one, which stays
+    untouched until one ``os.replace`` swaps them; when that fails, the old file is intact and
+    no temporary file is left. (A direct write, or a copy over the old file, fails here.)"""
+    import os
+
+    old = _rec(lr=0.1).save(tmp_path)
+    old_text = old.read_text()
+    new = _rec(lr=0.2, notes="x" * 100_000)
+    replaced: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def watching_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        src_path, dst_path = Path(src), Path(dst)
+        # The moment before the swap: the target is still the old file, whole, and the source is
+        # the whole new file, in the same folder (a rename within one filesystem is atomic).
+        assert dst_path == old and dst_path.read_text() == old_text
+        assert src_path.parent == tmp_path and src_path != old
+        assert json.loads(src_path.read_text()) == json.loads(json.dumps(new.to_dict()))
+        replaced.append((src_path, dst_path))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watching_replace)
+    assert new.save(tmp_path) == old
+    assert len(replaced) == 1
+    assert Recommendation.load(old).optimizer_params == {"lr": 0.2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]
+
+    def failing_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    before = old.read_text()
+    with pytest.raises(OSError, match="disk full"):
+        _rec(lr=0.3).save(tmp_path)
+    assert old.read_text() == before  # the last good file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]  # no temporary file left
+
+
 def _save_many(folder: str, i: int) -> None:
     for j in range(30):
         _rec(lr=i + j / 100).save(folder)

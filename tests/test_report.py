@@ -18,7 +18,7 @@ from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
 from autoopt import report, tracking
-from autoopt.confirm import summarize
+from autoopt.evidence import Stats
 from autoopt.recommendation import Recommendation
 from autoopt.space import TrialConfig
 
@@ -48,23 +48,25 @@ def _trial(fam: str, lr: float, final: float, state: str = "COMPLETE") -> optuna
         user_attrs={"config": config, "history": history})
 
 
+def _stats(values: list[float]) -> dict:
+    return Stats.of(values).to_dict()
+
+
 def _recommendation() -> dict:
     adam_best = TrialConfig("adam", {"lr": 1e-3})
     confirmation = {"trial_3": {"name": "trial_3", "trial_number": 3, **adam_best.to_dict(),
-                                "val": summarize([0.96, 0.98]), "test": summarize([0.95, 0.97])},
+                                "val": _stats([0.96, 0.98]), "test": _stats([0.95, 0.97])},
                     "trial_1": {"name": "trial_1", "trial_number": 1,
                                 **TrialConfig("sgd", {"lr": 0.01}).to_dict(),
-                                "val": summarize([0.94, 0.92]), "test": summarize([0.93, 0.91])}}
+                                "val": _stats([0.94, 0.92]), "test": _stats([0.93, 0.91])}}
     bases = [{"name": "adam_tutorial", "optimizer": "adam", "params": {"lr": 1e-3}, "scheduler": "none",
-              "val": summarize([0.95, 0.93]), "test": summarize([0.94, 0.92])}]
+              "val": _stats([0.95, 0.93]), "test": _stats([0.94, 0.92])}]
     rec = Recommendation("digits", **adam_best.to_dict(), value=0.97, study_name="digits", trial_number=3,
-                         extra={"source": "study", "chosen": "trial_3", "confirmation": confirmation,
-                                "baselines": bases,
-                                "improvement": {"metric": "test_accuracy", "delta": 0.03, "spread": 0.01,
-                                                "versus": "adam_tutorial", "tuned": "trial_3",
-                                                "verdict": "better",
-                                                "paired": {"deltas": [0.01, 0.05], "mean": 0.03,
-                                                           "ci95": [0.005, 0.055]}}})
+                         extra={"source": "study", "chosen": "trial_3"}, confirmation=confirmation,
+                         baselines=bases,
+                         improvement={"metric": "test_accuracy", "delta": 0.03, "spread": 0.01,
+                                      "versus": "adam_tutorial", "tuned": "trial_3", "verdict": "better",
+                                      "paired": {"deltas": [0.01, 0.05], "mean": 0.03, "ci95": [0.005, 0.055]}})
     return rec.to_dict()
 
 
@@ -152,7 +154,7 @@ def test_importances_with_too_few_trials_say_so(workdir: Path) -> None:
 
 def test_confirmation_plot_has_mean_and_std_error_bars(study: optuna.Study) -> None:
     rec = study.user_attrs["recommendation"]
-    fig = report.confirmation_plot(rec)
+    fig = report.confirmation_plot(Recommendation.from_dict(rec))
     (ax,) = fig.axes
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert [b.get_label() for b in bars] == ["val_accuracy (mean ± std)", "test_accuracy (mean ± std)"]
@@ -177,9 +179,9 @@ def test_pareto_plot_marks_the_front(study: optuna.Study) -> None:
     speeds = {"trial_3": 2.0, "trial_1": 1.0, "adam_tutorial": 0.5}
     rec["confirmation"] = {n: {**e, "s_per_epoch": speeds[n]} for n, e in rec["confirmation"].items()}
     rec["baselines"] = [{**b, "s_per_epoch": speeds[b["name"]]} for b in rec["baselines"]]
-    rec["baselines"].append({"name": "soap_default", "optimizer": "soap", "val": summarize([0.90, 0.91]),
-                             "test": summarize([0.9, 0.9]), "s_per_epoch": 4.0, "excluded": "slower than 1.5x"})
-    (ax,) = report.pareto_plot(rec).axes
+    rec["baselines"].append({"name": "soap_default", "optimizer": "soap", "val": _stats([0.90, 0.91]),
+                             "test": _stats([0.9, 0.9]), "s_per_epoch": 4.0, "excluded": "slower than 1.5x"})
+    (ax,) = report.pareto_plot(Recommendation.from_dict(rec)).axes
     (front,) = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
     # adam_tutorial (0.5 s, 0.94) < trial_1 (1 s, 0.93: not better, off the front) < trial_3 (2 s, 0.97);
     # soap (4 s, 0.905) is slower and worse: off the front
@@ -189,7 +191,7 @@ def test_pareto_plot_marks_the_front(study: optuna.Study) -> None:
     assert legend == ["Pareto front", "tuned", "baseline", "baseline (left out: --max-slowdown)",
                       "★ the recommendation"]
     assert "★ trial_3" in [t.get_text() for t in ax.texts] and ax.get_xscale() == "log"
-    empty = report.pareto_plot({})
+    empty = report.pareto_plot(None)
     assert any("no confirmed config" in t.get_text() for t in empty.axes[0].texts)
 
 
@@ -254,8 +256,8 @@ def test_summary_of_a_study_without_confirmation(study: optuna.Study) -> None:
     rec = dict(study.user_attrs["recommendation"])
     for key in ("confirmation", "baselines", "improvement", "chosen"):
         rec.pop(key)
-    text = report.summary_markdown(study, rec, {}, {})
+    text = report.summary_markdown(study, Recommendation.from_dict(rec), {}, {})
     assert "not confirmed over seeds" in text and "Confirmation over seeds" not in text
-    fig = report.confirmation_plot(rec)
+    fig = report.confirmation_plot(Recommendation.from_dict(rec))
     assert any("no confirmation" in t.get_text() for t in fig.axes[0].texts)
     assert math.isclose(fig.get_size_inches()[0], report.FIGSIZE[0])

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import as_nobody, shared_folder
 from optuna.trial import TrialState
 from services import free_port, wait_for
 
@@ -35,8 +34,6 @@ from autoopt.study import (
     stale,
     trials_snapshot,
 )
-
-NOBODY = 65534
 
 
 def digest(path: Path) -> str:
@@ -106,43 +103,20 @@ def test_drivers_creating_a_new_sqlite_store_at_once_all_succeed(workdir: Path) 
 # --- bad input: refused before anything is created, left unchanged --------------------------
 
 
-def as_nobody(fn: Callable[[], None]) -> tuple[int, str]:
-    """Run ``fn`` in a forked child as an unprivileged user (root's override of file modes gone):
-    its exit code (2 for a UsageError) and message."""
-    out = Path(tempfile.mkstemp(prefix="aot-msg-")[1])
-    os.chmod(out, 0o666)
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 0
+def never_waiting(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` with every ``time.sleep`` refused: a retry (of the storage's backoff, of the
+    creation race) fails it at its first wait, instead of costing a minute."""
+    def run() -> None:
+        def refuse(seconds: float) -> None:
+            raise AssertionError(f"waited {seconds}s: a retry")
+
+        real, time.sleep = time.sleep, refuse
         try:
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
             fn()
-        except UsageError as exc:
-            code = 2
-            out.write_text(str(exc))
-        except BaseException as exc:
-            code = 1
-            out.write_text(f"{type(exc).__name__}: {exc}")
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    message = out.read_text()
-    out.unlink()
-    return os.waitstatus_to_exitcode(status), message
+        finally:
+            time.sleep = real
 
-
-@contextlib.contextmanager
-def shared_folder() -> Iterator[Path]:
-    """A folder any user may enter and write (tmp_path is root's own)."""
-    folder = Path(tempfile.mkdtemp(prefix="aot-ro-"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        for path in folder.iterdir():
-            path.chmod(0o666)
-            path.unlink()
-        folder.rmdir()
+    return run
 
 
 def test_read_only_sqlite_file_is_bad_input_not_an_outage() -> None:
@@ -152,23 +126,12 @@ def test_read_only_sqlite_file_is_bad_input_not_an_outage() -> None:
         for path in folder.iterdir():
             path.chmod(0o666)
         url = f"sqlite:///{db}"
-
-        def check() -> None:
-            check_storage(url)
-
-        if os.geteuid() == 0:
-            assert as_nobody(check) == (0, "")  # the control: writable, it is accepted
+        assert as_nobody(never_waiting(lambda: check_storage(url))) == (0, "")  # the control: writable, accepted
         db.chmod(0o444)
-        before, start = digest(db), time.monotonic()
-        if os.geteuid() == 0:
-            code, message = as_nobody(lambda: open_storage(url))
-        else:
-            with pytest.raises(UsageError) as info:
-                open_storage(url)
-            code, message = 2, str(info.value)
-        assert code == 2, message
+        before = digest(db)
+        code, message = as_nobody(never_waiting(lambda: open_storage(url)))
+        assert code == 2, message  # a UsageError, at its first attempt: no minute of retries
         assert f"{db} is read-only; make it writable (chmod u+w)" in message
-        assert time.monotonic() - start < 10  # no minute of retries
         assert digest(db) == before
         # Reading it (a report) is fine.
         assert open_storage(url, heartbeat=False, write=False) is not None
@@ -204,18 +167,36 @@ def test_mlflows_database_as_storage_is_refused_and_left_unchanged(workdir: Path
 
 def test_unreachable_postgres_at_start_is_bad_input_within_the_connect_timeout(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoopt.study import backends
+
+    engines: list[dict[str, object]] = []  # the connect_args of every engine the check makes
+    real_create_engine = backends.create_engine
+
+    def create_engine(url: object, *args: object, **kwargs: object) -> object:
+        engines.append(dict(kwargs.get("connect_args") or {}))  # type: ignore[call-overload]
+        return real_create_engine(url, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "create_engine", create_engine)
     # A server that accepts the connection and never answers: only the timeout ends the wait.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"postgresql+psycopg://me:s3cret@127.0.0.1:{silent.getsockname()[1]}/optuna"
         monkeypatch.setenv("AUTOOPT_CONNECT_TIMEOUT_S", "2")
-        start = time.monotonic()
         with pytest.raises(UsageError) as info:
             open_storage(url)
-        elapsed = time.monotonic() - start
+        # Within the connect timeout: one engine, connecting with the 2 s asked for, and one
+        # connection (the backlog holds every attempt): no retry.
+        silent.setblocking(False)
+        attempts = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                attempts.append(silent.accept()[0])
+        for conn in attempts:
+            conn.close()
+    assert engines == [{"connect_timeout": 2}], engines
+    assert len(attempts) == 1, attempts
     message = str(info.value)
-    assert elapsed < 8, elapsed
     assert message.startswith("cannot open storage postgresql+psycopg://me:***@127.0.0.1:"), message
     assert "not reachable within 2s" in message and "start the database or check --storage" in message
     assert "s3cret" not in message

@@ -9,18 +9,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from autoopt.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, summarize, time_to
+from autoopt.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, time_to
 from autoopt.dispatch import JobResult, JobState
+from autoopt.evidence import Entry, Stats
 from autoopt.verdict import paired, t975
 
 N_VAL = 2400
 
 
 def _entry(name: str, val: list[float | None], test: list[float | None] | None = None,
-           s_per_epoch: float | None = 1.0) -> dict:
-    return {"name": name, "optimizer": name.split("_")[0], "seeds": list(range(len(val))),
-            "val": summarize(val), "test": summarize(test if test is not None else val),
-            "s_per_epoch": s_per_epoch}
+           s_per_epoch: float | None = 1.0) -> Entry:
+    return Entry(name=name, optimizer=name.split("_")[0], seeds=tuple(range(len(val))), val=Stats.of(val),
+                 test=Stats.of(test if test is not None else val), s_per_epoch=s_per_epoch)
 
 
 def _acc(counts: list[int]) -> list[float]:
@@ -57,15 +57,15 @@ def test_worse_keeps_the_baseline() -> None:
     table = {"trial_1": _entry("adam_1", _acc([2300, 2305, 2302])),
              "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2331, 2333]))}
     pick = choose(table, ["trial_1"], ["adam_tutorial"], "maximize", n_val=N_VAL)
-    assert pick.paired["verdict"] == "worse" and pick.winner == "adam_tutorial"
-    assert pick.paired["deltas"] == pytest.approx([-30 / N_VAL, -26 / N_VAL, -31 / N_VAL])
+    assert pick.paired.verdict == "worse" and pick.winner == "adam_tutorial"
+    assert pick.paired.deltas == pytest.approx([-30 / N_VAL, -26 / N_VAL, -31 / N_VAL])
 
 
 def test_a_mean_that_is_higher_but_not_beyond_the_interval_keeps_the_baseline() -> None:
     table = {"trial_1": _entry("adam_1", _acc([2350, 2310, 2345])),
              "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2320, 2330]))}
     pick = choose(table, ["trial_1"], ["adam_tutorial"], "maximize", n_val=N_VAL)
-    assert pick.paired["mean"] > 0 and pick.paired["verdict"] == "tie" and pick.winner == "adam_tutorial"
+    assert pick.paired.mean > 0 and pick.paired.verdict == "tie" and pick.winner == "adam_tutorial"
 
 
 def test_clearly_better_picks_the_tuned_config() -> None:
@@ -75,11 +75,11 @@ def test_clearly_better_picks_the_tuned_config() -> None:
              "sgd_tutorial": _entry("sgd_tutorial", _acc([2000, 2001, 2002]))}
     pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "sgd_tutorial"], "maximize", n_val=N_VAL)
     assert (pick.winner, pick.tuned, pick.baseline) == ("trial_1", "trial_1", "adam_tutorial")
-    assert pick.paired["verdict"] == "better" and pick.paired["ci95"][0] > 0
+    assert pick.paired.verdict == "better" and pick.paired.ci95[0] > 0
     imp = improvement(table, pick, "maximize", "test_accuracy", n_test=100)
-    assert imp["verdict"] == "better" and imp["versus"] == "adam_tutorial" and imp["tuned"] == "trial_1"
-    assert imp["delta"] == pytest.approx(statistics.fmean([0.98, 0.97, 0.98]) - statistics.fmean([0.96, 0.96, 0.97]))
-    assert imp["test_paired"]["deltas"] == pytest.approx([0.02, 0.01, 0.01])
+    assert imp.verdict == "better" and imp.versus == "adam_tutorial" and imp.tuned == "trial_1"
+    assert imp.delta == pytest.approx(statistics.fmean([0.98, 0.97, 0.98]) - statistics.fmean([0.96, 0.96, 0.97]))
+    assert imp.test_paired.deltas == pytest.approx([0.02, 0.01, 0.01])
 
 
 def test_a_config_that_failed_on_a_seed_is_not_better() -> None:
@@ -94,10 +94,12 @@ def test_max_slowdown_leaves_slow_configs_out_of_the_pick_but_shows_them() -> No
              "trial_2": _entry("adam_2", _acc([2360, 2361, 2362]), s_per_epoch=1.2),
              "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2330, 2331]), s_per_epoch=1.0),
              "soap_default": _entry("soap_default", _acc([2380, 2380, 2380]), s_per_epoch=8.0)}
-    fastest = mark_cost(table, ["adam_tutorial", "soap_default"], 1.5)
-    assert fastest == "adam_tutorial" and table["trial_1"]["relative"] == pytest.approx(9.0)
-    assert "slower than 1.5x" in table["trial_1"]["excluded"] and "excluded" in table["soap_default"]
-    assert "excluded" not in table["trial_2"]
+    before = dict(table)
+    table, fastest = mark_cost(table, ["adam_tutorial", "soap_default"], 1.5)
+    assert fastest == "adam_tutorial" and table["trial_1"].relative == pytest.approx(9.0)
+    assert "slower than 1.5x" in table["trial_1"].excluded and table["soap_default"].excluded
+    assert table["trial_2"].excluded is None
+    assert before["trial_1"].relative is None and before["trial_1"].excluded is None  # a new table: none changed
     pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "soap_default"], "maximize", n_val=N_VAL)
     assert (pick.tuned, pick.baseline, pick.winner) == ("trial_2", "adam_tutorial", "trial_2")
 
@@ -105,7 +107,7 @@ def test_max_slowdown_leaves_slow_configs_out_of_the_pick_but_shows_them() -> No
 def _judged(table: dict, candidates: list[str], bases: list[str]) -> dict:
     task = SimpleNamespace(score="accuracy", val=[0] * N_VAL, direction="maximize", metric="val_accuracy")
     results = {name: {} for name in table}
-    pick = judge(table, results, candidates, bases, task, None)
+    table, pick = judge(table, results, candidates, bases, task, None)
     assert pick.winner == "soap_default"
     return table
 
@@ -120,13 +122,13 @@ def test_a_cheaper_config_is_named_only_when_shown_equivalent_within_the_margin(
              # a "tie" on the mean that its interval does not show within a point: noise, not equivalence
              "sgd_tutorial": _entry("sgd_tutorial", _acc([2370, 2250, 2380, 2300, 2369]), s_per_epoch=0.8),
              "adam_tutorial": _entry("adam_tutorial", _acc([c - 1 for c in pick]), s_per_epoch=1.0)}
-    _judged(table, ["trial_1"], ["soap_default", "lion_default", "sgd_tutorial", "adam_tutorial"])
-    vs = {n: table[n]["versus_pick"] for n in table}
-    assert vs["sgd_tutorial"]["verdict"] == "tie" and not vs["sgd_tutorial"]["equivalent"]
-    assert vs["lion_default"]["equivalent"] and vs["adam_tutorial"]["equivalent"]
-    assert all(v["margin"] == 0.01 for v in vs.values())
+    table = _judged(table, ["trial_1"], ["soap_default", "lion_default", "sgd_tutorial", "adam_tutorial"])
+    vs = {n: table[n].versus_pick for n in table}
+    assert vs["sgd_tutorial"].verdict == "tie" and not vs["sgd_tutorial"].equivalent
+    assert vs["lion_default"].equivalent and vs["adam_tutorial"].equivalent
+    assert all(v.margin == 0.01 for v in vs.values())
     alt, why = cheapest_equivalent(table, "soap_default")
-    assert alt["name"] == "adam_tutorial" and alt["versus_pick"]["ci95"][0] > -0.01, why  # sgd is cheaper, unshown
+    assert alt.name == "adam_tutorial" and alt.versus_pick.ci95[0] > -0.01, why  # sgd is cheaper, unshown
     del table["adam_tutorial"], table["lion_default"]
     alt, why = cheapest_equivalent(table, "soap_default")
     assert alt is None and "within the margin" in why

@@ -9,14 +9,35 @@
 * ``search``: ``SearchLoop``, the ask/prepare/submit/tell loop of ``autoopt tune``.
 """
 
-from autoopt.dispatch.pool import InFlight, WorkerPool, default_concurrency, gpus_per_trial, run_jobs
+from autoopt.dispatch.gpus import GPU_PACK, gpus_per_trial, resolve_gpus
+from autoopt.dispatch.pool import InFlight, WorkerPool, default_concurrency, run_jobs
 from autoopt.dispatch.results import JobResult, JobState, compact_history
 from autoopt.dispatch.search import Progress, SearchLoop, SearchPolicy, SearchProgress, run_search, warm_job
-from autoopt.dispatch.session import start_ray, stop_ray
+from autoopt.dispatch.session import RunSession, start_ray, stop_ray
 from autoopt.dispatch.worker import Job, TrialRef, TrialWorker, shippable_family
 
 __all__ = [
-    "InFlight", "Job", "JobResult", "JobState", "Progress", "SearchLoop", "SearchPolicy", "SearchProgress",
-    "TrialRef", "TrialWorker", "WorkerPool", "compact_history", "default_concurrency", "gpus_per_trial",
-    "run_jobs", "run_search", "shippable_family", "start_ray", "stop_ray", "warm_job",
+    "GPU_PACK",
+    "InFlight",
+    "Job",
+    "JobResult",
+    "JobState",
+    "Progress",
+    "RunSession",
+    "SearchLoop",
+    "SearchPolicy",
+    "SearchProgress",
+    "TrialRef",
+    "TrialWorker",
+    "WorkerPool",
+    "compact_history",
+    "default_concurrency",
+    "gpus_per_trial",
+    "resolve_gpus",
+    "run_jobs",
+    "run_search",
+    "shippable_family",
+    "start_ray",
+    "stop_ray",
+    "warm_job",
 ]

@@ -17,26 +17,18 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
+from autoopt.dispatch.gpus import gpus_per_trial
 from autoopt.dispatch.results import JobResult
 from autoopt.dispatch.worker import Job, TrialWorker
 from autoopt.study import redact
 
 log = logging.getLogger(__name__)
 
-AUTO_GPU_SHARE = 0.25  # --gpus-per-trial left out, where Ray sees a GPU: four trials per GPU
-
-
-def gpus_per_trial(gpus: float | None) -> float:
-    """A trial's GPU share: ``gpus``, or for None a quarter GPU where Ray sees one, else none."""
-    if gpus is not None:
-        return gpus
-    return AUTO_GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
 
 def default_concurrency(cpus: float, gpus: float | None) -> int:
     """How many trials fit at once in the cluster's resources."""
     res = ray.cluster_resources()
-    share = gpus_per_trial(gpus)
+    share = gpus if gpus is not None else gpus_per_trial(None)
     if share > 0:
         return max(1, int(res.get("GPU", 0) // share))
     return max(1, int(res.get("CPU", 1) // cpus))
@@ -77,7 +69,7 @@ class WorkerPool:
     MAX_START_FAILURES = 3  # workers that die before answering: past this, the cluster is broken
 
     def __init__(self, size: int, *, cpus: float, gpus: float | None) -> None:
-        self.cpus, self.gpus = cpus, gpus_per_trial(gpus)
+        self.cpus, self.gpus = cpus, gpus if gpus is not None else gpus_per_trial(None)
         self._remote = ray.remote(TrialWorker).options(num_cpus=cpus, num_gpus=self.gpus, max_restarts=0,
                                                        max_concurrency=1)
         self.workers: list[Any] = [None] * size

@@ -16,7 +16,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import optuna
@@ -25,10 +25,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.budget import MIN_SEEDS, RACE_FLOOR, Budget
 from autoopt.direction import best
+from autoopt.dispatch.gpus import gpus_per_trial
 from autoopt.dispatch.pool import Finished, InFlight, WorkerPool
 from autoopt.dispatch.results import JobResult, JobState, compact_history
 from autoopt.dispatch.worker import Job, TrialRef
-from autoopt.errors import UsageError
 from autoopt.space import SearchSpace, TrialConfig, suggest_config
 from autoopt.study import (
     HEARTBEAT_S,
@@ -46,6 +46,7 @@ from autoopt.study import (
     with_retry,
 )
 from autoopt.study.samplers import TrialSeededSampler
+from autoopt.tracking import RunRef
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class SearchLoop:
     """Ask, dispatch, tell until the study holds ``spec.trials`` trials (counting those of
     other drivers and those already finished), or ``spec.timeout_s`` passes."""
 
-    def __init__(self, study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
+    def __init__(self, study: optuna.Study, *, spec: Any, storage_url: str, tracking: RunRef | None,
                  pool: WorkerPool | None, on_progress: Progress | None = None,
                  policy: SearchPolicy | None = None, budget: Budget | None = None) -> None:
         self.study, self.spec, self.storage_url, self.tracking = study, spec, storage_url, tracking
@@ -333,7 +334,9 @@ class SearchLoop:
         return config
 
     def submit(self, worker: int, pending: Pending) -> None:
-        ref, item = self.pool.submit(worker, pending.job, pending.trial)
+        # A job prepared during start-up, before the parent run existed, goes under it now.
+        job = pending.job if pending.job.tracking == self.tracking else replace(pending.job, tracking=self.tracking)
+        ref, item = self.pool.submit(worker, job, pending.trial)
         self.inflight[ref] = item
 
     def tell(self, trial: optuna.trial.Trial, result: JobResult) -> bool:
@@ -447,7 +450,8 @@ class SearchLoop:
 
     def _job(self, trial: optuna.trial.Trial, config: TrialConfig) -> Job:
         spec, number = self.spec, trial.number
-        kind = "portfolio" if trial.user_attrs.get("portfolio") else "search"
+        kind = ("portfolio" if trial.user_attrs.get("portfolio") else
+                "warmstart" if trial.user_attrs.get("warmstart") else "search")  # warmstart: autoopt.prior
         tags = {"autoopt.study": self.study.study_name, "autoopt.trial_number": number,
                 "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
@@ -460,10 +464,7 @@ class SearchLoop:
 
     def _check_gpus(self) -> None:
         place = self.spec.placement
-        if place.gpus_per_trial and not place.ray_address and not ray.cluster_resources().get("GPU"):
-            # Our own local Ray has no GPU to give: the workers would wait for one forever.
-            raise UsageError(f"--gpus-per-trial {place.gpus_per_trial:g}: Ray sees no GPU on this machine; "
-                             "leave --gpus-per-trial out to train on the CPUs")
+        gpus_per_trial(place.gpus_per_trial, ray_address=place.ray_address)  # our own Ray has the GPUs asked for
 
 
 def _warm_config(space: SearchSpace, name: str) -> TrialConfig:
@@ -471,7 +472,7 @@ def _warm_config(space: SearchSpace, name: str) -> TrialConfig:
     return TrialConfig(name, space.default_params(name))
 
 
-def warm_job(spec: Any, storage_url: str, study_name: str, tracking: dict[str, Any] | None) -> Job:
+def warm_job(spec: Any, storage_url: str, study_name: str, tracking: RunRef | None) -> Job:
     """The job a worker warms up with (``WorkerPool.warm``): the study's task, its study's
     handle and tracking store, a first training step of the space's first family."""
     space = spec.search_space()
@@ -481,7 +482,7 @@ def warm_job(spec: Any, storage_url: str, study_name: str, tracking: dict[str, A
                spec.placement.compile, tracking=tracking, trial=ref, family=space.family(warm.optimizer))
 
 
-def run_search(study: optuna.Study, *, spec: Any, storage_url: str, tracking: dict[str, Any] | None,
+def run_search(study: optuna.Study, *, spec: Any, storage_url: str, tracking: RunRef | None,
                pool: WorkerPool, on_progress: Progress | None = None,
                policy: SearchPolicy | None = None, budget: Budget | None = None) -> SearchLoop:
     """Run a ``SearchLoop`` (see there) and return it (its ``progress``, ``timeline``, ``epochs_run``)."""

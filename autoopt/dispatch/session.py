@@ -1,16 +1,23 @@
-"""The Ray session: join a cluster (with its auth token) or start a local Ray; stop it."""
+"""The Ray session: join a cluster (with its auth token) or start a local Ray; stop it. And a
+command's run session (``RunSession``): Ray, the worker pool and the MLflow parent run, closed
+together, in order, whatever ends the work."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from autoopt.errors import UsageError
+
+if TYPE_CHECKING:
+    from autoopt.dispatch.pool import WorkerPool
+    from autoopt.tracking import StudyRun
 
 
 def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
@@ -38,6 +45,62 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int
 
 def stop_ray() -> None:
     ray.shutdown()
+
+
+class RunSession:
+    """What one command (``tune``, ``compare``; ``bench`` through ``tune``) holds while it runs:
+    Ray (joined, or started here and so stopped here), the worker pool and the MLflow parent run.
+
+    On leaving, whatever ended the work: the pool's workers finish writing their runs (``flush``;
+    not when ``flush_pool`` was turned off, as for a storage that went away: they would wait for
+    it) and stop; the ``on_close`` callbacks run (closing what dead trials left open); the parent
+    run ends ``FINISHED`` where the body set ``status`` so, ``KILLED`` on Ctrl-C, else ``FAILED``;
+    then Ray stops, if this session started it.
+
+    >>> with RunSession(None) as session:                      # doctest: +SKIP
+    ...     pool = session.open_pool(8, concurrency=2, cpus=1, gpus=0)
+    ...     session.status = "FINISHED"
+    """
+
+    def __init__(self, ray_address: str | None) -> None:
+        self.ray_address = ray_address
+        self.started_ray = False
+        self.pool: WorkerPool | None = None
+        self.tracker: StudyRun | None = None
+        self.status = "FAILED"
+        self.flush_pool = True
+        self.on_close: list[Callable[[], None]] = []
+
+    def __enter__(self) -> RunSession:
+        self.started_ray = start_ray(self.ray_address)
+        return self
+
+    def open_pool(self, jobs: int, *, concurrency: int | None, cpus: float, gpus: float | None) -> WorkerPool:
+        """The worker pool: ``concurrency`` workers, or as many as the cluster's resources hold,
+        and never more than there are ``jobs``."""
+        from autoopt.dispatch.pool import WorkerPool, default_concurrency
+
+        size = concurrency or default_concurrency(cpus, gpus)
+        self.pool = WorkerPool(max(1, min(size, jobs)), cpus=cpus, gpus=gpus)
+        return self.pool
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.status = "KILLED"
+        elif kind is not None:
+            self.status = "FAILED"
+        try:
+            if self.pool is not None:
+                if self.flush_pool:
+                    self.pool.flush()
+                self.pool.shutdown()
+            for close in self.on_close:
+                close()
+            if self.tracker is not None:
+                self.tracker.finish(self.status)
+        finally:
+            if self.started_ray:
+                stop_ray()
 
 
 def _token_auth_for(address: str) -> None:

@@ -27,7 +27,7 @@ from autoopt.pruning import ReferenceTrials, TrialReporter, build_pruner
 from autoopt.space import Family, TrialConfig, family
 from autoopt.study import load_study, open_storage, redact_logs, with_retry
 from autoopt.tasks import load_task
-from autoopt.tracking import TrialRecorder
+from autoopt.tracking import RunRef, TrialRecorder
 from autoopt.train import TrialResult, train, warm_up
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Job:
     compile: bool = False
     evaluate_test: bool = False
     trial: TrialRef | None = None
-    tracking: dict[str, Any] | None = None
+    tracking: RunRef | None = None
     run_name: str = "trial"
     tags: dict[str, Any] = field(default_factory=dict)
     # The config names its family only; the entry itself travels with the job, so a family
@@ -138,7 +138,7 @@ class TrialWorker:
             if job.trial is not None:
                 self._study(job.trial)
             if job.tracking:
-                self.recorder.warm(job.tracking["uri"])
+                self.recorder.warm(job.tracking.uri)
             warm_up(task, job.config, family=job.family)
         except Exception as exc:
             log.warning("warming up for %s failed: %s", job.task, str(exc)[:300])
@@ -153,26 +153,25 @@ class TrialWorker:
         """Train one job; never raises for a failing trial (the failure is the result)."""
         start = time.perf_counter()
         self.trials_run += 1
-        handle = dict(job.tracking) if job.tracking else None
-        if handle is not None:
-            self.recorder.start(handle, run_name=job.run_name, params=job.config.flat_params(), tags=job.tags)
+        run = (self.recorder.start(job.tracking, run_name=job.run_name, params=job.config.flat_params(), tags=job.tags)
+               if job.tracking is not None and job.tracking.parent_run_id else None)
         where = {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
         try:
             reporter = self._reporter(job)
             task = self._task(job)
             trained = train(task, job.config, epochs=job.epochs, seed=job.seed, family=job.family,
-                            on_epoch=self._on_epoch(job, task.metric, handle, reporter),
+                            on_epoch=self._on_epoch(job, task.metric, run, reporter),
                             evaluate_test=job.evaluate_test, compile_model=job.compile)
             if reporter is not None:
                 reporter.close()
             result = _result(trained, worker_s=time.perf_counter() - start, **where)
         except Exception as exc:  # a bug in a user's task, out of memory, ...
             result = JobResult.from_exception(exc, worker_s=time.perf_counter() - start, **where)
-        if handle is not None:
+        if run is not None:
             tags = {"autoopt.reason": result.reason} if result.reason else {}
             if result.traceback:
                 tags["autoopt.traceback"] = result.traceback[-3000:]  # the failure, readable in the UI
-            self.recorder.finish(handle, state=result.state.value, tags=tags, metrics=result.test)
+            self.recorder.finish(run, state=result.state.value, tags=tags, metrics=result.test)
         return result
 
     def _reporter(self, job: Job) -> TrialReporter | None:
@@ -183,11 +182,10 @@ class TrialWorker:
                              background=self.reports, reference=self.reference,
                              retry=lambda fn, what: with_retry(fn, what=what))
 
-    def _on_epoch(self, job: Job, metric: str, handle: dict[str, Any] | None,
-                  reporter: TrialReporter | None) -> Any:
+    def _on_epoch(self, job: Job, metric: str, run: int | None, reporter: TrialReporter | None) -> Any:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-            if handle is not None:
-                self.recorder.log_epoch(handle, epoch, metrics)
+            if run is not None:
+                self.recorder.log_epoch(run, epoch, metrics)
             if reporter is None:
                 return False
             value = metrics[metric]

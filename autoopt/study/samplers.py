@@ -19,9 +19,12 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from autoopt.errors import UsageError
+from autoopt.space import SAMPLERS
+
 
 def build_sampler(name: str, seed: int) -> TrialSeededSampler:
-    """The study's sampler ``name`` (``tpe``, ``random``, ``cmaes``, ``gp``), each trial sampled
+    """The study's sampler ``name`` (one of ``autoopt.space.SAMPLERS``), each trial sampled
     by one of its own seeded by ``seed`` plus the trial's number (``TrialSeededSampler``)."""
     return TrialSeededSampler(name, seed)
 
@@ -30,6 +33,8 @@ def trial_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler ``name`` for one trial. ``tpe``, for a conditional space: TPE multivariate
     with groups (each optimizer family's subspace is modelled jointly) and the constant liar
     (trials run in parallel)."""
+    if name not in SAMPLERS:
+        raise UsageError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":

@@ -1,0 +1,527 @@
+"""The prior: what the storage's earlier studies say about a new task.
+
+Every study autoopt ran is in the storage. For a new task the prior reads them (bounded, see
+below) and gives:
+
+* the **order** of the screen: the families most likely to win first;
+* **warm starts**: the picks of the closest studies, tried right after the screen;
+* a **zero-shot** answer, ``recommend(task, fallback="database")``: the config it ranks first.
+
+**Method.** For each earlier study (the most recent ``MAX_STUDIES``, or the ones named with
+``--prior``; never the new study itself), each family screened or tuned there gets a
+normalised rank in [0, 1] (0: best of that study; direction-aware, so a minimized RMSE and a
+maximized accuracy compare): the mean of its rank at its published defaults (the portfolio
+trials: complete ones by value, then pruned ones by the rung they reached, as the confirmation
+ranks them) and of the rank of its best complete trial. A family's score is the weighted mean
+of its ranks over the studies, shrunk towards its place in the built-in order
+(``PORTFOLIO_PRIOR``) with the weight ``SHRINK`` of a quarter study, so that a family seen once
+moves less than one seen often. A study's weight is its similarity to the new task: 1, times
+``OTHER_METRIC`` (1/4) when it scored another metric or direction, times 1 / (1 + |log10
+ratio|) of the model's parameters and of the training rows (``tune`` records both in the study
+attr ``task_info``; one not recorded counts as half an order of magnitude away), times
+``SAME_TASK`` (2) for the same task, times (k - 1) / k for a study that ranked k families (two
+families say little). The screen goes by ascending score.
+
+The configs are the closest studies' confirmed picks (their ``recommendation``), then their best
+complete trials, closest study first; the first few that the new space can hold (not a published
+default the screen trains anyway) are the warm starts, and the first of them is the zero-shot answer.
+
+**Bounded reads.** A handful of SQL queries on Optuna's tables (the same on SQLite and
+PostgreSQL), in chunks of ``CHUNK`` studies: per study and family one aggregate row (the best
+complete value), the few portfolio trials (and their intermediate values), three study attrs;
+the best trials' configs only for the few closest studies. No trial list is loaded: a storage of
+hundreds of studies and tens of thousands of trials is read in well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoopt.errors import UsageError
+from autoopt.portfolio import (
+    ENQUEUED,
+    PRIOR_ATTR,
+    WARM_ENQUEUED,
+    WARMSTART,
+    config_params,
+    screening_order,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PRIOR_ATTR", "TASK_ATTR", "WARMSTART", "WARM_ENQUEUED", "Evidence", "Prior", "TaskInfo", "build",
+           "check_sources", "parse", "zero_shot"]
+
+TASK_ATTR = "task_info"  # study user attr: what the prior compares tasks by (TaskInfo.to_dict())
+MAX_STUDIES = 200  # the most recent studies read (``--prior auto``)
+WARM_STARTS = 3  # warm-start trials after the screen
+QUICK_FAMILIES = 3  # families ``tune --quick`` screens
+CONFIGS_PER_STUDY = 2  # best trials read per close study, besides its pick
+SHRINK = 0.25  # the built-in order's weight, in studies
+OTHER_METRIC = 0.25  # the weight of a study that scored another metric or direction
+SAME_TASK = 2.0  # the weight of a study of the same task
+UNKNOWN_SIZE = 0.5  # log10 distance taken for a size a study did not record
+CHUNK = 100  # studies per query (SQLite's limit on bound variables)
+CLASSIFICATION = ("val_accuracy", "maximize")  # what every built-in task scores
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the prior knows of a task: its name, metric and direction, model and data size."""
+
+    task: str | None = None
+    metric: str | None = None
+    direction: str | None = None
+    n_params: int | None = None
+    n_train: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "metric": self.metric, "direction": self.direction,
+                "n_params": self.n_params, "n_train": self.n_train}
+
+    @classmethod
+    def of_attrs(cls, attrs: Mapping[str, Any], direction: str | None = None) -> TaskInfo:
+        """From a study's user attrs: ``task_info`` where ``tune`` recorded it, else what the
+        ``metric`` attr and the recommendation say."""
+        info = attrs.get(TASK_ATTR) if isinstance(attrs.get(TASK_ATTR), dict) else {}
+        rec = attrs.get("recommendation") if isinstance(attrs.get("recommendation"), dict) else {}
+        return cls(task=info.get("task") or rec.get("task"),
+                   metric=info.get("metric") or attrs.get("metric") or rec.get("metric"),
+                   direction=direction or info.get("direction") or rec.get("direction"),
+                   n_params=_positive(info.get("n_params")), n_train=_positive(info.get("n_train")))
+
+    @classmethod
+    def of_task(cls, name: str, task: Any = None) -> TaskInfo:
+        """Of a loaded task (``autoopt.tasks.Task``), or of a name alone (a built-in task's metric
+        is known without loading it)."""
+        if task is None:
+            metric, direction = CLASSIFICATION if _builtin(name) else (None, None)
+            return cls(task=name, metric=metric, direction=direction)
+        n_params = None
+        with contextlib.suppress(Exception):  # a lazy module: its size is not known before a forward pass
+            n_params = sum(p.numel() for p in task.build_model().parameters())
+        return cls(task=name, metric=task.metric, direction=task.direction, n_params=n_params or None,
+                   n_train=len(task.train) or None)
+
+
+def _builtin(name: str) -> bool:
+    from autoopt.catalog import BUILTIN
+
+    return name in BUILTIN
+
+
+def _positive(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+
+
+def similarity(target: TaskInfo, source: TaskInfo) -> float:
+    """How much a study of ``source`` says about ``target`` (1: as much as any; see the module).
+
+    >>> a = TaskInfo("digits", "val_accuracy", "maximize", 10_000, 1_000)
+    >>> similarity(a, a), similarity(a, TaskInfo("x", "val_rmse", "minimize"))
+    (2.0, 0.25)
+    >>> round(similarity(a, TaskInfo("y", "val_accuracy", "maximize", 100_000, 1_000)), 3)
+    0.5
+    """
+    w = 1.0
+    if target.metric and source.metric:
+        if (target.metric, target.direction) != (source.metric, source.direction):
+            w *= OTHER_METRIC
+    elif target.direction and source.direction and target.direction != source.direction:
+        w *= OTHER_METRIC
+    for a, b in ((target.n_params, source.n_params), (target.n_train, source.n_train)):
+        if a and b:
+            w /= 1.0 + abs(math.log10(a / b))
+        elif a:
+            w /= 1.0 + UNKNOWN_SIZE  # not recorded: taken for half an order of magnitude away
+    if target.task and target.task == source.task:
+        w *= SAME_TASK
+    return w
+
+
+@dataclass
+class Evidence:
+    """One earlier study as the prior reads it."""
+
+    name: str
+    study_id: int
+    direction: str
+    info: TaskInfo
+    ranks: dict[str, float] = field(default_factory=dict)  # family -> normalised rank, 0 best
+    configs: list[dict[str, Any]] = field(default_factory=list)  # TrialConfig dicts, best first
+    weight: float = 1.0
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.ranks or self.configs)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The evidence of the source studies, closest first (``build``)."""
+
+    evidence: tuple[Evidence, ...] = ()
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.evidence)
+
+    @property
+    def studies(self) -> list[str]:
+        return [e.name for e in self.evidence]
+
+    def scores(self, families: Sequence[str]) -> dict[str, float]:
+        """Each family's score (lower is better): its weighted mean rank, shrunk to the built-in order."""
+        builtin = screening_order(families)
+        n = max(1, len(builtin) - 1)
+        out = {}
+        for name in families:
+            ranked = [(e.weight, e.ranks[name]) for e in self.evidence if name in e.ranks]
+            total = sum(w for w, _ in ranked) + SHRINK
+            out[name] = (sum(w * r for w, r in ranked) + SHRINK * builtin.index(name) / n) / total
+        return out
+
+    def order(self, families: Sequence[str]) -> list[str]:
+        """``families`` best first."""
+        scores, builtin = self.scores(families), screening_order(families)
+        return sorted(families, key=lambda n: (scores[n], builtin.index(n)))
+
+    def families(self) -> list[str]:
+        """Every family the evidence ranked, best first."""
+        return self.order(list(dict.fromkeys(n for e in self.evidence for n in e.ranks)))
+
+    def configs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(study, config)``, distinct configs, closest study first."""
+        seen: set[str] = set()
+        for e in self.evidence:
+            for config in e.configs:
+                key = json.dumps(config, sort_keys=True, default=str)
+                if key not in seen:
+                    seen.add(key)
+                    yield e.name, config
+
+    def warm_starts(self, space: Any, k: int = WARM_STARTS) -> list[dict[str, Any]]:
+        """The first ``k`` configs the space holds that are not a published default the screen
+        trains anyway, as ``{"study", "config"}``."""
+        out: list[dict[str, Any]] = []
+        taken: list[dict[str, Any]] = []
+        for study, config in self.configs():
+            params = config_params(config, space)
+            if params is None or params in taken or _published_default(config, space):
+                continue
+            taken.append(params)
+            out.append({"study": study, "config": config})
+            if len(out) >= k:
+                break
+        return out
+
+    def record(self, space: Any, *, warm: int = WARM_STARTS) -> dict[str, Any]:
+        """The study attr ``prior``: the source studies, the screen's order, the warm starts."""
+        return {"studies": self.studies, "order": self.order(list(space.optimizers)),
+                "warmstart": self.warm_starts(space, warm)}
+
+    def line(self, order: Sequence[str]) -> str:
+        """The one line ``tune`` prints."""
+        names = self.studies
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        first = ", ".join(order[:3])
+        return (f"prior: screening {first}{', ...' if len(order) > 3 else ''} first, learned from "
+                f"{len(names)} earlier {'study' if len(names) == 1 else 'studies'} ({shown}); --prior none turns "
+                "it off")
+
+
+def _published_default(config: Mapping[str, Any], space: Any) -> bool:
+    """Whether ``config`` is its family's published defaults, as the screen trains them."""
+    return (config.get("optimizer_params") == space.default_params(config["optimizer"])
+            and (config.get("scheduler") or "none") == "none" and config.get("grad_clip_norm") is None)
+
+
+# --- parsing and checking the option -------------------------------------------------------
+
+
+def parse(value: str | None) -> str | list[str]:
+    """``"auto"``, ``"none"`` or the study names of a ``--prior`` value.
+
+    >>> parse("auto"), parse(" a, b "), parse(None)
+    ('auto', ['a', 'b'], 'auto')
+    """
+    names = [v.strip() for v in (value or "auto").split(",") if v.strip()]
+    if names in (["auto"], ["none"]):
+        return names[0]
+    return names
+
+
+def check_sources(url: str, names: Sequence[str]) -> None:
+    """A ``UsageError`` naming the studies of ``--prior`` that are not in the storage at ``url``."""
+    from autoopt.redact import mask_url
+    from autoopt.study import open_storage, sqlite_path
+
+    path = sqlite_path(url)
+    found: set[str] = set()
+    if path is None or path.exists():
+        storage = open_storage(url, heartbeat=False)
+        try:
+            with storage.engine.connect() as conn:
+                for chunk in _chunks(list(names)):
+                    found.update(r[0] for r in conn.execute(
+                        _text("SELECT study_name FROM studies WHERE study_name IN :names", "names"),
+                        {"names": chunk}))
+        finally:
+            storage.engine.dispose()
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise UsageError(f"--prior: no study {', '.join(repr(n) for n in missing)} in {mask_url(url)}; name "
+                         "studies of this storage (--study NAME of an earlier tune), or use --prior auto")
+
+
+# --- reading the storage --------------------------------------------------------------------
+
+
+def _text(sql: str, *expanding: str) -> Any:
+    from sqlalchemy import bindparam, text
+
+    return text(sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
+
+
+def _chunks(items: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class _Choices:
+    """Decodes the stored ``optimizer`` param (the index of a categorical choice)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, Any] = {}
+
+    def __call__(self, value: float, distribution_json: str) -> str | None:
+        from optuna.distributions import json_to_distribution
+
+        if distribution_json not in self.cache:
+            try:
+                self.cache[distribution_json] = json_to_distribution(distribution_json)
+            except Exception:
+                self.cache[distribution_json] = None
+        dist = self.cache[distribution_json]
+        try:
+            name = dist.to_external_repr(value) if dist is not None else None
+        except Exception:
+            return None
+        return name if isinstance(name, str) else None
+
+
+def _ranks(ordered_families: Sequence[str]) -> dict[str, float]:
+    """Normalised ranks of a best-first list (0 best, 1 worst); empty for fewer than two."""
+    names = list(dict.fromkeys(ordered_families))
+    if len(names) < 2:
+        return {}
+    return {n: i / (len(names) - 1) for i, n in enumerate(names)}
+
+
+def read_evidence(conn: Any, *, names: Sequence[str] | None = None, exclude: str | None = None,
+                  limit: int = MAX_STUDIES) -> list[Evidence]:
+    """The studies (``names``, else the ``limit`` most recent but ``exclude``) with their families'
+    ranks and their confirmed picks, read in bounded queries (see the module)."""
+    if names is not None:
+        rows = []
+        for chunk in _chunks(list(names)):
+            rows += conn.execute(_text(
+                "SELECT s.study_id, s.study_name, d.direction FROM studies s JOIN study_directions d "
+                "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name IN :names", "names"),
+                {"names": chunk}).all()
+        rows = [r for r in rows if r[1] != exclude]
+    else:
+        rows = conn.execute(_text(
+            "SELECT s.study_id, s.study_name, d.direction FROM studies s JOIN study_directions d "
+            "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name <> :exclude "
+            "ORDER BY s.study_id DESC LIMIT :limit"), {"exclude": exclude or "", "limit": limit}).all()
+    studies: dict[int, Evidence] = {}
+    for study_id, name, direction in rows:
+        d = str(getattr(direction, "name", direction)).lower()
+        if d in ("maximize", "minimize"):
+            studies[int(study_id)] = Evidence(name, int(study_id), d, TaskInfo())
+    decode = _Choices()
+    for chunk in _chunks(list(studies)):
+        _read_chunk(conn, {i: studies[i] for i in chunk}, decode)
+    return [e for e in studies.values() if e.usable]
+
+
+def _read_chunk(conn: Any, studies: dict[int, Evidence], decode: _Choices) -> None:
+    ids = list(studies)
+    attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    for study_id, key, value in conn.execute(_text(
+            "SELECT study_id, key, value_json FROM study_user_attributes WHERE study_id IN :ids "
+            "AND key IN ('metric', 'task_info', 'recommendation')", "ids"), {"ids": ids}):
+        try:
+            attrs[study_id][key] = json.loads(value)
+        except (TypeError, ValueError):
+            continue
+    for i, e in studies.items():
+        e.info = TaskInfo.of_attrs(attrs[i], e.direction)
+        rec = attrs[i].get("recommendation")
+        if isinstance(rec, dict) and isinstance(rec.get("optimizer"), str) and isinstance(
+                rec.get("optimizer_params"), dict):
+            e.configs.append({k: rec.get(k) for k in ("optimizer", "optimizer_params", "scheduler",
+                                                      "scheduler_params", "grad_clip_norm")})
+    # Each family's best complete value: one row per study and family.
+    tuned: dict[int, dict[str, float]] = {i: {} for i in ids}
+    for study_id, value, dist, hi, lo in conn.execute(_text(
+            "SELECT t.study_id, p.param_value, p.distribution_json, MAX(v.value), MIN(v.value) FROM trials t "
+            "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+            "JOIN trial_params p ON p.trial_id = t.trial_id AND p.param_name = 'optimizer' "
+            "WHERE t.study_id IN :ids AND t.state = 'COMPLETE' AND v.value IS NOT NULL "
+            "GROUP BY t.study_id, p.param_value, p.distribution_json", "ids"), {"ids": ids}):
+        name = decode(value, dist)
+        if name is None:
+            continue
+        score = hi if studies[study_id].direction == "maximize" else -lo
+        if name not in tuned[study_id] or score > tuned[study_id][name]:
+            tuned[study_id][name] = score
+    # The portfolio's trials (a few per study) and the rungs its pruned ones reached.
+    screen: dict[int, list[tuple[tuple[float, ...], str]]] = {i: [] for i in ids}
+    pruned: dict[int, tuple[int, str]] = {}
+    for study_id, trial_id, state, value, pvalue, dist in conn.execute(_text(
+            "SELECT t.study_id, t.trial_id, t.state, v.value, p.param_value, p.distribution_json FROM trials t "
+            "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'portfolio' "
+            "JOIN trial_params p ON p.trial_id = t.trial_id AND p.param_name = 'optimizer' "
+            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+            "WHERE t.study_id IN :ids AND t.state IN ('COMPLETE', 'PRUNED')", "ids"), {"ids": ids}):
+        name = decode(pvalue, dist)
+        if name is None:
+            continue
+        s = 1.0 if studies[study_id].direction == "maximize" else -1.0
+        if str(getattr(state, "name", state)) == "COMPLETE":
+            if value is not None and math.isfinite(value):
+                screen[study_id].append(((0.0, 0.0, -s * value), name))
+        else:
+            pruned[int(trial_id)] = (study_id, name)
+    for tids in _chunks(list(pruned)):
+        last: dict[int, tuple[int, float]] = {}
+        for trial_id, step, value in conn.execute(_text(
+                "SELECT trial_id, step, intermediate_value FROM trial_intermediate_values WHERE trial_id IN :tids "
+                "AND intermediate_value IS NOT NULL", "tids"), {"tids": tids}):
+            if math.isfinite(value) and (trial_id not in last or step > last[trial_id][0]):
+                last[trial_id] = (step, value)
+        for trial_id, (step, value) in last.items():
+            study_id, name = pruned[trial_id]
+            s = 1.0 if studies[study_id].direction == "maximize" else -1.0
+            screen[study_id].append(((1.0, -float(step), -s * value), name))
+    for i, e in studies.items():
+        at_defaults = _ranks([n for _, n in sorted(screen[i])])
+        best = _ranks(sorted(tuned[i], key=lambda n: -tuned[i][n]))
+        for name in set(at_defaults) | set(best):
+            ranks = [r[name] for r in (at_defaults, best) if name in r]
+            e.ranks[name] = sum(ranks) / len(ranks)
+
+
+def _best_configs(conn: Any, e: Evidence, k: int = CONFIGS_PER_STUDY) -> list[dict[str, Any]]:
+    """The configs of the ``k`` best complete trials of a study, best first."""
+    order = "DESC" if e.direction == "maximize" else "ASC"
+    rows = conn.execute(_text(
+        "SELECT t.trial_id FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+        f"WHERE t.study_id = :id AND t.state = 'COMPLETE' AND v.value IS NOT NULL ORDER BY v.value {order} "
+        "LIMIT :k"), {"id": e.study_id, "k": k}).all()
+    tids = [r[0] for r in rows]
+    if not tids:
+        return []
+    found = dict(conn.execute(_text(
+        "SELECT trial_id, value_json FROM trial_user_attributes WHERE trial_id IN :tids AND key = 'config'",
+        "tids"), {"tids": tids}).all())
+    out = []
+    for tid in tids:
+        try:
+            config = json.loads(found[tid]) if tid in found else None
+        except (TypeError, ValueError):
+            config = None
+        if isinstance(config, dict) and isinstance(config.get("optimizer"), str):
+            out.append(config)
+    return out
+
+
+def build(storage: Any, target: TaskInfo, *, names: Sequence[str] | None = None, exclude: str | None = None,
+          limit: int = MAX_STUDIES, close: int = WARM_STARTS + 1) -> Prior:
+    """The prior for ``target`` from the Optuna RDB storage ``storage`` (an ``RDBStorage``, or
+    anything with its ``engine``): the studies ``names``, else the ``limit`` most recent ones,
+    never ``exclude`` (the new study). The ``close`` closest studies' best trials join their
+    configs. A storage that cannot be read so gives an empty prior (the built-in order)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with storage.engine.connect() as conn:
+            evidence = read_evidence(conn, names=names, exclude=exclude, limit=limit)
+            for e in evidence:
+                k = max(len(e.ranks), 2)
+                e.weight = similarity(target, e.info) * (k - 1) / k
+            evidence.sort(key=lambda e: (-e.weight, -e.study_id))
+            for e in evidence[:close]:
+                e.configs += _best_configs(conn, e)
+    except SQLAlchemyError as exc:
+        log.warning("prior: could not read the earlier studies (%s); screening in the built-in order",
+                    " ".join(str(exc).split())[:200])
+        return Prior()
+    return Prior(tuple(e for e in evidence if e.usable))
+
+
+# --- the two uses: a new study's record, a zero-shot answer -------------------------------------
+
+
+def for_study(study: Any, storage: Any, spec: Any, target: TaskInfo) -> dict[str, Any] | None:
+    """The prior a new study screens by (the record ``PortfolioFirst`` keeps as its attr
+    ``prior``), and its one line logged; None with ``--prior none``, for a resumed study (it keeps
+    the order it began with), and when the storage has nothing usable (the built-in order, said
+    in one line)."""
+    choice = parse(spec.prior)
+    attrs = study.user_attrs
+    if choice == "none" or PRIOR_ATTR in attrs or ENQUEUED in attrs:
+        return None
+    names = None if choice == "auto" else choice
+    prior = build(storage, target, names=names, exclude=study.study_name)
+    if not prior.usable:
+        where = "the studies named by --prior hold" if names else "the storage holds"
+        log.warning("prior: %s no finished earlier study to learn from; screening in the built-in order", where)
+        return None
+    record = prior.record(spec.search_space())
+    log.warning("%s", prior.line(record["order"]))
+    return record
+
+
+def zero_shot(url: str, task: str, *, exclude: str | None = None) -> Any:
+    """The zero-shot ``Recommendation`` for ``task`` from the storage at ``url``: the config the
+    prior ranks first (``"source": "database"``, ``"prior": {studies, order, from}``), or None
+    when the storage has no usable study (or is not there: nothing is created)."""
+    from autoopt.recommendation import Recommendation
+    from autoopt.space import family
+    from autoopt.study import open_storage, sqlite_path
+
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    target = TaskInfo.of_task(task)
+    storage = open_storage(url, heartbeat=False, write=False)
+    try:
+        prior = build(storage, target, exclude=exclude)
+    finally:
+        storage.engine.dispose()
+    by_name = {e.name: e for e in prior.evidence}
+    for study, config in prior.configs():
+        try:
+            if not family(config["optimizer"]).available():
+                continue
+        except UsageError:  # a user's own family, not registered in this process
+            continue
+        source = by_name[study].info
+        metric = target.metric or source.metric or CLASSIFICATION[0]
+        direction = target.direction or source.direction or CLASSIFICATION[1]
+        return Recommendation(
+            task=task, optimizer=config["optimizer"], optimizer_params=dict(config.get("optimizer_params") or {}),
+            scheduler=config.get("scheduler") or "none", scheduler_params=dict(config.get("scheduler_params") or {}),
+            grad_clip_norm=config.get("grad_clip_norm"), metric=metric, direction=direction,
+            extra={"source": "database", "prior": {"studies": prior.studies, "order": prior.families(),
+                                                   "from": study}})
+    return None

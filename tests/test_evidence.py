@@ -1,0 +1,95 @@
+"""The recommendation's evidence as typed, frozen records: attributes, a schema version, and the
+JSON written before them (``tests/data/digits-v0.json``, by the release before) still loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from autoopt import Recommendation
+from autoopt.errors import UsageError
+from autoopt.evidence import Baseline, Entry, Improvement, Paired, Stats
+from autoopt.recommendation import SCHEMA_VERSION
+
+OLD = Path(__file__).parent / "data" / "digits-v0.json"
+
+
+def test_the_json_written_before_the_typed_records_loads_with_attributes() -> None:
+    rec = Recommendation.load(OLD)
+    old = json.loads(OLD.read_text())
+    assert "schema_version" not in old  # written by the release before
+    assert rec.improvement is not None and rec.improvement.verdict == "tie"
+    assert rec.improvement.paired is not None and rec.improvement.paired.ci95 == tuple(old["improvement"]["paired"]
+                                                                                        ["ci95"])
+    assert rec.improvement.test_paired is not None and rec.improvement.test_paired.n == 3
+    assert [b.name for b in rec.baselines] == [b["name"] for b in old["baselines"]]
+    assert all(isinstance(b, Baseline) for b in rec.baselines)
+    first = rec.baselines[0]
+    assert first.val.mean == old["baselines"][0]["val"]["mean"] and len(first.val.values) == 3
+    assert first.s_per_epoch == old["baselines"][0]["s_per_epoch"] and first.params == first.optimizer_params
+    assert set(rec.confirmation) == set(old["confirmation"])
+    vs = rec.confirmation["trial_19"].versus_pick
+    assert vs is not None and vs.verdict == "tie" and vs.ci95 is not None
+    assert rec.cost is not None and rec.cost.relative == old["cost"]["relative"]
+    assert rec.extra["cheapest_tie"]["name"] == "sgd_tutorial"  # a key this release does not type is kept
+
+
+def test_save_writes_the_schema_version_and_load_gives_back_the_same_record(tmp_path: Path) -> None:
+    rec = Recommendation.load(OLD)
+    path = rec.save(tmp_path)
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION and isinstance(data["schema_version"], int)
+    again = Recommendation.load(path)
+    assert again == rec
+    # what is not typed goes through unchanged, what is typed as it was written
+    old = json.loads(OLD.read_text())
+    assert data["baselines"][0]["params"] == old["baselines"][0]["params"]
+    assert data["improvement"]["paired"] == old["improvement"]["paired"]
+
+
+def test_records_are_frozen_and_refined_into_new_ones() -> None:
+    rec = Recommendation.load(OLD)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.optimizer = "sgd"  # type: ignore[misc]
+    entry = rec.baselines[0]
+    with pytest.raises(pydantic.ValidationError):
+        entry.relative = 2.0  # type: ignore[misc]
+    costlier = entry.model_copy(update={"relative": 2.0})
+    assert costlier.relative == 2.0 and entry.relative == 1.0
+
+
+def test_evidence_given_as_dicts_is_read_into_records() -> None:
+    rec = Recommendation("digits", "adam", {"lr": 1e-3},
+                         improvement={"metric": "test_accuracy", "delta": 0.01, "spread": 0.0, "verdict": "better",
+                                      "paired": {"deltas": [0.01, 0.02], "mean": 0.015, "ci95": [0.0, 0.03]}},
+                         baselines=[{"name": "adam_tutorial", "optimizer": "adam", "val": {"mean": 0.9}}])
+    assert isinstance(rec.improvement, Improvement) and isinstance(rec.improvement.paired, Paired)
+    assert rec.improvement.paired.ci95 == (0.0, 0.03)
+    assert isinstance(rec.baselines[0], Baseline) and rec.baselines[0].val == Stats(mean=0.9)
+
+
+def test_a_recommendation_without_evidence_writes_none() -> None:
+    data = Recommendation.prior("digits").to_dict()
+    assert not {"confirmation", "baselines", "improvement", "cost", "budget"} & set(data)
+    assert data["schema_version"] == SCHEMA_VERSION
+
+
+def test_a_schema_version_that_is_not_an_integer_is_named(tmp_path: Path) -> None:
+    data = json.loads(OLD.read_text())
+    data["schema_version"] = "two"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="schema_version 'two' is not an integer"):
+        Recommendation.load(path)
+
+
+def test_unknown_keys_of_a_later_release_are_kept() -> None:
+    entry = Entry.model_validate({"name": "trial_1", "optimizer": "adam", "val": {"mean": 0.9}, "novel": [1, 2]})
+    assert entry.to_dict()["novel"] == [1, 2]
+    data = Recommendation.load(OLD).to_dict()
+    data["improvement"]["novel"] = "kept"
+    assert Recommendation.from_dict(data).to_dict()["improvement"]["novel"] == "kept"
