@@ -47,7 +47,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import Dataset  # autoopt.data imports torch anyway
 
 from autoopt.data import Preprocess, Split
 from autoopt.dispatch.gpus import GPU_PACK
@@ -58,6 +60,9 @@ from autoopt.tasks.base import Task
 from autoopt.tasks.models import SimpleCNN
 from autoopt.tracking import child_runs, latest_study_run
 from autoopt.train import train
+
+if TYPE_CHECKING:
+    import torch
 from autoopt.tuning import run
 
 log = logging.getLogger(__name__)
@@ -130,7 +135,7 @@ def cifar_like(n: int, seed: int = 0) -> tuple[Any, Any]:
     return x, y
 
 
-def _sync(device: Any) -> None:
+def _sync(device: torch.device) -> None:
     import torch
 
     if device.type == "cuda":
@@ -138,7 +143,7 @@ def _sync(device: Any) -> None:
 
 
 @contextlib.contextmanager
-def _threads(device: Any, threads: int) -> Iterator[None]:
+def _threads(device: torch.device, threads: int) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
@@ -152,7 +157,7 @@ def _threads(device: Any, threads: int) -> Iterator[None]:
 
 # -- the tutorial's pipeline ------------------------------------------------------------------
 
-class PILImages:
+class PILImages(Dataset[tuple[Any, int]]):
     """A dataset served the way torchvision serves CIFAR-10: an HWC uint8 array, each item turned
     into a PIL image and passed through ``transform``."""
 
@@ -180,7 +185,8 @@ def tutorial_loader(x: Any, y: Any, *, batch_size: int, workers: int, train: boo
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=train, num_workers=workers)
 
 
-def tutorial_epoch(model: Any, optimizer: Any, loader: Any, val_loader: Any, device: Any) -> float:
+def tutorial_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any, val_loader: Any,
+                   device: torch.device) -> float:
     """One epoch of the tutorial's training loop, then a validation pass; returns the mean loss."""
     import torch
     import torch.nn.functional as F
@@ -207,7 +213,7 @@ def _best(times: list[float]) -> float:
     return min(times) if times else math.nan
 
 
-def bench_data(opts: BenchOptions, device: Any) -> dict[str, Any]:
+def bench_data(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     """Seconds per epoch of augmented, normalised CIFAR-shaped batches, both ways."""
     import torch
 
@@ -244,13 +250,13 @@ def bench_data(opts: BenchOptions, device: Any) -> dict[str, Any]:
             "data_speedup": round(base / best, 2), "data_images": opts.data_images, "loader_workers": workers}
 
 
-def _loader_workers(opts: BenchOptions, device: Any) -> int:
+def _loader_workers(opts: BenchOptions, device: torch.device) -> int:
     if opts.loader_workers is not None:
         return opts.loader_workers
     return 0 if device.type == "cpu" else 2
 
 
-def bench_train(opts: BenchOptions, device: Any) -> dict[str, Any]:
+def bench_train(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     """Seconds per SimpleCNN training epoch, ``autoopt.train.train`` against the tutorial's loop."""
     import torch
 
@@ -273,7 +279,7 @@ def bench_train(opts: BenchOptions, device: Any) -> dict[str, Any]:
     def theirs() -> float:
         torch.manual_seed(opts.seed)
         model = SimpleCNN().to(device)
-        optimizer = torch.optim.SGD(model.parameters(), **TUTORIAL_SGD)
+        optimizer = torch.optim.SGD(model.parameters(), lr=TUTORIAL_SGD["lr"], momentum=TUTORIAL_SGD["momentum"])
         _sync(device)
         t0 = time.perf_counter()
         tutorial_epoch(model, optimizer, loader, val_loader, device)
@@ -328,7 +334,7 @@ def study_timing(task: str, *, concurrency: int, trials: int | None = None, epoc
         if not done:
             raise RuntimeError(f"the bench study of {task} finished no trial")
         asked = min(t.datetime_start for t in done if t.datetime_start is not None).timestamp()
-        last_told = max(t.datetime_complete for t in done).timestamp()
+        last_told = max(t.datetime_complete for t in done if t.datetime_complete is not None).timestamp()
         parent = latest_study_run(tracking, spec.task, spec.name)
         runs = child_runs(tracking, spec.task, parent) if parent else []
         ends = [r["end_time_ms"] / 1000 for r in runs if r.get("end_time_ms")]
@@ -348,7 +354,7 @@ def study_timing(task: str, *, concurrency: int, trials: int | None = None, epoc
                 "states": states, "pruner": spec.pruner}
 
 
-def default_concurrency(device: Any, gpus_per_trial: float) -> int:
+def default_concurrency(device: torch.device, gpus_per_trial: float) -> int:
     """What a study runs at once here: one trial per CPU, or 1/gpus_per_trial per GPU."""
     import torch
 
@@ -357,7 +363,7 @@ def default_concurrency(device: Any, gpus_per_trial: float) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def bench_overhead(opts: BenchOptions, device: Any) -> dict[str, Any]:
+def bench_overhead(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     """Slot-seconds per trial beyond training, over a study of many short digits trials."""
     concurrency = opts.concurrency or default_concurrency(device, opts.gpus_per_trial)
     t = study_timing("digits", trials=opts.trials, epochs=opts.epochs, concurrency=concurrency,
@@ -372,7 +378,7 @@ def bench_overhead(opts: BenchOptions, device: Any) -> dict[str, Any]:
             "mlflow_lag_s": round(t["mlflow_lag_s"], 3), "overhead_s_per_trial_all_in": round(all_in, 4)}
 
 
-def bench_digits(opts: BenchOptions, device: Any) -> dict[str, Any]:
+def bench_digits(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     """Trials per hour of the digits study at its default settings (no confirmation runs)."""
     # The default concurrency is what fits; the bench names it, to count slot-seconds right.
     concurrency = opts.concurrency or default_concurrency(device, opts.gpus_per_trial)
@@ -388,7 +394,7 @@ def bench_digits(opts: BenchOptions, device: Any) -> dict[str, Any]:
             "digits_epochs_saved_by_pruning": n * t["epochs"] - t["epochs_trained"]}
 
 
-def bench_packing(opts: BenchOptions, device: Any) -> dict[str, Any]:
+def bench_packing(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     """Several trials per GPU: the overhead study's trials at a whole GPU each, then packed at
     ``gpus_per_trial`` (0.25 unless a fraction is given), with throughput of each."""
     if device.type != "cuda":
@@ -440,7 +446,7 @@ def run_bench(opts: BenchOptions, on_step: Callable[[str], None] | None = None) 
     return out
 
 
-def _describe(device: Any) -> str:
+def _describe(device: torch.device) -> str:
     import torch
 
     if device.type == "cuda":

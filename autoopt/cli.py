@@ -31,6 +31,7 @@ from autoopt.redact import mask_url, redact
 from autoopt.space import SAMPLERS
 
 if TYPE_CHECKING:
+    from autoopt.compare import Comparison
     from autoopt.evidence import Stats
     from autoopt.recommendation import Recommendation
 
@@ -220,15 +221,16 @@ def tune(
     from autoopt.tuning import run as run_study
 
     spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
-    task = preflight(spec)  # the task, GPUs, storage and MLflow: checked before anything starts
+    checked = preflight(spec)  # the task, GPUs, storage and MLflow: checked before anything starts
     place = spec.placement
     families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
     within = f" within {spec.time_budget:g}s" if spec.time_budget else ""
-    err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {spec.trials} trials x {spec.epochs} epochs{within}, "
+    planned = "quick (the prior's first families and warm starts)" if spec.quick else f"{spec.trials} trials"
+    err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {planned} x {spec.epochs} epochs{within}, "
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
-        rec = run_study(spec, on_progress=display.update, checked=task, since=_launched())
+        rec = run_study(spec, on_progress=display.update, checked=checked, since=_launched())
     _print_recommendation(rec, f"{place.out}/{spec.name}.json")
 
 
@@ -405,7 +407,7 @@ def _mean_std(stats: Stats, digits: int = 4) -> str:
     return f"{stats.mean:.{digits}f}±{stats.std or 0.0:.{digits}f}"  # compact: fits 80 columns
 
 
-def _print_comparison(result: Any) -> None:
+def _print_comparison(result: Comparison) -> None:
     n_seeds = len(result.rows[0].seeds) if result.rows else 0
     table = Table(title=f"{result.task}: {result.epochs} epochs, constant lr; at the last epoch, "
                         f"mean±std over {n_seeds} seed(s)")
@@ -464,11 +466,21 @@ def bench(
     ray_address: RayOpt = None,
     parts: Annotated[str, typer.Option(help="what to measure: data,train,overhead,digits (and packing "
                                             "on a GPU)")] = "data,train,overhead,digits",
+    leave_one_out: Annotated[str | None, typer.Option(
+        "--leave-one-out", help="instead: the prior's leave-one-task-out over these tasks (comma-separated), "
+                                "with and without it")] = None,
+    seeds: Annotated[int, typer.Option(help="--leave-one-out: whole studies per task and arm", min=1)] = 3,
+    time_budget: Annotated[str, typer.Option(help="--leave-one-out: each held-out study's time budget")] = "60s",
+    out_dir: Annotated[str, typer.Option("--out", help="--leave-one-out: its folder (storages, table)")] = "loto",
 ) -> None:
-    """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way."""
+    """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way
+    (or, with --leave-one-out, what the prior from earlier studies buys on a task it has not seen)."""
     from autoopt.bench import BenchOptions, run_bench
 
     _setup_logging()
+    if leave_one_out:
+        _bench_prior(leave_one_out, seeds, time_budget, out_dir, as_json)
+        return
     opts = BenchOptions(device=device, data_images=data_images,
                         train_images=data_images if full_cifar and train_images is None else train_images,
                         batch_size=batch_size, repeats=repeats, loader_workers=loader_workers,
@@ -480,6 +492,25 @@ def bench(
         print(json.dumps(result))
         return
     _print_bench(result)
+
+
+def _bench_prior(tasks: str, seeds: int, time_budget: str, out_dir: str, as_json: bool) -> None:
+    from pathlib import Path
+
+    from autoopt.budget import parse_duration
+    from autoopt.priorbench import leave_one_task_out, markdown
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if len(names) < 2:
+        raise UsageError(f"--leave-one-out {tasks}: name at least two tasks, comma-separated")
+    for name in names:
+        check_task_name(name)
+    rows = leave_one_task_out(names, seeds=seeds, budget_s=parse_duration(time_budget), folder=out_dir,
+                              on_progress=lambda what: err.print(f"bench: {what} ...", highlight=False))
+    table = markdown(rows)
+    (Path(out_dir) / "leave-one-out.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (Path(out_dir) / "leave-one-out.md").write_text(table + "\n")
+    print(json.dumps(rows) if as_json else table)
 
 
 def _print_bench(b: dict[str, Any]) -> None:

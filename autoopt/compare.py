@@ -199,14 +199,14 @@ def _default_epochs(task: str) -> int:
 
 
 def plan_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop", *,
-                 lrs: Sequence[float] | None = None, seeds: int = 3, epochs: int | None = None, seed: int = 0,
-                 batch_size: int | None = None, **placement: Any) -> ComparePlan:
+                 lrs: Sequence[float] | None = None, seeds: int = 3, epochs: int | None = None,
+                 seed: int | None = None, batch_size: int | None = None, **placement: Any) -> ComparePlan:
     """Check everything a comparison needs (families, learning rates, seeds, where it runs, the
     task's data) and return the plan; bad input is a ``UsageError``, raised before any work.
 
     ``placement`` are the ``autoopt.spec.Placement`` fields that say where and how to run
     (``mlflow_uri``, ``ray_address``, ``cpus_per_trial``, ``gpus_per_trial``, ``concurrency``,
-    ``data_dir``); ``epochs`` defaults to the task's study file.
+    ``data_dir``); ``epochs`` defaults to the task's study file; the seeds are ``seed`` (default 0) onwards.
     """
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {seeds}")

@@ -31,11 +31,11 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoopt.budget import MIN_SEEDS, Budget
 from autoopt.direction import ordered
-from autoopt.dispatch import JobResult, JobState, SearchProgress
+from autoopt.dispatch import JobResult, JobState, SearchProgress, WorkerPool
 from autoopt.evidence import (
     Alternative,
     Baseline,
@@ -54,6 +54,12 @@ from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, 
 from autoopt.spec import StudySpec
 from autoopt.tracking import RunRef
 from autoopt.verdict import paired
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoopt.data import Split
+    from autoopt.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,7 @@ def _available(name: str) -> bool:
         return False
 
 
-def screened(study: Any, direction: str) -> list[TrialConfig]:
+def screened(study: optuna.Study, direction: str) -> list[TrialConfig]:
     """The study's portfolio configs (trials with user attr ``portfolio``), one per family, best
     screened first: complete trials by value, then pruned ones by the rung they reached (the
     screen's successive halving), then by their value there."""
@@ -106,7 +112,7 @@ def screened(study: Any, direction: str) -> list[TrialConfig]:
     return out
 
 
-def baselines(study: Any = None, direction: str = "maximize", slow: frozenset[str] = frozenset()
+def baselines(study: optuna.Study | None = None, direction: str = "maximize", slow: frozenset[str] = frozenset()
               ) -> dict[str, TrialConfig]:
     """The tutorial's three defaults plus ``SCREENED_BASELINES`` published defaults: the best
     screened in ``study``'s portfolio, at least ``MIN_MODERN`` of them modern families (filled
@@ -139,19 +145,19 @@ def baselines(study: Any = None, direction: str = "maximize", slow: frozenset[st
     return {**BASELINES, **{f"{c.optimizer}_default": c for c in extras}}
 
 
-def top_configs(study: Any, k: int, direction: str, exclude: set[str] | frozenset[str] = frozenset()
+def top_configs(study: optuna.Study, k: int, direction: str, exclude: set[str] | frozenset[str] = frozenset()
                 ) -> list[tuple[int, TrialConfig]]:
     """The ``k`` best complete trials with distinct configs, best first; configs whose key is in
     ``exclude`` (the baselines: they are confirmed as such) are skipped."""
-    done = [t for t in study.get_trials(deepcopy=False)
+    done = [(t.value, t.number, t.user_attrs["config"]) for t in study.get_trials(deepcopy=False)
             if t.state.name == "COMPLETE" and t.value is not None and "config" in t.user_attrs]
     seen: set[str] = set(exclude)
     out = []
-    for t in ordered(done, lambda t: t.value, direction):
-        cfg = TrialConfig(**t.user_attrs["config"])
+    for _, number, config in ordered(done, lambda d: d[0], direction):
+        cfg = TrialConfig(**config)
         if _key(cfg) not in seen:
             seen.add(_key(cfg))
-            out.append((t.number, cfg))
+            out.append((number, cfg))
         if len(out) == k:
             break
     return out
@@ -311,18 +317,18 @@ def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], run
                                if r is None or r.state != JobState.COMPLETE), race=race)
 
 
-def _counts(split: Any, task: Any) -> int | None:
+def _counts(split: Split | None, task: Task) -> int | None:
     """How many examples an accuracy on ``split`` counts (None for a metric without counts)."""
     return len(split) if split is not None and task.score == "accuracy" else None
 
 
-def equivalence_margin(task: Any, pick_mean: float | None) -> float:
+def equivalence_margin(task: Task, pick_mean: float | None) -> float:
     """``EQUIVALENCE_POINTS`` of an accuracy, else ``EQUIVALENCE_RELATIVE`` of the pick's mean."""
     return margin_for(task.score, pick_mean, points=EQUIVALENCE_POINTS, relative=EQUIVALENCE_RELATIVE)
 
 
 def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: list[str],
-          bases: list[str], task: Any, max_slowdown: float | None) -> tuple[Table, Pick]:
+          bases: list[str], task: Task, max_slowdown: float | None) -> tuple[Table, Pick]:
     """The entries with their cost, ``time_to_baseline_s`` and paired comparison against the pick
     (with the equivalence margin and whether each is shown within it); and the pick."""
     table, _ = mark_cost(table, bases, max_slowdown)
@@ -344,7 +350,7 @@ def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: li
     return out, pick
 
 
-def contenders(spec: StudySpec, study: Any, task: Any) -> list[Contender]:
+def contenders(spec: StudySpec, study: optuna.Study, task: Task) -> list[Contender]:
     """The race's contenders: the top tuned configs, then the baselines (none twice: a baseline's
     config is confirmed as the baseline); with the seconds per epoch the study measured for their
     families. Cost-aware: a family more than ``SLOW`` times the median family's seconds per
@@ -364,7 +370,7 @@ def contenders(spec: StudySpec, study: Any, task: Any) -> list[Contender]:
     return out
 
 
-def family_speeds(study: Any) -> dict[str, float]:
+def family_speeds(study: optuna.Study) -> dict[str, float]:
     """Median seconds per epoch each family took in the study's trials."""
     by: dict[str, list[float]] = {}
     for t in study.get_trials(deepcopy=False):
@@ -374,8 +380,8 @@ def family_speeds(study: Any) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in by.items()}
 
 
-def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, run: RunRef, rec: Recommendation,
-            *, on_progress: Callable[[Any], None] | None = None, budget: Budget | None = None,
+def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, run: RunRef, rec: Recommendation,
+            *, on_progress: Callable[[SearchProgress], None] | None = None, budget: Budget | None = None,
             search_s: float | None = None) -> Recommendation:
     """Race the top configs and the baselines over seeds (``autoopt.race``); return the
     recommendation with ``confirmation``, ``baselines``, ``improvement``, ``cost`` and
@@ -393,7 +399,7 @@ def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, run: RunRef, rec:
                 submit=race_jobs(spec, study, run, pool, on_progress, progress), budget=budget,
                 allowance_s=max(search_s or 0.0, ALLOWANCE_FLOOR_S))
     race.run()
-    test_key = f"test_{task.score}" if getattr(task, "test", None) is not None else None
+    test_key = f"test_{task.score}" if task.test is not None else None
     table: Table = {c.name: entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key,
                                   baseline=c.baseline,
                                   race=RaceStatus(status=c.status, reason=c.reason) if c.status != "racing" else None)
@@ -432,6 +438,6 @@ def confirm(spec: StudySpec, study: Any, task: Any, pool: Any, run: RunRef, rec:
                           confirmation={n: table[n] for n in candidates},
                           baselines=tuple(b for n in bases if isinstance(b := table[n], Baseline)),
                           improvement=improvement(table, pick, task.direction, metric,
-                                                  n_test=_counts(getattr(task, "test", None), task)),
+                                                  n_test=_counts(task.test, task)),
                           cost=Cost(s_per_epoch=w.s_per_epoch, relative=w.relative),
                           cheapest_equivalent=alternative, race=race_summary)

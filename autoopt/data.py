@@ -72,6 +72,7 @@ class Split:
                 xc = augment(self.x, generator=generator, index=rows if rows is not None
                              else torch.arange(c0, c1, device=self.x.device))
             elif xc is None:
+                assert rows is not None  # xc is left unset only for shuffled rows
                 xc = self.x.index_select(0, rows)  # a row memcpy, unlike self.x[rows] on the CPU
             for b0 in range(0, c1 - c0, batch_size):
                 yield xc[b0:b0 + batch_size], yc[b0:b0 + batch_size]

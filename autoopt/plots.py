@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FIGSIZE = (8.0, 4.5)  # inches; at DPI that is an 800 x 450 PNG
 DPI = 100
@@ -36,7 +41,7 @@ def integer_ticks() -> Any:
     return MaxNLocator(integer=True)
 
 
-def note(ax: Any, text: str) -> None:
+def note(ax: Axes, text: str) -> None:
     """Write why a plot is empty on the plot itself, so an empty figure still explains itself."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True, color="0.3")
     ax.set_xticks([])
@@ -69,7 +74,7 @@ def comparison_curves(curves: list[dict[str, Any]], *, title: str = "optimizer c
     return fig
 
 
-def save_figure(fig: Any, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as a PNG of exactly ``FIGSIZE * DPI`` pixels and free it."""
     plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,18 +83,18 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def optimization_history(study: Any) -> Any:
+def optimization_history(study: optuna.Study) -> Any:
     """Each complete trial's value and the best so far, by trial number; pruned trials as grey
     crosses at their last reported value (they stopped early: not a final value)."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+    done = [(t.number, t.value) for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and t.value is not None]
     maximize = study.direction.name == "MAXIMIZE"
     fig, ax = figure()
-    xs = [t.number for t in trials]
-    ys = [t.value for t in trials]
-    best, run = [], None
+    xs = [x for x, _ in done]
+    ys = [y for _, y in done]
+    best: list[float] = []
     for y in ys:
-        run = y if run is None else (max(run, y) if maximize else min(run, y))
-        best.append(run)
+        best.append(y if not best else (max(best[-1], y) if maximize else min(best[-1], y)))
     pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)])
               for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED" and t.intermediate_values]
     pruned = [(x, y) for x, y in pruned if math.isfinite(y)]

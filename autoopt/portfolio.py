@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -139,7 +139,7 @@ def _fitted(value: Any, dim: Dimension) -> Any:
     return None
 
 
-def config_params(config: Any, space: SearchSpace) -> dict[str, Any] | None:
+def config_params(config: Mapping[str, Any], space: SearchSpace) -> dict[str, Any] | None:
     """The parameters the search space's suggest calls ask for, so that a trial enqueued with
     them trains ``config`` (a ``TrialConfig`` dict, e.g. an earlier study's pick) as closely as
     the space allows: numbers clamped into its ranges, values it cannot hold left to the

@@ -62,7 +62,7 @@ TASK_ATTR = "task_info"  # study user attr: what the prior compares tasks by (Ta
 MAX_STUDIES = 200  # the most recent studies read (``--prior auto``)
 WARM_STARTS = 3  # warm-start trials after the screen
 QUICK_FAMILIES = 3  # families ``tune --quick`` screens
-CONFIGS_PER_STUDY = 2  # best trials read per close study, besides its pick
+CONFIGS_PER_STUDY = 4  # best trials read per close study, besides its pick (published defaults among them skipped)
 SHRINK = 0.25  # the built-in order's weight, in studies
 OTHER_METRIC = 0.25  # the weight of a study that scored another metric or direction
 SAME_TASK = 2.0  # the weight of a study of the same task
@@ -89,8 +89,9 @@ class TaskInfo:
     def of_attrs(cls, attrs: Mapping[str, Any], direction: str | None = None) -> TaskInfo:
         """From a study's user attrs: ``task_info`` where ``tune`` recorded it, else what the
         ``metric`` attr and the recommendation say."""
-        info = attrs.get(TASK_ATTR) if isinstance(attrs.get(TASK_ATTR), dict) else {}
-        rec = attrs.get("recommendation") if isinstance(attrs.get("recommendation"), dict) else {}
+        info_attr, rec_attr = attrs.get(TASK_ATTR), attrs.get("recommendation")
+        info: Mapping[str, Any] = info_attr if isinstance(info_attr, dict) else {}
+        rec: Mapping[str, Any] = rec_attr if isinstance(rec_attr, dict) else {}
         return cls(task=info.get("task") or rec.get("task"),
                    metric=info.get("metric") or attrs.get("metric") or rec.get("metric"),
                    direction=direction or info.get("direction") or rec.get("direction"),
@@ -231,9 +232,8 @@ class Prior:
         names = self.studies
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         first = ", ".join(order[:3])
-        return (f"prior: screening {first}{', ...' if len(order) > 3 else ''} first, learned from "
-                f"{len(names)} earlier {'study' if len(names) == 1 else 'studies'} ({shown}); --prior none turns "
-                "it off")
+        return (f"screening {first}{', ...' if len(order) > 3 else ''} first, as learned from {len(names)} "
+                f"earlier {'study' if len(names) == 1 else 'studies'} ({shown}); --prior none turns it off")
 
 
 def _published_default(config: Mapping[str, Any], space: Any) -> bool:
@@ -462,7 +462,7 @@ def build(storage: Any, target: TaskInfo, *, names: Sequence[str] | None = None,
             for e in evidence[:close]:
                 e.configs += _best_configs(conn, e)
     except SQLAlchemyError as exc:
-        log.warning("prior: could not read the earlier studies (%s); screening in the built-in order",
+        log.warning("screening in the built-in order: could not read the earlier studies (%s)",
                     " ".join(str(exc).split())[:200])
         return Prior()
     return Prior(tuple(e for e in evidence if e.usable))
@@ -484,18 +484,18 @@ def for_study(study: Any, storage: Any, spec: Any, target: TaskInfo) -> dict[str
     prior = build(storage, target, names=names, exclude=study.study_name)
     if not prior.usable:
         where = "the studies named by --prior hold" if names else "the storage holds"
-        log.warning("prior: %s no finished earlier study to learn from; screening in the built-in order", where)
+        log.warning("screening in the built-in order: %s no finished earlier study to learn from", where)
         return None
     record = prior.record(spec.search_space())
     log.warning("%s", prior.line(record["order"]))
     return record
 
 
-def zero_shot(url: str, task: str, *, exclude: str | None = None) -> Any:
-    """The zero-shot ``Recommendation`` for ``task`` from the storage at ``url``: the config the
-    prior ranks first (``"source": "database"``, ``"prior": {studies, order, from}``), or None
-    when the storage has no usable study (or is not there: nothing is created)."""
-    from autoopt.recommendation import Recommendation
+def zero_shot(url: str, task: str, *, exclude: str | None = None) -> dict[str, Any] | None:
+    """The zero-shot recommendation for ``task`` from the storage at ``url``, as its JSON (what
+    ``Recommendation.from_dict`` reads): the config the prior ranks first (``"source": "database"``,
+    ``"prior": {studies, order, from}``), or None when the storage has no usable study (or is not
+    there: nothing is created)."""
     from autoopt.space import family
     from autoopt.study import open_storage, sqlite_path
 
@@ -518,10 +518,10 @@ def zero_shot(url: str, task: str, *, exclude: str | None = None) -> Any:
         source = by_name[study].info
         metric = target.metric or source.metric or CLASSIFICATION[0]
         direction = target.direction or source.direction or CLASSIFICATION[1]
-        return Recommendation(
-            task=task, optimizer=config["optimizer"], optimizer_params=dict(config.get("optimizer_params") or {}),
-            scheduler=config.get("scheduler") or "none", scheduler_params=dict(config.get("scheduler_params") or {}),
-            grad_clip_norm=config.get("grad_clip_norm"), metric=metric, direction=direction,
-            extra={"source": "database", "prior": {"studies": prior.studies, "order": prior.families(),
-                                                   "from": study}})
+        return {"task": task, "optimizer": config["optimizer"],
+                "optimizer_params": dict(config.get("optimizer_params") or {}),
+                "scheduler": config.get("scheduler") or "none",
+                "scheduler_params": dict(config.get("scheduler_params") or {}),
+                "grad_clip_norm": config.get("grad_clip_norm"), "metric": metric, "direction": direction,
+                "source": "database", "prior": {"studies": prior.studies, "order": prior.families(), "from": study}}
     return None

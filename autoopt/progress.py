@@ -3,11 +3,22 @@ failed, best so far and ETA, then the confirmation runs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Column
+
+if TYPE_CHECKING:
+    from autoopt.dispatch import SearchProgress
 
 WIDE = 100  # columns from which the bar is long and the elapsed time shown
 
@@ -29,7 +40,7 @@ class TuneDisplay:
             columns.append(TimeElapsedColumn())
         self.bar = Progress(*columns, console=console, transient=False)
         self.search = self.bar.add_task("trials", total=total, info="starting")
-        self.confirm: Any = None
+        self.confirm: TaskID | None = None
 
     def __enter__(self) -> TuneDisplay:
         # The bars appear with the first update (the search has started): input refused
@@ -40,7 +51,7 @@ class TuneDisplay:
         if self.bar.live.is_started:
             self.bar.stop()
 
-    def update(self, p: Any) -> None:
+    def update(self, p: SearchProgress) -> None:
         if not self.bar.live.is_started:
             self.bar.start()
         if p.last.startswith("confirm"):
@@ -52,7 +63,7 @@ class TuneDisplay:
         self.bar.update(self.search, completed=min(p.done, p.total), total=max(p.total, p.done), info=info)
 
 
-def describe(p: Any) -> str:
+def describe(p: SearchProgress) -> str:
     """The search's details in at most ~50 characters: running, pruned, failed, best, ETA.
 
     >>> from types import SimpleNamespace as N

@@ -81,9 +81,11 @@ class GuardedPruner(BasePruner):
         value = trial.intermediate_values.get(step)
         if value is None or not math.isfinite(value):
             return False
-        finals = [(t.intermediate_values.get(step), t.value) for t in done]
-        finals = [(at, end) for at, end in finals if at is not None and end is not None
-                  and math.isfinite(at) and math.isfinite(end)]
+        finals: list[tuple[float, float]] = []
+        for t in done:
+            at, end = t.intermediate_values.get(step), t.value
+            if at is not None and end is not None and math.isfinite(at) and math.isfinite(end):
+                finals.append((at, end))
         if not finals:
             return False
         ends = sorted((end for _, end in finals), reverse=maximize)

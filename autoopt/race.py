@@ -34,14 +34,19 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoopt.budget import Budget
 from autoopt.direction import sign
-from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, run_jobs
+from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
 from autoopt.space import TrialConfig, family
 from autoopt.tracking import RunRef
 from autoopt.verdict import paired
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoopt.spec import StudySpec
 
 SLOW = 3.0  # more than this many times the cheapest contender per epoch: fewer extra seeds
 RUN_OVERHEAD_S = 0.5  # a confirmation run's cost beyond its epochs (dispatch, tracking)
@@ -246,7 +251,7 @@ def _fmt(ci: list[float] | None) -> str:
     return "none" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"
 
 
-def race_jobs(spec: Any, study: Any, run: RunRef, pool: Any,
+def race_jobs(spec: StudySpec, study: optuna.Study, run: RunRef, pool: WorkerPool,
               on_progress: Callable[[SearchProgress], None] | None, progress: SearchProgress
               ) -> Callable[[list[tuple[Contender, int]]], None]:
     """A ``submit`` for ``Race``: each (contender, seed) as a Ray job on the pool (nested MLflow

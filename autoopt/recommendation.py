@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
 from autoopt.errors import UsageError
@@ -31,6 +31,12 @@ from autoopt.space import (
     make_family,
     schedule,
 )
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from autoopt.space.families import ModelOrParams
 
 STUDY_ATTR = "recommendation"
 FOLDER = "recommendations"  # where tune writes <study>.json; AUTOOPT_RECOMMENDATIONS names another
@@ -123,12 +129,12 @@ class Recommendation:
         return make_family(self.optimizer, path, {"lr": Fixed(self.optimizer_params.get("lr", 1e-3))},
                            train_eval=bool(self.extra.get("train_eval_mode", False)))
 
-    def build_optimizer(self, model_or_params: Any) -> Any:
+    def build_optimizer(self, model_or_params: ModelOrParams) -> torch.optim.Optimizer:
         """The optimizer, built on a module (preferred: parameter splits need it) or on
         ``model.parameters()``. Biases and norm weights get no weight decay."""
         return build_optimizer(model_or_params, self.family(), self.optimizer_params)
 
-    def build_scheduler(self, optimizer: Any, *, epochs: int, steps_per_epoch: int) -> Any:
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int) -> Any:
         """The scheduler, or None. Step it after every ``optimizer.step()``; a ``plateau``
         scheduler instead once per epoch with the validation loss (``scheduler_step`` says)."""
         name = self.scheduler if self.family().schedulers else "none"
@@ -268,7 +274,7 @@ def recommend(task: str, *, storage: str | None = None, study: str | None = None
 
         zero = zero_shot(url, task, exclude=name)
         if zero is not None:
-            return zero
+            return Recommendation.from_dict(zero)
     hint = (f"run: autoopt tune --task {task}" + (f" --study {study}" if study else "")
             if task in BUILTIN or ":" in task else
             f"'{task}' is not a task autoopt knows (built-in: {', '.join(sorted(BUILTIN))}, or module:function)")
@@ -340,9 +346,15 @@ def _read_sqlite(path: Path, study_name: str) -> tuple[bool, Any]:
         return False, None
 
 
-def store(study: Any, rec: Recommendation) -> None:
+def store(study: optuna.Study, rec: Recommendation) -> None:
     """Keep the recommendation with the study (what ``recommend()`` reads)."""
     study.set_user_attr(STUDY_ATTR, rec.to_dict())
+
+
+def _fallback_arg(data: dict[str, Any]) -> str:
+    """``, fallback='database'`` for a zero-shot answer (``'prior'`` for the documented prior), else nothing."""
+    source = data.get("source")
+    return f", fallback={source!r}" if source in ("prior", "database") else ""
 
 
 def python_snippet(data: dict[str, Any]) -> str:
@@ -350,7 +362,7 @@ def python_snippet(data: dict[str, Any]) -> str:
     lines = [
         "from autoopt import recommend",
         "",
-        f"rec = recommend({data['task']!r})  # {data['optimizer']} {data['optimizer_params']}",
+        f"rec = recommend({data['task']!r}{_fallback_arg(data)})  # {data['optimizer']} {data['optimizer_params']}",
         "optimizer = rec.build_optimizer(model)",
         "scheduler = rec.build_scheduler(optimizer, epochs=EPOCHS, steps_per_epoch=len(train_loader))",
     ]

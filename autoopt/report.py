@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoopt import tracking
 from autoopt.direction import better
@@ -33,6 +33,10 @@ from autoopt.redact import mask_url
 from autoopt.spec import DEFAULT_STORAGE, DEFAULT_TRACKING
 from autoopt.study import absolute_sqlite, counts, load_existing_study, open_storage, sqlite_path
 
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
 log = logging.getLogger(__name__)
 
 __all__ = ["DPI", "FIGSIZE", "PLOTS", "Report", "comparison_curves", "confirmation_plot", "loss_curves",
@@ -43,19 +47,25 @@ MIN_IMPORTANCE_TRIALS = 4  # fewer complete trials than this and an importance e
 LOSS_CURVE_FAMILIES = 6  # more pairs of lines than this on one axis cannot be told apart
 
 
-def _complete(study: Any) -> list[Any]:
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
 
 
-def _maximize(study: Any) -> bool:
+def _value(trial: FrozenTrial) -> float:
+    """A complete trial's value (``_complete`` keeps only trials that have one)."""
+    assert trial.value is not None, f"trial {trial.number} has no value"
+    return trial.value
+
+
+def _maximize(study: optuna.Study) -> bool:
     return study.direction.name == "MAXIMIZE"
 
 
-def _metric(study: Any) -> str:
+def _metric(study: optuna.Study) -> str:
     return study.user_attrs.get("metric", "objective")
 
 
-def _family_of(trial: Any) -> str | None:
+def _family_of(trial: FrozenTrial) -> str | None:
     config = trial.user_attrs.get("config")
     return config["optimizer"] if config else trial.params.get("optimizer")
 
@@ -67,15 +77,15 @@ def family_colors(families: Iterable[str]) -> dict[str, Any]:
     return {name: cmap(i % 10) for i, name in enumerate(sorted(set(families)))}
 
 
-def best_per_family(study: Any) -> dict[str, Any]:
+def best_per_family(study: optuna.Study) -> dict[str, FrozenTrial]:
     """Each optimizer family's best complete trial."""
     maximize = _maximize(study)
-    best: dict[str, Any] = {}
+    best: dict[str, FrozenTrial] = {}
     for t in _complete(study):
         fam = _family_of(t)
         if fam is None:
             continue
-        if fam not in best or (t.value > best[fam].value if maximize else t.value < best[fam].value):
+        if fam not in best or (_value(t) > _value(best[fam]) if maximize else _value(t) < _value(best[fam])):
             best[fam] = t
     return dict(sorted(best.items()))
 
@@ -83,7 +93,7 @@ def best_per_family(study: Any) -> dict[str, Any]:
 # --- figures ------------------------------------------------------------------------------------
 
 
-def importance_study(study: Any) -> Any:
+def importance_study(study: optuna.Study) -> optuna.Study:
     """An in-memory study over what every trial has, whatever its family: ``optimizer``, ``lr``,
     ``scheduler`` and ``grad_clip``. The study's own parameters are conditional
     (``adam.lr`` exists only for Adam trials), so importance over them would see only the
@@ -100,7 +110,7 @@ def importance_study(study: Any) -> Any:
         rows.append(({"optimizer": config["optimizer"], "scheduler": config["scheduler"],
                       "grad_clip": config["grad_clip_norm"] is not None},
                      float(lr) if isinstance(lr, int | float) and lr > 0 else None, t.value))
-    derived = optuna.create_study(direction=study.direction.name.lower())
+    derived = optuna.create_study(direction=study.direction)
     lrs = [lr for _, lr, _ in rows if lr is not None]
     use_lr = len(set(lrs)) > 1 and len(lrs) == len(rows)
     # A parameter that never varied explains nothing: leave it out rather than rank it 0.
@@ -116,7 +126,7 @@ def importance_study(study: Any) -> Any:
     return derived
 
 
-def param_importances(study: Any) -> tuple[Any, dict[str, float]]:
+def param_importances(study: optuna.Study) -> tuple[Any, dict[str, float]]:
     """A bar chart of parameter importances (Optuna's fANOVA, PED-ANOVA if that fails) and the
     importances themselves. With fewer than ``MIN_IMPORTANCE_TRIALS`` complete trials the
     figure says so instead and the dict is empty."""
@@ -153,12 +163,12 @@ def param_importances(study: Any) -> tuple[Any, dict[str, float]]:
     return fig, importances
 
 
-def loss_curves(study: Any) -> Any:
+def loss_curves(study: optuna.Study) -> Any:
     """Per epoch, the train loss (solid) and validation loss (dashed) of the best trial of each
     of the ``LOSS_CURVE_FAMILIES`` best families, on one axis: the tutorial's comparison figure,
     after tuning. The families left out (more than fit, or no stored history) are named on the plot."""
     fig, ax = _figure()
-    ranked = sorted(best_per_family(study).items(), key=lambda kv: kv[1].value, reverse=_maximize(study))
+    ranked = sorted(best_per_family(study).items(), key=lambda kv: _value(kv[1]), reverse=_maximize(study))
     with_history = [(f, t) for f, t in ranked if t.user_attrs.get("history")]
     best = dict(with_history[:LOSS_CURVE_FAMILIES])
     dropped = [f for f, _ in ranked if f not in best]
@@ -186,7 +196,7 @@ def loss_curves(study: Any) -> Any:
     return fig
 
 
-def lr_vs_metric(study: Any) -> Any:
+def lr_vs_metric(study: optuna.Study) -> Any:
     """Learning rate (log axis) against the final metric, one colour per family; pruned trials
     as crosses of their family's colour at their last reported value."""
     fig, ax = _figure()
@@ -195,7 +205,7 @@ def lr_vs_metric(study: Any) -> Any:
     for t in study.get_trials(deepcopy=False):
         config = t.user_attrs.get("config")
         lr = config["optimizer_params"].get("lr") if config else None
-        if not isinstance(lr, int | float) or lr <= 0:
+        if not config or not isinstance(lr, int | float) or lr <= 0:
             continue
         if t.state.name == "COMPLETE" and t.value is not None:
             by_family.setdefault(config["optimizer"], []).append((lr, t.value))
@@ -444,7 +454,7 @@ def _confirmation_table(rec: Recommendation, metric: str) -> list[str]:
     return [*lines, ""]
 
 
-def summary_markdown(study: Any, rec: Recommendation | None, importances: dict[str, float],
+def summary_markdown(study: optuna.Study, rec: Recommendation | None, importances: dict[str, float],
                      plots: dict[str, str]) -> str:
     """The report's ``summary.md``: what to use, how sure, and the evidence, in a minute."""
     trials = study.get_trials(deepcopy=False)
@@ -463,7 +473,7 @@ def summary_markdown(study: Any, rec: Recommendation | None, importances: dict[s
     if best:
         lines += ["## Best trial per optimizer family", "", f"| family | trial | {metric} | lr |",
                   "| --- | --- | --- | --- |"]
-        ordered = sorted(best.items(), key=lambda kv: kv[1].value, reverse=_maximize(study))
+        ordered = sorted(best.items(), key=lambda kv: _value(kv[1]), reverse=_maximize(study))
         for fam, t in ordered:
             lr = (t.user_attrs.get("config") or {}).get("optimizer_params", {}).get("lr")
             lines.append(f"| {fam} | #{t.number} | {t.value:.4f} | {_fmt(lr, 3)} |")
@@ -501,7 +511,8 @@ PLOTS = {
 }
 
 
-def load_study_for_report(task: str, storage: str | None = None, study_name: str | None = None) -> Any:
+def load_study_for_report(task: str, storage: str | None = None, study_name: str | None = None
+                          ) -> optuna.Study:
     """The study of ``task`` (or ``study_name``) in ``storage``; a clear ``UsageError`` when
     there is none."""
     url = absolute_sqlite(storage or os.environ.get("AUTOOPT_STORAGE") or DEFAULT_STORAGE)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, text
@@ -32,6 +32,10 @@ from sqlalchemy import create_engine, text
 from autoopt.errors import UsageError
 from autoopt.redact import mask_url, redact
 from autoopt.study import absolute_sqlite, connect_timeout_s, sqlite_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +217,7 @@ def _check_sqlite_store(uri: str) -> None:
                          "pass another --mlflow-uri, e.g. sqlite:///mlflow.db")
 
 
-def ensure_experiment(client: Any, task: str, uri: str) -> str:
+def ensure_experiment(client: MlflowClient, task: str, uri: str) -> str:
     name = experiment_name(task)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -259,7 +263,7 @@ class StudyRun:
     def log_dict(self, data: dict[str, Any], name: str) -> None:
         self.client.log_dict(self.run_id, data, name)
 
-    def log_figure(self, figure: Any, name: str) -> None:
+    def log_figure(self, figure: Figure, name: str) -> None:
         self.client.log_figure(self.run_id, figure, name)
 
     def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
@@ -472,7 +476,7 @@ class TrialRecorder:
                         break
                     waits = [r.due - now for r in self._runs.values() if r.pending()]
                     self._cond.wait(timeout=min(waits) if waits else None)
-                work = []
+                work: list[tuple[_PendingRun, bool, list[Any], list[Any], list[Any], str | None]] = []
                 for key, run in due:
                     if not run.created and run.status is None:
                         # Create it now; its params go with its first metrics, or its end.

@@ -17,18 +17,38 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 from autoopt.data import Preprocess
+from autoopt.errors import UsageError
 from autoopt.space import Family, TrialConfig, build_optimizer, build_scheduler, schedule
 from autoopt.space import family as registered
 from autoopt.tasks.base import Task
 
 OnEpoch = Callable[[int, dict[str, float]], bool]
 EVAL_BATCH = 2048
+
+
+@runtime_checkable
+class TrainEvalOptimizer(Protocol):
+    """An optimizer with a training and an evaluation mode (Schedule-Free: a family with ``train_eval``)."""
+
+    def train(self) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+def _modes(optimizer: torch.optim.Optimizer, fam: Family) -> TrainEvalOptimizer | None:
+    """The optimizer whose ``train()``/``eval()`` the loop calls, or None for a family without them."""
+    if not fam.train_eval:
+        return None
+    if not isinstance(optimizer, TrainEvalOptimizer):
+        raise UsageError(f"optimizer family {fam.name!r} says train_eval, but {type(optimizer).__name__} "
+                         "has no train() and eval()")
+    return optimizer
 
 
 @dataclass
@@ -108,6 +128,7 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     fam = family or registered(config.optimizer)
     optimizer = build_optimizer(model, fam, config.optimizer_params)
+    modes = _modes(optimizer, fam)
     steps_per_epoch = math.ceil(len(task.train) / task.batch_size)
     sched = schedule(config.scheduler if fam.schedulers else "none")
     scheduler = build_scheduler(optimizer, sched.name, config.scheduler_params, epochs=epochs,
@@ -123,8 +144,8 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            if fam.train_eval:
-                optimizer.train()
+            if modes is not None:
+                modes.train()
             total = torch.zeros((), device=device)
             for xb, yb in task.train.batches(task.batch_size, generator=gen, augment=augment):
                 if own:  # augmented per chunk by batches() already: normalise, in the model's layout
@@ -145,8 +166,8 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
                 total += loss.detach() * len(yb)
             # One host sync per epoch: a NaN mid-epoch propagates into the sum.
             train_loss = (total / len(task.train)).item()
-            if fam.train_eval:
-                optimizer.eval()  # Schedule-Free evaluates at its averaged weights
+            if modes is not None:
+                modes.eval()  # Schedule-Free evaluates at its averaged weights
             metrics = {"train_loss": train_loss,
                        **evaluate(model, task, "val", autocast=on_gpu, channels_last=channels_last)}
             metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -166,13 +187,13 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
                 return result
         if evaluate_test and task.test is not None:
             t0 = time.perf_counter()
-            if fam.train_eval:
-                optimizer.eval()
+            if modes is not None:
+                modes.eval()
             result.test = evaluate(model, task, "test", autocast=on_gpu, channels_last=channels_last)
             result.train_s += time.perf_counter() - t0
         return result
     finally:
-        del model, step_model, optimizer, scheduler
+        del model, step_model, optimizer, modes, scheduler
         release_memory(on_gpu)
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoopt import dispatch, tracking
 from autoopt import prior as prior_mod
@@ -41,16 +41,20 @@ from autoopt.study import (
 )
 from autoopt.tasks import BUILTIN, Task, load_task
 
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.figure import Figure
+
 log = logging.getLogger(__name__)
 
 
 # A study's figures logged to its parent run: artifact path -> figure(study).
-Figures = Mapping[str, Callable[[Any], Any]]
+Figures = Mapping[str, Callable[["optuna.Study"], Any]]
 DEFAULT_FIGURES: Figures = {"plots/optimization_history.png": optimization_history}
 
 
 def tune(task: str | None = None, *, study_file: str | Path | None = None,
-         on_progress: Callable[[Any], None] | None = None, figures: Figures | None = None,
+         on_progress: dispatch.Progress | None = None, figures: Figures | None = None,
          **options: Any) -> Recommendation:
     """Tune the optimizer for ``task`` and return the recommendation.
 
@@ -162,7 +166,7 @@ def check_model_fits(name: str, task: Task) -> None:
                          f"for targets {tuple(y.shape)}")
 
 
-def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
+def run(spec: StudySpec, *, on_progress: dispatch.Progress | None = None,
         figures: Figures | None = None, checked: Task | None = None, since: float | None = None) -> Recommendation:
     """Run a validated spec end to end (see the module docstring). ``checked`` is the task
     ``preflight(spec)`` returned, where the caller ran it already (the CLI, before it prints);
@@ -173,19 +177,7 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     t0 = time.monotonic()
     task = checked if checked is not None else preflight(spec)  # bad input stops here, with nothing created
     storage_url = absolute_sqlite(spec.placement.storage)
-    storage = open_storage(storage_url)
-    study = open_study(storage, spec.name, direction=task.direction, metric=task.metric,
-                       sampler=spec.sampler, seed=spec.seed)
-    with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
-    info = prior_mod.TaskInfo.of_task(spec.task, task)
-    with_retry(lambda: study.set_user_attr(prior_mod.TASK_ATTR, info.to_dict()), what="open the study")
-    # The earlier studies' prior (autoopt.prior): a new study screens by it and records it.
-    prior = with_retry(lambda: prior_mod.for_study(study, storage, spec, info), what="read the earlier studies")
-    policy = PortfolioFirst(spec.search_space(), seed=spec.seed, prior=prior,
-                            quick=prior_mod.QUICK_FAMILIES if spec.quick else None)
-    if spec.quick:  # the screen and the warm starts, nothing else
-        kept = study.user_attrs.get(prior_mod.PRIOR_ATTR) or prior
-        spec = spec.model_copy(update={"trials": len(policy.plan(kept)) + len(policy.warm_starts(kept))})
+    study, spec, policy = _opened(spec, task, storage_url)
     # Start-up overlaps: while Ray starts (on this thread: Ray's processes die with the thread
     # that started them), MLflow's store and parent run are made and the portfolio is enqueued
     # and the first trial asked and prepared, in the background; the workers then warm up
@@ -193,81 +185,112 @@ def run(spec: StudySpec, *, on_progress: Callable[[Any], None] | None = None,
     # The parent run's reference is set once MLflow has made it, before the first job is sent.
     loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=None, pool=None,
                                on_progress=on_progress, budget=budget, policy=policy)
-    started = threading.Event()  # the search loop runs: the start-up's heartbeats stop
-
-    def start_up() -> None:
-        loop.begin()
-        while not started.wait(1.0):
-            loop.heartbeat()  # the trial asked early is not taken for a dead driver's
-
-    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoopt-start")
-    opening = background.submit(_open_tracker, spec)
-    beginning = background.submit(start_up)
-    background.shutdown(wait=False)
-    tracker: Any = None
-    started_ray = False
-    pool = None
-    status = "FAILED"
-    storage_down = False
+    start = _StartUp(loop, spec)
     try:
-        started_ray = dispatch.start_ray(spec.placement.ray_address)
-        spec, auto_gpus = _placed(spec)
-        loop.spec = spec
-        place = spec.placement
-        size = place.concurrency or dispatch.default_concurrency(place.cpus_per_trial, place.gpus_per_trial)
-        pool = dispatch.WorkerPool(max(1, min(size, spec.trials)), cpus=place.cpus_per_trial,
-                                   gpus=place.gpus_per_trial)
-        pool.warm(dispatch.warm_job(spec, storage_url, study.study_name,
-                                    tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))), task=task)
-        loop.pool = pool
-        tracker = opening.result()
-        if auto_gpus is not None:
-            tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
-        loop.tracking = tracker.ref
-        started.set()
-        beginning.result()
-        loop.run()
-        rec = finish(spec, study, task, tracker, pool, on_progress=on_progress, figures=figures,
-                     budget=budget, effort=effort_of(loop, budget))
-        tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": loop.progress.finished_here})
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        started.set()
-        beginning.exception()
-        loop.interrupt()  # what was asked here is failed and re-queued (again: a no-op)
-        if tracker is not None:
-            _save_best_so_far(spec, study, task, tracker, figures)
-        raise
-    except StorageDown:
-        storage_down = True
-        raise
-    except BaseException:
-        started.set()
-        beginning.exception()  # it has asked what it will ask
-        loop.interrupt()  # the trials asked here are failed and re-queued: a rerun finishes them
-        raise
+        with dispatch.RunSession(spec.placement.ray_address) as session:
+            try:
+                rec = _searched(session, spec, study, task, loop, start, budget=budget, figures=figures,
+                                on_progress=on_progress, t0=t0)
+            except StorageDown:
+                # The workers are stuck waiting for the database: no flush; the next run closes
+                # the runs they leave open.
+                session.flush_pool = False
+                raise
+            except BaseException as exc:
+                start.stop()  # it has asked what it will ask
+                loop.interrupt()  # the trials asked here are failed and re-queued: a rerun finishes them
+                if isinstance(exc, KeyboardInterrupt) and session.tracker is not None:
+                    _save_best_so_far(spec, study, task, session.tracker, figures)
+                raise
+            finally:
+                start.started.set()
+                tracker = session.tracker or start.tracker()
+                if tracker is not None:
+                    session.tracker = tracker
+                    session.on_close.append(lambda: _close_orphans(tracker, study))
     finally:
-        started.set()
-        if pool is not None:
-            if not storage_down:
-                # Let the workers finish writing their runs. Not when the database is gone:
-                # they are stuck waiting for it, and the next run closes what they leave open.
-                pool.flush()
-            pool.shutdown()
-        if tracker is None and opening.done() and opening.exception() is None:
-            tracker = opening.result()
-        if tracker is not None:
-            _close_orphans(tracker, study)
-            tracker.finish(status)
-        if started_ray:
-            dispatch.stop_ray()
+        start.started.set()  # also when Ray could not start
     if budget is not None:
         rec = _close_budget(spec, study, rec, budget)
     return rec
 
 
-def _close_budget(spec: StudySpec, study: Any, rec: Recommendation, budget: Budget) -> Recommendation:
+def _opened(spec: StudySpec, task: Task, storage_url: str) -> tuple[optuna.Study, StudySpec, PortfolioFirst]:
+    """The study, opened (or resumed) with what it records of the task and of the earlier studies'
+    prior (``autoopt.prior``: a new study screens by it and records it); the spec (``--quick``: as
+    many trials as the screen and the warm starts); the portfolio policy."""
+    storage = open_storage(storage_url)
+    study = open_study(storage, spec.name, direction=task.direction, metric=task.metric,
+                       sampler=spec.sampler, seed=spec.seed)
+    with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
+    info = prior_mod.TaskInfo.of_task(spec.task, task)
+    with_retry(lambda: study.set_user_attr(prior_mod.TASK_ATTR, info.to_dict()), what="open the study")
+    prior = with_retry(lambda: prior_mod.for_study(study, storage, spec, info), what="read the earlier studies")
+    policy = PortfolioFirst(spec.search_space(), seed=spec.seed, prior=prior,
+                            quick=prior_mod.QUICK_FAMILIES if spec.quick else None)
+    if spec.quick:  # the screen and the warm starts, nothing else
+        kept = study.user_attrs.get(prior_mod.PRIOR_ATTR) or prior
+        spec = spec.model_copy(update={"trials": len(policy.plan(kept)) + len(policy.warm_starts(kept))})
+    return study, spec, policy
+
+
+class _StartUp:
+    """What runs in the background while Ray starts: the MLflow parent run is opened, and the
+    portfolio enqueued and the first trial asked (``loop.begin``), then heartbeats for that trial
+    until the search loop runs (``started``)."""
+
+    def __init__(self, loop: dispatch.SearchLoop, spec: StudySpec) -> None:
+        self.started = threading.Event()
+        background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoopt-start")
+        self.opening = background.submit(_open_tracker, spec)
+        self.beginning = background.submit(self._begin, loop)
+        background.shutdown(wait=False)
+
+    def _begin(self, loop: dispatch.SearchLoop) -> None:
+        loop.begin()
+        while not self.started.wait(1.0):
+            loop.heartbeat()  # the trial asked early is not taken for a dead driver's
+
+    def stop(self) -> None:
+        """Stop the heartbeats and wait for ``begin`` to end."""
+        self.started.set()
+        self.beginning.exception()
+
+    def tracker(self) -> tracking.StudyRun | None:
+        """The parent run, where it was opened."""
+        if self.opening.done() and self.opening.exception() is None:
+            return self.opening.result()
+        return None
+
+
+def _searched(session: dispatch.RunSession, spec: StudySpec, study: optuna.Study, task: Task,
+              loop: dispatch.SearchLoop, start: _StartUp, *, budget: Budget | None, figures: Figures | None,
+              on_progress: dispatch.Progress | None, t0: float) -> Recommendation:
+    """With Ray up: the pool (warming on the task loaded here), the parent run, the search, the
+    confirmation; the session marked FINISHED."""
+    spec, auto_gpus = _placed(spec)
+    loop.spec = spec
+    place = spec.placement
+    pool = session.open_pool(spec.trials, concurrency=place.concurrency, cpus=place.cpus_per_trial,
+                             gpus=place.gpus_per_trial)
+    pool.warm(dispatch.warm_job(spec, loop.storage_url, study.study_name,
+                                tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))), task=task)
+    loop.pool = pool
+    tracker = session.tracker = start.opening.result()
+    if auto_gpus is not None:
+        tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
+    loop.tracking = tracker.ref
+    start.started.set()
+    start.beginning.result()
+    loop.run()
+    rec = finish(spec, study, task, tracker, pool, on_progress=on_progress, figures=figures,
+                 budget=budget, effort=effort_of(loop, budget))
+    tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": loop.progress.finished_here})
+    session.status = "FINISHED"
+    return rec
+
+
+def _close_budget(spec: StudySpec, study: optuna.Study, rec: Recommendation, budget: Budget) -> Recommendation:
     """The JSON's ``budget`` once everything is closed: the seconds of the end included."""
     budget.phases["finish"] = time.time() - (budget.confirm_ended or time.time())
     rec = dataclasses.replace(rec, budget=budget.record())
@@ -279,7 +302,7 @@ def _close_budget(spec: StudySpec, study: Any, rec: Recommendation, budget: Budg
     return rec
 
 
-def effort_of(loop: Any, budget: Budget | None) -> dict[str, Any]:
+def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> dict[str, Any]:
     """What the screen and the search spent: epochs by phase and the seconds of each phase (the
     screen ends when its last trial does)."""
     timeline = loop.timeline
@@ -307,7 +330,7 @@ def _placed(spec: StudySpec) -> tuple[StudySpec, str | None]:
     return placed, (f"{gpus:g}" if requested is None else None)
 
 
-def _open_tracker(spec: StudySpec) -> Any:
+def _open_tracker(spec: StudySpec) -> tracking.StudyRun:
     """The parent MLflow run; an unreachable or refusing tracking server is bad input (exit 2),
     named without its password (MLflow's own messages quote the full URL)."""
     try:
@@ -320,7 +343,7 @@ def _open_tracker(spec: StudySpec) -> Any:
                          "check --mlflow-uri or MLFLOW_TRACKING_URI") from None
 
 
-def _close_orphans(tracker: Any, study: Any) -> None:
+def _close_orphans(tracker: tracking.StudyRun, study: optuna.Study) -> None:
     """End as FAILED the nested runs of trials that failed without their worker closing the
     run (a killed worker, a dead driver's trials failed as stale). Only failed trials: a
     finished trial's run may still be on its way from another driver's worker."""
@@ -334,8 +357,8 @@ def _close_orphans(tracker: Any, study: Any) -> None:
         log.warning("could not close orphaned MLflow runs: %s", exc)
 
 
-def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any,
-           *, on_progress: Callable[[Any], None] | None = None, figures: Figures | None = None,
+def finish(spec: StudySpec, study: optuna.Study, task: Task, tracker: tracking.StudyRun, pool: dispatch.WorkerPool,
+           *, on_progress: dispatch.Progress | None = None, figures: Figures | None = None,
            budget: Budget | None = None, effort: dict[str, Any] | None = None) -> Recommendation:
     """Pick (and, with ``spec.confirm``, confirm) the recommendation, then save it everywhere,
     with what each phase spent (``effort``) and, under a time budget, the ``budget``."""
@@ -358,16 +381,16 @@ def finish(spec: StudySpec, study: Any, task: Any, tracker: Any, pool: Any,
     return rec
 
 
-def best_recommendation(spec: StudySpec, study: Any, task: Any) -> Recommendation:
+def best_recommendation(spec: StudySpec, study: optuna.Study, task: Task) -> Recommendation:
     """The study's best complete trial as a Recommendation (``source: study``). Where none
     completed (a short time budget spent on the screen), the screened trial that got furthest,
     best at that epoch, stands until the confirmation decides."""
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state.name == "COMPLETE" and "config" in t.user_attrs]
+    done = [(t.value, t) for t in trials
+            if t.state.name == "COMPLETE" and t.value is not None and "config" in t.user_attrs]
     extra: dict[str, Any] = {"source": "study"}
     if done:
-        best = best_by(done, key=lambda t: t.value, direction=task.direction)
-        value = best.value
+        value, best = best_by(done, key=lambda d: d[0], direction=task.direction)
     else:
         screened = [t for t in trials if t.state.name == "PRUNED" and "config" in t.user_attrs
                     and t.intermediate_values]
@@ -398,7 +421,8 @@ def verdict_tags(rec: Recommendation) -> dict[str, str]:
     return tags
 
 
-def save(spec: StudySpec, study: Any, rec: Recommendation, tracker: Any, figures: Figures | None = None) -> Path:
+def save(spec: StudySpec, study: optuna.Study, rec: Recommendation, tracker: tracking.StudyRun,
+         figures: Figures | None = None) -> Path:
     """Store with the study, write the JSON file, and log both, the best value, the verdict and
     the figures to the parent MLflow run."""
     recommend_mod.store(study, rec)
@@ -415,7 +439,7 @@ def save(spec: StudySpec, study: Any, rec: Recommendation, tracker: Any, figures
     return path
 
 
-def _log_figure(tracker: Any, name: str, fig: Any) -> None:
+def _log_figure(tracker: tracking.StudyRun, name: str, fig: Figure) -> None:
     import matplotlib.pyplot as plt
 
     try:
@@ -424,7 +448,8 @@ def _log_figure(tracker: Any, name: str, fig: Any) -> None:
         plt.close(fig)  # figures are global in pyplot: a long-lived process would leak them
 
 
-def _save_best_so_far(spec: StudySpec, study: Any, task: Any, tracker: Any, figures: Figures | None) -> None:
+def _save_best_so_far(spec: StudySpec, study: optuna.Study, task: Task, tracker: tracking.StudyRun,
+                      figures: Figures | None) -> None:
     try:
         save(spec, study, best_recommendation(spec, study, task), tracker, figures)
     except Exception as exc:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -15,8 +16,10 @@ import optuna
 import pytest
 import torch
 from conftest import run_cli
+from services import wait_for
 
 from autoopt.space import FAMILIES
+from autoopt.study import budget_used
 
 FAST = ["--task", "digits", "--epochs", "2", "--no-confirm", "--concurrency", "2"]
 
@@ -173,38 +176,70 @@ def test_user_study_file_is_used(tmp_path: Path) -> None:
     assert all(t.params["optimizer"] == "adam" and 1e-3 <= t.params["adam.lr"] <= 3e-3 for t in study.trials)
 
 
+def trial_states(db: Path) -> dict[str, int]:
+    """The study's trials by state, read from the SQLite file without opening it for writing
+    (empty while it does not exist yet or is being created)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+            return dict(conn.execute("select state, count(*) from trials group by state").fetchall())
+    except sqlite3.Error:
+        return {}
+
+
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
-    # Far more trials than can finish before the interrupt, however slow the polling below is.
-    cmd = [sys.executable, "-m", "autoopt", "tune", *FAST, "--trials", "400", "--epochs", "4"]
+    # Two families (a small portfolio to resume) and far more trials than can ever finish before
+    # the interrupt: the search is mid-way whenever it comes.
+    args = [*FAST, "--optimizers", "sgd,adam"]
+    cmd = [sys.executable, "-m", "autoopt", "tune", *args, "--trials", "400", "--epochs", "4"]
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     # A shell's background job inherits SIGINT ignored (and Python then never raises
     # KeyboardInterrupt): give the driver the default disposition a terminal would.
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     db = tmp_path / "autoopt.db"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        if db.exists():
-            try:
-                if len(finished(tmp_path)) >= 3:
-                    break
-            except Exception:
-                continue
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "run the same command again" in err
+    try:
+        # The interrupt comes once the search runs: a trial complete (the best so far exists)
+        # and one in flight. Whatever finishes between this read and the signal, the checks
+        # below read the outcome from the study.
+        def searching() -> bool:
+            assert proc.poll() is None, err.read_text()[-2000:]
+            states = trial_states(db)
+            return states.get("COMPLETE", 0) >= 1 and states.get("RUNNING", 0) >= 1
+
+        wait_for(searching, 300, "a complete trial and one running", 0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.read_text()[-2000:]
+    assert "run the same command again" in err.read_text()
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
-    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    trials = study.trials
+    states = [t.state.name for t in trials]
+    assert "RUNNING" not in states, states
+    # The trials the driver held (in flight, or asked and waiting for a worker) failed as
+    # interrupted, and each was re-queued once with its config; nothing else failed.
+    interrupted = {t.number: t for t in trials if t.state.name == "FAIL"}
+    assert interrupted and all(t.user_attrs.get("reason") == "interrupted" for t in interrupted.values()), states
+    retries = {t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs}
+    assert sorted(retries) == sorted(interrupted), (sorted(retries), sorted(interrupted))
+    assert all(r.state.name == "WAITING" and r.params == interrupted[n].params for n, r in retries.items())
     assert (tmp_path / "recommendations" / "digits.json").exists()  # best so far
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("autoopt/digits")
     assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
-    # Resuming finishes exactly the remainder: re-queued trials run, the total is honoured.
-    res = run_cli("tune", *FAST, "--trials", "12", cwd=tmp_path)
+
+    # Resuming with room for two more than the study holds (finished, queued and re-queued)
+    # finishes exactly that: the re-queued and queued trials run, then two new ones.
+    total = budget_used(trials) + 2
+    res = run_cli("tune", *args, "--trials", str(total), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}")
-    counted = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(counted) >= 12 - len([t for t in study.trials if t.state.name == "FAIL"])
-    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    after = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}").trials
+    names = [t.state.name for t in after]
+    assert not [s for s in names if s in ("RUNNING", "WAITING")], names
+    assert sum(s in ("COMPLETE", "PRUNED") for s in names) == total, names
+    assert {t.number for t in after if t.state.name == "FAIL"} == set(interrupted), names  # no new failure
+    assert all(after[r.number].state.name in ("COMPLETE", "PRUNED") for r in retries.values()), names
+    assert len(after) == total + len(interrupted) and budget_used(after) == total

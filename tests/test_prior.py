@@ -220,7 +220,7 @@ def test_prior_none_and_an_empty_storage(url: str, caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING, logger="autoopt.prior"):
         assert for_study(study2, storage2, load_spec("digits", prior="auto"), TaskInfo("digits", **ACC)) is None
     assert [r.getMessage() for r in caplog.records] == [
-        "prior: the storage holds no finished earlier study to learn from; screening in the built-in order"]
+        "screening in the built-in order: the storage holds no finished earlier study to learn from"]
     # auto with an earlier study: its record, and one line naming the study.
     caplog.clear()
     study3 = open_study(storage, "newer", direction="maximize")
@@ -298,3 +298,18 @@ def test_the_cli_names_a_missing_prior_study(workdir: Path) -> None:
     res = CliRunner().invoke(app, ["tune", "--task", "digits", "--prior", "nope", "--trials", "1"])
     assert res.exit_code == 2 and "no study 'nope'" in res.output
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_the_prior_reads_postgresql_too(optuna_db: str) -> None:
+    """The same queries on PostgreSQL (its trial states are an enum type there)."""
+    from services import pg_url
+
+    url = pg_url(optuna_db)
+    make_study(url, "a", screen={"lion": 0.95, "adam": 0.5}, pruned={"sgd": (2, 0.3)},
+               tuned=[(config("lion", lr=3e-4), 0.97)])
+    make_study(url, "b", screen={"lion": 0.1, "adam": 0.2}, info={**RMSE, "task": "b"})
+    prior = prior_of(url, TaskInfo("new", **ACC))
+    assert prior.studies == ["a", "b"] and prior.order(["adam", "sgd", "lion"])[0] == "lion"
+    check_sources(url, ["a"])
+    rec = recommend("digits_lstm", storage=url, fallback="database")
+    assert rec.to_dict()["source"] == "database" and rec.optimizer == "lion"

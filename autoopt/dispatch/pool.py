@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
@@ -21,6 +21,11 @@ from autoopt.dispatch.gpus import gpus_per_trial
 from autoopt.dispatch.results import JobResult
 from autoopt.dispatch.worker import Job, TrialWorker
 from autoopt.study import redact
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoopt.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ class InFlight:
 
     worker: int
     job: Job
-    trial: Any = None  # the driver's optuna.trial.Trial for search trials
+    trial: optuna.trial.Trial | None = None  # the driver's trial, for search trials
     submitted: float = field(default_factory=time.monotonic)
     actor: Any = None  # the worker it was sent to (the pool may replace it meanwhile)
     started: float = field(default_factory=time.time)  # wall clock, for the record
@@ -78,14 +83,16 @@ class WorkerPool:
         self._pings: dict[ray.ObjectRef, tuple[int, Any]] = {}
         self._start_failures = 0
         self._warm_job: Job | None = None
-        self._warm_task: Any = None  # an object ref to the task the driver loaded, or None
+        self._warm_task: ray.ObjectRef | None = None  # an object ref to the task the driver loaded
         for i in range(size):
             self._start(i)
 
     def _start(self, index: int) -> None:
         actor = self._remote.remote(max(1, int(self.cpus)), self.gpus)
         self.workers[index], self.load[index], self.ready[index] = actor, 0, False
-        ping = actor.info.remote() if self._warm_job is None else actor.warm.remote(self._warm_job, self._warm_task)
+        # Ray types an actor's methods as the plain methods, without their ``.remote``.
+        ping = (actor.info.remote() if self._warm_job is None  # type: ignore[attr-defined]
+                else actor.warm.remote(self._warm_job, self._warm_task))  # type: ignore[attr-defined]
         self._pings[ping] = (index, actor)
 
     @property
@@ -93,7 +100,7 @@ class WorkerPool:
         """Whether ``warm`` was called: workers become ready once warm."""
         return self._warm_job is not None
 
-    def warm(self, job: Job, task: Any = None) -> None:
+    def warm(self, job: Job, task: Task | None = None) -> None:
         """From now on a worker is ready only once it has paid ``job``'s one-time costs (its
         task loaded, its stores opened, torch warmed up: ``TrialWorker.warm``), so that trials
         start on warm workers; replacements started later warm up too. ``task``: the job's task
@@ -149,7 +156,7 @@ class WorkerPool:
         self.poll()
         return next((i for i, w in enumerate(self.workers) if self.ready[i] and self.load[i] == 0), None)
 
-    def submit(self, index: int, job: Job, trial: Any = None) -> tuple[ray.ObjectRef, InFlight]:
+    def submit(self, index: int, job: Job, trial: optuna.trial.Trial | None = None) -> tuple[ray.ObjectRef, InFlight]:
         """Send ``job`` to idle worker ``index``."""
         self.load[index] += 1
         actor = self.workers[index]

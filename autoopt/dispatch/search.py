@@ -12,12 +12,13 @@ before the sampler proposes anything and steer later trials to a family.
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 import ray
@@ -47,6 +48,9 @@ from autoopt.study import (
 )
 from autoopt.study.samplers import TrialSeededSampler
 from autoopt.tracking import RunRef
+
+if TYPE_CHECKING:
+    from autoopt.spec import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +92,9 @@ class SearchProgress:
         self.complete, self.pruned, self.running = c["complete"], c["pruned"], c["running"]
         retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
         self.failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried)
-        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        done = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         if done:
-            top = best(done, key=lambda t: t.value, direction=study.direction)
-            self.best, self.best_trial = top.value, top.number
+            self.best_trial, self.best = best(done, key=lambda nv: nv[1], direction=study.direction)
 
 
 Progress = Callable[[SearchProgress], None]
@@ -121,7 +124,7 @@ class SearchLoop:
     """Ask, dispatch, tell until the study holds ``spec.trials`` trials (counting those of
     other drivers and those already finished), or ``spec.timeout_s`` passes."""
 
-    def __init__(self, study: optuna.Study, *, spec: Any, storage_url: str, tracking: RunRef | None,
+    def __init__(self, study: optuna.Study, *, spec: StudySpec, storage_url: str, tracking: RunRef | None,
                  pool: WorkerPool | None, on_progress: Progress | None = None,
                  policy: SearchPolicy | None = None, budget: Budget | None = None) -> None:
         self.study, self.spec, self.storage_url, self.tracking = study, spec, storage_url, tracking
@@ -181,12 +184,18 @@ class SearchLoop:
             self.interrupt()
             raise
 
+    def running_pool(self) -> WorkerPool:
+        """The pool the trials run on: ``begin`` needs none, everything after it does."""
+        if self.pool is None:
+            raise RuntimeError("the search runs on a pool: set SearchLoop.pool before run()")
+        return self.pool
+
     def _start(self) -> None:
         # Workers warm up (task data, stores, torch) while the driver starts; each takes
         # trials once warm. ``tune`` starts their warm-up before it opens MLflow.
-        assert self.pool is not None, "the search runs on a pool"
-        if not self.pool.warming:
-            self.pool.warm(warm_job(self.spec, self.storage_url, self.study.study_name, self.tracking))
+        pool = self.running_pool()
+        if not pool.warming:
+            pool.warm(warm_job(self.spec, self.storage_url, self.study.study_name, self.tracking))
         self.begin()
         self.notify("start")
 
@@ -199,12 +208,13 @@ class SearchLoop:
         self._feed()
         if not self.inflight:
             return self._idle()
-        finished = self.pool.collect(self.inflight, timeout_s=0.0)
+        pool = self.running_pool()
+        finished = pool.collect(self.inflight, timeout_s=0.0)
         if not finished and self.pending is None and not self.exhausted:
             self.pending = self.next()  # while the workers train: ready when one frees
             return False
         if not finished:
-            finished = self.pool.collect(self.inflight, timeout_s=HEARTBEAT_S)
+            finished = pool.collect(self.inflight, timeout_s=HEARTBEAT_S)
         for done in finished:
             self._feed()  # first the freed worker gets the waiting trial, then the bookkeeping
             self._finish(done)
@@ -212,7 +222,7 @@ class SearchLoop:
 
     def _feed(self) -> None:
         """Hand a prepared trial to every idle worker."""
-        while (w := self.pool.free()) is not None:
+        while (w := self.running_pool().free()) is not None:
             pending = self.pending or (None if self.exhausted else self.next())
             self.pending = None
             if pending is None:
@@ -229,7 +239,7 @@ class SearchLoop:
             self.pending = self.next()  # asked and sampled while the workers warm up
             return False
         if self.pending is not None:
-            self.pool.wait_ready(HEARTBEAT_S)  # a trial is ready, no worker is placed yet
+            self.running_pool().wait_ready(HEARTBEAT_S)  # a trial is ready, no worker is placed yet
             return False
         if (self.deadline is not None and time.monotonic() >= self.deadline) or self.out_of_budget:
             return True
@@ -244,14 +254,15 @@ class SearchLoop:
             # re-queued trial is left behind.
             time.sleep(1.0)
         else:
-            self.pool.wait_ready(HEARTBEAT_S)  # none of our workers is placed yet
+            self.running_pool().wait_ready(HEARTBEAT_S)  # none of our workers is placed yet
         self.exhausted = False
         return False
 
     def _finish(self, done: Finished) -> None:
-        item, result = done.item, done.result
-        number = item.trial.number
-        kind = "screen" if item.trial.user_attrs.get("portfolio") else "search"
+        item, result, trial = done.item, done.result, done.item.trial
+        assert trial is not None, "a search job is submitted with its trial"
+        number = trial.number
+        kind = "screen" if trial.user_attrs.get("portfolio") else "search"
         self.timeline.append({"number": number, "kind": kind, "worker": item.worker, "started": item.started,
                               "ended": done.ended})
         self.epochs_run[kind] += len(result.history)
@@ -260,11 +271,11 @@ class SearchLoop:
         if done.lost:
             log.warning("worker died during trial %d: %s", number, (result.reason or "")[:200])
             lost = JobResult.failed("worker died during the trial")
-            if with_retry(lambda: self.tell(item.trial, lost), what="record a trial"):
+            if with_retry(lambda: self.tell(trial, lost), what="record a trial"):
                 with_retry(lambda: retry_trial(self.study, number), what="re-queue a trial")
             self.notify(f"trial {number} lost its worker; re-queued")
             return
-        with_retry(lambda: self.tell(item.trial, result), what="record a trial")
+        with_retry(lambda: self.tell(trial, result), what="record a trial")
         self.progress.finished_here += 1
         self.notify(f"trial {number} {result.state.value.lower()}")
 
@@ -336,7 +347,7 @@ class SearchLoop:
     def submit(self, worker: int, pending: Pending) -> None:
         # A job prepared during start-up, before the parent run existed, goes under it now.
         job = pending.job if pending.job.tracking == self.tracking else replace(pending.job, tracking=self.tracking)
-        ref, item = self.pool.submit(worker, job, pending.trial)
+        ref, item = self.running_pool().submit(worker, job, pending.trial)
         self.inflight[ref] = item
 
     def tell(self, trial: optuna.trial.Trial, result: JobResult) -> bool:
@@ -351,9 +362,10 @@ class SearchLoop:
             if result.pid:  # which worker ran it: for a crash, find its node's logs
                 trial.set_user_attr("worker", {"node": result.node, "pid": result.pid})
             trial.set_user_attr("history", compact_history(result.history))  # for reports
-            if result.state == JobState.COMPLETE:
+            if result.state == JobState.COMPLETE and result.value is not None:
                 # The worker leaves the last epoch's report to this tell: it spares the trial a
-                # round trip at its end, and no pruner acts on the last epoch.
+                # round trip at its end, and no pruner acts on the last epoch. (A complete run
+                # without a value trained no epoch: failed, as Optuna would not take it.)
                 trial.report(result.value, len(result.history) or 1)
                 self.study.tell(trial, result.value)
             else:
@@ -412,7 +424,7 @@ class SearchLoop:
         if now - self.last_beat < HEARTBEAT_S:
             return
         for number in list(self.owned):
-            with_retry(lambda n=number: record_heartbeat(self.study, n), what="heartbeat")
+            with_retry(functools.partial(record_heartbeat, self.study, number), what="heartbeat")
         with_retry(lambda: fail_stale(self.study), what="fail stale trials")
         self.last_beat = now
 
@@ -472,7 +484,7 @@ def _warm_config(space: SearchSpace, name: str) -> TrialConfig:
     return TrialConfig(name, space.default_params(name))
 
 
-def warm_job(spec: Any, storage_url: str, study_name: str, tracking: RunRef | None) -> Job:
+def warm_job(spec: StudySpec, storage_url: str, study_name: str, tracking: RunRef | None) -> Job:
     """The job a worker warms up with (``WorkerPool.warm``): the study's task, its study's
     handle and tracking store, a first training step of the space's first family."""
     space = spec.search_space()
@@ -482,7 +494,7 @@ def warm_job(spec: Any, storage_url: str, study_name: str, tracking: RunRef | No
                spec.placement.compile, tracking=tracking, trial=ref, family=space.family(warm.optimizer))
 
 
-def run_search(study: optuna.Study, *, spec: Any, storage_url: str, tracking: RunRef | None,
+def run_search(study: optuna.Study, *, spec: StudySpec, storage_url: str, tracking: RunRef | None,
                pool: WorkerPool, on_progress: Progress | None = None,
                policy: SearchPolicy | None = None, budget: Budget | None = None) -> SearchLoop:
     """Run a ``SearchLoop`` (see there) and return it (its ``progress``, ``timeline``, ``epochs_run``)."""

@@ -26,7 +26,7 @@ from autoopt.dispatch.results import JobResult, JobState
 from autoopt.pruning import ReferenceTrials, TrialReporter, build_pruner
 from autoopt.space import Family, TrialConfig, family
 from autoopt.study import load_study, open_storage, redact_logs, with_retry
-from autoopt.tasks import load_task
+from autoopt.tasks import Task, load_task
 from autoopt.tracking import RunRef, TrialRecorder
 from autoopt.train import TrialResult, train, warm_up
 
@@ -83,7 +83,7 @@ class TrialWorker:
         if self.device == "cuda" and 0 < gpu_fraction < 1:
             # Several trials share the GPU: bound this one's share of its memory.
             torch.cuda.set_per_process_memory_fraction(gpu_fraction)
-        self.tasks: dict[tuple, Any] = {}
+        self.tasks: dict[tuple, Task] = {}
         self.studies: dict[tuple, optuna.Study] = {}
         self.trials_run = 0
         self.task_loads = 0
@@ -103,7 +103,7 @@ class TrialWorker:
     def flush(self) -> None:
         self.recorder.flush()
 
-    def _task(self, job: Job, loaded: Any = None) -> Any:
+    def _task(self, job: Job, loaded: Task | None = None) -> Task:
         """``job``'s task on this worker's device, loaded once (or taken from ``loaded``, the
         task as the driver loaded it)."""
         key = (job.task, job.data_dir, job.batch_size)
@@ -127,7 +127,7 @@ class TrialWorker:
                 what="load the study")
         return self.studies[key]
 
-    def warm(self, job: Job, task: Any = None) -> dict[str, Any]:
+    def warm(self, job: Job, task: Task | None = None) -> dict[str, Any]:
         """Pay ``job``'s one-time costs before the first trial: its task's data on the device
         (``task``, when the driver shipped the one it loaded), its study and tracking stores
         opened, torch's first training step. Best effort: a failure here is logged, and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from autoopt.space.families import Family
+from autoopt.space.families import Family, ModelOrParams
 from autoopt.space.registry import family
 from autoopt.space.schedules import schedule
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def param_groups(model_or_params: Any, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model_or_params: ModelOrParams, weight_decay: float) -> list[dict[str, Any]]:
     """Parameter groups with no weight decay on biases and normalisation weights (ndim < 2)."""
     params = model_or_params.parameters() if hasattr(model_or_params, "parameters") else model_or_params
     params = [p for p in params if p.requires_grad]
@@ -32,7 +32,8 @@ def optimizer_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def build_optimizer(model_or_params: Any, name: str | Family, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(model_or_params: ModelOrParams, name: str | Family, params: Mapping[str, Any]
+                    ) -> torch.optim.Optimizer:
     """Build family ``name`` (a registered name, or a ``Family``) with ``params`` on a module
     (preferred) or an iterable of parameters."""
     fam = name if isinstance(name, Family) else family(name)
@@ -46,7 +47,7 @@ def build_optimizer(model_or_params: Any, name: str | Family, params: Mapping[st
     return cls(param_groups(model_or_params, wd), **kwargs)
 
 
-def build_scheduler(optimizer: Any, name: str, params: Mapping[str, Any], *, epochs: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, params: Mapping[str, Any], *, epochs: int,
                     steps_per_epoch: int) -> Any:
     """Build schedule ``name``; ``None`` for ``none``. Step it once per optimizer step, except
     ``plateau``: once per epoch with the validation loss (``Schedule.per_epoch``)."""

@@ -8,11 +8,14 @@ space from the paper or the library's advice, its protocol and its published def
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoopt.errors import UsageError
 from autoopt.space.dims import Choice, Dimension, Fixed, LogUniform, Uniform
-from autoopt.space.families import Family
+from autoopt.space.families import Family, ModelOrParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _no_nesterov_without_momentum(params: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +63,7 @@ BUILTIN: dict[str, Family] = {
 # --- modern families (pytorch-optimizer, imported only when a trial builds one) ---
 
 
-def muon_hidden_params(model_or_params: Any) -> tuple[list[Any], list[Any]]:
+def muon_hidden_params(model_or_params: ModelOrParams) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Split parameters into Muon's hidden weight matrices and the rest.
 
     Hidden: trainable tensors of two or more dimensions (conv filters included; Muon
@@ -77,6 +80,7 @@ def muon_hidden_params(model_or_params: Any) -> tuple[list[Any], list[Any]]:
     """
     import torch
 
+    params: list[torch.Tensor]
     if isinstance(model_or_params, torch.nn.Module):
         modules = list(model_or_params.modules())
         linears = [m for m in modules if isinstance(m, torch.nn.Linear)]
@@ -100,7 +104,7 @@ def muon_hidden_params(model_or_params: Any) -> tuple[list[Any], list[Any]]:
     return hidden, [p for p in params if id(p) not in hidden_ids]
 
 
-def _muon_split(model_or_params: Any, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+def _muon_split(model_or_params: ModelOrParams, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     # Muon takes hidden matrices (use_muon=True, lr); everything else falls back to its internal
     # AdamW (use_muon=False, adamw_lr). Weight decay as in param_groups: none on ndim < 2.
     hidden, rest = muon_hidden_params(model_or_params)

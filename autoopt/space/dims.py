@@ -111,15 +111,16 @@ def parse_dimension(raw: Any, where: str) -> Dimension:
         if len(raw) != 1:
             raise UsageError(f"{where}: give one of log, uniform, int, choice; got {sorted(map(str, raw))}")
         (kind, value), = raw.items()
-        kinds = {"log": LogUniform, "uniform": Uniform, "int": IntRange}
         if kind == "choice" and isinstance(value, list) and value:
             dim: Dimension = Choice(*value)
-        elif kind in kinds and isinstance(value, list) and len(value) == 2:
+        elif kind in ("log", "uniform", "int") and isinstance(value, list) and len(value) == 2:
             low, high = value
             if not (_is_number(low) and _is_number(high)):
                 raise UsageError(f"{where}: {kind} needs two numbers [low, high], got {value}")
-            cast = int if kind == "int" else float
-            dim = kinds[kind](cast(low), cast(high))
+            if kind == "int":
+                dim = IntRange(int(low), int(high))
+            else:
+                dim = (LogUniform if kind == "log" else Uniform)(float(low), float(high))
         else:
             raise UsageError(f"{where}: {_FIX}; got {dict(raw)}")
     elif isinstance(raw, bool | int | float | str) or raw is None:

@@ -8,15 +8,18 @@ outside the search (the portfolio, ``autoopt compare``, the baselines).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from autoopt.errors import UsageError
 from autoopt.space.dims import Dimension, Fixed, check_space, default_of
 
 if TYPE_CHECKING:
     import torch
+
+# What an optimizer is built on: a module (preferred: parameter splits need it) or its parameters.
+ModelOrParams: TypeAlias = "torch.nn.Module | Iterable[torch.Tensor]"
 
 PRESETS = ("classic", "modern", "all")
 
@@ -41,7 +44,7 @@ class Family:
     space: Mapping[str, Dimension]
     schedulers: bool = True
     train_eval: bool = False
-    split: Callable[[Any, dict[str, Any]], list[dict[str, Any]]] | None = None
+    split: Callable[[ModelOrParams, dict[str, Any]], list[dict[str, Any]]] | None = None
     adjust: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     extra: str | None = None
     presets: tuple[str, ...] = ("all",)

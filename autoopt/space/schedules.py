@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoopt.errors import UsageError
 from autoopt.space.dims import Choice, Dimension, IntRange, LogUniform, Uniform
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -17,23 +20,24 @@ class Schedule:
 
     ``build(optimizer, params, epochs, steps_per_epoch)`` returns a torch scheduler that is
     stepped once per optimizer step, except ``per_epoch`` ones (plateau), stepped once per
-    epoch with the validation loss. ``warmup`` says whether linear warmup may be put in front.
+    epoch with the validation loss; ``epochs`` is fractional after a warmup (what is left of
+    the run). ``warmup`` says whether linear warmup may be put in front.
     """
 
     name: str
     space: Mapping[str, Dimension]
-    build: Callable[..., Any] | None
+    build: Callable[[torch.optim.Optimizer, dict[str, Any], float, int], Any] | None
     per_epoch: bool = False
     warmup: bool = True
 
 
-def _step_lr(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+def _step_lr(opt: torch.optim.Optimizer, p: dict[str, Any], epochs: float, steps: int) -> Any:
     from torch.optim.lr_scheduler import StepLR
 
     return StepLR(opt, step_size=max(1, int(p["step_epochs"] * steps)), gamma=p["gamma"])
 
 
-def _cosine(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+def _cosine(opt: torch.optim.Optimizer, p: dict[str, Any], epochs: float, steps: int) -> Any:
     from torch.optim.lr_scheduler import LambdaLR
 
     # A factor, not CosineAnnealingLR's one absolute eta_min: each group decays to its own
@@ -43,24 +47,24 @@ def _cosine(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
         floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))))
 
 
-def _onecycle(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+def _onecycle(opt: torch.optim.Optimizer, p: dict[str, Any], epochs: float, steps: int) -> Any:
     from torch.optim.lr_scheduler import OneCycleLR
 
     # max_lr is the tuned lr; momentum is cycled only where every group has the key OneCycleLR
     # cycles (it reads the optimizer's defaults: Muon's mixed groups have neither there).
     key = "betas" if "betas" in opt.defaults else "momentum" if "momentum" in opt.defaults else None
     cycle = key is not None and all(key in g for g in opt.param_groups)
-    return OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(2, epochs * steps),
+    return OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(2, math.ceil(epochs * steps)),
                       pct_start=p["pct_start"], cycle_momentum=cycle)
 
 
-def _plateau(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+def _plateau(opt: torch.optim.Optimizer, p: dict[str, Any], epochs: float, steps: int) -> Any:
     from torch.optim.lr_scheduler import ReduceLROnPlateau
 
     return ReduceLROnPlateau(opt, factor=p["factor"], patience=p["patience"])
 
 
-def _exponential(opt: Any, p: dict[str, Any], epochs: int, steps: int) -> Any:
+def _exponential(opt: torch.optim.Optimizer, p: dict[str, Any], epochs: float, steps: int) -> Any:
     from torch.optim.lr_scheduler import ExponentialLR
 
     # gamma is searched per epoch (what people reason about) and applied per step.

@@ -11,13 +11,14 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from autoopt.direction import Direction
 from autoopt.errors import UsageError
 from autoopt.study.samplers import build_sampler
 from autoopt.study.snapshot import SnapshotStorage, register
 from autoopt.study.storage import with_retry
 
 
-def open_study(storage: BaseStorage, name: str, *, direction: str, metric: str | None = None,
+def open_study(storage: BaseStorage, name: str, *, direction: Direction, metric: str | None = None,
                sampler: str = "tpe", seed: int = 0, pruner: optuna.pruners.BasePruner | None = None
                ) -> optuna.Study:
     """Create the study, or load it when it exists (resume). ``metric`` names its objective

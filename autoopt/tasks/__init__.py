@@ -47,7 +47,7 @@ def load_task(name: str, data_dir: Path | str | None = None) -> Task:
     return task
 
 
-def check_task(task: Any, name: str) -> None:
+def check_task(task: object, name: str) -> None:
     """Refuse a task no trial could train: not a ``Task``, a split that is not a ``Split`` or
     whose x and y differ in length, an unknown loss."""
     if not isinstance(task, Task):
