@@ -208,13 +208,18 @@ class Recommendation:
             raise UsageError(f"{path}: not a recommendation JSON (no task/optimizer/optimizer_params)")
         return cls.from_dict(data)
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``<out_dir>/<study_name>.json`` (the task's name when there is no study)
-        atomically: a reader sees the old file or the new one, never half of one, and saves
-        running at once each write their own temporary file."""
-        folder = Path(out_dir)
+    def save(self, out: str | Path) -> Path:
+        """Write the JSON to ``out`` when it names a ``.json`` file, else to
+        ``<out>/<study_name>.json`` (the task's name when there is no study), atomically: a reader
+        sees the old file or the new one, never half of one, and saves running at once each write
+        their own temporary file."""
+        out = Path(out)
+        if out.suffix == ".json":
+            folder, path = out.parent, out
+        else:
+            folder = out
+            path = folder / f"{(self.study_name or self.task).replace(':', '_')}.json"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{(self.study_name or self.task).replace(':', '_')}.json"
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".tmp")
         try:

@@ -45,6 +45,8 @@ def test_save_writes_the_schema_version_and_load_gives_back_the_same_record(tmp_
     assert data["schema_version"] == SCHEMA_VERSION and isinstance(data["schema_version"], int)
     again = Recommendation.load(path)
     assert again == rec
+    named = rec.save(tmp_path / "named.json")  # a .json path is the file itself
+    assert named == tmp_path / "named.json" and Recommendation.load(named) == rec
     # what is not typed goes through unchanged, what is typed as it was written
     old = json.loads(OLD.read_text())
     assert data["baselines"][0]["params"] == old["baselines"][0]["params"]
