@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class WorkerPool:
         self._start_failures = 0
         self._warm_job: Job | None = None
         self._warm_task: ray.ObjectRef | None = None  # an object ref to the task the driver loaded
+        self._by_value: set[str] = set()  # the user modules this pool made Ray pickle by value
         for i in range(size):
             self._start(i)
 
@@ -106,6 +108,7 @@ class WorkerPool:
         start on warm workers; replacements started later warm up too. ``task``: the job's task
         as the driver loaded it, shipped through Ray's object store (the workers need not load
         it again). Call before the first job."""
+        self._ship(job)
         self._warm_job = job
         self._warm_task = ray.put(task) if task is not None else None
         for index, actor in enumerate(self.workers):
@@ -158,9 +161,18 @@ class WorkerPool:
 
     def submit(self, index: int, job: Job, trial: optuna.trial.Trial | None = None) -> tuple[ray.ObjectRef, InFlight]:
         """Send ``job`` to idle worker ``index``."""
+        self._ship(job)
         self.load[index] += 1
         actor = self.workers[index]
         return actor.run.remote(job), InFlight(index, job, trial, actor=actor)
+
+    def _ship(self, job: Job) -> None:
+        """Make the user modules ``job``'s family comes from travel by value (once per module):
+        the one place a job changes Ray's pickler, right before it is sent."""
+        for module in job.by_value_modules():
+            if module not in self._by_value:
+                ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+                self._by_value.add(module)
 
     def collect(self, inflight: dict[ray.ObjectRef, InFlight], timeout_s: float | None = None) -> list[Finished]:
         """Wait up to ``timeout_s`` for jobs of ``inflight`` to end; take them out of it and

@@ -69,7 +69,14 @@ class Job:
     family: Family | None = None
 
     def __post_init__(self) -> None:
-        self.family = shippable_family(self.family or self.config.optimizer)
+        # A lookup only: making the family's modules travel by value (a change to Ray's pickler)
+        # is done where the job is shipped (``WorkerPool``, through ``by_value_modules``).
+        self.family = self.family or family(self.config.optimizer)
+
+    def by_value_modules(self) -> list[str]:
+        """The modules this job's family must be pickled by value from (``by_value_modules``)."""
+        assert self.family is not None  # set by __post_init__
+        return by_value_modules(self.family)
 
 
 class TrialWorker:
@@ -211,17 +218,25 @@ def _installed_top_levels() -> frozenset[str]:
     return frozenset(importlib.metadata.packages_distributions()) | frozenset(sys.stdlib_module_names)
 
 
-def shippable_family(name: str | Family) -> Family:
-    """Family ``name`` (a registered name, or a study's own ``Family``), ready to travel to a worker.
-
-    A class from an installed package travels by reference (the worker imports it); a class
-    from the user's own code (a script, a notebook, a test module) may not be importable on the
-    worker, so its module is pickled by value.
-    """
-    fam = name if isinstance(name, Family) else family(name)
+def by_value_modules(fam: Family) -> list[str]:
+    """The modules of ``fam``'s classes that must be pickled by value to reach a worker (no side
+    effect). A class from an installed package travels by reference (the worker imports it); a
+    class from the user's own code (a script, a notebook, a test module) may not be importable on
+    the worker."""
+    out: list[str] = []
     for obj in (fam.optimizer_class, fam.split, fam.adjust):
         module = getattr(obj, "__module__", None) if obj is not None and not isinstance(obj, str) else None
-        if (module and module != "__main__" and module in sys.modules
+        if (module and module != "__main__" and module in sys.modules and module not in out
                 and module.partition(".")[0] not in _installed_top_levels()):
-            ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+            out.append(module)
+    return out
+
+
+def shippable_family(name: str | Family) -> Family:
+    """Family ``name`` (a registered name, or a study's own ``Family``), ready to travel to a
+    worker: registers its user modules with Ray's pickler, by value (``by_value_modules``).
+    ``WorkerPool`` does this for the jobs it ships; this is for a family shipped another way."""
+    fam = name if isinstance(name, Family) else family(name)
+    for module in by_value_modules(fam):
+        ray.cloudpickle.register_pickle_by_value(sys.modules[module])
     return fam

@@ -6,7 +6,7 @@ Modules, low to high:
   options, URL normalisation, the ask and creation locks, the preflight ``check``;
 * ``storage``: ``open_storage``, and ``with_retry`` for a database that went away;
 * ``snapshot``: ``SnapshotStorage``, a ``BaseStorage`` wrapper serving one read of the trials
-  per decision (``trials_snapshot``);
+  per decision (``trials_snapshot``), and ``SnapshotStudy``, a study that names its wrapper;
 * ``samplers``: ``build_sampler`` and ``GroupTPESampler``;
 * ``stale``: heartbeats and stale trials (``fail_stale``, ``retry_trial``);
 * ``studies``: ``open_study``, ``load_study``, ``budget_used``.
@@ -34,7 +34,14 @@ from autoopt.study.backends import (
     sqlite_path,
 )
 from autoopt.study.samplers import GroupTPESampler, build_sampler
-from autoopt.study.snapshot import SnapshotStorage, storage_of, study_id_of, trial_id_of, trials_snapshot
+from autoopt.study.snapshot import (
+    SnapshotStorage,
+    SnapshotStudy,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+    trials_snapshot,
+)
 from autoopt.study.stale import fail_stale, record_heartbeat, retry_trial
 from autoopt.study.storage import (
     GRACE_S,
@@ -59,9 +66,9 @@ warnings.filterwarnings("ignore",
 
 __all__ = [
     "CONNECT_TIMEOUT_S", "GRACE_S", "HEARTBEAT_S", "MAX_RETRY", "STORAGE_RETRY_S", "Backend", "GroupTPESampler",
-    "PostgresBackend", "SQLiteBackend", "SnapshotStorage", "StorageDown", "absolute_sqlite", "ask_lock",
-    "backend_for", "budget_used", "build_sampler", "check_storage", "connect_timeout_s", "counts", "creation_lock",
-    "fail_stale", "is_unreachable", "load_existing_study", "load_study", "mask_url", "open_storage", "open_study",
-    "record_heartbeat", "redact", "redact_logs", "retry_trial", "sqlite_path", "storage_of", "storage_retry_s",
-    "study_id_of", "trial_id_of", "trials_snapshot", "with_retry",
+    "PostgresBackend", "SQLiteBackend", "SnapshotStorage", "SnapshotStudy", "StorageDown", "absolute_sqlite",
+    "ask_lock", "backend_for", "budget_used", "build_sampler", "check_storage", "connect_timeout_s", "counts",
+    "creation_lock", "fail_stale", "is_unreachable", "load_existing_study", "load_study", "mask_url", "open_storage",
+    "open_study", "record_heartbeat", "redact", "redact_logs", "retry_trial", "sqlite_path", "storage_of",
+    "storage_retry_s", "study_id_of", "trial_id_of", "trials_snapshot", "with_retry",
 ]

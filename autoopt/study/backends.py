@@ -23,6 +23,8 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,14 +247,26 @@ class PostgresBackend(Backend):
                 conn.commit()
 
 
-_LOCK_ENGINES: dict[str, Engine] = {}
+# The ask lock's engines, one per PostgreSQL URL, the most recently used first kept: a process
+# that opens many storages holds at most LOCK_ENGINES_MAX of them. An evicted engine is
+# disposed; a lock held on one of its connections stays held until that connection closes.
+LOCK_ENGINES_MAX = 8
+_LOCK_ENGINES: OrderedDict[str, Engine] = OrderedDict()
+_LOCK_ENGINES_GUARD = threading.Lock()
 
 
 def _lock_engine(url: str) -> Engine:
-    if url not in _LOCK_ENGINES:
-        _LOCK_ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
-                                           connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
-    return _LOCK_ENGINES[url]
+    with _LOCK_ENGINES_GUARD:
+        engine = _LOCK_ENGINES.get(url)
+        if engine is not None:
+            _LOCK_ENGINES.move_to_end(url)
+            return engine
+        engine = _LOCK_ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
+                                                    connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        evicted = [_LOCK_ENGINES.popitem(last=False)[1] for _ in range(len(_LOCK_ENGINES) - LOCK_ENGINES_MAX)]
+    for old in evicted:
+        old.dispose()
+    return engine
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,9 +7,9 @@ every call to the storage it wraps (as Optuna's own cached storage does), except
 ``trials_snapshot`` it serves ``get_all_trials`` from one read: one round trip per decision.
 Writes always go through.
 
-Studies opened by ``autoopt.study`` (``open_study``, ``load_study``) sit on such a wrapper;
-``storage_of(study)`` and ``trial_id_of(study, number)`` give the storage and trial ids with
-public calls only.
+Studies opened by ``autoopt.study`` (``open_study``, ``load_study``) are ``SnapshotStudy``s: they
+sit on such a wrapper and name it (``snapshot_storage``); ``storage_of(study)`` and
+``trial_id_of(study, number)`` give the storage and trial ids with public calls only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-import weakref
 from collections.abc import Container, Iterator, Sequence
 from typing import Any
 
@@ -158,23 +157,36 @@ class SnapshotStorage(BaseStorage):
         self.inner.remove_session()
 
 
-# Which wrapper a study sits on: optuna.Study keeps its storage private.
-_WRAPPERS: weakref.WeakKeyDictionary[optuna.Study, SnapshotStorage] = weakref.WeakKeyDictionary()
+class SnapshotStudy(optuna.Study):
+    """An ``optuna.Study`` on a ``SnapshotStorage``, which it names (``snapshot_storage``):
+    ``optuna.Study`` keeps its storage private. ``open_study`` and ``load_study`` return one."""
+
+    def __init__(self, study_name: str, storage: SnapshotStorage,
+                 sampler: optuna.samplers.BaseSampler | None = None,
+                 pruner: optuna.pruners.BasePruner | None = None) -> None:
+        super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        self.snapshot_storage = storage
+        self._autoopt_on_base: optuna.Study | None = None
+
+    def on_base(self) -> optuna.Study:
+        """The same study on the storage as opened (``snapshot_storage.base``, with Optuna's
+        heartbeats, which the wrapper does not carry); loaded once, it lives as long as this study."""
+        if self._autoopt_on_base is None:
+            self._autoopt_on_base = optuna.load_study(study_name=self.study_name, storage=self.snapshot_storage.base)
+        return self._autoopt_on_base
 
 
-def register(study: optuna.Study, storage: SnapshotStorage) -> optuna.Study:
-    """Remember that ``study`` was created on ``storage`` (``open_study``, ``load_study``)."""
-    _WRAPPERS[study] = storage
+def snapshot_study(study: optuna.Study) -> SnapshotStudy:
+    """``study`` as a ``SnapshotStudy``; a study not opened by ``autoopt.study`` is a ``ValueError``."""
+    if not isinstance(study, SnapshotStudy):
+        raise ValueError(f"study {study.study_name!r} was not opened by autoopt.study "
+                         "(open_study or load_study)")
     return study
 
 
 def storage_of(study: optuna.Study) -> SnapshotStorage:
     """The storage of a study opened by ``autoopt.study``."""
-    try:
-        return _WRAPPERS[study]
-    except KeyError:
-        raise ValueError(f"study {study.study_name!r} was not opened by autoopt.study "
-                         "(open_study or load_study)") from None
+    return snapshot_study(study).snapshot_storage
 
 
 def study_id_of(study: optuna.Study) -> int:
@@ -192,9 +204,8 @@ def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None
     """Within the block, the study's trials are read from the storage once, then served from
     that snapshot (or ``trials``, a read made just before). A study not opened by
     ``autoopt.study`` reads as usual."""
-    storage = _WRAPPERS.get(study)
-    if storage is None:
+    if not isinstance(study, SnapshotStudy):
         yield
         return
-    with storage.snapshot(study_id_of(study), trials):
+    with study.snapshot_storage.snapshot(study_id_of(study), trials):
         yield

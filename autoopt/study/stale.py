@@ -15,7 +15,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import DateTime, bindparam, text
 
-from autoopt.study.snapshot import storage_of, study_id_of, trial_id_of
+from autoopt.study.snapshot import snapshot_study, storage_of, study_id_of, trial_id_of
 from autoopt.study.storage import GRACE_S, MAX_RETRY
 
 # Optuna has no public call for "RUNNING trials that never got a heartbeat"; its schema (the
@@ -26,23 +26,12 @@ _NEVER_BEATEN = text(
     "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL AND t.datetime_start < :cutoff"
 ).bindparams(bindparam("cutoff", type_=DateTime()))
 
-_PLAIN: dict[tuple[int, str], optuna.Study] = {}
-
-
-def _plain_study(study: optuna.Study) -> optuna.Study:
-    """The study on its storage as opened (with Optuna's heartbeats), for Optuna's own
-    ``fail_stale_trials``: the snapshot wrapper does not carry heartbeats."""
-    base = storage_of(study).base
-    key = (id(base), study.study_name)
-    if key not in _PLAIN:
-        _PLAIN[key] = optuna.load_study(study_name=study.study_name, storage=base)
-    return _PLAIN[key]
-
-
 def fail_stale(study: optuna.Study) -> None:
     """Fail (and re-queue) the RUNNING trials whose driver stopped sending heartbeats, and
     those that never got one (their driver died between asking and the first beat)."""
-    plain = _plain_study(study)
+    # On the storage as opened (with Optuna's heartbeats), for Optuna's own ``fail_stale_trials``:
+    # the snapshot wrapper does not carry heartbeats. Kept by the study, not here.
+    plain = snapshot_study(study).on_base()
     optuna.storages.fail_stale_trials(plain)
     storage = storage_of(study)
     callback = storage.base.get_heartbeat_stale_trial_callback() if isinstance(storage.base, RDBStorage) else None

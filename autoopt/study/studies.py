@@ -14,21 +14,22 @@ from optuna.trial import FrozenTrial, TrialState
 from autoopt.direction import Direction
 from autoopt.errors import UsageError
 from autoopt.study.samplers import build_sampler
-from autoopt.study.snapshot import SnapshotStorage, register
+from autoopt.study.snapshot import SnapshotStorage, SnapshotStudy
 from autoopt.study.storage import with_retry
 
 
 def open_study(storage: BaseStorage, name: str, *, direction: Direction, metric: str | None = None,
                sampler: str = "tpe", seed: int = 0, pruner: optuna.pruners.BasePruner | None = None
-               ) -> optuna.Study:
+               ) -> SnapshotStudy:
     """Create the study, or load it when it exists (resume). ``metric`` names its objective
     (what optuna-dashboard shows). The sampler's seed is offset by the trials already there, so
     a resumed study does not replay its first proposals."""
     wrapped = SnapshotStorage(storage)
 
-    def _open() -> optuna.Study:
-        study = optuna.create_study(storage=wrapped, study_name=name, direction=direction,
-                                    load_if_exists=True, pruner=pruner)
+    def _open() -> SnapshotStudy:
+        created = optuna.create_study(storage=wrapped, study_name=name, direction=direction,
+                                      load_if_exists=True, pruner=pruner)
+        study = SnapshotStudy(name, wrapped, sampler=created.sampler, pruner=created.pruner)
         if study.direction.name.lower() != direction:
             raise UsageError(f"study '{name}' exists with direction {study.direction.name.lower()}, "
                              f"but this task {direction}s its metric; pick another --study name")
@@ -36,20 +37,20 @@ def open_study(storage: BaseStorage, name: str, *, direction: Direction, metric:
             study.set_metric_names([metric])
         return study
 
-    study = register(with_retry(_open, what="open the study"), wrapped)
+    study = with_retry(_open, what="open the study")
     offset = len(study.get_trials(deepcopy=False))
     study.sampler = build_sampler(sampler, seed + offset)
     return study
 
 
 def load_study(storage: BaseStorage, name: str, *, pruner: optuna.pruners.BasePruner | None = None,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Load an existing study (``KeyError`` when there is none), on a snapshot wrapper."""
-    wrapped = SnapshotStorage(storage)
-    return register(optuna.load_study(study_name=name, storage=wrapped, pruner=pruner, sampler=sampler), wrapped)
+               sampler: optuna.samplers.BaseSampler | None = None) -> SnapshotStudy:
+    """Load an existing study (``KeyError`` when there is none), on a snapshot wrapper (as
+    ``optuna.load_study`` does, with the study's class)."""
+    return SnapshotStudy(name, SnapshotStorage(storage), pruner=pruner, sampler=sampler)
 
 
-def load_existing_study(storage: BaseStorage, name: str) -> optuna.Study | None:
+def load_existing_study(storage: BaseStorage, name: str) -> SnapshotStudy | None:
     """The study, or None when there is none."""
     try:
         return load_study(storage, name)
