@@ -147,6 +147,24 @@ def test_a_text_file_as_storage_is_refused_and_left_unchanged(workdir: Path) -> 
         open_storage(f"sqlite:///{workdir}")
 
 
+def test_checking_a_storage_this_process_holds_open_keeps_its_locks(workdir: Path) -> None:
+    """A second study in one process (a notebook, ``bench --leave-one-out``) checks the storage the
+    first one holds open. The check must not drop this process's locks on the file (a plain
+    ``open()``/``close()`` does: POSIX locks are per process), or another process, closing its
+    connection, takes itself for the last one and deletes the WAL this process still writes to."""
+    url = f"sqlite:///{workdir / 'held.db'}"
+    study = open_study(open_storage(url), "held", direction="maximize", metric="val_accuracy")
+    study.enqueue_trial({})  # a write: the WAL exists, and this process's connection stays open
+    wal = workdir / "held.db-wal"
+    assert wal.exists()
+    check_storage(url)
+    # Another process opens and closes the database; it must see this process still using it.
+    subprocess.run([sys.executable, "-c", f"import sqlite3; c = sqlite3.connect({str(workdir / 'held.db')!r}); "
+                    "c.execute('select count(*) from studies').fetchall(); c.close()"], check=True, timeout=60)
+    assert wal.exists(), "the other process deleted the WAL: this process's locks were dropped"
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.WAITING]
+
+
 @pytest.mark.slow
 def test_mlflows_database_as_storage_is_refused_and_left_unchanged(workdir: Path) -> None:
     import mlflow

@@ -41,7 +41,6 @@ from autoopt.redact import mask_url, redact
 CONNECT_TIMEOUT_S = 10  # a host that does not answer fails one connection attempt, then we retry
 PREFLIGHT_TIMEOUT_S = 15.0  # default of AUTOOPT_CONNECT_TIMEOUT_S: a driver's first contact
 OPTUNA_TABLES = frozenset({"studies", "trials"})  # what makes a database Optuna's
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 FIX = "check --storage or AUTOOPT_STORAGE"
 
 
@@ -140,12 +139,7 @@ class SQLiteBackend(Backend):
             _check_writable(path, where)
         if not self.exists():
             return
-        with open(path, "rb") as fh:
-            header = fh.read(len(_SQLITE_MAGIC))
-        if header != _SQLITE_MAGIC:
-            raise UsageError(f"{where}: {path} is not a SQLite database (not autoopt's); "
-                             "pick another file for --storage")
-        owner = _foreign(_sqlite_tables(path, where))
+        owner = _foreign(_sqlite_tables(path, where, write=write))
         if owner:
             raise UsageError(f"{where} is {owner}, not an Optuna study database; pick another file for --storage")
 
@@ -177,15 +171,21 @@ def _foreign(tables: set[str]) -> str | None:
     return f"{whose} database (tables {shown})"
 
 
-def _sqlite_tables(path: Path, where: str) -> set[str]:
-    """The tables of an existing SQLite file, read without changing it."""
+def _sqlite_tables(path: Path, where: str, *, write: bool = False) -> set[str]:
+    """The tables of an existing SQLite file, read without changing it, through SQLite only: a
+    plain ``open()`` and ``close()`` of the file would drop every lock this process holds on it
+    (POSIX locks are per process), so a worker would take itself for the last user of a database
+    the driver still has open, and delete its WAL under it (a second study in one process)."""
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
+        conn = sqlite3.connect(f"{path.as_uri()}?mode={'rw' if write else 'ro'}", uri=True, timeout=30)
         try:
             rows = conn.execute("select name from sqlite_master where type = 'table'").fetchall()
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise UsageError(f"{where}: {path} is not a SQLite database (not autoopt's); "
+                             "pick another file for --storage") from None
         raise UsageError(f"{where}: {path} is not a usable SQLite database ({exc}); "
                          "pick another file for --storage") from None
     return {name for (name,) in rows if not name.startswith("sqlite_")}
