@@ -60,6 +60,23 @@ def held_pids(data: Path) -> set[int]:
     return {int(p.name) for p in folder.iterdir()} if folder.exists() else set()
 
 
+# The cluster's nodes (their CPUs) and the CPUs free now, as a driver joining it sees them.
+CLUSTER_STATE = """
+import json, sys, ray
+from autoopt.dispatch import start_ray
+start_ray(sys.argv[1])
+nodes = {n["NodeID"]: n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]}
+print(json.dumps({"nodes": nodes, "free_cpus": ray.available_resources().get("CPU", 0.0)}))
+"""
+
+
+def cluster_state(cluster: RayCluster) -> dict:
+    done = subprocess.run([sys.executable, "-c", CLUSTER_STATE, cluster.address], env=driver_env(cluster),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_server: MlflowServer,
                                                     optuna_db: str, tmp_path: Path) -> None:
     """Two ``autoopt tune`` at once, on the same task and PostgreSQL database, on a two-node Ray
@@ -71,8 +88,16 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     (data / "hold").touch()  # every trial waits at its second step while this file exists
     total = 6
     # One worker per driver, one CPU each, on a cluster of two one-CPU nodes: the two workers sit
-    # on different nodes. The first trials are held until both workers are busy with one, so
-    # neither driver can take the whole budget while the other's worker warms up.
+    # on different nodes, as Ray must place them (a node's one CPU holds one worker). That holds
+    # once nothing else holds a CPU: a test before may leave actors that Ray is still ending.
+    def free() -> dict | None:
+        now = cluster_state(cluster)
+        return now if now["free_cpus"] == 2.0 else None
+
+    state = wait_for(free, 120, "both CPUs of the cluster to be free")
+    assert sorted(state["nodes"].values()) == [1.0, 1.0], state
+    # The first trials are held until both workers are busy with one, so neither driver can take
+    # the whole budget while the other's worker warms up.
     args = ["--task", "services:slow_digits", "--data-dir", str(data), "--trials", str(total), "--epochs", "2",
             "--no-confirm", "--study", study, "--concurrency", "1",
             "--ray-address", cluster.address, "--mlflow-uri", mlflow_server.url]
@@ -108,7 +133,7 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     # Both nodes ran trials, in the two held workers (Ray actors, not the drivers).
     workers = {(t.user_attrs["worker"]["node"], t.user_attrs["worker"]["pid"]) for t in trials}
     assert {pid for _, pid in workers} == held, (workers, held)
-    assert len({node for node, _ in workers}) == 2 and None not in {node for node, _ in workers}, workers
+    assert {node for node, _ in workers} == set(state["nodes"]), (workers, state)  # one worker on each node
     assert not held & {first.proc.pid, second.proc.pid}
     # Small pools: per driver 2 (+1 overflow) and the ask lock's 1, per placed worker 1 (+1).
     assert 0 < connections.peak <= 12, connections.peak

@@ -72,10 +72,10 @@ class GatedSGD(torch.optim.SGD):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         deadline = time.monotonic() + self.wait_s
-        while not os.path.exists(self.gate):
+        timed_out = Path(f"{self.gate}.timed-out")
+        while not os.path.exists(self.gate) and not timed_out.exists():
             if time.monotonic() > deadline:
-                Path(f"{self.gate}.timed-out").touch()
-                break
+                timed_out.touch()  # once: the steps after it do not wait
             time.sleep(0.02)
         return super().step(closure)
 
@@ -96,21 +96,26 @@ def gated(tmp_path: Path) -> Iterator[Path]:
 Event = tuple[str, int, int]  # ("start" | "end", worker index, job)
 
 
-def record_events(pool: WorkerPool, job_of: Any, on_start: Any = None) -> list[Event]:
+def record_events(pool: WorkerPool, job_of: Any, on_queued: Any = None) -> list[Event]:
     """Every job the driver hands to a worker (``submit``) and every job it sees end (``collect``),
-    in the order it does them: the order of the driver's own events, no clock involved."""
+    in the order it does them: the order of the driver's own events, no clock involved.
+    ``on_queued()`` runs when a job is handed to a worker still busy with another."""
     events: list[Event] = []
+    busy: set[int] = set()
     submit, collect = pool.submit, pool.collect
 
     def recording_submit(index: int, job: Job, trial: Any = None) -> Any:
         events.append(("start", index, job_of(job, trial)))
-        if on_start is not None:
-            on_start(events)
+        if index in busy and on_queued is not None:
+            on_queued()
+        busy.add(index)
         return submit(index, job, trial)
 
     def recording_collect(inflight: dict, timeout_s: float | None = None) -> Any:
         done = collect(inflight, timeout_s)
-        events.extend(("end", d.item.worker, job_of(d.item.job, d.item.trial)) for d in done)
+        for d in done:
+            events.append(("end", d.item.worker, job_of(d.item.job, d.item.trial)))
+            busy.discard(d.item.worker)
         return done
 
     pool.submit, pool.collect = recording_submit, recording_collect  # type: ignore[method-assign]
@@ -159,15 +164,9 @@ def test_no_worker_is_idle_while_a_job_waits(cluster: None, gated: Path) -> None
         results: list[JobResult] = []
         fast_done: list[int] = []
 
-        def open_if_queued_on_a_busy_worker(events: list[Event]) -> None:
-            # A pool that queues a fast job behind the held one would wait for the gate: open it
-            # at once, the order of events fails the test below.
-            busy = {w for kind, w, j in events[:-1] if kind == "start" and j == 0} - {
-                w for kind, w, j in events if kind == "end" and j == 0}
-            if events[-1][1] in busy:
-                gated.touch()
-
-        events = record_events(pool, lambda j, _trial: j.seed, open_if_queued_on_a_busy_worker)
+        # A pool that queued a fast job behind the held one would wait for the gate: it opens at
+        # once then, and the order of events fails the test below.
+        events = record_events(pool, lambda j, _trial: j.seed, on_queued=gated.touch)
 
         def on_result(done: Job, result: JobResult) -> None:
             results.append(result)
@@ -208,7 +207,7 @@ def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_pa
                      concurrency=2, storage=f"sqlite:///{tmp_path / 's.db'}")
     study = open_study(open_storage(spec.placement.storage), "idle", direction="maximize")
     pool = WorkerPool(2, cpus=1, gpus=0)
-    events = record_events(pool, lambda _job, trial: trial.number)
+    events = record_events(pool, lambda _job, trial: trial.number, on_queued=gated.touch)
 
     def on_progress(progress: SearchProgress) -> None:
         if progress.finished_here >= 5:  # the five fast trials are told: the slow one may end

@@ -5,12 +5,12 @@ real SQLite Optuna storage (fast); one real study checks the whole path."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
@@ -132,7 +132,7 @@ def test_the_read_is_bounded(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert prior.studies == ["s5", "s4", "s3"]  # the most recent ones only
 
 
-def test_a_storage_of_many_studies_is_read_in_seconds(url: str) -> None:
+def test_a_storage_of_many_studies_is_read_in_a_bounded_number_of_queries(url: str) -> None:
     """Hundreds of studies with their trials: copied in SQL, as a team's storage grows."""
     make_study(url, "seed", screen={f: 0.5 + i / 100 for i, f in enumerate(ALL)},
                tuned=[(config("adamw", lr=10 ** -(1 + i / 20)), 0.6 + i / 1000) for i in range(60)])
@@ -161,12 +161,22 @@ def test_a_storage_of_many_studies_is_read_in_seconds(url: str) -> None:
                              {"base": base})
         assert conn.execute(text("SELECT COUNT(*) FROM trials")).scalar() >= 20_000
     storage.engine.dispose()
-    start = time.perf_counter()
-    prior = prior_of(url, TaskInfo("new", **ACC))
-    took = time.perf_counter() - start
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", count)
+    try:
+        prior = prior_of(url, TaskInfo("new", **ACC))
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", count)
     assert len(prior.studies) == prior_mod.MAX_STUDIES
     assert prior.order(ALL)[0] == max(ALL, key=lambda f: ALL.index(f))  # the best screened in every copy
-    assert took < 5.0, f"the prior took {took:.1f}s"
+    # Bounded reads: a few statements per batch of studies, however many trials they hold (the
+    # time it takes belongs to a benchmark, not a test).
+    reads = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+    assert 0 < len(reads) <= 40, f"{len(reads)} SELECTs for {prior_mod.MAX_STUDIES} studies"
 
 
 def test_warm_starts_are_fitted_into_the_space_and_skip_published_defaults(url: str) -> None:
