@@ -224,16 +224,23 @@ class Race:
         return None
 
     def affordable(self, entrants: list[Contender], k: int) -> list[Contender]:
-        """``entrants`` less the slowest, until the rounds still needed fit in what is left (a
-        soft allowance never leaves out the essential contenders)."""
+        """``entrants`` less the slowest, until the rounds still needed fit in what is left. The
+        essential contenders (the search's best config, the best-screened default) and the two the
+        verdict is between so far (the best tuned config, the best baseline) leave last, and a soft
+        allowance never leaves them out."""
         left = self.left()
         if left is None:
             return entrants
-        out = sorted(entrants, key=lambda c: (not c.essential, self.run_cost(c)))
+        decisive = {id(c) for c in (self.best(baseline=False), self.best(baseline=True)) if c is not None}
+
+        def kept(c: Contender) -> bool:
+            return c.essential or id(c) in decisive
+
+        out = sorted(entrants, key=lambda c: (not kept(c), self.run_cost(c)))
         rounds = max(1, self.min_seeds - k)
         what = "the budget" if self.budget is not None else "the confirmation's allowance (the search's time)"
         while out and rounds * self.makespan(out) > left:
-            if self.budget is None and out[-1].essential:
+            if self.budget is None and kept(out[-1]):
                 break
             c = out.pop()  # the slowest first, the essential ones last
             if len(c.results) < self.min_seeds:

@@ -105,6 +105,28 @@ def test_without_a_budget_the_allowance_leaves_out_slow_contenders_but_never_the
     assert len(best.results) == len(screened.results) == 3  # over the allowance: they still get their seeds
 
 
+def test_the_allowance_keeps_the_baseline_that_leads_even_when_it_was_not_screened_best(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best-screened default is essential from the start, but the verdict is between the best
+    tuned config and whichever baseline leads the race: once it leads, it keeps its seeds too."""
+    best = contender("trial_1", [0.95, 0.96, 0.95], s_per_epoch=10.0, essential=True)
+    screened = contender("adamw_default", [0.90, 0.90, 0.90], s_per_epoch=1.0, essential=True)
+    leading = contender("soap_default", [0.95, 0.96, 0.96], s_per_epoch=20.0)  # slow, not essential
+    clock = [0.0]  # the race's clock: each round takes its slowest run
+    monkeypatch.setattr("autoopt.race.time.monotonic", lambda: clock[0])
+
+    def submit(batch: list[tuple[Contender, int]]) -> None:
+        clock[0] += max(c.s_per_epoch or 1.0 for c, _ in batch) + 2.0  # and the round's dispatch
+        for c, seed in batch:
+            c.results[seed] = JobResult(JobState.COMPLETE, c.truth[seed], [{"epoch": 1, "epoch_s": c.s_per_epoch}])
+
+    # Enough for three rounds with everyone at the start; after two, not for a third with everyone.
+    Race([best, screened, leading], list(range(3)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
+         min_seeds=3, max_seeds=3, workers=2, epochs=1, submit=submit, allowance_s=63.0).run()
+    assert len(leading.results) == 3 and leading.status == "racing", (leading.status, leading.reason)
+    assert len(best.results) == 3
+
+
 def test_under_a_budget_the_slowest_are_left_out_first_and_the_essential_last() -> None:
     budget = Budget(limit_s=100.0)  # about 94 s left for work
     values = [0.9, 0.91, 0.9, 0.91, 0.9]
