@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,10 +284,14 @@ class StudyRun:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
-    def close_orphans(self, study_name: str, live: set[int]) -> int:
-        """End the nested runs of this study left RUNNING by a dead worker or driver (any
-        trial not in ``live``) as FAILED, and the parent runs of those drivers (still RUNNING,
-        not this one) as KILLED. Returns how many nested runs were closed."""
+    def close_orphans(self, study_name: str, states: Mapping[int, str]) -> int:
+        """End the nested runs of this study left RUNNING, given its trials' ``states`` (by number),
+        once this driver's workers are gone: a failed trial's run (a killed worker, a dead driver's
+        trial failed as stale) as FAILED, and the parent runs of those drivers (still RUNNING, not
+        this one) as KILLED; a finished trial's run under this parent run as FINISHED, with its
+        trial's state (its worker was stopped before it wrote the end: a Ctrl-C). Another
+        driver's finished trials are left alone: their runs may still be on their way. Returns
+        how many nested runs were closed."""
         closed = 0
         dead_parents: set[str] = set()
         runs = self.client.search_runs(
@@ -296,7 +300,14 @@ class StudyRun:
             max_results=5000)
         for run in runs:
             number = run.data.tags.get(TRIAL_TAG)
-            if run.info.run_id == self.run_id or number is None or int(number) in live:
+            if run.info.run_id == self.run_id or number is None:
+                continue
+            state = states.get(int(number))
+            if state is not None and state != "FAIL":
+                if run.data.tags.get(PARENT_TAG) == self.run_id and state in ("COMPLETE", "PRUNED"):
+                    self.client.set_tag(run.info.run_id, STATE_TAG, state)
+                    self.client.set_terminated(run.info.run_id, status="FINISHED")
+                    closed += 1
                 continue
             self.client.set_tag(run.info.run_id, STATE_TAG, "FAIL")
             self.client.set_terminated(run.info.run_id, status="FAILED")

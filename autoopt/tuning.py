@@ -344,13 +344,12 @@ def _open_tracker(spec: StudySpec) -> tracking.StudyRun:
 
 
 def _close_orphans(tracker: tracking.StudyRun, study: optuna.Study) -> None:
-    """End as FAILED the nested runs of trials that failed without their worker closing the
-    run (a killed worker, a dead driver's trials failed as stale). Only failed trials: a
-    finished trial's run may still be on its way from another driver's worker."""
+    """End the nested runs left RUNNING once this driver's workers are gone
+    (``StudyRun.close_orphans``): a failed trial's as FAILED, a finished trial's of this driver as
+    FINISHED."""
     try:
         trials = study.get_trials(deepcopy=False)
-        live = {t.number for t in trials if t.state.name != "FAIL"}
-        n = tracker.close_orphans(study.study_name, live)
+        n = tracker.close_orphans(study.study_name, {t.number: t.state.name for t in trials})
         if n:
             log.info("closed %d MLflow runs left running by dead trials", n)
     except Exception as exc:

@@ -322,6 +322,28 @@ def test_pruned_trial_runs_can_be_filtered_and_show_as_pruned(workdir: Path, mlf
     assert complete.info.run_name == "trial-0"
 
 
+def test_runs_left_running_are_closed_by_their_trials_state(workdir: Path, mlflow_template: Path) -> None:
+    """After a Ctrl-C this driver's workers are gone: a run whose trial finished (told before the
+    worker wrote the run's end) ends FINISHED, a failed trial's FAILED; another driver's finished
+    trial's run may still be on its way and is left alone."""
+    _mlflow_db(mlflow_template, workdir / "mlflow.db")
+    parent = tracking.StudyRun("sqlite:///mlflow.db", "digits", "digits", {})
+    other = tracking.StudyRun("sqlite:///mlflow.db", "digits", "digits", {})
+    recorder = tracking.TrialRecorder(write_every_s=0.1)
+    for number, ref in ((0, parent.ref), (1, parent.ref), (2, other.ref)):
+        recorder.start(ref, run_name=f"trial-{number}", params={}, tags={tracking.TRIAL_TAG: number,
+                                                                        tracking.STUDY_TAG: "digits"})
+    recorder.flush()  # created, never ended: their workers were killed
+    closed = parent.close_orphans("digits", {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"})
+    client = mlflow.MlflowClient(tracking_uri=parent.uri)
+    runs = {r.info.run_name: r for r in client.search_runs([parent.experiment_id],
+                                                          f"tags.`{tracking.TRIAL_TAG}` != ''")}
+    assert closed == 2
+    assert runs["trial-0"].info.status == "FINISHED" and runs["trial-0"].data.tags[tracking.STATE_TAG] == "COMPLETE"
+    assert runs["trial-1"].info.status == "FAILED" and runs["trial-1"].data.tags[tracking.STATE_TAG] == "FAIL"
+    assert runs["trial-2"].info.status == "RUNNING"
+
+
 def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir: Path, mlflow_template: Path) -> None:
     _mlflow_db(mlflow_template, workdir / "mlflow.db")
     study = optuna.create_study(direction="maximize")
