@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -179,37 +178,29 @@ def run(spec: StudySpec, *, on_progress: dispatch.Progress | None = None,
     storage_url = absolute_sqlite(spec.placement.storage)
     study, spec, policy = _opened(spec, task, storage_url)
     # Start-up overlaps: while Ray starts (on this thread: Ray's processes die with the thread
-    # that started them), MLflow's store and parent run are made and the portfolio is enqueued
-    # and the first trial asked and prepared, in the background; the workers then warm up
-    # (their imports, a first training step) on the task loaded here.
-    # The parent run's reference is set once MLflow has made it, before the first job is sent.
-    loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=None, pool=None,
-                               on_progress=on_progress, budget=budget, policy=policy)
-    start = _StartUp(loop, spec)
-    try:
-        with dispatch.RunSession(spec.placement.ray_address) as session:
-            try:
-                rec = _searched(session, spec, study, task, loop, start, budget=budget, figures=figures,
-                                on_progress=on_progress, t0=t0)
-            except StorageDown:
-                # The workers are stuck waiting for the database: no flush; the next run closes
-                # the runs they leave open.
-                session.flush_pool = False
-                raise
-            except BaseException as exc:
-                start.stop()  # it has asked what it will ask
-                loop.interrupt()  # the trials asked here are failed and re-queued: a rerun finishes them
-                if isinstance(exc, KeyboardInterrupt) and session.tracker is not None:
-                    _save_best_so_far(spec, study, task, session.tracker, figures)
-                raise
-            finally:
-                start.started.set()
-                tracker = session.tracker or start.tracker()
-                if tracker is not None:
-                    session.tracker = tracker
-                    session.on_close.append(lambda: _close_orphans(tracker, study))
-    finally:
-        start.started.set()  # also when Ray could not start
+    # that started them), MLflow's store and parent run are made and the portfolio is enqueued,
+    # in the background; the workers then warm up (their imports, a first training step) on the
+    # task loaded here. No trial is asked before a worker of this driver is placed and warm.
+    start = _StartUp(spec, study, storage_url, policy)
+    with dispatch.RunSession(spec.placement.ray_address) as session:
+        try:
+            rec = _searched(session, spec, study, task, start, policy, budget=budget, figures=figures,
+                            on_progress=on_progress, t0=t0)
+        except StorageDown:
+            # The workers are stuck waiting for the database: no flush; the next run closes
+            # the runs they leave open.
+            session.flush_pool = False
+            raise
+        except BaseException as exc:
+            start.stop()  # what it does ends before the session closes
+            if isinstance(exc, KeyboardInterrupt) and session.tracker is not None:
+                _save_best_so_far(spec, study, task, session.tracker, figures)
+            raise
+        finally:
+            tracker = session.tracker or start.tracker()
+            if tracker is not None:
+                session.tracker = tracker
+                session.on_close.append(lambda: _close_orphans(tracker, study))
     if budget is not None:
         rec = _close_budget(spec, study, rec, budget)
     return rec
@@ -235,25 +226,19 @@ def _opened(spec: StudySpec, task: Task, storage_url: str) -> tuple[optuna.Study
 
 
 class _StartUp:
-    """What runs in the background while Ray starts: the MLflow parent run is opened, and the
-    portfolio enqueued and the first trial asked (``loop.begin``), then heartbeats for that trial
-    until the search loop runs (``started``)."""
+    """What runs in the background while Ray starts: the MLflow parent run opened, and the search
+    begun (``begin_search``: a resumed study's costs read, the portfolio enqueued). It asks no
+    trial: a trial is asked only for a placed, warm worker."""
 
-    def __init__(self, loop: dispatch.SearchLoop, spec: StudySpec) -> None:
-        self.started = threading.Event()
+    def __init__(self, spec: StudySpec, study: optuna.Study, storage_url: str, policy: PortfolioFirst) -> None:
         background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoopt-start")
         self.opening = background.submit(_open_tracker, spec)
-        self.beginning = background.submit(self._begin, loop)
+        self.beginning = background.submit(dispatch.begin_search, study, storage_url, spec.trials, policy)
         background.shutdown(wait=False)
 
-    def _begin(self, loop: dispatch.SearchLoop) -> None:
-        loop.begin()
-        while not self.started.wait(1.0):
-            loop.heartbeat()  # the trial asked early is not taken for a dead driver's
-
     def stop(self) -> None:
-        """Stop the heartbeats and wait for ``begin`` to end."""
-        self.started.set()
+        """Wait for both to end (their errors are the caller's to see through ``result``)."""
+        self.opening.exception()
         self.beginning.exception()
 
     def tracker(self) -> tracking.StudyRun | None:
@@ -264,24 +249,23 @@ class _StartUp:
 
 
 def _searched(session: dispatch.RunSession, spec: StudySpec, study: optuna.Study, task: Task,
-              loop: dispatch.SearchLoop, start: _StartUp, *, budget: Budget | None, figures: Figures | None,
+              start: _StartUp, policy: PortfolioFirst, *, budget: Budget | None, figures: Figures | None,
               on_progress: dispatch.Progress | None, t0: float) -> Recommendation:
     """With Ray up: the pool (warming on the task loaded here), the parent run, the search, the
     confirmation; the session marked FINISHED."""
     spec, auto_gpus = _placed(spec)
-    loop.spec = spec
     place = spec.placement
+    storage_url = absolute_sqlite(place.storage)
     pool = session.open_pool(spec.trials, concurrency=place.concurrency, cpus=place.cpus_per_trial,
                              gpus=place.gpus_per_trial)
-    pool.warm(dispatch.warm_job(spec, loop.storage_url, study.study_name,
+    pool.warm(dispatch.warm_job(spec, storage_url, study.study_name,
                                 tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))), task=task)
-    loop.pool = pool
     tracker = session.tracker = start.opening.result()
     if auto_gpus is not None:
         tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
-    loop.tracking = tracker.ref
-    start.started.set()
-    start.beginning.result()
+    loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracker.ref, pool=pool,
+                               on_progress=on_progress, policy=policy, budget=budget,
+                               begun=start.beginning.result())
     loop.run()
     rec = finish(spec, study, task, tracker, pool, on_progress=on_progress, figures=figures,
                  budget=budget, effort=effort_of(loop, budget))

@@ -212,3 +212,66 @@ def test_drivers_opening_an_empty_database_at_once(optuna_db: str, tmp_path: Pat
             p.kill()
     assert [p.returncode for p in procs] == [0] * n, [err[-500:] for _, err in outcomes]
     assert load_trials(pg_url(optuna_db), "together") == []
+
+
+def test_three_drivers_at_default_concurrency_share_two_one_cpu_nodes(cluster: RayCluster, optuna_db: str,
+                                                                     tmp_path: Path) -> None:
+    """Three ``autoopt tune`` at once on one study, ``--concurrency`` left at its default, on two
+    one-CPU nodes: every driver ends, with exactly the total. (Before, a driver asked a trial for
+    a worker Ray could not place, and the drivers holding the CPUs waited for that trial: all of
+    them waited for ever.)"""
+    wait_for(lambda: cluster_state(cluster)["free_cpus"] == 2.0, 120, "both CPUs of the cluster to be free")
+    study, total = f"d{uuid.uuid4().hex[:8]}", 6
+    args = ["--task", "digits", "--trials", str(total), "--epochs", "1", "--no-confirm", "--study", study,
+            "--storage", pg_url(optuna_db), "--ray-address", cluster.address]
+    drivers = [Driver(args, tmp_path / name, driver_env(cluster), name=name).start() for name in "abc"]
+    codes = [d.wait(400) for d in drivers]
+    assert codes == [0, 0, 0], "\n".join(d.output()[-1500:] for d in drivers)
+    trials = load_trials(pg_url(optuna_db), study)
+    states = [t.state.name for t in trials]
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    assert states.count("COMPLETE") + states.count("PRUNED") == total and budget_used(trials) == total, states
+    for d in drivers:  # each ends with the study's answer, whether or not it ran a trial itself
+        assert json.loads((d.cwd / "recommendations" / f"{study}.json").read_text())["study_name"] == study
+
+
+def test_requests_no_node_can_hold_are_refused_at_once(cluster: RayCluster, optuna_db: str, tmp_path: Path) -> None:
+    """Two CPUs per trial on a cluster of two one-CPU nodes (two in all, none on one node), a GPU
+    on a cluster without one, and a concurrency above the cluster's total: exit 2, one line naming
+    what was asked and what the cluster has, and no trial asked."""
+    base = ["--task", "digits", "--trials", "2", "--epochs", "1", "--no-confirm", "--storage", pg_url(optuna_db),
+            "--ray-address", cluster.address]
+    cases = {"cpus": (["--cpus-per-trial", "2"], "2 CPUs"), "gpus": (["--gpus-per-trial", "1"], "1 GPU"),
+             "many": (["--concurrency", "3"], "--concurrency 3")}
+    for name, (flags, named) in cases.items():
+        driver = Driver([*base, "--study", name, *flags], tmp_path / name, driver_env(cluster), name=name)
+        assert driver.run(120) == 2, driver.output()[-2000:]
+        lines = [ln for ln in driver.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
+        assert len(lines) == 1 and named in lines[0], driver.stderr
+        assert "largest node has 1 CPU and 0 GPUs" in lines[0] or "has 2 in all" in lines[0], lines[0]
+        assert load_trials(pg_url(optuna_db), name) == []
+
+
+def test_a_driver_starved_of_workers_ends_at_its_timeout_and_says_why(cluster: RayCluster, optuna_db: str,
+                                                                      tmp_path: Path) -> None:
+    """Another driver's trials hold both CPUs: a driver with ``--timeout`` asks no trial (none of
+    its workers is placed), says once what it waits for, and ends at its deadline."""
+    wait_for(lambda: cluster_state(cluster)["free_cpus"] == 2.0, 120, "both CPUs of the cluster to be free")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hold").touch()
+    hog = Driver(["--task", "services:slow_digits", "--data-dir", str(data), "--trials", "2", "--epochs", "1",
+                  "--no-confirm", "--study", "hog", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
+                 tmp_path / "hog", driver_env(cluster), name="hog").start()
+    try:
+        wait_for(lambda: len(held_pids(data)) == 2, 300, "the first driver's two workers to be busy")
+        starved = Driver(["--task", "digits", "--trials", "4", "--epochs", "1", "--no-confirm", "--study", "starved",
+                          "--timeout", "20", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
+                         tmp_path / "starved", driver_env(cluster, AUTOOPT_STARVED_S="3"), name="starved")
+        starved.run(150)
+        assert "no worker placed for" in starved.stderr and "0 of 2 CPUs" in starved.stderr, starved.output()[-2000:]
+        assert "no trials ran" in starved.stderr  # the deadline came before any worker: said, not hung
+        assert load_trials(pg_url(optuna_db), "starved") == []  # nothing asked for a worker never placed
+    finally:
+        (data / "hold").unlink()
+    assert hog.wait(300) == 0, hog.output()[-2000:]

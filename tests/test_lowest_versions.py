@@ -71,17 +71,19 @@ def score(config: Any) -> float:
 
 
 def drive(loops: list[SearchLoop]) -> Iterator[dict[str, Any]]:
-    """The drivers take turns: ask and prepare a trial, tell its score; until none may ask."""
+    """The drivers take turns: ask and prepare a trial for their worker 0, tell its score; until
+    none may ask."""
     while True:
         asked = False
         for loop in loops:
-            pending = loop.next()
+            pending = loop.next(0)
             if pending is None:
                 continue
             asked = True
             config = pending.job.config
             history = [{"epoch": 1, "val_accuracy": score(config), "epoch_s": 0.01}]
-            assert loop.tell(pending.trial, JobResult(JobState.COMPLETE, score(config), history))
+            loop.book.start(pending.trial.number)  # as if sent to worker 0
+            assert loop.book.tell(pending.trial.number, JobResult(JobState.COMPLETE, score(config), history))
             yield {"number": pending.trial.number, **config.to_dict()}
         if not asked:
             return

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import as_nobody, shared_folder
+from filelock import FileLock
 from optuna.trial import TrialState
 from services import free_port, wait_for
 
@@ -33,6 +36,7 @@ from autoopt.study import (
     sqlite_path,
     stale,
     trials_snapshot,
+    with_retry,
 )
 
 
@@ -273,3 +277,66 @@ def test_a_trial_whose_driver_died_before_its_first_heartbeat_is_failed_and_requ
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]
     assert trials[2].system_attrs["failed_trial"] == orphan.number
+
+
+# --- a SQLite file shared by drivers started together ---------------------------------------
+
+def test_a_half_made_optuna_schema_is_optunas_not_another_applications(workdir: Path) -> None:
+    """A driver checks the file while another one is creating Optuna's tables in it: what it sees
+    (some of Optuna's tables, not all) is Optuna's, not a foreign database (exit 2 before)."""
+    half = workdir / "half.db"
+    with contextlib.closing(sqlite3.connect(half)) as conn:
+        for table in ("alembic_version", "studies", "study_directions", "version_info"):
+            conn.execute(f"create table {table} (id integer)")
+        conn.commit()
+    check_storage(f"sqlite:///{half}")
+    other = workdir / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("create table studies (id integer)")
+        conn.execute("create table invoices (id integer)")
+        conn.commit()
+    with pytest.raises(UsageError, match="another application's database"):
+        check_storage(f"sqlite:///{other}")
+
+
+def test_the_storage_check_waits_for_a_driver_creating_the_store(workdir: Path) -> None:
+    """The check reads the file under the creation lock: while another driver holds it (creating
+    Optuna's tables), the check waits, then sees the finished schema."""
+    url = f"sqlite:///{workdir / 'new.db'}"
+    lock = FileLock(f"{workdir / 'new.db'}.lock")
+    checked = threading.Event()
+    with lock:
+        with contextlib.closing(sqlite3.connect(workdir / "new.db")) as conn:
+            conn.execute("create table studies (id integer)")  # half made
+            conn.execute("create table invoices (id integer)")  # a table it drops before it ends
+            conn.commit()
+        checker = threading.Thread(target=lambda: (check_storage(url), checked.set()), daemon=True)
+        checker.start()
+        checker.join(1.0)
+        assert not checked.is_set()  # waits for the lock
+        with contextlib.closing(sqlite3.connect(workdir / "new.db")) as conn:  # the creator ends its work
+            conn.execute("drop table invoices")
+            conn.execute("create table trials (id integer)")
+            conn.commit()
+    checker.join(30)
+    assert checked.is_set()
+
+
+def test_a_locked_sqlite_database_is_waited_for_not_an_outage(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds the write lock longer than the outage budget: the driver waits for
+    it as for a busy database (it used to give up: 'storage unreachable', exit 1)."""
+    monkeypatch.setenv("AUTOOPT_STORAGE_RETRY_S", "0.5")
+    path = workdir / "busy.db"
+    study = open_study(open_storage(f"sqlite:///{path}?timeout=0.1"), "busy", direction="maximize")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    released = threading.Event()
+
+    def release() -> None:
+        holder.execute("COMMIT")
+        released.set()
+
+    threading.Timer(2.0, release).start()
+    trial = with_retry(study.ask, what="ask for a trial")
+    assert released.is_set() and trial.number == 0
+    holder.close()

@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from autoopt.dispatch.gpus import gpus_per_trial
 from autoopt.dispatch.results import JobResult
 from autoopt.dispatch.worker import Job, TrialWorker
+from autoopt.errors import UsageError
 from autoopt.study import redact
 
 if TYPE_CHECKING:
@@ -32,12 +33,49 @@ log = logging.getLogger(__name__)
 
 
 def default_concurrency(cpus: float, gpus: float | None) -> int:
-    """How many trials fit at once in the cluster's resources."""
-    res = ray.cluster_resources()
+    """How many trials fit at once in what the cluster has free now (at least one; never more
+    than its total holds): on a shared cluster, the other drivers' workers keep theirs."""
     share = gpus if gpus is not None else gpus_per_trial(None)
-    if share > 0:
-        return max(1, int(res.get("GPU", 0) // share))
-    return max(1, int(res.get("CPU", 1) // cpus))
+    kind, need = ("GPU", share) if share > 0 else ("CPU", cpus)
+    total = ray.cluster_resources().get(kind, 0.0)
+    free = min(ray.available_resources().get(kind, 0.0), total)
+    return max(1, int(free // need))
+
+
+def _count(n: float, what: str) -> str:
+    """>>> _count(1, "CPU"), _count(0.5, "GPU"), _count(2, "CPU")
+    ('1 CPU', '0.5 GPU', '2 CPUs')"""
+    return f"{n:g} {what}{'s' if n > 1 else ''}"
+
+
+def check_fits(cpus: float, gpus: float, concurrency: int | None) -> None:
+    """Refuse (``UsageError``, exit 2) a request that no node of the cluster can hold (its
+    workers would wait to be placed for ever), and a concurrency above the cluster's total."""
+    nodes = [(float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)))
+             for n in ray.nodes() if n.get("Alive")]
+    if not any(c >= cpus and g >= gpus for c, g in nodes):
+        big = max(nodes, key=lambda n: (n[1], n[0]) if gpus else n, default=(0.0, 0.0))
+        asked = _count(cpus, "CPU") + (f" and {_count(gpus, 'GPU')}" if gpus else "")
+        flags = f"--cpus-per-trial {cpus:g}" + (f", --gpus-per-trial {gpus:g}" if gpus else "")
+        fix = ("lower --gpus-per-trial or leave it out" if gpus and not any(g >= gpus for _, g in nodes)
+               else "lower --cpus-per-trial")
+        raise UsageError(f"each trial asks {asked} ({flags}), but the cluster's largest node has "
+                         f"{_count(big[0], 'CPU')} and {big[1]:g} GPUs; {fix}")
+    if concurrency:
+        total = ray.cluster_resources()
+        kind, need = ("GPU", gpus) if gpus > 0 else ("CPU", cpus)
+        holds = int(total.get(kind, 0.0) // need)
+        if concurrency > holds:
+            raise UsageError(f"--concurrency {concurrency} asks for {_count(concurrency * need, kind)} at once, but "
+                             f"the cluster has {total.get(kind, 0.0):g} in all ({holds} trials at once); "
+                             "lower --concurrency or leave it out")
+
+
+def free_resources() -> str:
+    """What the cluster has free now, of its total, in words."""
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return (f"{free.get('CPU', 0.0):g} of {total.get('CPU', 0.0):g} CPUs and "
+            f"{free.get('GPU', 0.0):g} of {total.get('GPU', 0.0):g} GPUs free")
 
 
 @dataclass
@@ -112,6 +150,8 @@ class WorkerPool:
         self._warm_job = job
         self._warm_task = ray.put(task) if task is not None else None
         for index, actor in enumerate(self.workers):
+            if actor is None:
+                continue  # released: warms up when started again
             # Queued behind the actor's ping: it answers once Ray has placed the actor and it is warm.
             self.ready[index] = False
             self._pings = {ref: v for ref, v in self._pings.items() if v[1] is not actor}
@@ -157,7 +197,39 @@ class WorkerPool:
     def free(self) -> int | None:
         """A ready worker with nothing to do, or None."""
         self.poll()
-        return next((i for i, w in enumerate(self.workers) if self.ready[i] and self.load[i] == 0), None)
+        return next((i for i, w in enumerate(self.workers)
+                     if w is not None and self.ready[i] and self.load[i] == 0), None)
+
+    def release(self) -> int:
+        """Kill the workers with nothing to do, placed or still waiting to be (their resources go
+        back to the cluster, for other drivers); ``restore`` starts them again. Returns how many."""
+        idle = [i for i, w in enumerate(self.workers) if w is not None and self.load[i] == 0]
+        for index in idle:
+            actor = self.workers[index]
+            self._pings = {ref: v for ref, v in self._pings.items() if v[1] is not actor}
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+            self.workers[index], self.ready[index] = None, False
+        if idle:
+            log.info("released %d idle workers", len(idle))
+        return len(idle)
+
+    def restore(self) -> None:
+        """Start again the workers ``release`` let go (they warm up before they take a job)."""
+        for index, actor in enumerate(self.workers):
+            if actor is None:
+                self._start(index)
+
+    @property
+    def placed(self) -> int:
+        """How many workers Ray has placed (and are warm)."""
+        self.poll()
+        return sum(1 for w, r in zip(self.workers, self.ready, strict=True) if w is not None and r)
+
+    def describe_wait(self) -> str:
+        """What the workers wait for, in one line: what each asks and what the cluster has free."""
+        return (f"each worker asks {self.cpus:g} CPU and {self.gpus:g} GPU; the cluster has {free_resources()} "
+                "(other drivers hold the rest)")
 
     def submit(self, index: int, job: Job, trial: optuna.trial.Trial | None = None) -> tuple[ray.ObjectRef, InFlight]:
         """Send ``job`` to idle worker ``index``."""
@@ -201,22 +273,23 @@ class WorkerPool:
 
     def flush(self) -> None:
         # Only placed workers: a flush queued on one still waiting for resources would wait with it.
-        refs = [w.flush.remote() for w, ready in zip(self.workers, self.ready, strict=True) if ready]
+        refs = [w.flush.remote() for w, ready in zip(self.workers, self.ready, strict=True) if w is not None and ready]
         try:
             ray.get(refs, timeout=120)
         except Exception as exc:
             log.warning("could not flush a worker's tracking: %s", exc)
 
     def info(self) -> list[dict[str, Any]]:
-        return ray.get([w.info.remote() for w in self.workers])
+        return ray.get([w.info.remote() for w in self.workers if w is not None])
 
     def shutdown(self) -> None:
         """Kill the workers and wait until they are gone: ray.kill returns at once, and a worker
         still alive could open an MLflow run after the driver closed the orphans."""
-        for w in self.workers:
+        alive = [w for w in self.workers if w is not None]
+        for w in alive:
             with contextlib.suppress(Exception):
                 ray.kill(w)
-        for w in self.workers:
+        for w in alive:
             with contextlib.suppress(Exception):  # RayActorError: it is dead, as wanted
                 ray.get(w.__ray_ready__.remote(), timeout=10)
 
@@ -224,6 +297,7 @@ class WorkerPool:
 def run_jobs(pool: WorkerPool, jobs: list[Job], on_result: Callable[[Job, JobResult], None]) -> None:
     """Run independent jobs (confirmation, baselines, comparisons) on the pool, each on the
     first worker that frees; a dead worker's job runs once more on a fresh worker."""
+    pool.restore()  # a search that had nothing left to run released its idle workers
     queue = list(jobs)
     retried: set[int] = set()
     inflight: dict[ray.ObjectRef, InFlight] = {}

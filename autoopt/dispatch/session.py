@@ -76,10 +76,13 @@ class RunSession:
         return self
 
     def open_pool(self, jobs: int, *, concurrency: int | None, cpus: float, gpus: float | None) -> WorkerPool:
-        """The worker pool: ``concurrency`` workers, or as many as the cluster's resources hold,
-        and never more than there are ``jobs``."""
-        from autoopt.dispatch.pool import WorkerPool, default_concurrency
+        """The worker pool: ``concurrency`` workers, or as many as the cluster has free now (at
+        least one), and never more than there are ``jobs``. A request no node can hold, or a
+        concurrency above the cluster's total, is refused (``UsageError``) before any worker starts."""
+        from autoopt.dispatch.gpus import gpus_per_trial
+        from autoopt.dispatch.pool import WorkerPool, check_fits, default_concurrency
 
+        check_fits(cpus, gpus if gpus is not None else gpus_per_trial(None), concurrency)
         size = concurrency or default_concurrency(cpus, gpus)
         self.pool = WorkerPool(max(1, min(size, jobs)), cpus=cpus, gpus=gpus)
         return self.pool

@@ -50,6 +50,7 @@ from autoopt.study.storage import (
     STORAGE_RETRY_S,
     StorageDown,
     check_storage,
+    is_busy,
     is_unreachable,
     open_storage,
     storage_retry_s,
@@ -68,7 +69,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S", "GRACE_S", "HEARTBEAT_S", "MAX_RETRY", "STORAGE_RETRY_S", "Backend", "GroupTPESampler",
     "PostgresBackend", "SQLiteBackend", "SnapshotStorage", "SnapshotStudy", "StorageDown", "absolute_sqlite",
     "ask_lock", "backend_for", "budget_used", "build_sampler", "check_storage", "connect_timeout_s", "counts",
-    "creation_lock", "fail_stale", "is_unreachable", "load_existing_study", "load_study", "mask_url", "open_storage",
-    "open_study", "record_heartbeat", "redact", "redact_logs", "retry_trial", "sqlite_path", "storage_of",
-    "storage_retry_s", "study_id_of", "trial_id_of", "trials_snapshot", "with_retry",
+    "creation_lock", "fail_stale", "is_busy", "is_unreachable", "load_existing_study", "load_study", "mask_url",
+    "open_storage", "open_study", "record_heartbeat", "redact", "redact_logs", "retry_trial", "sqlite_path",
+    "storage_of", "storage_retry_s", "study_id_of", "trial_id_of", "trials_snapshot", "with_retry",
 ]

@@ -41,6 +41,12 @@ from autoopt.redact import mask_url, redact
 CONNECT_TIMEOUT_S = 10  # a host that does not answer fails one connection attempt, then we retry
 PREFLIGHT_TIMEOUT_S = 15.0  # default of AUTOOPT_CONNECT_TIMEOUT_S: a driver's first contact
 OPTUNA_TABLES = frozenset({"studies", "trials"})  # what makes a database Optuna's
+# Every table Optuna's schema has (its Alembic migrations, 4.x): a database holding only some of
+# them is Optuna's, half made by another driver creating it.
+OPTUNA_SCHEMA = OPTUNA_TABLES | frozenset({
+    "alembic_version", "version_info", "study_directions", "study_user_attributes", "study_system_attributes",
+    "trial_user_attributes", "trial_system_attributes", "trial_params", "trial_values",
+    "trial_intermediate_values", "trial_heartbeats"})
 FIX = "check --storage or AUTOOPT_STORAGE"
 
 
@@ -137,9 +143,13 @@ class SQLiteBackend(Backend):
             raise UsageError(f"{where}: the folder {path.parent} does not exist; create it or {FIX}")
         if write:
             _check_writable(path, where)
-        if not self.exists():
-            return
-        owner = _foreign(_sqlite_tables(path, where, write=write))
+        # Under the creation lock: a driver started at the same moment may be creating Optuna's
+        # tables in this file right now, and a half-made schema is not another application's.
+        with self.creation_lock():
+            if not self.exists():
+                return
+            tables = _sqlite_tables(path, where, write=write)
+        owner = _foreign(tables)
         if owner:
             raise UsageError(f"{where} is {owner}, not an Optuna study database; pick another file for --storage")
 
@@ -164,7 +174,7 @@ def _check_writable(path: Path, where: str) -> None:
 def _foreign(tables: set[str]) -> str | None:
     """Whose a database is that holds tables but not Optuna's ("MLflow's database (tables
     ...)"), else None."""
-    if not tables or tables >= OPTUNA_TABLES:
+    if not tables or tables >= OPTUNA_TABLES or tables <= OPTUNA_SCHEMA:
         return None
     shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
     whose = "MLflow's" if {"experiments", "runs"} <= tables else "another application's"

@@ -10,6 +10,7 @@ waited for (``with_retry``: exponential backoff for ``AUTOOPT_STORAGE_RETRY_S`` 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -125,10 +126,28 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it wraps, says a SQLite database is busy: another process
+    holds its write lock (``database is locked``). The database is there; it is waited for."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        text = str(seen).lower()
+        if "database is locked" in text or "database is busy" in text or "database table is locked" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+BUSY_WAIT_S = 600.0  # a SQLite database busy this long is given up on (StorageDown): a stuck writer
+
+
 def with_retry(fn: Callable[[], T], *, what: str, budget_s: float | None = None) -> T:
     """Run a storage operation, retrying with exponential backoff (0.5 s doubling to 8 s) while
     the database is unreachable; after ``budget_s`` (default ``storage_retry_s()``) raise
-    ``StorageDown``. Other errors pass through at once."""
+    ``StorageDown``. A busy SQLite database (``is_busy``: other drivers write it) is no outage:
+    it is waited for, quietly, up to ``BUSY_WAIT_S``. Other errors pass through at once."""
     budget = storage_retry_s() if budget_s is None else budget_s
     delay, start = 0.5, time.monotonic()
     while True:
@@ -138,6 +157,12 @@ def with_retry(fn: Callable[[], T], *, what: str, budget_s: float | None = None)
             if not is_unreachable(exc):
                 raise
             waited = time.monotonic() - start
+            if is_busy(exc):
+                if waited >= max(budget, BUSY_WAIT_S):
+                    raise StorageDown(f"storage busy for {waited:.0f}s while trying to {what}") from None
+                log.info("storage busy (%s); retrying", what)
+                time.sleep(0.05 + 0.2 * random.random())
+                continue
             if waited >= budget:
                 raise StorageDown(f"storage unreachable for {waited:.0f}s while trying to {what}") from None
             log.warning("storage unreachable (%s); retrying in %.1fs", what, delay)
