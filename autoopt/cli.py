@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from autoopt.compare import Comparison
     from autoopt.evidence import Stats
     from autoopt.recommendation import Recommendation
+    from autoopt.tuning import Prepared
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
@@ -215,13 +216,53 @@ def tune(
     """Run (or resume) the study for a task and write its recommendation."""
     _setup_logging()
     options = dict(locals())  # the options, by name: the spec's keys once renamed
-    from autoopt.progress import TuneDisplay  # after locals(): heavy (torch, Ray, MLflow)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autoopt.dispatch.session import start_ray, stop_ray  # Ray alone, not torch
+
+    # The quick checks first: a typo never waits for Ray.
+    if task and not study_file and ":" not in task:
+        check_task_name(task)
+    if time_budget is not None:
+        from autoopt.budget import check_budget, parse_duration
+
+        check_budget(parse_duration(time_budget))
+    # Ray starts on this thread (its processes live as long as the thread that started them)
+    # while the spec, the task, the storage and MLflow are checked on another; its prestarted
+    # workers import torch meanwhile. Bad input found there stops Ray again: nothing is created.
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoopt-check") as background:
+        checking = background.submit(_checked_spec, options)
+        started = start_ray(address)
+        try:
+            prepared = checking.result()
+            _tune(prepared, restart_ray=started and prepared.spec.placement.ray_address != address)
+        finally:
+            if started:
+                stop_ray()
+
+
+def _checked_spec(options: dict[str, Any]) -> Prepared:
+    """The spec from the command's options, checked (``preflight``: the task, GPUs, storage and
+    MLflow, before anything is created), then its study opened and MLflow's parent run begun
+    (``prepare``)."""
     from autoopt.spec import load_spec
-    from autoopt.tuning import preflight
+    from autoopt.tuning import prepare
+
+    options = dict(options)
+    spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
+    return prepare(spec)
+
+
+def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
+    """Run the prepared study with the progress display, then print the recommendation."""
+    from autoopt.dispatch.session import stop_ray
+    from autoopt.progress import TuneDisplay
     from autoopt.tuning import run as run_study
 
-    spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
-    checked = preflight(spec)  # the task, GPUs, storage and MLflow: checked before anything starts
+    if restart_ray:  # a study file named another cluster than the one joined early
+        stop_ray()
+    spec = prepared.spec
     place = spec.placement
     families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
     within = f" within {spec.time_budget:g}s" if spec.time_budget else ""
@@ -230,7 +271,7 @@ def tune(
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, spec.trials) as display:
-        rec = run_study(spec, on_progress=display.update, checked=checked, since=_launched())
+        rec = run_study(spec, on_progress=display.update, prepared=prepared, since=_launched())
     _print_recommendation(rec, f"{place.out}/{spec.name}.json")
 
 

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,26 +167,21 @@ def check_model_fits(name: str, task: Task) -> None:
 
 
 def run(spec: StudySpec, *, on_progress: dispatch.Progress | None = None,
-        figures: Figures | None = None, checked: Task | None = None, since: float | None = None) -> Recommendation:
+        figures: Figures | None = None, checked: Task | None = None, since: float | None = None,
+        prepared: Prepared | None = None) -> Recommendation:
     """Run a validated spec end to end (see the module docstring). ``checked`` is the task
-    ``preflight(spec)`` returned, where the caller ran it already (the CLI, before it prints);
-    ``since`` when the command was launched (wall clock): a time budget counts from there
-    (default: now)."""
+    ``preflight(spec)`` returned, where the caller ran it already; ``prepared`` what
+    ``prepare(spec)`` returned, where the caller ran that (the CLI, while Ray starts); ``since``
+    when the command was launched (wall clock): a time budget counts from there (default: now)."""
     redact_logs()  # no password of a storage or tracking URL in any log line of this process
     budget = Budget(spec.time_budget, since=time.time() if since is None else since) if spec.time_budget else None
     t0 = time.monotonic()
-    task = checked if checked is not None else preflight(spec)  # bad input stops here, with nothing created
-    storage_url = absolute_sqlite(spec.placement.storage)
-    study, spec, policy = _opened(spec, task, storage_url)
-    # Start-up overlaps: while Ray starts (on this thread: Ray's processes die with the thread
-    # that started them), MLflow's store and parent run are made and the portfolio is enqueued,
-    # in the background; the workers then warm up (their imports, a first training step) on the
-    # task loaded here. No trial is asked before a worker of this driver is placed and warm.
-    start = _StartUp(spec, study, storage_url, policy)
+    if prepared is None:
+        prepared = prepare(spec, checked)  # bad input stops here, with nothing created
+    spec, task, study, start = prepared.spec, prepared.task, prepared.study, prepared.start
     with dispatch.RunSession(spec.placement.ray_address) as session:
         try:
-            rec = _searched(session, spec, study, task, start, policy, budget=budget, figures=figures,
-                            on_progress=on_progress, t0=t0)
+            rec = _searched(session, prepared, budget=budget, figures=figures, on_progress=on_progress, t0=t0)
         except StorageDown:
             # The workers are stuck waiting for the database: no flush; the next run closes
             # the runs they leave open.
@@ -204,6 +200,30 @@ def run(spec: StudySpec, *, on_progress: dispatch.Progress | None = None,
     if budget is not None:
         rec = _close_budget(spec, study, rec, budget)
     return rec
+
+
+@dataclass
+class Prepared:
+    """What a study needs before Ray (``prepare``): the spec as the study opened it, the task,
+    the study, the portfolio policy, and the start-up's background work (the MLflow parent run
+    and the portfolio enqueued)."""
+
+    spec: StudySpec
+    task: Task
+    study: optuna.Study
+    policy: PortfolioFirst
+    start: _StartUp
+
+
+def prepare(spec: StudySpec, checked: Task | None = None) -> Prepared:
+    """Everything before Ray: the spec checked (``preflight``, unless ``checked`` is its task),
+    the study opened (or resumed) with its prior, and, in the background, the MLflow parent run
+    made and the portfolio enqueued. No trial is asked: that waits for a placed, warm worker.
+    The CLI runs this while Ray starts; ``run`` runs it itself otherwise."""
+    task = checked if checked is not None else preflight(spec)
+    storage_url = absolute_sqlite(spec.placement.storage)
+    study, spec, policy = _opened(spec, task, storage_url)
+    return Prepared(spec, task, study, policy, _StartUp(spec, study, storage_url, policy))
 
 
 def _opened(spec: StudySpec, task: Task, storage_url: str) -> tuple[optuna.Study, StudySpec, PortfolioFirst]:
@@ -248,11 +268,11 @@ class _StartUp:
         return None
 
 
-def _searched(session: dispatch.RunSession, spec: StudySpec, study: optuna.Study, task: Task,
-              start: _StartUp, policy: PortfolioFirst, *, budget: Budget | None, figures: Figures | None,
+def _searched(session: dispatch.RunSession, prepared: Prepared, *, budget: Budget | None, figures: Figures | None,
               on_progress: dispatch.Progress | None, t0: float) -> Recommendation:
     """With Ray up: the pool (warming on the task loaded here), the parent run, the search, the
     confirmation; the session marked FINISHED."""
+    spec, task, study, policy, start = prepared.spec, prepared.task, prepared.study, prepared.policy, prepared.start
     spec, auto_gpus = _placed(spec)
     place = spec.placement
     storage_url = absolute_sqlite(place.storage)

@@ -10,23 +10,61 @@
   running, told, re-queued) and of every move between those states.
 * ``costs``: ``SearchCosts``, a trial's expected seconds and the budget's verdict on it.
 * ``search``: ``SearchLoop``, the ask/prepare/submit/tell loop of ``autoopt tune``.
+
+The names below are imported when first used: ``autoopt.dispatch.session`` (Ray's start, which
+the CLI begins before it loads torch) imports no more than Ray.
 """
 
-from autoopt.dispatch.gpus import GPU_PACK, gpus_per_trial, resolve_gpus
-from autoopt.dispatch.pool import InFlight, WorkerPool, default_concurrency, run_jobs
-from autoopt.dispatch.results import JobResult, JobState, compact_history
-from autoopt.dispatch.search import (
-    Progress,
-    SearchLoop,
-    SearchPolicy,
-    SearchProgress,
-    SearchStart,
-    begin_search,
-    warm_job,
-)
-from autoopt.dispatch.session import RunSession, start_ray, stop_ray
-from autoopt.dispatch.trials import Life, TrialBook
-from autoopt.dispatch.worker import Job, TrialRef, TrialWorker, shippable_family
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autoopt.dispatch.gpus import GPU_PACK, gpus_per_trial, resolve_gpus
+    from autoopt.dispatch.pool import InFlight, WorkerPool, default_concurrency, run_jobs
+    from autoopt.dispatch.results import JobResult, JobState, compact_history
+    from autoopt.dispatch.search import (
+        Progress,
+        SearchLoop,
+        SearchPolicy,
+        SearchProgress,
+        SearchStart,
+        begin_search,
+        warm_job,
+    )
+    from autoopt.dispatch.session import RunSession, start_ray, stop_ray
+    from autoopt.dispatch.trials import Life, TrialBook
+    from autoopt.dispatch.worker import Job, TrialRef, TrialWorker, shippable_family
+
+_WHERE = {
+    "GPU_PACK": "gpus",
+    "gpus_per_trial": "gpus",
+    "resolve_gpus": "gpus",
+    "InFlight": "pool",
+    "WorkerPool": "pool",
+    "default_concurrency": "pool",
+    "run_jobs": "pool",
+    "JobResult": "results",
+    "JobState": "results",
+    "compact_history": "results",
+    "Progress": "search",
+    "SearchLoop": "search",
+    "SearchPolicy": "search",
+    "SearchProgress": "search",
+    "SearchStart": "search",
+    "begin_search": "search",
+    "warm_job": "search",
+    "RunSession": "session",
+    "start_ray": "session",
+    "stop_ray": "session",
+    "Life": "trials",
+    "TrialBook": "trials",
+    "Job": "worker",
+    "TrialRef": "worker",
+    "TrialWorker": "worker",
+    "shippable_family": "worker",
+}
 
 __all__ = [
     "GPU_PACK",
@@ -56,3 +94,11 @@ __all__ = [
     "stop_ray",
     "warm_job",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'autoopt.dispatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"autoopt.dispatch.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -124,7 +124,10 @@ class WorkerPool:
         self._warm_job: Job | None = None
         self._warm_task: ray.ObjectRef | None = None  # an object ref to the task the driver loaded
         self._by_value: set[str] = set()  # the user modules this pool made Ray pickle by value
-        for i in range(size):
+        # On one machine the workers' start-up (their imports) shares its cores: the first starts
+        # alone and is warm sooner; the others start as soon as it is ready.
+        self._staggered = size > 1 and len([n for n in ray.nodes() if n.get("Alive")]) == 1
+        for i in range(1 if self._staggered else size):
             self._start(i)
 
     def _start(self, index: int) -> None:
@@ -170,6 +173,9 @@ class WorkerPool:
             try:
                 ray.get(ref)
                 self.ready[index] = True
+                if self._staggered:
+                    self._staggered = False
+                    self.restore()
             except (RayActorError, WorkerCrashedError, RayTaskError) as exc:
                 self._start_failures += 1
                 if self._start_failures > self.MAX_START_FAILURES:

@@ -144,8 +144,6 @@ class TrialWorker:
             task = self._task(job, task)
             if job.trial is not None:
                 self._study(job.trial)
-            if job.tracking:
-                self.recorder.warm(job.tracking.uri)
             warm_up(task, job.config, family=job.family)
         except Exception as exc:
             log.warning("warming up for %s failed: %s", job.task, str(exc)[:300])
@@ -154,6 +152,10 @@ class TrialWorker:
         # then scans a trial's objects only: a few ms instead of a few hundred.
         gc.collect()
         gc.freeze()
+        if job.tracking:
+            # In the background, once the worker is ready: MLflow's import (a second or more)
+            # would otherwise delay the first trial's start; the trial's run waits for it instead.
+            self.recorder.warm(job.tracking.uri)
         return {**self.info(), "warm_s": time.perf_counter() - started}
 
     def run(self, job: Job) -> JobResult:

@@ -143,6 +143,8 @@ class SQLiteBackend(Backend):
             raise UsageError(f"{where}: the folder {path.parent} does not exist; create it or {FIX}")
         if write:
             _check_writable(path, where)
+        if not self.exists():
+            return  # nothing to read, and nothing made here (not even the lock's file)
         # Under the creation lock: a driver started at the same moment may be creating Optuna's
         # tables in this file right now, and a half-made schema is not another application's.
         with self.creation_lock():
