@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from functools import wraps
@@ -144,7 +145,7 @@ GpusOpt = Annotated[float | None, typer.Option(
     rich_help_panel=PLACE)]
 CpusOpt = Annotated[float | None, typer.Option(help="CPUs per trial", show_default="1", rich_help_panel=PLACE)]
 ConcurrencyOpt = Annotated[int | None, typer.Option(
-    help="trials in flight", show_default="what the CPUs or GPUs fit", rich_help_panel=PLACE)]
+    help="trials in flight", show_default="what the free CPUs or GPUs fit", rich_help_panel=PLACE)]
 BatchSizeOpt = Annotated[int | None, typer.Option(
     help="override the task's batch size", show_default="the task's", rich_help_panel=SEARCH)]
 DataDirOpt = Annotated[str | None, typer.Option(
@@ -231,9 +232,13 @@ def tune(
     # while the spec, the task, the storage and MLflow are checked on another; its prestarted
     # workers import torch meanwhile. Bad input found there stops Ray again: nothing is created.
     address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    ray_up = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoopt-check") as background:
-        checking = background.submit(_checked_spec, options)
-        started = start_ray(address)
+        checking = background.submit(_checked_spec, options, ray_up)
+        try:
+            started = start_ray(address)
+        finally:
+            ray_up.set()
         try:
             prepared = checking.result()
             _tune(prepared, restart_ray=started and prepared.spec.placement.ray_address != address)
@@ -242,16 +247,20 @@ def tune(
                 stop_ray()
 
 
-def _checked_spec(options: dict[str, Any]) -> Prepared:
+def _checked_spec(options: dict[str, Any], ray_up: threading.Event) -> Prepared:
     """The spec from the command's options, checked (``preflight``: the task, GPUs, storage and
-    MLflow, before anything is created), then its study opened and MLflow's parent run begun
-    (``prepare``)."""
+    MLflow; then, once Ray is up, that the cluster can hold its trials), before anything is
+    created; then its study opened and MLflow's parent run begun (``prepare``)."""
     from autoopt.spec import load_spec
-    from autoopt.tuning import prepare
+    from autoopt.tuning import check_placement, preflight, prepare
 
     options = dict(options)
     spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
-    return prepare(spec)
+    task = preflight(spec)
+    ray_up.wait()
+    if spec.placement.ray_address == (options.get("ray_address") or os.environ.get("RAY_ADDRESS") or None):
+        check_placement(spec)  # on the Ray joined early; another cluster is checked when joined
+    return prepare(spec, task)
 
 
 def _tune(prepared: Prepared, *, restart_ray: bool) -> None:

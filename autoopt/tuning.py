@@ -323,6 +323,15 @@ def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> dict[str, Any
     return out
 
 
+def check_placement(spec: StudySpec) -> None:
+    """With Ray up: refuse (``UsageError``) trials no node of the cluster can hold, and a
+    concurrency above its total (``dispatch.pool.check_fits``)."""
+    from autoopt.dispatch.pool import check_fits
+
+    place = _placed(spec)[0].placement
+    check_fits(place.cpus_per_trial, place.gpus_per_trial or 0.0, place.concurrency)
+
+
 def _placed(spec: StudySpec) -> tuple[StudySpec, str | None]:
     """The spec with its GPUs per trial decided (``resolve_gpus``) now that Ray is up, and the
     GPUs per trial to tag the parent run with when they were decided here (auto)."""
@@ -398,10 +407,11 @@ def best_recommendation(spec: StudySpec, study: optuna.Study, task: Task) -> Rec
         screened = [t for t in trials if t.state.name == "PRUNED" and "config" in t.user_attrs
                     and t.intermediate_values]
         if not screened:
-            if trials:
+            if any(t.state.name != "WAITING" for t in trials):
                 raise RuntimeError(f"study '{study.study_name}' has no complete trial to recommend from; "
                                    "see the trials' reasons in MLflow")
-            raise UsageError("no trials ran; raise --trials or --timeout")
+            raise UsageError("no trials ran (none was started before the deadline, or --trials is 0); raise "
+                             "--trials or --timeout, or wait until the cluster has a free CPU")
         furthest = max(max(t.intermediate_values) for t in screened)
         at = [t for t in screened if max(t.intermediate_values) == furthest]
         best = best_by(at, key=lambda t: t.intermediate_values[furthest], direction=task.direction)
