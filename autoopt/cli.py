@@ -228,6 +228,8 @@ def tune(
         from autoopt.budget import check_budget, parse_duration
 
         check_budget(parse_duration(time_budget))
+    if not study_file:  # the storage and MLflow named here are reached before Ray starts
+        _check_stores(storage or os.environ.get("AUTOOPT_STORAGE"), mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     # Ray starts on this thread (its processes live as long as the thread that started them)
     # while the spec, the task, the storage and MLflow are checked on another; its prestarted
     # workers import torch meanwhile. Bad input found there stops Ray again: nothing is created.
@@ -245,6 +247,17 @@ def tune(
         finally:
             if started:
                 stop_ray()
+
+
+def _check_stores(storage: str | None, mlflow_uri: str | None) -> None:
+    """The storage and the tracking URI, checked as ``preflight`` does (nothing created)."""
+    from autoopt.study import absolute_sqlite, check_storage
+    from autoopt.tracking import check_tracking
+
+    if storage:
+        check_storage(absolute_sqlite(storage))
+    if mlflow_uri:
+        check_tracking(mlflow_uri)
 
 
 def _checked_spec(options: dict[str, Any], ray_up: threading.Event) -> Prepared:

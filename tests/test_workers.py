@@ -90,6 +90,9 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(cluster: None) -> 
         assert len({w["pid"] for w in info}) == 4
         assert all(len(w["gpu_ids"]) == 1 for w in info) and len({str(w["gpu_ids"][0]) for w in info}) == 1
         assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.0)  # the GPU is full
+        # The default concurrency is what is free now (at least one), not the cluster's total: a
+        # second driver here would get one worker, placed when one of these leaves.
+        assert default_concurrency(1.0, 0.25) == 1 and default_concurrency(1.0, 0.0) == 1
         # A fifth quarter does not fit until one of the four leaves.
         extra = WorkerPool(1, cpus=0.01, gpus=0.25)
         extra.poll(3.0)

@@ -124,10 +124,7 @@ class WorkerPool:
         self._warm_job: Job | None = None
         self._warm_task: ray.ObjectRef | None = None  # an object ref to the task the driver loaded
         self._by_value: set[str] = set()  # the user modules this pool made Ray pickle by value
-        # On one machine the workers' start-up (their imports) shares its cores: the first starts
-        # alone and is warm sooner; the others start as soon as it is ready.
-        self._staggered = size > 1 and len([n for n in ray.nodes() if n.get("Alive")]) == 1
-        for i in range(1 if self._staggered else size):
+        for i in range(size):
             self._start(i)
 
     def _start(self, index: int) -> None:
@@ -173,9 +170,6 @@ class WorkerPool:
             try:
                 ray.get(ref)
                 self.ready[index] = True
-                if self._staggered:
-                    self._staggered = False
-                    self.restore()
             except (RayActorError, WorkerCrashedError, RayTaskError) as exc:
                 self._start_failures += 1
                 if self._start_failures > self.MAX_START_FAILURES:
@@ -210,6 +204,12 @@ class WorkerPool:
         """Kill the workers with nothing to do, placed or still waiting to be (their resources go
         back to the cluster, for other drivers); ``restore`` starts them again. Returns how many."""
         idle = [i for i, w in enumerate(self.workers) if w is not None and self.load[i] == 0]
+        # What their trials recorded to MLflow is written before they go.
+        flushes = [self.workers[i].flush.remote() for i in idle if self.ready[i]]
+        try:
+            ray.get(flushes, timeout=120)
+        except Exception as exc:
+            log.warning("could not flush a worker's tracking: %s", exc)
         for index in idle:
             actor = self.workers[index]
             self._pings = {ref: v for ref, v in self._pings.items() if v[1] is not actor}

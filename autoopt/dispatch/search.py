@@ -261,12 +261,14 @@ class SearchLoop:
         with_retry(lambda: fail_stale(self.study), what="fail stale trials")
         self.book.requeue_unplaced(GRACE_S)
         if self.asked_all:
-            waiting = with_retry(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)),
-                                 what="read the study")
-            if waiting:
+            pending = with_retry(lambda: self.study.get_trials(
+                deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)), what="read the study")
+            if any(t.state == TrialState.WAITING for t in pending):
                 self.asked_all = False
                 self.pool.restore()
-            else:
+            elif any(t.number not in self.book for t in pending):
+                # Other drivers' trials still run: our idle workers' CPUs are theirs to use (a
+                # driver that is done and about to confirm keeps its warm workers).
                 self.pool.release()
 
     def _starving(self) -> None:

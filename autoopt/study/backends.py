@@ -145,9 +145,11 @@ class SQLiteBackend(Backend):
             _check_writable(path, where)
         if not self.exists():
             return  # nothing to read, and nothing made here (not even the lock's file)
-        # Under the creation lock: a driver started at the same moment may be creating Optuna's
-        # tables in this file right now, and a half-made schema is not another application's.
-        with self.creation_lock():
+        # Under the creation lock where a driver made one: a driver started at the same moment may
+        # be creating Optuna's tables in this file right now. (A file no driver created has no
+        # lock's file, and none is made here; a half-made Optuna schema is Optuna's all the same.)
+        lock = self.creation_lock() if Path(f"{path}.lock").exists() else contextlib.nullcontext()
+        with lock:
             if not self.exists():
                 return
             tables = _sqlite_tables(path, where, write=write)
