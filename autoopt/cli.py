@@ -221,15 +221,7 @@ def tune(
 
     from autoopt.dispatch.session import start_ray, stop_ray  # Ray alone, not torch
 
-    # The quick checks first: a typo never waits for Ray.
-    if task and not study_file and ":" not in task:
-        check_task_name(task)
-    if time_budget is not None:
-        from autoopt.budget import check_budget, parse_duration
-
-        check_budget(parse_duration(time_budget))
-    if not study_file:  # the storage and MLflow named here are reached before Ray starts
-        _check_stores(storage or os.environ.get("AUTOOPT_STORAGE"), mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    _quick_checks(task, study_file, time_budget, storage, mlflow_uri)  # a typo never waits for Ray
     # Ray starts on this thread (its processes live as long as the thread that started them)
     # while the spec, the task, the storage and MLflow are checked on another; its prestarted
     # workers import torch meanwhile. Bad input found there stops Ray again: nothing is created.
@@ -249,11 +241,24 @@ def tune(
                 stop_ray()
 
 
-def _check_stores(storage: str | None, mlflow_uri: str | None) -> None:
-    """The storage and the tracking URI, checked as ``preflight`` does (nothing created)."""
+def _quick_checks(task: str | None, study_file: str | None, time_budget: str | None, storage: str | None,
+                  mlflow_uri: str | None) -> None:
+    """What ``tune`` checks before Ray starts, as ``load_spec`` and ``preflight`` would (nothing
+    created): a built-in task's name, the time budget, and the storage and MLflow named on the
+    command line or in the environment."""
+    if task and not study_file and ":" not in task:
+        check_task_name(task)
+    if time_budget is not None:
+        from autoopt.budget import check_budget, parse_duration
+
+        check_budget(parse_duration(time_budget))
+    if study_file:
+        return  # it may name other stores: preflight checks them
     from autoopt.study import absolute_sqlite, check_storage
     from autoopt.tracking import check_tracking
 
+    storage = storage or os.environ.get("AUTOOPT_STORAGE")
+    mlflow_uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if storage:
         check_storage(absolute_sqlite(storage))
     if mlflow_uri:
