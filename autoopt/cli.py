@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from functools import wraps
@@ -217,68 +216,9 @@ def tune(
     """Run (or resume) the study for a task and write its recommendation."""
     _setup_logging()
     options = dict(locals())  # the options, by name: the spec's keys once renamed
-    from concurrent.futures import ThreadPoolExecutor
+    from autoopt.launch import launch
 
-    from autoopt.dispatch.session import start_ray, stop_ray  # Ray alone, not torch
-
-    _quick_checks(task, study_file, time_budget, storage, mlflow_uri)  # a typo never waits for Ray
-    # Ray starts on this thread (its processes live as long as the thread that started them)
-    # while the spec, the task, the storage and MLflow are checked on another; its prestarted
-    # workers import torch meanwhile. Bad input found there stops Ray again: nothing is created.
-    address = ray_address or os.environ.get("RAY_ADDRESS") or None
-    ray_up = threading.Event()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoopt-check") as background:
-        checking = background.submit(_checked_spec, options, ray_up)
-        try:
-            started = start_ray(address)
-        finally:
-            ray_up.set()
-        try:
-            prepared = checking.result()
-            _tune(prepared, restart_ray=started and prepared.spec.placement.ray_address != address)
-        finally:
-            if started:
-                stop_ray()
-
-
-def _quick_checks(task: str | None, study_file: str | None, time_budget: str | None, storage: str | None,
-                  mlflow_uri: str | None) -> None:
-    """What ``tune`` checks before Ray starts, as ``load_spec`` and ``preflight`` would (nothing
-    created): a built-in task's name, the time budget, and the storage and MLflow named on the
-    command line or in the environment."""
-    if task and not study_file and ":" not in task:
-        check_task_name(task)
-    if time_budget is not None:
-        from autoopt.budget import check_budget, parse_duration
-
-        check_budget(parse_duration(time_budget))
-    if study_file:
-        return  # it may name other stores: preflight checks them
-    from autoopt.study import absolute_sqlite, check_storage
-    from autoopt.tracking import check_tracking
-
-    storage = storage or os.environ.get("AUTOOPT_STORAGE")
-    mlflow_uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if storage:
-        check_storage(absolute_sqlite(storage))
-    if mlflow_uri:
-        check_tracking(mlflow_uri)
-
-
-def _checked_spec(options: dict[str, Any], ray_up: threading.Event) -> Prepared:
-    """The spec from the command's options, checked (``preflight``: the task, GPUs, storage and
-    MLflow; then, once Ray is up, that the cluster can hold its trials), before anything is
-    created; then its study opened and MLflow's parent run begun (``prepare``)."""
-    from autoopt.spec import load_spec
-    from autoopt.tuning import check_placement, preflight, prepare
-
-    options = dict(options)
-    spec = load_spec(options.pop("task"), options.pop("study_file"), **_spec_keys(options))
-    task = preflight(spec)
-    ray_up.wait()
-    if spec.placement.ray_address == (options.get("ray_address") or os.environ.get("RAY_ADDRESS") or None):
-        check_placement(spec)  # on the Ray joined early; another cluster is checked when joined
-    return prepare(spec, task)
+    launch(options, _tune)
 
 
 def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
@@ -307,15 +247,6 @@ def _launched() -> float:
     from autoopt.budget import launch_time
 
     return launch_time()
-
-
-# CLI parameter -> spec key, where they differ.
-_RENAMED = {"timeout": "timeout_s", "study": "study_name", "out_dir": "out", "compile_model": "compile"}
-
-
-def _spec_keys(options: dict[str, Any]) -> dict[str, Any]:
-    """The CLI's values under the spec's keys (enums as their values)."""
-    return {_RENAMED.get(k, k): (v.value if isinstance(v, StrEnum) else v) for k, v in options.items()}
 
 
 def _print_recommendation(rec: Recommendation, path: str | None = None) -> None:
