@@ -226,12 +226,6 @@ class WorkerPool:
             if actor is None:
                 self._start(index)
 
-    @property
-    def placed(self) -> int:
-        """How many workers Ray has placed (and are warm)."""
-        self.poll()
-        return sum(1 for w, r in zip(self.workers, self.ready, strict=True) if w is not None and r)
-
     def describe_wait(self) -> str:
         """What the workers wait for, in one line: what each asks and what the cluster has free."""
         return (f"each worker asks {self.cpus:g} CPU and {self.gpus:g} GPU; the cluster has {free_resources()} "
