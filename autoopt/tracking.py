@@ -48,6 +48,7 @@ KIND_TAG = "autoopt.kind"
 PRUNED_TAG = "autoopt.pruned"
 VERDICT_TAG = "autoopt.verdict"
 RECOMMENDED_TAG = "autoopt.recommended"
+WRITE_TRIES = 5  # a failed write is tried again after 0.5, 1, 2 and 4 s
 WRITE_EVERY_S = 2.0  # a running trial's params and metrics reach MLflow at most this late
 CREATE_LOCK_S = 600.0  # how long a driver waits for another one creating the same SQLite tracking store
 
@@ -502,13 +503,24 @@ class TrialRecorder:
                         del self._runs[key]
                 self._writing = True
             for item in work:
-                try:
-                    self._write(*item)
-                except Exception as exc:  # tracking must never fail a trial
-                    log.warning("MLflow logging failed: %s", exc)
+                self._write_retried(*item)
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+    def _write_retried(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
+                       tags: list[Any], status: str | None) -> None:
+        """``_write``, tried again on a failure (a store busy with other writers, as SQLite is
+        under several workers): a run is dropped only when every try failed, with a warning."""
+        for attempt in range(WRITE_TRIES):
+            try:
+                self._write(run, created or run.run_id is not None, params, metrics, tags, status)
+                return
+            except Exception as exc:  # tracking must never fail a trial
+                if attempt == WRITE_TRIES - 1:
+                    log.warning("MLflow logging failed after %d tries: %s", WRITE_TRIES, exc)
+                else:
+                    time.sleep(0.5 * 2 ** attempt)
 
     def _write(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
                tags: list[Any], status: str | None) -> None:
