@@ -17,8 +17,9 @@ the best baseline's final validation metric (``time_to_baseline_s``, AlgoPerf's
 time-to-result). ``max_slowdown`` leaves configs slower than that many times the fastest
 baseline out of the pick (they are still shown, marked ``excluded``).
 
-A cheaper alternative is named (``cheapest_equivalent``) only when it is shown equivalent to
-the pick: its paired 95% interval against the pick lies above ``-margin`` (a non-inferiority
+A cheaper alternative is named (``cheapest_equivalent``) only when it is at least ``CHEAPER``
+(1.25) times cheaper per epoch than the pick (``cheaper_factor`` in the JSON, beside
+``equivalence_margin``) and shown equivalent to the pick: its paired 95% interval against the pick lies above ``-margin`` (a non-inferiority
 test), with the margin one point of accuracy, or 1% of the pick's value for another metric
 (RMSE). A tie on three seeds is no such evidence: the field is then null, with the reason.
 """
@@ -53,7 +54,7 @@ from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
 from autoopt.tracking import RunRef
-from autoopt.verdict import paired
+from autoopt.verdict import Noise, paired
 
 if TYPE_CHECKING:
     import optuna
@@ -74,6 +75,7 @@ EXTRA_SEEDS = 2  # seeds the race may add to close contenders beyond the first o
 ALLOWANCE_FLOOR_S = 60.0  # without a budget, the race may spend at least this, or what the search took
 EQUIVALENCE_POINTS = 0.01  # an accuracy within one point of the pick's is equivalent
 EQUIVALENCE_RELATIVE = 0.01  # any other metric (RMSE) within 1% of the pick's
+CHEAPER = 1.25  # a cheaper alternative costs at most 1/CHEAPER of the pick's seconds per epoch
 
 
 def _key(cfg: TrialConfig) -> str:
@@ -223,9 +225,16 @@ def align(a: Entry, b: Entry, split: str = "val") -> tuple[list[float | None], l
     return on(a), on(b)
 
 
-def compare(a: Entry, b: Entry, direction: str, *, split: str = "val", n_val: int | None = None) -> Paired:
-    """The paired comparison of ``a`` against ``b`` on ``split`` over their seeds."""
-    return Paired.model_validate(paired(*align(a, b, split), direction, n_val=n_val))
+def compare(a: Entry, b: Entry, direction: str, *, split: str = "val", n_val: int | None = None,
+            noise: Noise | None = None) -> Paired:
+    """The paired comparison of ``a`` against ``b`` on ``split`` over their seeds, its spread
+    never under ``noise`` (``noise_of``)."""
+    return Paired.model_validate(paired(*align(a, b, split), direction, n_val=n_val, noise=noise))
+
+
+def noise_of(table: Table, split: str = "val") -> Noise | None:
+    """The typical seed-to-seed noise of the entries' ``split`` metric (``Noise.pooled``)."""
+    return Noise.pooled(getattr(e, split).values for e in table.values())
 
 
 def choose(table: Table, candidates: list[str], bases: list[str], direction: str, *,
@@ -240,7 +249,7 @@ def choose(table: Table, candidates: list[str], bases: list[str], direction: str
     tuned, base = best(candidates, False), best(bases, True)
     if tuned is None or base is None:
         return Pick(tuned or base, tuned, base, None)
-    comparison = compare(table[tuned], table[base], direction, n_val=n_val)
+    comparison = compare(table[tuned], table[base], direction, n_val=n_val, noise=noise_of(table))
     if not table[tuned].val.all_complete and comparison.verdict == "better":
         # it failed on a seed: not better than a baseline that did not
         comparison = comparison.model_copy(update={"verdict": "tie"})
@@ -262,7 +271,8 @@ def improvement(table: Table, pick: Pick, direction: str, metric: str, *,
     if w.mean is None or b.mean is None:
         return None
     sign = 1.0 if direction == "maximize" else -1.0
-    test_paired = (compare(table[pick.tuned], table[pick.baseline], direction, split=split, n_val=n_test)
+    test_paired = (compare(table[pick.tuned], table[pick.baseline], direction, split=split, n_val=n_test,
+                           noise=noise_of(table, split))
                    if pick.tuned is not None and pick.paired is not None else None)
     return Improvement(metric=metric, delta=sign * (w.mean - b.mean), spread=max(w.std or 0.0, b.std or 0.0),
                        versus=pick.baseline, tuned=pick.tuned, recommended=w.mean, baseline=b.mean,
@@ -283,14 +293,15 @@ def time_to(runs: list[JobResult | None], target: float, metric: str, direction:
 
 
 def cheapest_equivalent(table: Table, winner: str) -> tuple[Alternative | None, str]:
-    """The cheapest entry (not excluded) cheaper per epoch than the pick and shown equivalent to
+    """The cheapest entry (not excluded) at least ``CHEAPER`` times cheaper per epoch than the
+    pick (a timing's noise is not a saving) and shown equivalent to
     it (``versus_pick.equivalent``: its paired interval lies above -margin), and why; or None and
     why none is named (a tie on few seeds is not an equivalence)."""
     speed = table[winner].s_per_epoch
     cheaper = [e for n, e in table.items() if n != winner and not e.excluded and e.s_per_epoch
-               and speed and e.s_per_epoch < speed and e.versus_pick]
+               and speed and e.s_per_epoch * CHEAPER <= speed and e.versus_pick]
     if not cheaper:
-        return None, "no confirmed config is cheaper per epoch than the pick"
+        return None, f"no confirmed config is {CHEAPER:g}x cheaper per epoch than the pick"
     equivalent = [e for e in cheaper if e.versus_pick and e.versus_pick.equivalent]
     if not equivalent:
         return None, (f"none of the {len(cheaper)} cheaper configs is shown within the margin of the pick: "
@@ -336,6 +347,7 @@ def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: li
     pick = choose(table, candidates, bases, task.direction, n_val=n_val)
     target = table[pick.baseline].val.mean if pick.baseline else None
     margin = equivalence_margin(task, table[pick.winner].val.mean) if pick.winner else None
+    noise = noise_of(table)
     out: Table = {}
     for name, e in table.items():
         runs = [results[name].get(s) for s in e.seeds]
@@ -343,7 +355,7 @@ def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: li
         update: dict[str, Any] = {"time_to_baseline_s": (time_to(runs, target, task.metric, task.direction)
                                                           if target is not None else None)}
         if pick.winner is not None and margin is not None:
-            vs = compare(e, table[pick.winner], task.direction, n_val=n_val)
+            vs = compare(e, table[pick.winner], task.direction, n_val=n_val, noise=noise)
             update["versus_pick"] = VersusPick(verdict=vs.verdict, mean=vs.mean, ci95=vs.ci95, n=vs.n, margin=margin,
                                                equivalent=vs.ci95 is not None and vs.ci95[0] > -margin)
         out[name] = e.model_copy(update=update)
@@ -426,6 +438,7 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, 
         "search_trial_number": rec.trial_number,
         "cheapest_equivalent_reason": why,
         "equivalence_margin": w.versus_pick.margin if w.versus_pick else None,
+        "cheaper_factor": CHEAPER,
         "max_slowdown": spec.max_slowdown,
         metric: w.test.mean,
     })

@@ -5,13 +5,15 @@ Every contender (the top tuned configs and the baselines) starts on the same see
 of seeds at a time, so every comparison stays paired. After each round from the second on:
 
 * **dropped**: a contender clearly beaten by the leader (the best mean so far among those that
-  completed every seed) leaves the race: its paired 95% interval against the leader lies below
-  0, or it was worse on every seed by more than twice the equivalence margin. The best tuned
-  config and the best baseline are never dropped: the verdict is decided between them;
+  completed every seed) leaves the race: after 2 seeds only when it was worse on every seed by
+  more than twice the equivalence margin; from 3 seeds on, also when its paired 95% interval
+  against the leader lies below 0 (an interval never narrower than the contenders' typical
+  seed-to-seed noise, ``autoopt.verdict``: never of zero width). The best tuned config and the best
+  baseline are never dropped: the verdict is decided between them;
 * **decided**: once every contender has ``min_seeds`` seeds, the race stops when the verdict
   of the best tuned config against the best baseline is ``better`` or ``worse``;
-* **behind**: a contender behind the leader by more than the equivalence margin on the mean
-  leaves too: on that evidence it is neither the pick nor equivalent to it;
+* **behind**: from 3 seeds on, a contender behind the leader by more than the equivalence
+  margin on the mean leaves too: on that evidence it is neither the pick nor equivalent to it;
 * **undecided**: otherwise a further seed goes to the two the verdict is decided between, up to
   ``max_seeds`` for cheap ones and ``min_seeds + 1`` for those more than ``SLOW`` times the
   cheapest per epoch.
@@ -41,13 +43,14 @@ from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
 from autoopt.space import TrialConfig, family
 from autoopt.tracking import RunRef
-from autoopt.verdict import paired
+from autoopt.verdict import Noise, paired
 
 if TYPE_CHECKING:
     import optuna
 
     from autoopt.spec import StudySpec
 
+DROP_AFTER = 3  # seeds before an interval or a mean may drop a contender (2 seeds: only every seed far behind)
 SLOW = 3.0  # more than this many times the cheapest contender per epoch: fewer extra seeds
 RUN_OVERHEAD_S = 0.5  # a confirmation run's cost beyond its epochs (dispatch, tracking)
 
@@ -93,10 +96,11 @@ def margin_for(score: str, pick_mean: float | None, *, points: float, relative: 
     return relative * abs(pick_mean) if pick_mean else relative
 
 
-def compare(a: Contender, b: Contender, direction: str, n_val: int | None) -> dict[str, Any]:
-    """A against B on their common seeds (positive = A better)."""
+def compare(a: Contender, b: Contender, direction: str, n_val: int | None,
+            noise: Noise | None = None) -> dict[str, Any]:
+    """A against B on their common seeds (positive = A better), the spread moderated by ``noise``."""
     seeds = sorted(set(a.results) & set(b.results))
-    return paired(a.values(seeds), b.values(seeds), direction, n_val=n_val)
+    return paired(a.values(seeds), b.values(seeds), direction, n_val=n_val, noise=noise)
 
 
 class Race:
@@ -169,13 +173,16 @@ class Race:
         for c in self.racing():
             if id(c) in keep:
                 continue
-            cmp = compare(c, leader, self.direction, self.n_val)
+            cmp = compare(c, leader, self.direction, self.n_val, self.noise())
             deltas, ci = cmp["deltas"], cmp["ci95"]
             if not c.complete():
                 c.status, c.reason = "dropped", f"failed on a seed while {leader.name} completed every seed"
                 continue
             m = self.margin(leader.mean())
-            if (ci is not None and ci[1] < 0) or (len(deltas) >= 2 and all(d < -2 * m for d in deltas)):
+            far = len(deltas) >= 2 and all(d < -2 * m for d in deltas)
+            if len(deltas) < DROP_AFTER and not far:
+                continue  # too few seeds to drop on an interval or a mean
+            if far or (ci is not None and ci[1] < 0):
                 c.status = "dropped"
                 c.reason = (f"beaten by {leader.name} after {len(deltas)} seeds "
                             f"(mean {cmp['mean']:+.4g}, ci95 {_fmt(ci)})")
@@ -185,6 +192,10 @@ class Race:
                 c.status = "dropped"
                 c.reason = (f"behind {leader.name} by more than the margin {m:.4g} after {len(deltas)} seeds "
                             f"(mean {cmp['mean']:+.4g})")
+
+    def noise(self) -> Noise | None:
+        """The typical seed-to-seed noise of the contenders' validation metric (``Noise.pooled``)."""
+        return Noise.pooled(c.values(sorted(c.results)) for c in self.contenders)
 
     def best(self, *, baseline: bool) -> Contender | None:
         """The best mean among the racing baselines (or tuned configs) that completed every seed."""
@@ -197,7 +208,7 @@ class Race:
         tuned, base = self.best(baseline=False), self.best(baseline=True)
         if tuned is None or base is None:
             return True  # nothing left to decide between
-        return compare(tuned, base, self.direction, self.n_val)["verdict"] in ("better", "worse")
+        return compare(tuned, base, self.direction, self.n_val, self.noise())["verdict"] in ("better", "worse")
 
     # --- the budget --------------------------------------------------------------------------
 

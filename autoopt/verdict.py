@@ -12,13 +12,24 @@ Differences are judged on what was measured, never on float noise:
 - any other metric (RMSE) is a float32 reduction, good to about 6 significant digits: a
   difference within ``REL_TOL`` of the values' magnitude is 0.
 
-The verdict is ``better`` when the whole interval is above 0, ``worse`` when it is below,
-``tie`` otherwise (and always when every difference is 0). With a single seed there is no
-interval; the one difference decides, and the README says why three seeds is the default.
+An interval is never narrower than the evidence allows. Accuracy moves in steps of one example,
+so two seeds that are each 2 examples behind have a standard deviation of 0, which is no
+evidence of anything. The standard deviation of the differences is therefore floored at the
+seed-to-seed noise of the configs compared beside these two (``Noise``: the median over the
+configs of each one's variance over its seeds, doubled for a difference of two configs; the
+median, so that one erratic config does not widen every interval), and at one example's worth
+(``1 / n_val``). The floor never narrows an interval: a pair noisier than the rest keeps its own
+spread.
 
->>> p = paired([0.95, 0.96, 0.97], [0.94, 0.95, 0.96], "maximize", n_val=100)
+The verdict is ``better`` when the whole interval is above 0, ``worse`` when it is below,
+``tie`` otherwise, and always when every difference is 0 or there is one seed: one seed
+decides nothing.
+
+>>> p = paired([0.95, 0.96, 0.97], [0.94, 0.95, 0.96], "maximize", n_val=1000)
 >>> p["deltas"], p["verdict"]
 ([0.01, 0.01, 0.01], 'better')
+>>> paired([0.9450, 0.9450], [0.9475, 0.9475], "maximize", n_val=800)["verdict"]  # 2 examples behind, twice
+'tie'
 >>> paired([0.9716, 0.9733], [0.97160001, 0.97329999], "maximize", n_val=2400)["verdict"]
 'tie'
 """
@@ -27,7 +38,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from autoopt.direction import sign
@@ -37,7 +49,6 @@ REL_TOL = 1e-6  # float32 carries ~7 significant digits; a reduction over a spli
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042)
-VERDICTS = ("better", "tie", "worse")
 
 
 def t975(df: int) -> float:
@@ -76,27 +87,61 @@ def signed_deltas(a: Sequence[float | None], b: Sequence[float | None], directio
     return out
 
 
-def interval(deltas: Sequence[float]) -> tuple[float, list[float] | None]:
-    """The mean of ``deltas`` and its two-sided 95% t-interval (None with fewer than two).
+@dataclass(frozen=True)
+class Noise:
+    """The seed-to-seed noise of one config's metric, typical over several configs: the square
+    root of the median of their variances over seeds, and how many configs it was read from."""
+
+    sd: float
+    configs: int
+
+    @classmethod
+    def pooled(cls, groups: Iterable[Sequence[float | None]]) -> Noise | None:
+        """The typical noise of ``groups`` (each config's values over its seeds; None where a run
+        did not finish), or None when no config ran two seeds.
+
+        >>> n = Noise.pooled([[0.90, 0.92], [0.80, 0.80, 0.83], [0.5, 0.9], [0.7]])
+        >>> round(n.sd, 4), n.configs
+        (0.0173, 3)
+        """
+        variances = []
+        for group in groups:
+            vals = [v for v in group if v is not None and math.isfinite(v)]
+            if len(vals) >= 2:
+                variances.append(statistics.variance(vals))
+        return cls(math.sqrt(statistics.median(variances)), len(variances)) if variances else None
+
+
+def interval(deltas: Sequence[float], *, noise: Noise | None = None,
+             floor: float = 0.0) -> tuple[float, list[float] | None]:
+    """The mean of ``deltas`` and its two-sided 95% t-interval (None with fewer than two); the
+    standard deviation never under ``floor`` nor under a difference's noise (``noise``: one
+    config's, times the square root of 2).
 
     >>> mean, ci = interval([1.0, 2.0, 3.0])
     >>> mean, [round(v, 3) for v in ci]
     (2.0, [-0.484, 4.484])
+    >>> interval([-0.0025, -0.0025])[1]  # identical deltas, nothing known of the noise: no width
+    [-0.0025, -0.0025]
+    >>> [round(v, 4) for v in interval([-0.0025, -0.0025], floor=1 / 800)[1]]  # one example of 800
+    [-0.0137, 0.0087]
+    >>> [round(v, 4) for v in interval([-0.0025, -0.0025, -0.0025], noise=Noise(0.003, 6))[1]]
+    [-0.013, 0.008]
     """
     mean = statistics.fmean(deltas)
-    if len(deltas) < 2:
+    n = len(deltas)
+    if n < 2:
         return mean, None
-    half = t975(len(deltas) - 1) * statistics.stdev(deltas) / math.sqrt(len(deltas))
+    sd = max(statistics.stdev(deltas), floor, math.sqrt(2) * noise.sd if noise is not None else 0.0)
+    half = t975(n - 1) * sd / math.sqrt(n)
     return mean, [round(mean - half, 12), round(mean + half, 12)]
 
 
 def decide(deltas: Sequence[float], ci95: list[float] | None) -> str:
     """``better`` when the interval lies above 0, ``worse`` below, ``tie`` otherwise; equal
-    measurements on every seed are a tie. One seed: its difference's sign decides."""
-    if all(d == 0 for d in deltas):
+    measurements on every seed are a tie, and so is one seed (no interval: it decides nothing)."""
+    if all(d == 0 for d in deltas) or ci95 is None:
         return "tie"
-    if ci95 is None:  # one seed: no interval to judge by
-        return "better" if deltas[0] > 0 else "worse"
     if ci95[0] > 0:
         return "better"
     if ci95[1] < 0:
@@ -105,16 +150,17 @@ def decide(deltas: Sequence[float], ci95: list[float] | None) -> str:
 
 
 def paired(a: Sequence[float | None], b: Sequence[float | None], direction: str, *,
-           n_val: int | None = None) -> dict[str, Any]:
+           n_val: int | None = None, noise: Noise | None = None) -> dict[str, Any]:
     """The paired comparison of A against B over their common seeds: ``deltas`` (per seed,
     positive = A better), ``mean``, ``ci95`` (``[lo, hi]``, None with one seed), ``verdict``
     (``better|tie|worse``, None when no seed finished for both), ``n`` and ``resolution``
-    (one example's worth of the metric, None without counts)."""
+    (one example's worth of the metric, None without counts). ``noise``: the seed-to-seed noise
+    of the configs compared beside these two (``Noise.pooled``): a floor of the spread."""
     deltas = signed_deltas(a, b, direction, n_val=n_val)
     out: dict[str, Any] = {"deltas": deltas, "mean": None, "ci95": None, "verdict": None, "n": len(deltas),
                            "resolution": resolution(n_val)}
     if not deltas:
         return out
-    out["mean"], out["ci95"] = interval(deltas)
+    out["mean"], out["ci95"] = interval(deltas, noise=noise, floor=resolution(n_val) or 0.0)
     out["verdict"] = decide(deltas, out["ci95"])
     return out

@@ -12,7 +12,7 @@ import pytest
 from autoopt.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, time_to
 from autoopt.dispatch import JobResult, JobState
 from autoopt.evidence import Entry, Stats
-from autoopt.verdict import paired, t975
+from autoopt.verdict import Noise, interval, paired, t975
 
 N_VAL = 2400
 
@@ -51,6 +51,38 @@ def test_equal_counts_are_an_exact_tie_whatever_the_float_noise() -> None:
     table = {"trial_1": _entry("adam_1", tuned), "prodigy_default": _entry("prodigy_default", base)}
     pick = choose(table, ["trial_1"], ["prodigy_default"], "maximize", n_val=N_VAL)
     assert (pick.tuned, pick.baseline, pick.winner) == ("trial_1", "prodigy_default", "prodigy_default")
+
+
+def test_identical_quantised_deltas_on_two_seeds_decide_nothing() -> None:
+    # Two seeds, each 2 examples of 800 behind: a standard deviation of 0 is no evidence.
+    p = paired([0.9425, 0.9450], [0.9450, 0.9475], "maximize", n_val=800)
+    assert p["deltas"] == pytest.approx([-0.0025, -0.0025])
+    assert p["ci95"][0] < p["ci95"][1] and p["verdict"] == "tie"
+    assert p["ci95"][1] - p["ci95"][0] >= 2 * 12.706 * (1 / 800) / math.sqrt(2) - 1e-12  # one example's floor
+
+
+def test_one_seed_decides_nothing() -> None:
+    for a, b in (([0.95], [0.90]), ([0.90], [0.95])):
+        p = paired(a, b, "maximize", n_val=1000)
+        assert p["ci95"] is None and p["verdict"] == "tie"
+    table = {"trial_1": _entry("adam_1", _acc([2390])), "adam_tutorial": _entry("adam_tutorial", _acc([2000]))}
+    assert choose(table, ["trial_1"], ["adam_tutorial"], "maximize", n_val=N_VAL).winner == "adam_tutorial"
+
+
+def test_a_steady_one_example_lead_is_no_win_against_the_seed_noise_of_the_other_configs() -> None:
+    # One example better on every seed: zero spread on its own, but the configs beside it move
+    # by several examples from seed to seed, and so may these two.
+    table = {"trial_1": _entry("adam_1", _acc([2331, 2321, 2342])),
+             "adam_tutorial": _entry("adam_tutorial", _acc([2330, 2320, 2341])),
+             "lion_default": _entry("lion_default", _acc([2300, 2306, 2296]))}
+    pick = choose(table, ["trial_1"], ["adam_tutorial", "lion_default"], "maximize", n_val=N_VAL)
+    assert pick.paired.deltas == pytest.approx([1 / N_VAL] * 3)
+    assert pick.paired.verdict == "tie" and pick.winner == "adam_tutorial"
+    noise = Noise.pooled(e.val.values for e in table.values())
+    assert noise is not None and noise.configs == 3 and noise.sd > 5 / N_VAL
+    # the floor widens, never narrows: a pair noisier than the rest keeps its own spread
+    own = interval([0.01, -0.02, 0.03])[1]
+    assert interval([0.01, -0.02, 0.03], noise=Noise(0.001, 5))[1] == own
 
 
 def test_worse_keeps_the_baseline() -> None:
