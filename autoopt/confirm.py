@@ -19,9 +19,10 @@ baseline out of the pick (they are still shown, marked ``excluded``).
 
 A cheaper alternative is named (``cheapest_equivalent``) only when it is at least ``CHEAPER``
 (1.25) times cheaper per epoch than the pick (``cheaper_factor`` in the JSON, beside
-``equivalence_margin``) and shown equivalent to the pick: its paired 95% interval against the pick lies above ``-margin`` (a non-inferiority
-test), with the margin one point of accuracy, or 1% of the pick's value for another metric
-(RMSE). A tie on three seeds is no such evidence: the field is then null, with the reason.
+``equivalence_margin``) and shown equivalent to the pick: its paired 95% interval against the
+pick lies above ``-margin`` (a non-inferiority test), with the margin one point of accuracy, or
+1% of the pick's value for another metric (RMSE). A tie on three seeds is no such evidence: the
+field is then null, with the reason.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def test_minimized_metric_picks_the_lowest_mean() -> None:
     assert pick.winner == "trial_1" and pick.paired.verdict == "better"
     imp = improvement(table, pick, "minimize", "test_rmse")
     # positive means better: the baseline's RMSE minus the recommendation's
-    assert imp.delta == pytest.approx(0.41 - 0.31) and imp.spread == pytest.approx(0.0081650, rel=1e-4)  # std over 3 seeds
+    assert imp.delta == pytest.approx(0.41 - 0.31) and imp.spread == pytest.approx(0.0081650, rel=1e-4)
 
 
 def test_improvement_is_recommended_minus_best_baseline_with_the_larger_spread() -> None:
