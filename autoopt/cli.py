@@ -166,7 +166,8 @@ def tune(
     task: OptionalTaskOpt = None,
     study_file: Annotated[str | None, typer.Option(help="a study YAML file", show_default="studies/<task>.yaml",
                                                    rich_help_panel=SEARCH)] = None,
-    trials: Annotated[int | None, typer.Option(help="the study's total number of trials",
+    trials: Annotated[int | None, typer.Option(help="trials of the search (TPE's own); the screen of every "
+                                               "family's published defaults comes on top",
                                                show_default="20, or the study file's trials",
                                                rich_help_panel=SEARCH)] = None,
     epochs: EpochsOpt = None,
@@ -233,11 +234,13 @@ def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
     place = spec.placement
     families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
     within = f" within {spec.time_budget:g}s" if spec.time_budget else ""
-    planned = "quick (the prior's first families and warm starts)" if spec.quick else f"{spec.trials} trials"
+    screen = prepared.start.beginning.result().screen
+    planned = (f"quick: {screen} screened (the prior's first families and warm starts)" if spec.quick
+               else f"{screen} screened, then {spec.trials} search trials")
     err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {planned} x {spec.epochs} epochs{within}, "
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
-    with TuneDisplay(err, spec.trials) as display:
+    with TuneDisplay(err, spec.trials + screen) as display:
         rec = run_study(spec, on_progress=display.update, prepared=prepared, since=_launched())
     _print_recommendation(rec, f"{place.out}/{spec.name}.json")
 

@@ -14,7 +14,6 @@ import torch
 
 from autoopt.portfolio import ENQUEUED, PortfolioFirst, portfolio_params, screening_order
 from autoopt.space import (
-    PORTFOLIO_PRIOR,
     SearchSpace,
     build_optimizer,
     default_params,
@@ -45,7 +44,7 @@ def test_every_family_trains_at_its_published_defaults_first(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = new_study(url)
     space = SearchSpace(ALL)
-    assert PortfolioFirst(space).start(study, url, trials=100) is None
+    assert PortfolioFirst(space).start(study, url) == len(ALL)
     queued = waiting(study)
     assert [fam(t) for t in queued] == screening_order(ALL)
     assert all(t.user_attrs["portfolio"] is True for t in queued)
@@ -67,8 +66,8 @@ def test_every_family_trains_at_its_published_defaults_first(tmp_path: Path) -> 
 def test_the_portfolio_is_enqueued_once_also_when_the_study_is_resumed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     space = SearchSpace(ALL)
-    PortfolioFirst(space).start(new_study(url), url, trials=100)
-    PortfolioFirst(space).start(new_study(url), url, trials=100)  # a second run of the same command
+    PortfolioFirst(space).start(new_study(url), url)
+    PortfolioFirst(space).start(new_study(url), url)  # a second run of the same command
     study = new_study(url)
     assert Counter(fam(t) for t in study.trials) == Counter(ALL)
     assert study.user_attrs[ENQUEUED] == screening_order(ALL)
@@ -85,7 +84,7 @@ def test_two_drivers_starting_together_enqueue_the_portfolio_once(tmp_path: Path
         study = new_study(url)
         go.wait()
         try:
-            PortfolioFirst(space).start(study, url, trials=100)
+            PortfolioFirst(space).start(study, url)
         except BaseException as exc:
             errors.append(exc)
 
@@ -98,16 +97,20 @@ def test_two_drivers_starting_together_enqueue_the_portfolio_once(tmp_path: Path
     assert Counter(fam(t) for t in new_study(url).trials) == Counter(ALL)
 
 
-def test_a_short_budget_screens_the_likely_winners_first_and_says_so(tmp_path: Path) -> None:
+def test_the_screen_comes_on_top_of_the_search_whatever_the_trials(tmp_path: Path) -> None:
+    """--trials counts the search: even --trials 3 screens every family, and the screen's trials
+    do not count against it."""
+    from optuna.trial import TrialState, create_trial
+
+    from autoopt.study import budget_used
+
     url = f"sqlite:///{tmp_path / 's.db'}"
-    space = SearchSpace(ALL)
-    note = PortfolioFirst(space).start(new_study(url), url, trials=3)
-    first = [n for n in PORTFOLIO_PRIOR if n in ALL][:3]
-    assert note is not None and "--trials 3" in note and ", ".join(first) in note
-    assert [fam(t) for t in waiting(new_study(url))] == first
-    # Resumed with a larger budget: the rest of the portfolio, never the first three again.
-    PortfolioFirst(space).start(new_study(url), url, trials=100)
-    assert Counter(fam(t) for t in new_study(url).trials) == Counter(ALL)
+    study = new_study(url)
+    assert PortfolioFirst(SearchSpace(ALL)).start(study, url) == len(ALL)
+    assert Counter(fam(t) for t in waiting(new_study(url))) == Counter(ALL)
+    assert budget_used(study.get_trials(deepcopy=False)) == 0
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5))  # one of the search's own
+    assert budget_used(study.get_trials(deepcopy=False)) == 1
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])

@@ -56,7 +56,16 @@ from autoopt.study.storage import (
     storage_retry_s,
     with_retry,
 )
-from autoopt.study.studies import budget_used, counts, load_existing_study, load_study, open_study
+from autoopt.study.studies import (
+    PORTFOLIO,
+    WARMSTART,
+    budget_used,
+    counts,
+    load_existing_study,
+    load_study,
+    open_study,
+    screened,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats, groups and stale-trial failing are "experimental" in Optuna but are what a
@@ -66,10 +75,11 @@ warnings.filterwarnings("ignore",
                         message=".*Heartbeat of storage is supposed to be used with Study.optimize.*")
 
 __all__ = [
-    "CONNECT_TIMEOUT_S", "GRACE_S", "HEARTBEAT_S", "MAX_RETRY", "STORAGE_RETRY_S", "Backend", "GroupTPESampler",
+    "CONNECT_TIMEOUT_S", "GRACE_S", "HEARTBEAT_S", "MAX_RETRY", "PORTFOLIO", "STORAGE_RETRY_S", "WARMSTART", "Backend",
+    "GroupTPESampler",
     "PostgresBackend", "SQLiteBackend", "SnapshotStorage", "SnapshotStudy", "StorageDown", "absolute_sqlite",
     "ask_lock", "backend_for", "budget_used", "build_sampler", "check_storage", "connect_timeout_s", "counts",
     "creation_lock", "fail_stale", "is_busy", "is_unreachable", "load_existing_study", "load_study", "mask_url",
-    "open_storage", "open_study", "record_heartbeat", "redact", "redact_logs", "retry_trial", "sqlite_path",
+    "open_storage", "open_study", "record_heartbeat", "redact", "redact_logs", "retry_trial", "screened", "sqlite_path",
     "storage_of", "storage_retry_s", "study_id_of", "trial_id_of", "trials_snapshot", "with_retry",
 ]

@@ -1,6 +1,7 @@
 """The Optuna study: create or resume it (``open_study``), load it (``load_study``), and count
-its trials against ``--trials`` (``budget_used``) so that several drivers, or a resumed one,
-stop at exactly the requested total.
+its search's trials against ``--trials`` (``budget_used``) so that several drivers, or a
+resumed one, stop at exactly the requested number. The screen's trials (each family's published
+defaults, the prior's warm starts) come on top: ``--trials`` is the search's own.
 
 Studies opened here sit on a ``SnapshotStorage`` (see ``autoopt.study.snapshot``).
 """
@@ -16,6 +17,11 @@ from autoopt.errors import UsageError
 from autoopt.study.samplers import build_sampler
 from autoopt.study.snapshot import SnapshotStorage, SnapshotStudy
 from autoopt.study.storage import with_retry
+
+# Trial user attrs of the screen's trials, which do not count against --trials (autoopt.portfolio
+# enqueues them): a family's published defaults, and a warm start (the earlier study it comes from).
+PORTFOLIO = "portfolio"
+WARMSTART = "warmstart"
 
 
 def open_study(storage: BaseStorage, name: str, *, direction: Direction, metric: str | None = None,
@@ -58,11 +64,17 @@ def load_existing_study(storage: BaseStorage, name: str) -> SnapshotStudy | None
         return None
 
 
+def screened(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` is the screen's (a family's published defaults, ``PORTFOLIO``, or a warm
+    start of the prior, ``WARMSTART``), not the search's."""
+    return bool(trial.user_attrs.get(PORTFOLIO) or trial.user_attrs.get(WARMSTART))
+
+
 def budget_used(trials: list[FrozenTrial]) -> int:
-    """Trials that count against ``--trials``: all of them except failed ones that were
-    re-queued (their retry counts instead)."""
+    """The search's trials, those that count against ``--trials``: all but the screen's
+    (``screened``) and failed ones that were re-queued (their retry counts instead)."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    return len(trials) - len(retried & {t.number for t in trials})
+    return sum(1 for t in trials if not screened(t) and t.number not in retried)
 
 
 def counts(trials: list[FrozenTrial]) -> dict[str, int]:
