@@ -263,10 +263,7 @@ def _print_recommendation(rec: Recommendation, path: str | None = None) -> None:
         table.add_row(rec.metric, f"{rec.value:.4f}")
     imp = rec.improvement
     if imp is not None:
-        # No verdict: no tuned config completed every seed within --max-slowdown.
-        verdict = imp.verdict or "no tuned config to compare"
-        table.add_row("vs best baseline", escape(f"{verdict}: {imp.metric} {imp.delta:+.4f} "
-                                                 f"(spread {imp.spread:.4f}, {imp.versus})"))
+        table.add_row("decided", escape(imp.says()))
     if rec.cost is not None and rec.cost.s_per_epoch is not None:
         table.add_row("cost", _cost(rec.cost.s_per_epoch, rec.cost.relative))
     alt = rec.cheapest_equivalent

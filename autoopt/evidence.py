@@ -147,6 +147,42 @@ class Improvement(Record):
     paired: Paired | None = None
     test_paired: Paired | None = None
 
+    def says(self) -> str:
+        """What was decided, in words (the summary's line).
+
+        >>> Improvement(metric="test_accuracy", delta=0.0, spread=0.003, versus="muon_default", tuned="trial_7",
+        ...             verdict="worse", paired=Paired(deltas=[-0.01] * 3, n=3)).says()
+        "muon's published defaults (muon_default) beat the best tuned config, trial_7 (paired, 3 seeds)"
+        """
+        n = self.paired.n if self.paired is not None else 0
+        seeds = f"paired, {n} seed{'' if n == 1 else 's'}"
+        base = baseline_words(self.versus)
+        if self.verdict == "better":
+            return (f"the tuned config {self.tuned} beat the best baseline, {base} ({seeds}); "
+                    f"{self.metric} {self.delta:+.4f}")
+        if self.verdict == "worse":
+            return f"{base} beat the best tuned config, {self.tuned} ({seeds})"
+        if self.verdict == "tie":
+            why = "on one seed, which decides nothing" if n == 1 else "not shown better"
+            return f"{base} stands: the best tuned config, {self.tuned}, is {why} ({seeds})"
+        return f"{base} stands: no tuned config left to compare"
+
+
+def baseline_words(name: str | None) -> str:
+    """A baseline's name in words: ``muon_default`` is "muon's published defaults (muon_default)".
+
+    >>> baseline_words("adam_tutorial")
+    "the tutorial's adam (adam_tutorial)"
+    """
+    if not name:
+        return "the best baseline"
+    family, _, kind = name.rpartition("_")
+    if kind == "default" and family:
+        return f"{family}'s published defaults ({name})"
+    if kind == "tutorial" and family:
+        return f"the tutorial's {family} ({name})"
+    return name
+
 
 class Cost(Record):
     """The pick's seconds per epoch, and that over the fastest baseline's."""

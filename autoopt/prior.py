@@ -483,8 +483,11 @@ def for_study(study: Any, storage: Any, spec: Any, target: TaskInfo) -> dict[str
     names = None if choice == "auto" else choice
     prior = build(storage, target, names=names, exclude=study.study_name)
     if not prior.usable:
+        # An empty storage is the normal first run: said at INFO; studies named by --prior that
+        # hold nothing to learn from are the user's to know of.
         where = "the studies named by --prior hold" if names else "the storage holds"
-        log.warning("screening in the built-in order: %s no finished earlier study to learn from", where)
+        log.log(logging.WARNING if names else logging.INFO,
+                "screening in the built-in order: %s no finished earlier study to learn from", where)
         return None
     record = prior.record(spec.search_space())
     log.warning("%s", prior.line(record["order"]))

@@ -95,3 +95,17 @@ def test_unknown_keys_of_a_later_release_are_kept() -> None:
     data = Recommendation.load(OLD).to_dict()
     data["improvement"]["novel"] = "kept"
     assert Recommendation.from_dict(data).to_dict()["improvement"]["novel"] == "kept"
+
+
+def test_the_verdict_reads_right_in_words() -> None:
+    """The summary says what was decided, never 'worse' beside the baseline that is the pick."""
+    def says(verdict: str | None, n: int) -> str:
+        return Improvement(metric="test_accuracy", delta=0.0, spread=0.0, versus="muon_default", tuned="trial_3",
+                           verdict=verdict, paired=Paired(deltas=(0.0,) * n, n=n) if n else None).says()
+
+    assert says("worse", 3) == ("muon's published defaults (muon_default) beat the best tuned config, trial_3 "
+                                "(paired, 3 seeds)")
+    assert says("tie", 1).endswith("is on one seed, which decides nothing (paired, 1 seed)")
+    assert says("tie", 3).startswith("muon's published defaults (muon_default) stands")
+    assert says("better", 3).startswith("the tuned config trial_3 beat the best baseline")
+    assert "no tuned config" in says(None, 0)

@@ -225,14 +225,15 @@ def test_prior_none_and_an_empty_storage(url: str, caplog: pytest.LogCaptureFixt
     PortfolioFirst(spec.search_space(), prior=None).start(study, url)
     assert PRIOR_ATTR not in study.user_attrs
     assert [t.system_attrs["fixed_params"]["optimizer"] for t in study.trials] == ["adamw", "sgd"]
-    # auto with nothing usable: the built-in order, said in one line.
+    # auto with nothing usable: the built-in order, said in one line at INFO (an empty storage
+    # is a normal first run, no warning).
     empty = f"{url[:-3]}-empty.db"
     storage2 = open_storage(empty, heartbeat=False)
     study2 = open_study(storage2, "new", direction="maximize")
-    with caplog.at_level(logging.WARNING, logger="autoopt.prior"):
+    with caplog.at_level(logging.INFO, logger="autoopt.prior"):
         assert for_study(study2, storage2, load_spec("digits", prior="auto"), TaskInfo("digits", **ACC)) is None
-    assert [r.getMessage() for r in caplog.records] == [
-        "screening in the built-in order: the storage holds no finished earlier study to learn from"]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "screening in the built-in order: the storage holds no finished earlier study to learn from")]
     # auto with an earlier study: its record, and one line naming the study.
     caplog.clear()
     study3 = open_study(storage, "newer", direction="maximize")
