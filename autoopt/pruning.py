@@ -32,13 +32,13 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from autoopt.study import storage_of, trials_snapshot
+from autoopt.study import PORTFOLIO, storage_of, trials_snapshot
 
 REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
 MEDIAN_STARTUP_TRIALS = 4
 SCREEN_ETA = 3  # the screen keeps a third of the families at each rung
-PORTFOLIO_ATTR = "portfolio"  # the trial user attr of the portfolio's trials
+SCREENS = ("screen", "screen_rank")  # the screen's pruners: cost-aware, and by rank alone (under a budget)
 
 
 class GuardedPruner(BasePruner):
@@ -232,10 +232,12 @@ class ScreenPruner(BasePruner):
     where ``c`` (at least 1) is its seconds per epoch over the median of theirs: a family ten
     times slower per epoch must lead its rung to earn its full training. Asynchronous, as
     ASHA (Li et al. 2020): a rung is judged on the trials that reached it so far. The
-    ``GuardedPruner`` around it keeps late bloomers (the comeback guard)."""
+    ``GuardedPruner`` around it keeps late bloomers (the comeback guard). ``cost_aware=False``
+    (under a time budget, ``screen_rank``): the best third goes on whatever its cost, and the
+    trial's deadline stops what the budget cannot afford."""
 
-    def __init__(self, rungs: Iterable[int], eta: int = SCREEN_ETA) -> None:
-        self.rungs, self.eta = frozenset(rungs), eta
+    def __init__(self, rungs: Iterable[int], eta: int = SCREEN_ETA, *, cost_aware: bool = True) -> None:
+        self.rungs, self.eta, self.cost_aware = frozenset(rungs), eta, cost_aware
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
@@ -245,11 +247,11 @@ class ScreenPruner(BasePruner):
         if value is None or not math.isfinite(value):
             return True
         peers = [t for t in study.get_trials(deepcopy=False)
-                 if t.user_attrs.get(PORTFOLIO_ATTR) and t.number != trial.number
+                 if t.user_attrs.get(PORTFOLIO) and t.number != trial.number
                  and math.isfinite(t.intermediate_values.get(step, math.nan))]
         mine = trial.user_attrs.get("s_per_epoch")
         speeds = [float(t.user_attrs["s_per_epoch"]) for t in peers if t.user_attrs.get("s_per_epoch")]
-        slowdown = mine / statistics.median([*speeds, mine]) if mine and speeds else 1.0
+        slowdown = mine / statistics.median([*speeds, mine]) if mine and speeds and self.cost_aware else 1.0
         keep = max(1, math.floor((len(peers) + 1) / (self.eta * max(1.0, slowdown))))
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         ahead = sum(1 for t in peers if (t.intermediate_values[step] > value if maximize
@@ -260,12 +262,14 @@ class ScreenPruner(BasePruner):
 def build_pruner(name: str, *, epochs: int, warmup: float) -> BasePruner:
     """``median``, ``hyperband`` or ``none``; no pruning before ``warmup`` × ``epochs``, nor at
     the last epoch, nor while a finished trial shows a comeback from where the trial stands.
-    ``screen``: the portfolio's cost-aware successive halving (``ScreenPruner``), guarded the same way."""
+    ``screen``: the portfolio's cost-aware successive halving (``ScreenPruner``), guarded the same way;
+    ``screen_rank``: the same by rank alone (under a time budget)."""
     warmup_steps = math.floor(warmup * epochs)
-    if name == "screen" and epochs >= 2:
+    if name in SCREENS and epochs >= 2:
         rungs = screen_rungs(epochs)
-        return GuardedPruner(ScreenPruner(rungs), warmup_steps=0, max_steps=epochs, steps=rungs)
-    if name in ("none", "screen") or epochs < 2:
+        return GuardedPruner(ScreenPruner(rungs, cost_aware=name == "screen"), warmup_steps=0, max_steps=epochs,
+                             steps=rungs)
+    if name == "none" or name in SCREENS or epochs < 2:
         return NopPruner()
     if name == "hyperband":
         inner: BasePruner = HyperbandPruner(min_resource=max(1, warmup_steps), max_resource=epochs,

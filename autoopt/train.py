@@ -28,7 +28,7 @@ from autoopt.space import Family, TrialConfig, build_optimizer, build_scheduler,
 from autoopt.space import family as registered
 from autoopt.tasks.base import Task
 
-OnEpoch = Callable[[int, dict[str, float]], bool]
+OnEpoch = Callable[[int, dict[str, float]], bool | str]  # truthy stops the run; a str is the reason
 EVAL_BATCH = 2048
 
 
@@ -109,7 +109,7 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
     """Train ``task``'s model with ``config`` for ``epochs`` epochs on the task's device.
 
     After each epoch, ``on_epoch(epoch, metrics)`` sees ``train_loss``, ``val_loss``, the
-    validation score, ``lr`` and ``epoch_s``; returning True stops the run as ``pruned``.
+    validation score, ``lr`` and ``epoch_s``; returning True (or a reason) stops the run as ``pruned``.
     A non-finite loss stops it as ``diverged`` with the reason. Seeded runs repeat exactly on
     the CPU. Images run in ``channels_last`` where the model takes it (convolutions are 20-30%
     faster in it, on the CPU too); on a GPU, matmuls run in bf16 autocast. ``family`` is the
@@ -181,9 +181,10 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
                 return result
             if scheduler is not None and sched.per_epoch:
                 scheduler.step(metrics["val_loss"])
-            if on_epoch is not None and on_epoch(epoch, metrics):
+            stop = on_epoch(epoch, metrics) if on_epoch is not None else False
+            if stop:
                 result.status = "pruned"
-                result.reason = f"pruned at epoch {epoch}"
+                result.reason = stop if isinstance(stop, str) else f"pruned at epoch {epoch}"
                 return result
         if evaluate_test and task.test is not None:
             t0 = time.perf_counter()

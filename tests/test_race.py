@@ -202,3 +202,14 @@ def test_the_screen_keeps_a_third_at_each_rung_and_a_slow_family_must_lead_its_r
     assert pruner.prune(study, _running(0.85, speed)) is not kept
     assert not pruner.prune(study, _running(0.95, 10.0))  # the rung's leader goes on, however slow
     assert pruner.prune(study, _running(0.55, 1.0))  # sixth of nine: pruned
+
+
+def test_under_a_budget_the_screen_keeps_a_slow_family_in_its_rungs_best_third() -> None:
+    # Second of nine at ten times the median's seconds per epoch: cost-aware, it is pruned; by
+    # rank alone (a time budget: its deadline stops it if the budget cannot afford it), it goes on.
+    study = _portfolio_study([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [1.0] * 8)
+    assert ScreenPruner([1, 3]).prune(study, _running(0.85, 10.0))
+    assert not ScreenPruner([1, 3], cost_aware=False).prune(study, _running(0.85, 10.0))
+    assert ScreenPruner([1, 3], cost_aware=False).prune(study, _running(0.55, 1.0))  # sixth of nine
+    ranked = build_pruner("screen_rank", epochs=9, warmup=0.3)
+    assert isinstance(ranked, GuardedPruner) and not ranked.inner.cost_aware

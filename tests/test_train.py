@@ -47,6 +47,27 @@ def test_on_epoch_true_stops_as_pruned(digits: Task) -> None:
     assert result.status == "pruned" and len(result.history) == 2
 
 
+def test_a_trial_that_would_end_past_its_deadline_stops_after_its_first_epoch(digits: Task) -> None:
+    """Under a time budget a trial is stopped, with its reason, once the seconds per epoch it has
+    taken project its end past the search's share: the race keeps its reserve."""
+    import time
+
+    from autoopt.dispatch.worker import TrialRef, past_deadline
+
+    ref = TrialRef("sqlite://", "s", 1, 1, "none", 5, 0.0, deadline=time.time() + 0.001)
+    seen: list[float] = []
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool | str:
+        seen.append(metrics["epoch_s"])
+        return past_deadline(ref, epoch, seen) or False
+
+    result = train(digits, TrialConfig("adam", {"lr": 1e-3}), epochs=5, seed=0, on_epoch=on_epoch)
+    assert result.status == "pruned" and len(result.history) == 1
+    assert result.reason.startswith("stopped at epoch 1:") and "time budget" in result.reason
+    far = TrialRef("sqlite://", "s", 1, 1, "none", 5, 0.0, deadline=time.time() + 3600)
+    assert past_deadline(far, 1, seen) is None and past_deadline(ref, 5, seen) is None  # the last epoch: done
+
+
 def test_divergence_ends_the_run_with_a_reason(digits: Task) -> None:
     result = train(digits, TrialConfig("sgd", {"lr": 1e8, "momentum": 0.99}), epochs=3, seed=0)
     assert result.status == "diverged"

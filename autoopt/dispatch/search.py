@@ -395,8 +395,12 @@ class SearchLoop:
 
     def _ref(self, trial_id: int, number: int, pruner: str | None = None) -> TrialRef:
         spec = self.spec
+        # Under a budget the trial must end within the search's share: the worker stops it when
+        # its measured seconds per epoch project its end past that (the race keeps its reserve).
+        deadline = (time.time() + self.budget.search_left(self.costs.race(len(self.pool.workers)))
+                    if self.budget is not None else None)
         return TrialRef(self.storage_url, self.study.study_name, trial_id, number, pruner or spec.pruner,
-                        spec.epochs, spec.pruner_warmup)
+                        spec.epochs, spec.pruner_warmup, deadline=deadline)
 
     def _job(self, trial: optuna.trial.Trial, config: TrialConfig) -> Job:
         spec, number = self.spec, trial.number
@@ -406,9 +410,12 @@ class SearchLoop:
                 "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
                    spec.placement.compile,
-                   # The portfolio is screened by cost-aware successive halving (autoopt.pruning).
+                   # The portfolio is screened by successive halving (autoopt.pruning): cost-aware
+                   # without a budget; under one, by rank alone, the deadline stopping what the
+                   # budget cannot afford.
                    trial=self._ref(trial_id_of(self.study, number), number,
-                                   "screen" if kind == "portfolio" and spec.pruner != "none" else None),
+                                   None if kind != "portfolio" or spec.pruner == "none" else
+                                   "screen" if self.budget is None else "screen_rank"),
                    tracking=self.tracking, run_name=f"trial-{number}", tags=tags,
                    family=self.space.family(config.optimizer))
 

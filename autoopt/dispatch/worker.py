@@ -13,6 +13,7 @@ import gc
 import importlib.metadata
 import logging
 import os
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,9 @@ class TrialRef:
     pruner: str
     epochs: int
     warmup: float
+    # Under a time budget: when (wall clock) the trial must have ended, the search's share of the
+    # budget spent. A trial whose measured seconds per epoch project its end past it is stopped.
+    deadline: float | None = None
 
 
 @dataclass
@@ -192,7 +196,7 @@ class TrialWorker:
                              retry=lambda fn, what: with_retry(fn, what=what))
 
     def _on_epoch(self, job: Job, metric: str, run: int | None, reporter: TrialReporter | None) -> Any:
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool | str:
             if run is not None:
                 self.recorder.log_epoch(run, epoch, metrics)
             if reporter is None:
@@ -203,9 +207,29 @@ class TrialWorker:
             # Written in the background; the last epoch's value goes back with the result and
             # the driver records it with the tell (nothing can be pruned there).
             reporter.report(value, epoch, write=epoch < job.epochs, epoch_s=metrics.get("epoch_s"))
-            return reporter.should_prune(epoch)
+            late = past_deadline(job.trial, epoch, reporter.epoch_s) if job.trial is not None else None
+            return late or reporter.should_prune(epoch)
 
         return on_epoch
+
+
+def past_deadline(ref: TrialRef, epoch: int, epoch_s: list[float]) -> str | None:
+    """Why a trial stops after ``epoch``: at the seconds per epoch it has taken so far, its
+    remaining epochs would end past ``ref.deadline`` (the search's share of a time budget); or
+    None.
+
+    >>> ref = TrialRef("sqlite://", "s", 1, 1, "none", 8, 0.0, deadline=time.time() + 100)
+    >>> past_deadline(ref, 1, [30.0]) is not None, past_deadline(ref, 1, [10.0])
+    (True, None)
+    """
+    if ref.deadline is None or epoch >= ref.epochs or not epoch_s:
+        return None
+    per = statistics.fmean(epoch_s)
+    end = time.time() + (ref.epochs - epoch) * per
+    if end <= ref.deadline:
+        return None
+    return (f"stopped at epoch {epoch}: at {per:.2f}s per epoch it would end {end - ref.deadline:.0f}s after "
+            "the search's share of the time budget")
 
 
 def _result(trained: TrialResult, **timings: Any) -> JobResult:
