@@ -35,7 +35,9 @@ through TPE itself.
 from __future__ import annotations
 
 import inspect
+import math
 import random
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -240,3 +242,37 @@ class PortfolioFirst:
         if rng.random() < self.explore:
             return None  # the sampler picks the family
         return rng.choices(top, weights=[1 / (i + 1) for i in range(len(top))])[0]
+
+
+def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | None, seeds: int,
+                 workers: int, spent_s: float) -> list[dict[str, Any]]:
+    """The screened families the cost-aware screen pruned although they ranked in the best third
+    of their rung (``SCREEN_ETA``): what cost alone left untrained, without a budget. Each with
+    its rank at the rung it reached, its seconds per epoch (and over the pick's), and the time
+    budget that would have trained it and raced it on ``seeds`` seeds (``spent_s`` plus its cost,
+    whole minutes)."""
+    from autoopt.pruning import SCREEN_ETA
+
+    trials = study.get_trials(deepcopy=False)
+    screen = [t for t in trials if t.user_attrs.get(PORTFOLIO)]
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    out = []
+    for t in screen:
+        spe, cfg = t.user_attrs.get("s_per_epoch"), t.user_attrs.get("config") or {}
+        if t.state != TrialState.PRUNED or not t.intermediate_values or not spe:
+            continue
+        step = max(t.intermediate_values)
+        mine = t.intermediate_values[step]
+        peers = [p.intermediate_values[step] for p in screen if step in p.intermediate_values]
+        rank = 1 + sum(1 for v in peers if sign * v > sign * mine)
+        speeds = [float(p.user_attrs["s_per_epoch"]) for p in screen
+                  if step in p.intermediate_values and p.user_attrs.get("s_per_epoch")]
+        slowdown = spe / statistics.median(speeds)
+        if rank > max(1, len(peers) // SCREEN_ETA) or rank <= max(1, math.floor(len(peers) / (SCREEN_ETA * slowdown))):
+            continue  # behind on its rung (pruned at any cost), or not for its cost
+        extra = (epochs - step) * spe + seeds * epochs * spe / max(1, workers)
+        out.append({"family": cfg.get("optimizer", t.params.get("optimizer")), "trial": t.number, "epoch": step,
+                    "rank": rank, "of": len(peers), "s_per_epoch": round(spe, 4),
+                    "relative_to_pick": round(spe / pick_s_per_epoch, 2) if pick_s_per_epoch else None,
+                    "time_budget_s": 60 * math.ceil((spent_s + extra) / 60)})
+    return sorted(out, key=lambda d: d["rank"])

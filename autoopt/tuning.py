@@ -26,7 +26,7 @@ from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
 from autoopt.evidence import BudgetUse
 from autoopt.plots import optimization_history
-from autoopt.portfolio import PortfolioFirst
+from autoopt.portfolio import PortfolioFirst, left_on_cost
 from autoopt.recommendation import Recommendation, family_origin
 from autoopt.redact import mask_url, redact, redact_logs
 from autoopt.spec import StudySpec, load_spec
@@ -388,7 +388,13 @@ def finish(spec: StudySpec, study: optuna.Study, task: Task, tracker: tracking.S
         budget.confirm_ended = time.time()
         budget.phases["confirm"] = budget.confirm_ended - started
         used = budget.record()  # rewritten once the files are written (below)
-    rec = dataclasses.replace(rec, extra={**rec.extra, "effort": effort}, budget=used)
+    extra: dict[str, Any] = {"effort": effort}
+    if budget is None and spec.pruner != "none":
+        # Cost ordered the screen: say which families it left untrained, and what would train them.
+        extra["left_on_cost"] = left_on_cost(
+            study, epochs=spec.epochs, pick_s_per_epoch=rec.cost.s_per_epoch if rec.cost else None,
+            seeds=spec.confirm_seeds, workers=len(pool.workers), spent_s=sum(effort["seconds"].values()))
+    rec = dataclasses.replace(rec, extra={**rec.extra, **extra}, budget=used)
     save(spec, study, rec, tracker, figures)
     return rec
 

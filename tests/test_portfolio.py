@@ -160,3 +160,29 @@ def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path) -> Non
     kinds = {int(r.data.tags["autoopt.trial_number"]): r.data.tags["autoopt.kind"] for r in runs
              if "autoopt.trial_number" in r.data.tags}
     assert kinds == {0: "portfolio", 1: "portfolio", 2: "portfolio", 3: "search", 4: "search"}
+
+
+def test_a_family_the_screen_left_on_cost_alone_is_named_with_what_would_train_it() -> None:
+    from optuna.distributions import CategoricalDistribution
+    from optuna.storages import InMemoryStorage
+    from optuna.trial import TrialState, create_trial
+
+    from autoopt.portfolio import left_on_cost
+
+    study = optuna.create_study(storage=InMemoryStorage(), direction="maximize")
+    dist = {"optimizer": CategoricalDistribution(["a", "b", "c", "d", "e", "f", "soap", "sgd", "adam"])}
+
+    def screened(name: str, at1: float, spe: float, state: TrialState, value: float | None = None) -> None:
+        study.add_trial(create_trial(state=state, value=value, params={"optimizer": name}, distributions=dist,
+                                     intermediate_values={1: at1}, user_attrs={
+                                         "portfolio": True, "s_per_epoch": spe, "config": {"optimizer": name}}))
+
+    for name, v in zip("abcdef", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], strict=True):
+        screened(name, v, 1.0, TrialState.COMPLETE if v >= 0.9 else TrialState.PRUNED, v)
+    screened("soap", 0.85, 12.0, TrialState.PRUNED)  # second of nine: pruned for its cost alone
+    screened("sgd", 0.3, 12.0, TrialState.PRUNED)  # last: pruned at any cost
+    screened("adam", 0.2, 1.0, TrialState.PRUNED)
+    left = left_on_cost(study, epochs=5, pick_s_per_epoch=1.5, seeds=3, workers=2, spent_s=100.0)
+    assert [(d["family"], d["rank"], d["of"], d["epoch"]) for d in left] == [("soap", 2, 9, 1)]
+    # 4 more epochs and 3 seeds x 5 epochs over 2 workers at 12 s/epoch on top of 100 s: 238 s
+    assert left[0]["relative_to_pick"] == 8.0 and left[0]["time_budget_s"] == 240
