@@ -141,7 +141,7 @@ def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path) -> Non
     from autoopt.spec import load_spec
     from autoopt.tuning import run
 
-    spec = load_spec("digits", trials=5, epochs=2, concurrency=2, confirm=False, optimizers="sgd,adamw,nadam",
+    spec = load_spec("digits", trials=2, epochs=2, concurrency=2, confirm=False, optimizers="sgd,adamw,nadam",
                      storage=f"sqlite:///{workdir / 'autoopt.db'}", mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
                      out=str(workdir / "recommendations"))
     run(spec)
@@ -159,6 +159,7 @@ def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path) -> Non
     runs = client.search_runs([client.get_experiment_by_name("autoopt/digits").experiment_id], max_results=100)
     kinds = {int(r.data.tags["autoopt.trial_number"]): r.data.tags["autoopt.kind"] for r in runs
              if "autoopt.trial_number" in r.data.tags}
+    # the screen on top of --trials 2: both of the search's trials are its own
     assert kinds == {0: "portfolio", 1: "portfolio", 2: "portfolio", 3: "search", 4: "search"}
 
 
