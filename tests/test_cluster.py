@@ -265,7 +265,8 @@ def test_a_driver_starved_of_workers_ends_at_its_timeout_and_says_why(cluster: R
     data.mkdir()
     (data / "hold").touch()
     hog = Driver(["--task", "services:slow_digits", "--data-dir", str(data), "--trials", "2", "--epochs", "1",
-                  "--optimizers", "sgd,adam", "--no-confirm", "--study", "hog", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
+                  "--optimizers", "sgd,adam", "--no-confirm", "--study", "hog", "--storage", pg_url(optuna_db),
+                  "--ray-address", cluster.address],
                  tmp_path / "hog", driver_env(cluster), name="hog").start()
     try:
         wait_for(lambda: len(held_pids(data)) == 2, 300, "the first driver's two workers to be busy")
