@@ -226,6 +226,7 @@ def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
     """Run the prepared study with the progress display, then print the recommendation."""
     from autoopt.dispatch.session import stop_ray
     from autoopt.progress import TuneDisplay
+    from autoopt.spec import BUDGET_TRIALS
     from autoopt.tuning import run as run_study
 
     if restart_ray:  # a study file named another cluster than the one joined early
@@ -235,12 +236,14 @@ def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
     families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
     within = f" within {spec.time_budget:g}s" if spec.time_budget else ""
     screen = prepared.start.beginning.result().screen
+    open_ended = spec.time_budget is not None and spec.trials >= BUDGET_TRIALS
+    search = "the search while the budget lasts" if open_ended else f"{spec.trials} search trials"
     planned = (f"quick: {screen} screened (the prior's first families and warm starts)" if spec.quick
-               else f"{screen} screened, then {spec.trials} search trials")
+               else f"{screen} screened, then {search}")
     err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {planned} x {spec.epochs} epochs{within}, "
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
-    with TuneDisplay(err, spec.trials + screen) as display:
+    with TuneDisplay(err, None if open_ended else spec.trials + screen) as display:
         rec = run_study(spec, on_progress=display.update, prepared=prepared, since=_launched())
     _print_recommendation(rec, f"{place.out}/{spec.name}.json")
 

@@ -26,7 +26,8 @@ WIDE = 100  # columns from which the bar is long and the elapsed time shown
 class TuneDisplay:
     """A context manager whose ``update(progress)`` redraws the bars."""
 
-    def __init__(self, console: Console, total: int) -> None:
+    def __init__(self, console: Console, total: int | None) -> None:
+        self.open_ended = total is None  # a search bounded by its time budget: the trials so far
         wide = console.width >= WIDE
         # The counts ("20/20") never wrap; the details give way first (at 80 columns the bar is
         # short and the elapsed time left out: the details carry the ETA).
@@ -59,18 +60,22 @@ class TuneDisplay:
                 self.confirm = self.bar.add_task("confirm", total=p.total, info="")
             self.bar.update(self.confirm, completed=p.done, total=max(p.total, p.done), info=p.last)
             return
+        if self.open_ended:
+            self.bar.update(self.search, completed=p.done, total=None, info=describe(p, eta=False))
+            return
         info = describe(p)
         self.bar.update(self.search, completed=min(p.done, p.total), total=max(p.total, p.done), info=info)
 
 
-def describe(p: SearchProgress) -> str:
-    """The search's details in at most ~50 characters: running, pruned, failed, best, ETA.
+def describe(p: SearchProgress, *, eta: bool = True) -> str:
+    """The search's details in at most ~50 characters: running, pruned, failed, best, ETA (not
+    for a search its time budget bounds).
 
     >>> from types import SimpleNamespace as N
     >>> describe(N(running=4, pruned=1, failed=0, best=0.9512, best_trial=7, eta_s=lambda: 42.0))
     'run 4  pruned 1  failed 0  best 0.9512 #7  ETA 42s'
     """
     best = f"best {p.best:.4f} #{p.best_trial}" if p.best is not None else "best -"
-    eta = p.eta_s()
+    left = p.eta_s() if eta else None
     return (f"run {p.running}  pruned {p.pruned}  failed {p.failed}  {best}"
-            + (f"  ETA {eta:.0f}s" if eta is not None else ""))
+            + (f"  ETA {left:.0f}s" if left is not None else ""))

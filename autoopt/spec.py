@@ -245,9 +245,15 @@ def flag_of(key: str) -> str:
     return FLAGS.get(key, f"--{key.replace('_', '-')}")
 
 
+# Under a time budget without an explicit --trials, the search takes what the budget leaves: it
+# stops when its share is spent, at most this many trials.
+BUDGET_TRIALS = 1000
+
+
 def load_spec(task: str | None = None, study_file: str | Path | None = None, **overrides: Any) -> StudySpec:
     """Build the spec: the study file (``--study-file``, else ``studies/<task>.yaml``), then
-    the overrides that are not None. Any problem is a one-line ``UsageError`` naming the flag
+    the overrides that are not None (under a time budget without ``trials`` among them, the search
+    is bounded by the budget: ``BUDGET_TRIALS``). Any problem is a one-line ``UsageError`` naming the flag
     or the study file's key that caused it. Checks the space, the classes and the task's
     module; ``autoopt.tuning.preflight`` then loads the task itself."""
     raw: dict[str, Any] = {}
@@ -262,6 +268,8 @@ def load_spec(task: str | None = None, study_file: str | Path | None = None, **o
     if task is not None:
         raw["task"] = task
     raw.update(given)
+    if raw.get("time_budget") is not None and "trials" not in given:
+        raw["trials"] = BUDGET_TRIALS  # the budget bounds the search; an explicit --trials still caps it
     if "task" not in raw:
         raise UsageError("no task given; pass --task (digits, mnist, cifar10 or module:function)")
     file_part = f"study file {path}" if path is not None else "options"
