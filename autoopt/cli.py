@@ -166,8 +166,8 @@ def tune(
     task: OptionalTaskOpt = None,
     study_file: Annotated[str | None, typer.Option(help="a study YAML file", show_default="studies/<task>.yaml",
                                                    rich_help_panel=SEARCH)] = None,
-    trials: Annotated[int | None, typer.Option(help="trials of the search (TPE's own); the screen of every "
-                                               "family's published defaults comes on top",
+    trials: Annotated[int | None, typer.Option(help="the study's trials in all; not given, the search gets these "
+                                               "and the screen of published defaults comes on top",
                                                show_default="20, or the study file's trials",
                                                rich_help_panel=SEARCH)] = None,
     epochs: EpochsOpt = None,
@@ -235,15 +235,15 @@ def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
     place = spec.placement
     families = ",".join(spec.optimizers) if len(spec.optimizers) <= 6 else f"{len(spec.optimizers)} families"
     within = f" within {spec.time_budget:g}s" if spec.time_budget else ""
-    screen = prepared.start.beginning.result().screen
     open_ended = spec.time_budget is not None and spec.trials >= BUDGET_TRIALS
-    search = "the search while the budget lasts" if open_ended else f"{spec.trials} search trials"
-    planned = (f"quick: {screen} screened (the prior's first families and warm starts)" if spec.quick
-               else f"{screen} screened, then {search}")
+    planned = ("quick (the prior's first families and warm starts)" if spec.quick
+               else "the screen, then the search while the budget lasts" if open_ended
+               else f"{spec.screen_on_top} screened, then {spec.trials - spec.screen_on_top} search trials"
+               if spec.screen_on_top else f"{spec.trials} trials")
     err.print(f"tuning [bold]{escape(spec.task)}[/bold]: {planned} x {spec.epochs} epochs{within}, "
               f"{escape(families)}; storage "
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
-    with TuneDisplay(err, None if open_ended else spec.trials + screen) as display:
+    with TuneDisplay(err, None if open_ended else spec.trials) as display:
         rec = run_study(spec, on_progress=display.update, prepared=prepared, since=_launched())
     _print_recommendation(rec, f"{place.out}/{spec.name}.json")
 

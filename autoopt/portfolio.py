@@ -5,14 +5,13 @@ uses (``autoopt.space.default_params``), enqueued before the sampler proposes an
 They are ordinary trials (pruned, tracked, seen by the sampler) with the user attribute
 ``portfolio: True``. Each family is enqueued once per study, under the study's ask lock,
 recorded in the study attribute ``portfolio_enqueued``: two drivers starting together, or a
-resumed study, enqueue nothing twice. The screen comes on top of ``--trials``, which counts the
-search's own trials (``autoopt.study.budget_used``): the screen never eats the search. ``--quick``
-screens the families most likely to win only (``PORTFOLIO_PRIOR``, or the prior's order).
+resumed study, enqueue nothing twice. A ``--trials`` smaller than the portfolio screens the
+families most likely to win first (``PORTFOLIO_PRIOR``), and says so.
 
 With a prior learned from the storage's earlier studies (``autoopt.prior``), a new study screens
 in the prior's order, records it (study attr ``prior``), and enqueues the prior's warm starts
-(trial attr ``warmstart``, also on top of ``--trials``) once the whole portfolio is enqueued; a
-resumed study keeps the order it began with.
+(trial attr ``warmstart``) once the whole portfolio is enqueued, within ``--trials``; a resumed
+study keeps the order it began with.
 
 After the screen, TPE proposes the rest over every family, seeing the screened trials. The
 alternative, steering trials to the families that screened best (``steer``: each proposed
@@ -60,7 +59,7 @@ from autoopt.space import (
     Uniform,
     schedule,
 )
-from autoopt.study import PORTFOLIO, WARMSTART, ask_lock
+from autoopt.study import PORTFOLIO, WARMSTART, ask_lock, budget_used
 
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
 PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (autoopt.prior): {studies, order, warmstart}
@@ -199,11 +198,11 @@ class PortfolioFirst:
                 out.append((str(entry.get("study")), params))
         return out
 
-    def start(self, study: optuna.Study, storage_url: str) -> int:
-        """Enqueue the families not enqueued yet, then the prior's warm starts not enqueued yet
-        (the screen, on top of ``--trials``). A new study records the prior it screens by; a
-        resumed one keeps the order it began with. Returns the screen's size (its trials, run
-        or to run)."""
+    def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
+        """Enqueue the families not enqueued yet, within the budget left, then (once the whole
+        portfolio is enqueued) the prior's warm starts not enqueued yet; a note when the budget
+        is smaller than the portfolio. A new study records the prior it screens by; a resumed
+        one keeps the order it began with."""
         with ask_lock(storage_url, study.study_name):
             attrs = study.user_attrs
             done = list(attrs.get(ENQUEUED, []))
@@ -212,18 +211,24 @@ class PortfolioFirst:
                 prior = self.prior
                 study.set_user_attr(PRIOR_ATTR, prior)
             plan = self.plan(prior)
-            todo = [n for n in plan if n not in done]
+            room = trials - budget_used(study.get_trials(deepcopy=False))
+            todo = [n for n in plan if n not in done][:max(0, room)]
             for name in todo:
                 study.enqueue_trial(portfolio_params(name, self.space), user_attrs={PORTFOLIO: True})
             if todo:
                 study.set_user_attr(ENQUEUED, done + todo)
-            warmed = int(attrs.get(WARM_ENQUEUED, 0))
-            warm = self.warm_starts(prior)[warmed:]
-            for source, params in warm:
-                study.enqueue_trial(params, user_attrs={WARMSTART: source})
-            if warm:
-                study.set_user_attr(WARM_ENQUEUED, warmed + len(warm))
-        return len(done) + len(todo) + warmed + len(warm)
+            if all(n in done + todo for n in plan):
+                warmed = int(attrs.get(WARM_ENQUEUED, 0))
+                warm = self.warm_starts(prior)[warmed:warmed + max(0, room - len(todo))]
+                for source, params in warm:
+                    study.enqueue_trial(params, user_attrs={WARMSTART: source})
+                if warm:
+                    study.set_user_attr(WARM_ENQUEUED, warmed + len(warm))
+        screened = done + todo
+        if len(screened) < len(plan):
+            return (f"--trials {trials} is smaller than the portfolio of {len(plan)} families: screening the "
+                    f"{len(screened)} most likely to win first ({', '.join(screened)})")
+        return None
 
     def steer(self, study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
         """One of the ``top_k`` best families so far, by rank weights; None before any trial

@@ -102,6 +102,9 @@ class StudySpec(BaseModel):
     # ``auto``, ``none`` or study names separated by commas (a list in a study file).
     prior: str = "auto"
     quick: bool = False  # screen the prior's first families and its warm starts, confirm, no search
+    # Where --trials was not given, ``trials`` counts the search's own and the screen comes on top:
+    # 0 until the study is opened, then how many of ``trials`` are the screen's. None: --trials given.
+    screen_on_top: int | None = None
     placement: Placement = Field(default_factory=lambda: Placement())
     _space: SearchSpace = PrivateAttr()
 
@@ -252,8 +255,9 @@ BUDGET_TRIALS = 1000
 
 def load_spec(task: str | None = None, study_file: str | Path | None = None, **overrides: Any) -> StudySpec:
     """Build the spec: the study file (``--study-file``, else ``studies/<task>.yaml``), then
-    the overrides that are not None (under a time budget without ``trials`` among them, the search
-    is bounded by the budget: ``BUDGET_TRIALS``). Any problem is a one-line ``UsageError`` naming the flag
+    the overrides that are not None. Without ``trials`` among them, the trials are the search's own
+    and the screen comes on top (``screen_on_top``), or, under a time budget, the budget bounds the
+    search (``BUDGET_TRIALS``). Any problem is a one-line ``UsageError`` naming the flag
     or the study file's key that caused it. Checks the space, the classes and the task's
     module; ``autoopt.tuning.preflight`` then loads the task itself."""
     raw: dict[str, Any] = {}
@@ -268,8 +272,11 @@ def load_spec(task: str | None = None, study_file: str | Path | None = None, **o
     if task is not None:
         raw["task"] = task
     raw.update(given)
-    if raw.get("time_budget") is not None and "trials" not in given:
-        raw["trials"] = BUDGET_TRIALS  # the budget bounds the search; an explicit --trials still caps it
+    if "trials" not in given:
+        if raw.get("time_budget") is not None:
+            raw["trials"] = BUDGET_TRIALS  # the budget bounds the search; an explicit --trials still caps it
+        else:
+            raw["screen_on_top"] = 0  # the study file's (or the default) trials are the search's own
     if "task" not in raw:
         raise UsageError("no task given; pass --task (digits, mnist, cifar10 or module:function)")
     file_part = f"study file {path}" if path is not None else "options"

@@ -228,8 +228,9 @@ def prepare(spec: StudySpec, checked: Task | None = None) -> Prepared:
 
 def _opened(spec: StudySpec, task: Task, storage_url: str) -> tuple[optuna.Study, StudySpec, PortfolioFirst]:
     """The study, opened (or resumed) with what it records of the task and of the earlier studies'
-    prior (``autoopt.prior``: a new study screens by it and records it); the spec (``--quick``: the
-    screen and the warm starts, no trial of the search); the portfolio policy."""
+    prior (``autoopt.prior``: a new study screens by it and records it); the spec (``--quick``: as
+    many trials as the screen and the warm starts; without ``--trials``: the screen on top of the
+    search's trials); the portfolio policy."""
     storage = open_storage(storage_url)
     study = open_study(storage, spec.name, direction=task.direction, metric=task.metric,
                        sampler=spec.sampler, seed=spec.seed)
@@ -239,8 +240,12 @@ def _opened(spec: StudySpec, task: Task, storage_url: str) -> tuple[optuna.Study
     prior = with_retry(lambda: prior_mod.for_study(study, storage, spec, info), what="read the earlier studies")
     policy = PortfolioFirst(spec.search_space(), seed=spec.seed, prior=prior,
                             quick=prior_mod.QUICK_FAMILIES if spec.quick else None)
-    if spec.quick:  # the screen and the warm starts, nothing else: no trial of the search
-        spec = spec.model_copy(update={"trials": 0})
+    kept = study.user_attrs.get(prior_mod.PRIOR_ATTR) or prior
+    screen = len(policy.plan(kept)) + len(policy.warm_starts(kept))
+    if spec.quick:  # the screen and the warm starts, nothing else
+        spec = spec.model_copy(update={"trials": screen, "screen_on_top": None})
+    elif spec.screen_on_top == 0:  # --trials not given: the search's own, the screen on top
+        spec = spec.model_copy(update={"trials": spec.trials + screen, "screen_on_top": screen})
     return study, spec, policy
 
 
@@ -252,7 +257,7 @@ class _StartUp:
     def __init__(self, spec: StudySpec, study: optuna.Study, storage_url: str, policy: PortfolioFirst) -> None:
         background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoopt-start")
         self.opening = background.submit(_open_tracker, spec)
-        self.beginning = background.submit(dispatch.begin_search, study, storage_url, policy)
+        self.beginning = background.submit(dispatch.begin_search, study, storage_url, spec.trials, policy)
         background.shutdown(wait=False)
 
     def stop(self) -> None:
@@ -275,8 +280,7 @@ def _searched(session: dispatch.RunSession, prepared: Prepared, *, budget: Budge
     spec, auto_gpus = _placed(spec)
     place = spec.placement
     storage_url = absolute_sqlite(place.storage)
-    begun = start.beginning.result()
-    pool = session.open_pool(spec.trials + begun.screen, concurrency=place.concurrency, cpus=place.cpus_per_trial,
+    pool = session.open_pool(spec.trials, concurrency=place.concurrency, cpus=place.cpus_per_trial,
                              gpus=place.gpus_per_trial)
     pool.warm(dispatch.warm_job(spec, storage_url, study.study_name,
                                 tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))), task=task)
@@ -285,7 +289,7 @@ def _searched(session: dispatch.RunSession, prepared: Prepared, *, budget: Budge
         tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
     loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracker.ref, pool=pool,
                                on_progress=on_progress, policy=policy, budget=budget,
-                               begun=begun)
+                               begun=start.beginning.result())
     loop.run()
     rec = finish(spec, study, task, tracker, pool, on_progress=on_progress, figures=figures,
                  budget=budget, effort=effort_of(loop, budget))

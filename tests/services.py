@@ -433,11 +433,9 @@ def runs_of(server: MlflowServer, study: str) -> tuple[list[Any], list[Any]]:
 
 
 def budget_used(trials: list[Any]) -> int:
-    """Trials that count against --trials: the search's (not the screen's published defaults nor
-    warm starts), less failed ones that were re-queued."""
+    """Trials that count against --trials (a failed trial that was re-queued does not)."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    return sum(1 for t in trials if t.number not in retried
-               and not (t.user_attrs.get("portfolio") or t.user_attrs.get("warmstart")))
+    return sum(1 for t in trials if t.number not in retried)
 
 
 # --- shared services for the whole test session -----------------------------------------

@@ -21,9 +21,7 @@ from services import wait_for
 from autoopt.space import FAMILIES
 from autoopt.study import budget_used
 
-# Two families: a screen of two published defaults, on top of --trials (the search's own).
-FAST = ["--task", "digits", "--epochs", "2", "--no-confirm", "--concurrency", "2", "--optimizers", "sgd,adam"]
-SCREEN = 2
+FAST = ["--task", "digits", "--epochs", "2", "--no-confirm", "--concurrency", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +55,7 @@ def test_tune_writes_storage_tracking_and_recommendation(tuned: Path) -> None:
     assert rec["optimizer"] in FAMILIES
     assert 0.5 < rec["value"] <= 1.0
     trials = finished(tuned)
-    assert len(trials) == 6 + SCREEN and budget_used(trials) == 6
+    assert len(trials) == 6
     best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert rec["trial_number"] == best.number and rec["value"] == pytest.approx(best.value)
     # Every trial reported its validation metric per epoch (pruning works across processes).
@@ -72,7 +70,7 @@ def test_mlflow_holds_parent_and_nested_runs_with_epoch_metrics(tuned: Path) -> 
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 6 + SCREEN
+    assert len(parents) == 1 and len(children) == 6
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert all(c.info.status == "FINISHED" for c in children)
     child = children[0]
@@ -125,10 +123,10 @@ def test_rerun_with_more_trials_extends_the_same_study(tuned: Path) -> None:
     res = run_cli("tune", *FAST, "--trials", "8", cwd=tuned)
     assert res.returncode == 0, res.stderr[-2000:]
     trials = finished(tuned)
-    assert len(trials) == 8 + SCREEN and sorted(t.number for t in trials) == list(range(8 + SCREEN))
-    # Same command again: nothing left to do, no duplicate work (the screen is not run twice).
+    assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
+    # Same command again: nothing left to do, no duplicate work.
     again = run_cli("tune", *FAST, "--trials", "8", cwd=tuned)
-    assert again.returncode == 0 and len(finished(tuned)) == 8 + SCREEN
+    assert again.returncode == 0 and len(finished(tuned)) == 8
 
 
 @pytest.mark.slow
@@ -174,7 +172,7 @@ def test_user_study_file_is_used(tmp_path: Path) -> None:
     res = run_cli("tune", "--study-file", "mine.yaml", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     study = optuna.load_study(study_name="mine", storage=f"sqlite:///{tmp_path / 'autoopt.db'}")
-    assert len(study.trials) == 1 + 3  # adam's published defaults screened, then 3 of the search
+    assert len(study.trials) == 3
     assert all(t.params["optimizer"] == "adam" and 1e-3 <= t.params["adam.lr"] <= 3e-3 for t in study.trials)
 
 
@@ -192,7 +190,7 @@ def trial_states(db: Path) -> dict[str, int]:
 def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
     # Two families (a small portfolio to resume) and far more trials than can ever finish before
     # the interrupt: the search is mid-way whenever it comes.
-    args = FAST
+    args = [*FAST, "--optimizers", "sgd,adam"]
     cmd = [sys.executable, "-m", "autoopt", "tune", *args, "--trials", "400", "--epochs", "4"]
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     # A shell's background job inherits SIGINT ignored (and Python then never raises
@@ -241,7 +239,7 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
     after = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}").trials
     names = [t.state.name for t in after]
     assert not [s for s in names if s in ("RUNNING", "WAITING")], names
-    assert sum(s in ("COMPLETE", "PRUNED") for s in names) == total + SCREEN, names
+    assert sum(s in ("COMPLETE", "PRUNED") for s in names) == total, names
     assert {t.number for t in after if t.state.name == "FAIL"} == set(interrupted), names  # no new failure
     assert all(after[r.number].state.name in ("COMPLETE", "PRUNED") for r in retries.values()), names
-    assert len(after) == total + SCREEN + len(interrupted) and budget_used(after) == total
+    assert len(after) == total + len(interrupted) and budget_used(after) == total

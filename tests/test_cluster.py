@@ -99,7 +99,7 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     # The first trials are held until both workers are busy with one, so neither driver can take
     # the whole budget while the other's worker warms up.
     args = ["--task", "services:slow_digits", "--data-dir", str(data), "--trials", str(total), "--epochs", "2",
-            "--optimizers", "sgd,adam", "--no-confirm", "--study", study, "--concurrency", "1",
+            "--no-confirm", "--study", study, "--concurrency", "1",
             "--ray-address", cluster.address, "--mlflow-uri", mlflow_server.url]
     # The same database spelled two ways, one from --storage and one from AUTOOPT_STORAGE: the
     # drivers must still serialise their asks.
@@ -125,12 +125,11 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     trials = load_trials(pg_url(optuna_db), study)
     states = [t.state.name for t in trials]
     assert "RUNNING" not in states and "WAITING" not in states, states
-    # Exactly the requested total of the search, beside the screen of two published defaults,
-    # none lost, none run twice (PRUNED: a config that diverged).
-    assert len(trials) == total + 2 and budget_used(trials) == total, states
-    assert states.count("COMPLETE") + states.count("PRUNED") == total + 2, states
+    # Exactly the requested total, none lost, none run twice (PRUNED: a config that diverged).
+    assert len(trials) == total and budget_used(trials) == total, states
+    assert states.count("COMPLETE") + states.count("PRUNED") == total, states
     configs = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in trials]
-    assert len(set(configs)) == total + 2
+    assert len(set(configs)) == total
     # Both nodes ran trials, in the two held workers (Ray actors, not the drivers).
     workers = {(t.user_attrs["worker"]["node"], t.user_attrs["worker"]["pid"]) for t in trials}
     assert {pid for _, pid in workers} == held, (workers, held)
@@ -223,15 +222,15 @@ def test_three_drivers_at_default_concurrency_share_two_one_cpu_nodes(cluster: R
     them waited for ever.)"""
     wait_for(lambda: cluster_state(cluster)["free_cpus"] == 2.0, 120, "both CPUs of the cluster to be free")
     study, total = f"d{uuid.uuid4().hex[:8]}", 6
-    args = ["--task", "digits", "--trials", str(total), "--epochs", "1", "--optimizers", "sgd,adam", "--no-confirm",
-            "--study", study, "--storage", pg_url(optuna_db), "--ray-address", cluster.address]
+    args = ["--task", "digits", "--trials", str(total), "--epochs", "1", "--no-confirm", "--study", study,
+            "--storage", pg_url(optuna_db), "--ray-address", cluster.address]
     drivers = [Driver(args, tmp_path / name, driver_env(cluster), name=name).start() for name in "abc"]
     codes = [d.wait(400) for d in drivers]
     assert codes == [0, 0, 0], "\n".join(d.output()[-1500:] for d in drivers)
     trials = load_trials(pg_url(optuna_db), study)
     states = [t.state.name for t in trials]
     assert "RUNNING" not in states and "WAITING" not in states, states
-    assert states.count("COMPLETE") + states.count("PRUNED") == total + 2 and budget_used(trials) == total, states
+    assert states.count("COMPLETE") + states.count("PRUNED") == total and budget_used(trials) == total, states
     for d in drivers:  # each ends with the study's answer, whether or not it ran a trial itself
         assert json.loads((d.cwd / "recommendations" / f"{study}.json").read_text())["study_name"] == study
 
@@ -265,8 +264,7 @@ def test_a_driver_starved_of_workers_ends_at_its_timeout_and_says_why(cluster: R
     data.mkdir()
     (data / "hold").touch()
     hog = Driver(["--task", "services:slow_digits", "--data-dir", str(data), "--trials", "2", "--epochs", "1",
-                  "--optimizers", "sgd,adam", "--no-confirm", "--study", "hog", "--storage", pg_url(optuna_db),
-                  "--ray-address", cluster.address],
+                  "--no-confirm", "--study", "hog", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
                  tmp_path / "hog", driver_env(cluster), name="hog").start()
     try:
         wait_for(lambda: len(held_pids(data)) == 2, 300, "the first driver's two workers to be busy")

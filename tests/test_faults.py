@@ -28,13 +28,11 @@ from services import (
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-SCREEN = 2  # the published defaults of sgd and adam, screened on top of --trials
 
 
 def tune_args(task: str, study: str, trials: int, storage: str, cluster: RayCluster, server: MlflowServer,
               data: Path, *extra: str) -> list[str]:
-    return ["--task", task, "--trials", str(trials), "--epochs", "1", "--optimizers", "sgd,adam", "--no-confirm",
-            "--study", study,
+    return ["--task", task, "--trials", str(trials), "--epochs", "1", "--no-confirm", "--study", study,
             "--storage", storage, "--ray-address", cluster.address, "--mlflow-uri", server.url,
             "--data-dir", str(data), *extra]
 
@@ -58,7 +56,7 @@ def assert_study_complete(trials: list, total: int) -> None:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     # PRUNED: a random config may diverge (NaN loss), which is a finished trial too.
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.number not in retried]
-    assert len(finished) == total + SCREEN, names
+    assert len(finished) == total, names
 
 
 def test_worker_killed_mid_trial_is_failed_and_retried(cluster: RayCluster, mlflow_server: MlflowServer,
@@ -177,9 +175,9 @@ def test_trial_that_raises_fails_with_its_error_and_study_goes_on(cluster: RayCl
 
     trials = load_trials(url, study)
     names = states(trials)
-    assert len(trials) == 4 + SCREEN and "RUNNING" not in names and "WAITING" not in names, names
+    assert len(trials) == 4 and "RUNNING" not in names and "WAITING" not in names, names
     # Not retried (a bug stays a bug); PRUNED: a random config may diverge.
-    assert names.count("FAIL") == 2 and names.count("COMPLETE") + names.count("PRUNED") == 2 + SCREEN, names
+    assert names.count("FAIL") == 2 and names.count("COMPLETE") + names.count("PRUNED") == 2, names
     reasons = sorted(t.user_attrs["reason"] for t in trials if t.state.name == "FAIL")
     assert reasons[0].startswith("OutOfMemoryError: CUDA out of memory"), reasons
     assert reasons[1].startswith("ZeroDivisionError: user model bug"), reasons

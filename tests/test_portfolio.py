@@ -14,6 +14,7 @@ import torch
 
 from autoopt.portfolio import ENQUEUED, PortfolioFirst, portfolio_params, screening_order
 from autoopt.space import (
+    PORTFOLIO_PRIOR,
     SearchSpace,
     build_optimizer,
     default_params,
@@ -44,7 +45,7 @@ def test_every_family_trains_at_its_published_defaults_first(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = new_study(url)
     space = SearchSpace(ALL)
-    assert PortfolioFirst(space).start(study, url) == len(ALL)
+    assert PortfolioFirst(space).start(study, url, trials=100) is None
     queued = waiting(study)
     assert [fam(t) for t in queued] == screening_order(ALL)
     assert all(t.user_attrs["portfolio"] is True for t in queued)
@@ -66,8 +67,8 @@ def test_every_family_trains_at_its_published_defaults_first(tmp_path: Path) -> 
 def test_the_portfolio_is_enqueued_once_also_when_the_study_is_resumed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     space = SearchSpace(ALL)
-    PortfolioFirst(space).start(new_study(url), url)
-    PortfolioFirst(space).start(new_study(url), url)  # a second run of the same command
+    PortfolioFirst(space).start(new_study(url), url, trials=100)
+    PortfolioFirst(space).start(new_study(url), url, trials=100)  # a second run of the same command
     study = new_study(url)
     assert Counter(fam(t) for t in study.trials) == Counter(ALL)
     assert study.user_attrs[ENQUEUED] == screening_order(ALL)
@@ -84,7 +85,7 @@ def test_two_drivers_starting_together_enqueue_the_portfolio_once(tmp_path: Path
         study = new_study(url)
         go.wait()
         try:
-            PortfolioFirst(space).start(study, url)
+            PortfolioFirst(space).start(study, url, trials=100)
         except BaseException as exc:
             errors.append(exc)
 
@@ -97,20 +98,16 @@ def test_two_drivers_starting_together_enqueue_the_portfolio_once(tmp_path: Path
     assert Counter(fam(t) for t in new_study(url).trials) == Counter(ALL)
 
 
-def test_the_screen_comes_on_top_of_the_search_whatever_the_trials(tmp_path: Path) -> None:
-    """--trials counts the search: even --trials 3 screens every family, and the screen's trials
-    do not count against it."""
-    from optuna.trial import TrialState, create_trial
-
-    from autoopt.study import budget_used
-
+def test_a_short_budget_screens_the_likely_winners_first_and_says_so(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    study = new_study(url)
-    assert PortfolioFirst(SearchSpace(ALL)).start(study, url) == len(ALL)
-    assert Counter(fam(t) for t in waiting(new_study(url))) == Counter(ALL)
-    assert budget_used(study.get_trials(deepcopy=False)) == 0
-    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5))  # one of the search's own
-    assert budget_used(study.get_trials(deepcopy=False)) == 1
+    space = SearchSpace(ALL)
+    note = PortfolioFirst(space).start(new_study(url), url, trials=3)
+    first = [n for n in PORTFOLIO_PRIOR if n in ALL][:3]
+    assert note is not None and "--trials 3" in note and ", ".join(first) in note
+    assert [fam(t) for t in waiting(new_study(url))] == first
+    # Resumed with a larger budget: the rest of the portfolio, never the first three again.
+    PortfolioFirst(space).start(new_study(url), url, trials=100)
+    assert Counter(fam(t) for t in new_study(url).trials) == Counter(ALL)
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
@@ -141,7 +138,7 @@ def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path) -> Non
     from autoopt.spec import load_spec
     from autoopt.tuning import run
 
-    spec = load_spec("digits", trials=2, epochs=2, concurrency=2, confirm=False, optimizers="sgd,adamw,nadam",
+    spec = load_spec("digits", trials=5, epochs=2, concurrency=2, confirm=False, optimizers="sgd,adamw,nadam",
                      storage=f"sqlite:///{workdir / 'autoopt.db'}", mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
                      out=str(workdir / "recommendations"))
     run(spec)
@@ -159,7 +156,6 @@ def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path) -> Non
     runs = client.search_runs([client.get_experiment_by_name("autoopt/digits").experiment_id], max_results=100)
     kinds = {int(r.data.tags["autoopt.trial_number"]): r.data.tags["autoopt.kind"] for r in runs
              if "autoopt.trial_number" in r.data.tags}
-    # the screen on top of --trials 2: both of the search's trials are its own
     assert kinds == {0: "portfolio", 1: "portfolio", 2: "portfolio", 3: "search", 4: "search"}
 
 
@@ -187,3 +183,23 @@ def test_a_family_the_screen_left_on_cost_alone_is_named_with_what_would_train_i
     assert [(d["family"], d["rank"], d["of"], d["epoch"]) for d in left] == [("soap", 2, 9, 1)]
     # 4 more epochs and 3 seeds x 5 epochs over 2 workers at 12 s/epoch on top of 100 s: 238 s
     assert left[0]["relative_to_pick"] == 8.0 and left[0]["time_budget_s"] == 240
+
+
+def test_without_trials_the_search_gets_its_own_and_the_screen_comes_on_top(tmp_path: Path) -> None:
+    """At the defaults the screen does not eat the search: the study file's 20 trials are the
+    search's, the 14 families' published defaults on top. An explicit --trials is the total."""
+    from autoopt.spec import load_spec
+    from autoopt.tasks import load_task
+    from autoopt.tuning import _opened
+
+    storage = f"sqlite:///{tmp_path / 'a.db'}"
+    task = load_task("digits")
+    spec = load_spec("digits", storage=storage, prior="none")
+    assert spec.trials == 20 and spec.screen_on_top == 0
+    _, opened, policy = _opened(spec, task, storage)
+    families = len(policy.plan(None))
+    assert families >= 10 and opened.screen_on_top == families and opened.trials == 20 + families
+    given = load_spec("digits", storage=storage, prior="none", trials=12, study_name="given")
+    assert given.screen_on_top is None and _opened(given, task, storage)[1].trials == 12
+    budgeted = load_spec("digits", storage=storage, time_budget="2m")
+    assert budgeted.screen_on_top is None and budgeted.trials >= 1000  # the budget bounds the search

@@ -105,9 +105,9 @@ Progress = Callable[[SearchProgress], None]
 class SearchPolicy(Protocol):
     """What the search runs besides the sampler's proposals."""
 
-    def start(self, study: optuna.Study, storage_url: str) -> int:
-        """Called once per driver before the first ask: enqueue what must run first (the screen,
-        on top of ``--trials``). Returns how many trials that screen holds."""
+    def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
+        """Called once per driver before the first ask: enqueue what must run first. Returns a
+        one-line note for the user, or None."""
 
     def steer(self, study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
         """The family the next proposed trial trains (the sampler tunes within it), or None to
@@ -125,14 +125,13 @@ class Pending:
 @dataclass
 class SearchStart:
     """What a search reads and writes once before its first ask (``begin_search``): a resumed
-    study's measured costs, and the screen's size once the policy enqueued it (its trials come
-    on top of ``--trials``)."""
+    study's measured costs, and the notes of the policy's start (the portfolio enqueued)."""
 
     speeds: dict[str, list[float]] = field(default_factory=dict)
-    screen: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
-def begin_search(study: optuna.Study, storage_url: str, policy: SearchPolicy | None) -> SearchStart:
+def begin_search(study: optuna.Study, storage_url: str, trials: int, policy: SearchPolicy | None) -> SearchStart:
     """What needs no worker, done once per driver (``tune`` does it while Ray starts): a resumed
     study's costs read, the policy's trials enqueued. Asks no trial."""
     out = SearchStart()
@@ -140,14 +139,17 @@ def begin_search(study: optuna.Study, storage_url: str, policy: SearchPolicy | N
         if t.user_attrs.get("s_per_epoch") and t.user_attrs.get("config"):  # a resumed study's costs
             out.speeds.setdefault(t.user_attrs["config"]["optimizer"], []).append(t.user_attrs["s_per_epoch"])
     if policy is not None:
-        out.screen = with_retry(lambda: policy.start(study, storage_url), what="enqueue the portfolio")
+        note = with_retry(lambda: policy.start(study, storage_url, trials), what="enqueue the portfolio")
+        if note:
+            log.warning("%s", note)  # before the progress display starts: the CLI shows it
+            out.notes.append(note)
     return out
 
 
 class SearchLoop:
-    """Ask, dispatch, tell until the study holds its screen and ``spec.trials`` trials of the
-    search (counting those of other drivers and those already finished), or ``spec.timeout_s``
-    passes, or the budget is spent. Each trial's life is kept by ``self.book`` (``autoopt.dispatch.trials``); a trial is
+    """Ask, dispatch, tell until the study holds ``spec.trials`` trials (counting those of
+    other drivers and those already finished), or ``spec.timeout_s`` passes, or the budget is
+    spent. Each trial's life is kept by ``self.book`` (``autoopt.dispatch.trials``); a trial is
     asked only for a worker of this driver that Ray has placed and that is free."""
 
     def __init__(self, study: optuna.Study, *, spec: StudySpec, storage_url: str, tracking: RunRef | None,
@@ -193,10 +195,10 @@ class SearchLoop:
         if not self.pool.warming:
             self.pool.warm(warm_job(self.spec, self.storage_url, self.study.study_name, self.tracking))
         if self.begun is None:
-            self.begun = begin_search(self.study, self.storage_url, self.policy)
+            self.begun = begin_search(self.study, self.storage_url, self.spec.trials, self.policy)
         for name, speeds in self.begun.speeds.items():
             self.costs.speeds.setdefault(name, []).extend(speeds)
-        self.progress.total = self.spec.trials + self.begun.screen
+        self.progress.notes.extend(self.begun.notes)
         self.notify("start")
 
     def over(self) -> bool:

@@ -64,7 +64,6 @@ from autoopt.study.studies import (
     load_existing_study,
     load_study,
     open_study,
-    screened,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -80,6 +79,6 @@ __all__ = [
     "PostgresBackend", "SQLiteBackend", "SnapshotStorage", "SnapshotStudy", "StorageDown", "absolute_sqlite",
     "ask_lock", "backend_for", "budget_used", "build_sampler", "check_storage", "connect_timeout_s", "counts",
     "creation_lock", "fail_stale", "is_busy", "is_unreachable", "load_existing_study", "load_study", "mask_url",
-    "open_storage", "open_study", "record_heartbeat", "redact", "redact_logs", "retry_trial", "screened", "sqlite_path",
+    "open_storage", "open_study", "record_heartbeat", "redact", "redact_logs", "retry_trial", "sqlite_path",
     "storage_of", "storage_retry_s", "study_id_of", "trial_id_of", "trials_snapshot", "with_retry",
 ]

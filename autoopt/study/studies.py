@@ -1,7 +1,6 @@
 """The Optuna study: create or resume it (``open_study``), load it (``load_study``), and count
-its search's trials against ``--trials`` (``budget_used``) so that several drivers, or a
-resumed one, stop at exactly the requested number. The screen's trials (each family's published
-defaults, the prior's warm starts) come on top: ``--trials`` is the search's own.
+its trials against ``--trials`` (``budget_used``) so that several drivers, or a resumed one,
+stop at exactly the requested total.
 
 Studies opened here sit on a ``SnapshotStorage`` (see ``autoopt.study.snapshot``).
 """
@@ -18,8 +17,8 @@ from autoopt.study.samplers import build_sampler
 from autoopt.study.snapshot import SnapshotStorage, SnapshotStudy
 from autoopt.study.storage import with_retry
 
-# Trial user attrs of the screen's trials, which do not count against --trials (autoopt.portfolio
-# enqueues them): a family's published defaults, and a warm start (the earlier study it comes from).
+# Trial user attrs of the screen's trials (autoopt.portfolio enqueues them): a family's published
+# defaults, and a warm start (the earlier study it comes from).
 PORTFOLIO = "portfolio"
 WARMSTART = "warmstart"
 
@@ -64,17 +63,11 @@ def load_existing_study(storage: BaseStorage, name: str) -> SnapshotStudy | None
         return None
 
 
-def screened(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` is the screen's (a family's published defaults, ``PORTFOLIO``, or a warm
-    start of the prior, ``WARMSTART``), not the search's."""
-    return bool(trial.user_attrs.get(PORTFOLIO) or trial.user_attrs.get(WARMSTART))
-
-
 def budget_used(trials: list[FrozenTrial]) -> int:
-    """The search's trials, those that count against ``--trials``: all but the screen's
-    (``screened``) and failed ones that were re-queued (their retry counts instead)."""
+    """Trials that count against ``--trials``: all of them except failed ones that were
+    re-queued (their retry counts instead)."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    return sum(1 for t in trials if not screened(t) and t.number not in retried)
+    return len(trials) - len(retried & {t.number for t in trials})
 
 
 def counts(trials: list[FrozenTrial]) -> dict[str, int]:
