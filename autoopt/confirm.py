@@ -402,7 +402,8 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, 
     screen and the search took (``search_s``, at least ``ALLOWANCE_FLOOR_S``)."""
     entrants = contenders(spec, study, task)
     min_seeds = MIN_SEEDS if budget is not None else spec.confirm_seeds
-    max_seeds = min_seeds + EXTRA_SEEDS
+    # One seed decides nothing (autoopt.verdict) and asks for no more: --confirm-seeds 1 is a look.
+    max_seeds = min_seeds + EXTRA_SEEDS if min_seeds > 1 else min_seeds
     seeds = confirmation_seeds(spec.seed, max_seeds)
     n_val = _counts(task.val, task)
     progress = SearchProgress(total=len(entrants) * min_seeds, last="confirming")
