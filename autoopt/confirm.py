@@ -233,9 +233,17 @@ def compare(a: Entry, b: Entry, direction: str, *, split: str = "val", n_val: in
     return Paired.model_validate(paired(*align(a, b, split), direction, n_val=n_val, noise=noise))
 
 
-def noise_of(table: Table, split: str = "val") -> Noise | None:
-    """The typical seed-to-seed noise of the entries' ``split`` metric (``Noise.pooled``)."""
-    return Noise.pooled(getattr(e, split).values for e in table.values())
+def noise_of(table: Table, split: str = "val", n_val: int | None = None) -> Noise | None:
+    """The seed-to-seed noise of a paired difference on ``split`` (``Noise.pooled``): every
+    entry's differences against the entry with the most finished seeds."""
+    def finished(e: Entry) -> int:
+        return sum(v is not None for v in getattr(e, split).values)
+
+    ref = max(table.values(), key=finished, default=None)
+    if ref is None:
+        return None
+    return Noise.pooled(paired(*align(e, ref, split), "maximize", n_val=n_val)["deltas"]
+                        for e in table.values() if e is not ref)
 
 
 def choose(table: Table, candidates: list[str], bases: list[str], direction: str, *,
@@ -250,7 +258,7 @@ def choose(table: Table, candidates: list[str], bases: list[str], direction: str
     tuned, base = best(candidates, False), best(bases, True)
     if tuned is None or base is None:
         return Pick(tuned or base, tuned, base, None)
-    comparison = compare(table[tuned], table[base], direction, n_val=n_val, noise=noise_of(table))
+    comparison = compare(table[tuned], table[base], direction, n_val=n_val, noise=noise_of(table, n_val=n_val))
     if not table[tuned].val.all_complete and comparison.verdict == "better":
         # it failed on a seed: not better than a baseline that did not
         comparison = comparison.model_copy(update={"verdict": "tie"})
@@ -273,7 +281,7 @@ def improvement(table: Table, pick: Pick, direction: str, metric: str, *,
         return None
     sign = 1.0 if direction == "maximize" else -1.0
     test_paired = (compare(table[pick.tuned], table[pick.baseline], direction, split=split, n_val=n_test,
-                           noise=noise_of(table, split))
+                           noise=noise_of(table, split, n_test))
                    if pick.tuned is not None and pick.paired is not None else None)
     return Improvement(metric=metric, delta=sign * (w.mean - b.mean), spread=max(w.std or 0.0, b.std or 0.0),
                        versus=pick.baseline, tuned=pick.tuned, recommended=w.mean, baseline=b.mean,
@@ -348,7 +356,7 @@ def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: li
     pick = choose(table, candidates, bases, task.direction, n_val=n_val)
     target = table[pick.baseline].val.mean if pick.baseline else None
     margin = equivalence_margin(task, table[pick.winner].val.mean) if pick.winner else None
-    noise = noise_of(table)
+    noise = noise_of(table, n_val=n_val)
     out: Table = {}
     for name, e in table.items():
         runs = [results[name].get(s) for s in e.seeds]

@@ -7,8 +7,8 @@ of seeds at a time, so every comparison stays paired. After each round from the 
 * **dropped**: a contender clearly beaten by the leader (the best mean so far among those that
   completed every seed) leaves the race: after 2 seeds only when it was worse on every seed by
   more than twice the equivalence margin; from 3 seeds on, also when its paired 95% interval
-  against the leader lies below 0 (an interval never narrower than the contenders' typical
-  seed-to-seed noise, ``autoopt.verdict``: never of zero width). The best tuned config and the best
+  against the leader lies below 0 (an interval never narrower than the seed-to-seed noise of the
+  race's other pairs, ``autoopt.verdict``: never of zero width). The best tuned config and the best
   baseline are never dropped: the verdict is decided between them;
 * **decided**: once every contender has ``min_seeds`` seeds, the race stops when the verdict
   of the best tuned config against the best baseline is ``better`` or ``worse``;
@@ -194,8 +194,13 @@ class Race:
                             f"(mean {cmp['mean']:+.4g})")
 
     def noise(self) -> Noise | None:
-        """The typical seed-to-seed noise of the contenders' validation metric (``Noise.pooled``)."""
-        return Noise.pooled(c.values(sorted(c.results)) for c in self.contenders)
+        """The seed-to-seed noise of a paired difference in this race (``Noise.pooled``): every
+        contender's differences against the one with the most seeds."""
+        ref = max(self.contenders, key=lambda c: len(c.results), default=None)
+        if ref is None:
+            return None
+        return Noise.pooled(compare(c, ref, self.direction, self.n_val)["deltas"] for c in self.contenders
+                            if c is not ref)
 
     def best(self, *, baseline: bool) -> Contender | None:
         """The best mean among the racing baselines (or tuned configs) that completed every seed."""

@@ -14,11 +14,12 @@ Differences are judged on what was measured, never on float noise:
 
 An interval is never narrower than the evidence allows. Accuracy moves in steps of one example,
 so two seeds that are each 2 examples behind have a standard deviation of 0, which is no
-evidence of anything. The standard deviation of the differences is therefore floored at the
-seed-to-seed noise of the configs compared beside these two (``Noise``: the median over the
-configs of each one's variance over its seeds, doubled for a difference of two configs; the
-median, so that one erratic config does not widen every interval), and at one example's worth
-(``1 / n_val``). The floor never narrows an interval: a pair noisier than the rest keeps its own
+evidence of anything. The standard deviation of the differences is therefore floored at one
+example's worth (``1 / n_val``), what the metric can resolve, and at the seed-to-seed noise of
+the other pairs in the same comparison (``Noise``: each other config's paired differences against
+a common reference, their standard deviation over seeds; the lower quartile of those, so a pair
+is never taken as steadier than the steadiest quarter of the pairs beside it, while one erratic
+config does not widen every interval). A floor only widens: a pair noisier than it keeps its own
 spread.
 
 The verdict is ``better`` when the whole interval is above 0, ``worse`` when it is below,
@@ -89,34 +90,31 @@ def signed_deltas(a: Sequence[float | None], b: Sequence[float | None], directio
 
 @dataclass(frozen=True)
 class Noise:
-    """The seed-to-seed noise of one config's metric, typical over several configs: the square
-    root of the median of their variances over seeds, and how many configs it was read from."""
+    """The seed-to-seed noise of a paired difference, as the pairs of one comparison show it: the
+    lower quartile of their standard deviations over seeds, and how many pairs it was read from."""
 
     sd: float
-    configs: int
+    pairs: int
 
     @classmethod
-    def pooled(cls, groups: Iterable[Sequence[float | None]]) -> Noise | None:
-        """The typical noise of ``groups`` (each config's values over its seeds; None where a run
-        did not finish), or None when no config ran two seeds.
+    def pooled(cls, groups: Iterable[Sequence[float]]) -> Noise | None:
+        """The noise of ``groups`` (each pair's differences over its seeds), or None when no pair
+        has two seeds.
 
-        >>> n = Noise.pooled([[0.90, 0.92], [0.80, 0.80, 0.83], [0.5, 0.9], [0.7]])
-        >>> round(n.sd, 4), n.configs
-        (0.0173, 3)
+        >>> n = Noise.pooled([[0.01, 0.03], [0.0, 0.0, 0.03], [0.1, 0.5], [0.2]])
+        >>> round(n.sd, 4), n.pairs
+        (0.0157, 3)
         """
-        variances = []
-        for group in groups:
-            vals = [v for v in group if v is not None and math.isfinite(v)]
-            if len(vals) >= 2:
-                variances.append(statistics.variance(vals))
-        return cls(math.sqrt(statistics.median(variances)), len(variances)) if variances else None
+        sds = sorted(statistics.stdev(g) for g in groups if len(g) >= 2)
+        if not sds:
+            return None
+        return cls(statistics.quantiles(sds, n=4, method="inclusive")[0] if len(sds) > 1 else sds[0], len(sds))
 
 
 def interval(deltas: Sequence[float], *, noise: Noise | None = None,
              floor: float = 0.0) -> tuple[float, list[float] | None]:
     """The mean of ``deltas`` and its two-sided 95% t-interval (None with fewer than two); the
-    standard deviation never under ``floor`` nor under a difference's noise (``noise``: one
-    config's, times the square root of 2).
+    standard deviation never under ``floor`` nor under ``noise`` (the other pairs').
 
     >>> mean, ci = interval([1.0, 2.0, 3.0])
     >>> mean, [round(v, 3) for v in ci]
@@ -126,13 +124,13 @@ def interval(deltas: Sequence[float], *, noise: Noise | None = None,
     >>> [round(v, 4) for v in interval([-0.0025, -0.0025], floor=1 / 800)[1]]  # one example of 800
     [-0.0137, 0.0087]
     >>> [round(v, 4) for v in interval([-0.0025, -0.0025, -0.0025], noise=Noise(0.003, 6))[1]]
-    [-0.013, 0.008]
+    [-0.01, 0.005]
     """
     mean = statistics.fmean(deltas)
     n = len(deltas)
     if n < 2:
         return mean, None
-    sd = max(statistics.stdev(deltas), floor, math.sqrt(2) * noise.sd if noise is not None else 0.0)
+    sd = max(statistics.stdev(deltas), floor, noise.sd if noise is not None else 0.0)
     half = t975(n - 1) * sd / math.sqrt(n)
     return mean, [round(mean - half, 12), round(mean + half, 12)]
 
@@ -155,7 +153,7 @@ def paired(a: Sequence[float | None], b: Sequence[float | None], direction: str,
     positive = A better), ``mean``, ``ci95`` (``[lo, hi]``, None with one seed), ``verdict``
     (``better|tie|worse``, None when no seed finished for both), ``n`` and ``resolution``
     (one example's worth of the metric, None without counts). ``noise``: the seed-to-seed noise
-    of the configs compared beside these two (``Noise.pooled``): a floor of the spread."""
+    of the other pairs of the comparison (``Noise.pooled``): a floor of the spread."""
     deltas = signed_deltas(a, b, direction, n_val=n_val)
     out: dict[str, Any] = {"deltas": deltas, "mean": None, "ci95": None, "verdict": None, "n": len(deltas),
                            "resolution": resolution(n_val)}

@@ -80,7 +80,8 @@ def test_extra_seeds_go_to_the_decisive_pair_and_a_slow_one_gets_fewer() -> None
 def test_a_contender_behind_by_more_than_the_margin_leaves_after_three_seeds() -> None:
     tuned = contender("trial_1", [0.950, 0.960, 0.955, 0.95, 0.95])
     base = contender("adam_default", [0.948, 0.962, 0.950, 0.95, 0.95])
-    behind = contender("lion_default", [0.940, 0.945, 0.940, 0.99, 0.99])  # 1.33 points behind on the mean
+    # 1.17 points behind on the mean after 3 seeds, its interval wide (ahead on the third seed)
+    behind = contender("lion_default", [0.935, 0.935, 0.960, 0.99, 0.99])
     race([tuned, base, behind])
     assert behind.status == "dropped" and "by more than the margin" in behind.reason
     assert "after 3 seeds" in behind.reason and sorted(behind.results) == [0, 1, 2]
