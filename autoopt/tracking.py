@@ -524,9 +524,12 @@ class TrialRecorder:
 
     def _write(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
                tags: list[Any], status: str | None) -> None:
+        # The client first: it imports MLflow under the recorder's lock. Two threads importing
+        # MLflow at once (this one and ``warm``'s) deadlock in its module locks, and every write
+        # then fails with a half-imported module.
+        client = self._client(run.ref.uri)
         from mlflow.entities import Metric, Param, RunTag
 
-        client = self._client(run.ref.uri)
         params = [Param(*p) for p in params]
         metrics = [Metric(*m) for m in metrics]
         tags = [RunTag(*t) for t in tags]

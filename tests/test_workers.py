@@ -218,3 +218,40 @@ def test_tracking_batches_a_trials_writes_and_loses_none(workdir: Path) -> None:
     assert done["trial-0"].data.metrics["test_accuracy"] == 0.7
     assert done["trial-1"].data.tags["autoopt.state"] == "FAIL"
     assert done["trial-1"].data.tags["autoopt.reason"] == "diverged"
+
+
+FRESH_WORKER = """
+import logging, sys
+from autoopt.tracking import RunRef, TrialRecorder
+logging.basicConfig(level=logging.WARNING)
+ref = RunRef(sys.argv[1], sys.argv[2], sys.argv[3])  # the driver's parent run
+recorder = TrialRecorder(write_every_s=0.0)
+recorder.warm(ref.uri)  # MLflow's import starts in the background ...
+for n in range(3):  # ... while the first trials' runs are written at once
+    key = recorder.start(ref, run_name=f"trial-{n}", params={"lr": 0.1}, tags={"autoopt.trial_number": n})
+    recorder.log_epoch(key, 1, {"val_accuracy": 0.5})
+    recorder.finish(key, state="COMPLETE", tags={})
+recorder.flush()
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_workers_first_runs_are_written_while_mlflow_imports(workdir: Path) -> None:
+    """A worker's recorder imports MLflow in the background (``warm``) while its writer thread
+    writes the first trials' runs: the two imports once deadlocked in MLflow's module locks, and
+    every write of that worker failed ("partially initialized module 'mlflow'")."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    parent = StudyRun(f"sqlite:///{workdir / 'mlflow.db'}", "digits", "fresh", {})
+    ref = parent.ref
+    proc = subprocess.run([sys.executable, "-c", FRESH_WORKER, ref.uri, str(ref.experiment_id), str(ref.parent_run_id)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "failed" not in proc.stderr and "could not be opened" not in proc.stderr, proc.stderr[-2000:]
+    client = mlflow.MlflowClient(tracking_uri=ref.uri)
+    runs = client.search_runs([str(ref.experiment_id)], f"tags.`mlflow.parentRunId` = '{ref.parent_run_id}'")
+    assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
