@@ -13,37 +13,27 @@ in the prior's order, records it (study attr ``prior``), and enqueues the prior'
 (trial attr ``warmstart``) once the whole portfolio is enqueued, within ``--trials``; a resumed
 study keeps the order it began with.
 
-After the screen, TPE proposes the rest over every family, seeing the screened trials. The
-alternative, steering trials to the families that screened best (``steer``: each proposed
-trial trains one of the ``top_k`` best families so far, by rank weights 1, 1/2, ..., except an
-``explore`` share left to TPE; the family fixed per trial by enqueueing ``{"optimizer": f}``,
-so the ``optimizer`` distribution stays the same, as Optuna requires), measured worse than or
-level with it, paired over seeds against TPE over every family without a screen:
-
-* ``toy_regression:task`` (tests/, 40 trials x 5 epochs, 8 seeds, val rmse, lower is better):
-  top 3 always +0.022 ± 0.015, top 5 half the time -0.002 ± 0.022, TPE after the screen
-  +0.009 ± 0.022;
-* ``digits_lstm`` (30 trials x 3 epochs, 4-5 seeds, val accuracy): top 3 always
-  -0.008 ± 0.005, top 5 half the time -0.008 ± 0.005, TPE after the screen -0.004 ± 0.006.
-
-Families whose defaults screen badly but tune well (Muon on both) lose their trials when the
-budget is steered. So ``explore`` is 1 by default: the screen's evidence reaches the search
-through TPE itself.
+After the screen, TPE proposes the rest over every family, seeing the screened trials.
+Steering the search to the families that screened best (the best three or five, by rank
+weights) measured worse than or level with it, paired over seeds against TPE over every family
+without a screen (``toy_regression:task``, 40 trials x 5 epochs, 8 seeds: top 3 +0.022 ± 0.015
+rmse, TPE after the screen +0.009 ± 0.022; ``digits_lstm``, 4-5 seeds: top 3 -0.008 ± 0.005
+accuracy, TPE after the screen -0.004 ± 0.006): families whose defaults screen badly but tune
+well (Muon on both) lose their trials when the search is steered. So the screen's evidence
+reaches the search through TPE alone.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import random
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from autoopt.direction import better, ordered
 from autoopt.errors import UsageError
 from autoopt.space import (
     GRAD_CLIP,
@@ -64,8 +54,6 @@ from autoopt.study import PORTFOLIO, WARMSTART, ask_lock, budget_used
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
 PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (autoopt.prior): {studies, order, warmstart}
 WARM_ENQUEUED = "warmstart_enqueued"  # study user attr: how many of the prior's warm starts were enqueued
-TOP_K = 5
-EXPLORE = 1.0  # the share of proposed trials whose family the sampler picks (see above)
 
 
 def screening_order(optimizers: Sequence[str]) -> list[str]:
@@ -174,12 +162,12 @@ def config_params(config: Mapping[str, Any], space: SearchSpace) -> dict[str, An
 class PortfolioFirst:
     """The search policy of ``autoopt tune`` (``autoopt.dispatch.SearchPolicy``)."""
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, top_k: int = TOP_K, explore: float = EXPLORE,
-                 prior: dict[str, Any] | None = None, quick: int | None = None) -> None:
+    def __init__(self, space: SearchSpace, *, seed: int = 0, prior: dict[str, Any] | None = None,
+                 quick: int | None = None) -> None:
         """``prior``: the record of ``autoopt.prior`` (``{studies, order, warmstart}``) a new study
         screens by and keeps as its user attr ``prior`` (a study that has one keeps its own);
         ``quick``: screen only that many families, the first of the order (``tune --quick``)."""
-        self.space, self.seed, self.top_k, self.explore = space, seed, top_k, explore
+        self.space, self.seed = space, seed
         self.prior, self.quick = prior, quick
 
     def plan(self, prior: dict[str, Any] | None) -> list[str]:
@@ -229,24 +217,6 @@ class PortfolioFirst:
             return (f"--trials {trials} is smaller than the portfolio of {len(plan)} families: screening the "
                     f"{len(screened)} most likely to win first ({', '.join(screened)})")
         return None
-
-    def steer(self, study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
-        """One of the ``top_k`` best families so far, by rank weights; None before any trial
-        finished, and for the ``explore`` share of the trials (the sampler picks the family)."""
-        scores: dict[str, float] = {}
-        for t in trials:
-            name = t.params.get("optimizer")
-            if t.state != TrialState.COMPLETE or t.value is None or name not in self.space.optimizers:
-                continue
-            if name not in scores or better(t.value, scores[name], study.direction):
-                scores[name] = t.value
-        if not scores:
-            return None
-        top = ordered(scores, key=lambda n: scores[n], direction=study.direction)[:self.top_k]
-        rng = random.Random(self.seed * 100_003 + len(trials))
-        if rng.random() < self.explore:
-            return None  # the sampler picks the family
-        return rng.choices(top, weights=[1 / (i + 1) for i in range(len(top))])[0]
 
 
 def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | None, seeds: int,

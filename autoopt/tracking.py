@@ -295,10 +295,8 @@ class StudyRun:
         how many nested runs were closed."""
         closed = 0
         dead_parents: set[str] = set()
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{STUDY_TAG}` = '{study_name}' and attributes.status = 'RUNNING'",
-            max_results=5000)
+        runs = search_all(self.client, self.experiment_id,
+                          f"tags.`{STUDY_TAG}` = '{study_name}' and attributes.status = 'RUNNING'")
         for run in runs:
             number = run.data.tags.get(TRIAL_TAG)
             if run.info.run_id == self.run_id or number is None:
@@ -319,6 +317,22 @@ class StudyRun:
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, status="KILLED")
         return closed
+
+
+PAGE = 1000  # runs per page of a search (MLflow pages its results; every page is read)
+
+
+def search_all(client: Any, experiment_id: str, where: str) -> list[Any]:
+    """Every run of ``experiment_id`` that ``where`` selects (a filter on run tags, so the
+    store selects them, not this process), page after page: never cut at a page's size."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=where, max_results=PAGE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def latest_study_run(uri: str, task: str, study_name: str) -> str | None:
@@ -351,8 +365,7 @@ def child_runs(uri: str, task: str, parent_run_id: str) -> list[dict[str, Any]]:
     exp = client.get_experiment_by_name(experiment_name(task))
     if exp is None:
         return []
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                              max_results=5000)
+    runs = search_all(client, exp.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "start_time_ms": r.info.start_time, "end_time_ms": r.info.end_time,
              "tags": dict(r.data.tags), "params": dict(r.data.params), "metrics": dict(r.data.metrics)}

@@ -11,7 +11,6 @@ from typing import Any
 
 import optuna
 import pytest
-import ray
 import torch
 
 from autoopt.dispatch import Job, JobResult, JobState, SearchLoop, SearchProgress, WorkerPool, run_jobs
@@ -21,11 +20,9 @@ from autoopt.spec import load_spec
 from autoopt.study import open_storage, open_study
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+@pytest.fixture()
+def cluster(local_ray: None) -> None:
+    """The session's local Ray (two workers of one CPU each fit on any machine that runs the tests)."""
 
 
 def test_job_result_times_and_failures() -> None:
@@ -194,9 +191,6 @@ class SlowFirst:
         study.enqueue_trial({"optimizer": "gated_sgd", "scheduler": "none", "grad_clip": False})
         for _ in range(trials - 1):
             study.enqueue_trial({"optimizer": "adam", "scheduler": "none", "grad_clip": False})
-        return None
-
-    def steer(self, study: optuna.Study, trials: list) -> str | None:
         return None
 
 

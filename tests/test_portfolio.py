@@ -1,6 +1,6 @@
 """Portfolio first: every family at its published defaults, enqueued once per study (also with
 two drivers starting together, or a resumed study), the most likely winners first when the
-budget is short, then the budget steered to the families that did best."""
+budget is short, then TPE over every family, seeing the screen."""
 
 from __future__ import annotations
 
@@ -108,27 +108,6 @@ def test_a_short_budget_screens_the_likely_winners_first_and_says_so(tmp_path: P
     # Resumed with a larger budget: the rest of the portfolio, never the first three again.
     PortfolioFirst(space).start(new_study(url), url, trials=100)
     assert Counter(fam(t) for t in new_study(url).trials) == Counter(ALL)
-
-
-@pytest.mark.parametrize("direction", ["maximize", "minimize"])
-def test_steering_sends_trials_to_the_best_families_so_far(tmp_path: Path, direction: str) -> None:
-    study = optuna.create_study(direction=direction)
-    scores = {name: i for i, name in enumerate(ALL)}  # made up: later families score higher
-    for name, score in scores.items():
-        study.add_trial(optuna.trial.create_trial(
-            params={"optimizer": name}, distributions={"optimizer": optuna.distributions.CategoricalDistribution(ALL)},
-            value=float(score)))
-    policy = PortfolioFirst(SearchSpace(ALL), top_k=3, explore=0.0)
-    picks = Counter(policy.steer(study, study.trials + [study.trials[0]] * n) for n in range(300))
-    ranked = sorted(ALL, key=lambda n: scores[n], reverse=direction == "maximize")
-    assert set(picks) == set(ranked[:3])
-    assert picks[ranked[0]] > picks[ranked[1]] > picks[ranked[2]]
-    assert PortfolioFirst(SearchSpace(ALL)).steer(optuna.create_study(), []) is None
-    # explore=0.5: half the trials leave the family to the sampler (None), half go to the top five.
-    mixed = PortfolioFirst(SearchSpace(ALL), top_k=5, explore=0.5)
-    picks = Counter(mixed.steer(study, study.trials * (1 + n)) for n in range(400))
-    assert set(picks) == {None, *ranked[:5]} and 150 < picks[None] < 250
-    assert PortfolioFirst(SearchSpace(ALL)).steer(study, study.trials) is None  # the default: TPE picks
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from autoopt.budget import MIN_SEEDS, RACE_FLOOR, Budget
 
 TRIAL_OVERHEAD_S = 0.3  # a trial's cost beyond its epochs (ask, dispatch, tell), for the budget
+KEPT = 64  # the newest measured speeds kept per family: the estimate costs the same at any study size
 
 
 @dataclass
@@ -26,7 +27,9 @@ class SearchCosts:
 
     def measured(self, name: str, s_per_epoch: float | None) -> None:
         if s_per_epoch:
-            self.speeds.setdefault(name, []).append(s_per_epoch)
+            kept = self.speeds.setdefault(name, [])
+            kept.append(s_per_epoch)
+            del kept[:-KEPT]
 
     def expected(self, name: str | None) -> float:
         """Expected seconds of a trial of family ``name`` (None: not known yet): its measured

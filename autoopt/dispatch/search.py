@@ -9,7 +9,11 @@ The deadline is checked before every wait. A trial's states and their moves belo
 ``TrialBook`` (``autoopt.dispatch.trials``); what a trial costs, to ``SearchCosts``.
 
 A ``SearchPolicy`` (the portfolio, ``autoopt.portfolio``) may seed the study with trials
-before the sampler proposes anything and steer later trials to a family.
+before the sampler proposes anything.
+
+Flat at scale: the loop reads the study through a ``StudyView`` (one incremental read, counts
+kept as trials change), once per ask under the ask lock (the same read serves the sampling),
+and for the display and the idle wait at most every ``REFRESH_S``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import ray
 from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.budget import Budget
-from autoopt.direction import best
 from autoopt.dispatch.costs import SearchCosts
 from autoopt.dispatch.pool import Finished, InFlight, WorkerPool
 from autoopt.dispatch.trials import TrialBook
@@ -36,9 +39,7 @@ from autoopt.study import (
     HEARTBEAT_S,
     StorageDown,
     ask_lock,
-    budget_used,
     build_sampler,
-    counts,
     fail_stale,
     record_heartbeat,
     storage_of,
@@ -48,6 +49,7 @@ from autoopt.study import (
 )
 from autoopt.study.backends import env_seconds
 from autoopt.study.samplers import TrialSeededSampler
+from autoopt.study.view import StudyView
 from autoopt.tracking import RunRef
 
 if TYPE_CHECKING:
@@ -56,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFRESH_S = 0.5  # the progress display reads the study at most this often while trials run
-STEERED = "steered"  # user attr: the family of this trial was chosen by the policy
 # No worker of ours placed for this long (env AUTOOPT_STARVED_S): say what was asked and what is free.
 STARVED_S = 60.0
 
@@ -87,16 +88,12 @@ class SearchProgress:
         per = (time.monotonic() - self.started) / self.finished_here
         return max(0.0, (self.total - self.done) * per)
 
-    def refresh(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> None:
-        """Counts and best trial, read from the study (or from ``trials``, read just now)."""
-        trials = study.get_trials(deepcopy=False) if trials is None else trials
-        c = counts(trials)
-        self.complete, self.pruned, self.running = c["complete"], c["pruned"], c["running"]
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-        self.failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried)
-        done = [(t.number, t.value) for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        if done:
-            self.best_trial, self.best = best(done, key=lambda nv: nv[1], direction=study.direction)
+    def refresh(self, view: StudyView) -> None:
+        """Counts and best trial, from the study as ``view`` last read it."""
+        self.complete, self.pruned = view.count(TrialState.COMPLETE), view.count(TrialState.PRUNED)
+        self.running, self.failed = view.count(TrialState.RUNNING), view.count(TrialState.FAIL)
+        if view.best is not None:
+            self.best_trial, self.best = view.best
 
 
 Progress = Callable[[SearchProgress], None]
@@ -108,10 +105,6 @@ class SearchPolicy(Protocol):
     def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
         """Called once per driver before the first ask: enqueue what must run first. Returns a
         one-line note for the user, or None."""
-
-    def steer(self, study: optuna.Study, trials: list[FrozenTrial]) -> str | None:
-        """The family the next proposed trial trains (the sampler tunes within it), or None to
-        leave the choice to the sampler. Called under the ask lock with the study's trials."""
 
 
 @dataclass
@@ -159,6 +152,7 @@ class SearchLoop:
         self.pool, self.on_progress, self.policy, self.budget = pool, on_progress, policy, budget
         self.begun = begun
         self.book = TrialBook(study)
+        self.view = StudyView(study)
         self.costs = SearchCosts(spec.epochs, budget)
         self.storage = storage_of(study)  # the study was opened by autoopt.study
         self.space = spec.search_space()
@@ -170,7 +164,6 @@ class SearchLoop:
         self.starved_said = False  # ... and the user was told
         self.starved_s = env_seconds("AUTOOPT_STARVED_S", STARVED_S)
         self.last_beat = 0.0
-        self.last_read = 0.0
         self.epochs_run: dict[str, int] = {"screen": 0, "search": 0}  # epochs trained here, by kind
         self.timeline: list[dict[str, Any]] = []  # per trial run here: number, kind, worker, started, ended
 
@@ -197,7 +190,8 @@ class SearchLoop:
         if self.begun is None:
             self.begun = begin_search(self.study, self.storage_url, self.spec.trials, self.policy)
         for name, speeds in self.begun.speeds.items():
-            self.costs.speeds.setdefault(name, []).extend(speeds)
+            for speed in speeds:
+                self.costs.measured(name, speed)
         self.progress.notes.extend(self.begun.notes)
         self.notify("start")
 
@@ -235,11 +229,12 @@ class SearchLoop:
         or for Ray to place a worker of ours). True when it is over. Never waits past the deadline."""
         if self.over():
             return True
-        trials = with_retry(lambda: self.study.get_trials(deepcopy=False), what="read the study")
-        c = counts(trials)
-        if budget_used(trials) >= self.spec.trials and c["running"] == 0 and c["waiting"] == 0:
+        view = self.view
+        with_retry(lambda: view.fresh(REFRESH_S), what="read the study")
+        if (view.used >= self.spec.trials and view.count(TrialState.RUNNING) == 0
+                and view.count(TrialState.WAITING) == 0):
             return True
-        self.progress.refresh(self.study, trials)
+        self.progress.refresh(view)
         if self.asked_all:
             # Other drivers' trials still run (a dead driver's are re-queued once their heartbeat
             # goes stale: ``_upkeep`` then places workers again). Our workers are released.
@@ -326,21 +321,17 @@ class SearchLoop:
         """A new trial (an enqueued one first) and the study's trials as read before asking it,
         or None when the study's trials are all asked or the budget is spent."""
         with ask_lock(self.storage_url, self.study.study_name):
-            trials = self.study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if not waiting and budget_used(trials) >= self.spec.trials:
+            trials = self.view.read()  # one incremental read, under the lock: the count is exact
+            upcoming = self.view.first_waiting()
+            if upcoming is None and self.view.used >= self.spec.trials:
                 return None
             if self.budget is not None:
                 self.budget.mark_search_start()
-                upcoming = min((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number,
-                               default=None)
-                if self.costs.over(upcoming.params.get("optimizer") if upcoming is not None else None,
-                                   len(self.pool.workers)):
+                # An enqueued trial (the screen, a retry) holds its family in its fixed params.
+                family = (upcoming.system_attrs.get("fixed_params", {}).get("optimizer")
+                          if upcoming is not None else None)
+                if self.costs.over(family, len(self.pool.workers)):
                     return None
-            steer = self.policy.steer(self.study, trials) if self.policy is not None and not waiting else None
-            if steer is not None:
-                # Fixed for this trial only; the sampler proposes the rest, within the family.
-                self.study.enqueue_trial({"optimizer": steer}, user_attrs={STEERED: steer})
             trial = self.study.ask()
             # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
             record_heartbeat(self.study, trial.number)
@@ -364,8 +355,8 @@ class SearchLoop:
         if trial.user_attrs.get("portfolio"):
             config = TrialConfig(config.optimizer, self.space.default_params(config.optimizer))
         trial.set_user_attr("config", config.to_dict())
-        attrs = self.storage.get_trial_system_attrs(trial_id_of(self.study, trial.number))
-        if "failed_trial" in attrs and trial.user_attrs.get("reason"):
+        if trial.user_attrs.get("reason") and "failed_trial" in self.storage.get_trial_system_attrs(
+                trial_id_of(self.study, trial.number)):
             trial.set_user_attr("reason", None)  # inherited from the failed attempt it retries
         return config
 
@@ -387,9 +378,9 @@ class SearchLoop:
         self.progress.last = event
         # Short trials finish several times a second: read the study for the display at most
         # every REFRESH_S while trials are in flight (the last one always reads).
-        if not self.inflight or time.monotonic() - self.last_read >= REFRESH_S:
-            with_retry(lambda: self.progress.refresh(self.study), what="read the study")
-            self.last_read = time.monotonic()
+        if not self.inflight or time.monotonic() - self.view.read_at >= REFRESH_S:
+            with_retry(self.view.read, what="read the study")
+        self.progress.refresh(self.view)
         if self.on_progress is not None:
             self.on_progress(self.progress)
 

@@ -7,12 +7,19 @@ seeded by the trial's number, made when the trial is asked.
 search space into groups of parameters that always appear together (the decomposition Optuna's
 ``group=True`` makes) and asks a public multivariate ``TPESampler`` (with the constant liar) for
 one group at a time, only when the trial asks for one of its parameters.
+
+Flat at scale: the groups are kept per study for the driver's life (each finished trial is
+added once), and TPE's model reads a window of the study (``tpe_window``): the best trials,
+which make its "good" model exactly as on the whole study, and the newest ``TPE_WINDOW``
+others, so that sampling a trial costs the same at the 10,000th trial as at the 500th.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -22,6 +29,12 @@ from optuna.trial import FrozenTrial, TrialState
 from autoopt.errors import UsageError
 from autoopt.space import SAMPLERS
 
+# TPE's model reads the newest this many finished trials, beside the best ones (``tpe_window``).
+TPE_WINDOW = 500
+# The best complete trials always in the window: Optuna's TPE takes at most 25 for its "good"
+# model (its default gamma), so these keep that model exactly as on the whole study.
+TPE_BEST = 25
+
 
 def build_sampler(name: str, seed: int) -> TrialSeededSampler:
     """The study's sampler ``name`` (one of ``autoopt.space.SAMPLERS``), each trial sampled
@@ -29,10 +42,11 @@ def build_sampler(name: str, seed: int) -> TrialSeededSampler:
     return TrialSeededSampler(name, seed)
 
 
-def trial_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def trial_sampler(name: str, seed: int, groups: dict[str, SearchSpaceGroups] | None = None
+                  ) -> optuna.samplers.BaseSampler:
     """The sampler ``name`` for one trial. ``tpe``, for a conditional space: TPE multivariate
     with groups (each optimizer family's subspace is modelled jointly) and the constant liar
-    (trials run in parallel)."""
+    (trials run in parallel); ``groups``, per study, are shared by the samplers of its trials."""
     if name not in SAMPLERS:
         raise UsageError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")
     if name == "random":
@@ -41,7 +55,7 @@ def trial_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
-    return GroupTPESampler(multivariate=True, group=True, constant_liar=True, seed=seed)
+    return GroupTPESampler(multivariate=True, group=True, constant_liar=True, seed=seed, groups=groups)
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
@@ -52,7 +66,8 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     when the trial is asked (``before_trial``) and serves every call for that trial until it is
     told: the sampler that infers a trial's relative search space (at ask time in Optuna before
     4.6, at the first suggest since) is the one that samples it. Samplers keep their model in the
-    study, so a fresh one per trial loses nothing.
+    study, so a fresh one per trial loses nothing; the search space's groups, which only grow,
+    are kept here for them all.
     """
 
     MAX_OPEN = 1024  # trials asked and not told here (another driver failed them): the oldest go
@@ -61,6 +76,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self.name, self.seed = name, seed
         self._open: OrderedDict[tuple[str, int], optuna.samplers.BaseSampler] = OrderedDict()
         self._reseeded = False
+        self._groups: dict[str, SearchSpaceGroups] = {}  # per study name, shared by the trials' samplers
 
     def serves(self, name: str, seed: int) -> bool:
         """Whether this is ``build_sampler(name, seed)``."""
@@ -71,7 +87,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         key = (study.study_name, trial.number)
         sampler = self._open.get(key)
         if sampler is None:
-            sampler = self._open[key] = trial_sampler(self.name, self.seed + trial.number)
+            sampler = self._open[key] = trial_sampler(self.name, self.seed + trial.number, self._groups)
             if self._reseeded:
                 sampler.reseed_rng()
             while len(self._open) > self.MAX_OPEN:
@@ -113,6 +129,7 @@ class SearchSpaceGroups:
     def __init__(self) -> None:
         self.groups: list[dict[str, BaseDistribution]] = []
         self._seen: set[int] = set()
+        self._shapes: set[frozenset[tuple[str, BaseDistribution]]] = set()  # distinct trial spaces added
 
     def add(self, distributions: dict[str, BaseDistribution]) -> None:
         names = set(distributions)
@@ -130,7 +147,10 @@ class SearchSpaceGroups:
         for trial in trials:
             if trial.number not in self._seen:
                 self._seen.add(trial.number)
-                self.add(trial.distributions)
+                shape = frozenset(trial.distributions.items())
+                if shape not in self._shapes:  # a space seen already splits nothing further
+                    self._shapes.add(shape)
+                    self.add(trial.distributions)
 
 
 class GroupTPESampler(optuna.samplers.BaseSampler):
@@ -141,14 +161,17 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
     conditional space a trial uses three or four of the fifteen or so groups (its family's,
     its schedule's, clipping), so most of that work was thrown away. Same model, same kind of
     proposals for the groups a trial uses; about a quarter of the sampling time. Takes
-    ``TPESampler``'s arguments (``group`` and ``multivariate`` are implied).
+    ``TPESampler``'s arguments (``group`` and ``multivariate`` are implied), plus ``groups`` (the
+    per-study groups, shared with other samplers) and ``window`` (``tpe_window``).
     """
 
-    def __init__(self, **tpe_kwargs: Any) -> None:
+    def __init__(self, *, groups: dict[str, SearchSpaceGroups] | None = None, window: int = TPE_WINDOW,
+                 **tpe_kwargs: Any) -> None:
         tpe_kwargs.pop("group", None)
         tpe_kwargs.pop("multivariate", None)
         self.tpe = optuna.samplers.TPESampler(multivariate=True, **tpe_kwargs)
-        self.space: dict[str, SearchSpaceGroups] = {}  # per study name
+        self.space: dict[str, SearchSpaceGroups] = {} if groups is None else groups  # per study name
+        self.window = window
 
     def _groups(self, study: optuna.Study) -> SearchSpaceGroups:
         """The study's groups, with its finished trials not seen yet added."""
@@ -170,11 +193,13 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
         groups = (known if known is not None else self._groups(study)).groups
         subspaces = [{n: d for n, d in sorted(group.items()) if not d.single() and n in search_space}
                      for group in groups]
-        return _LazyGroups(lambda space: self.tpe.sample_relative(study, trial, space), subspaces)
+        view = _WindowedStudy(study, self.window)
+        return _LazyGroups(lambda space: self.tpe.sample_relative(view, trial, space), subspaces)  # type: ignore[arg-type]
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+        view = _WindowedStudy(study, self.window)
+        return self.tpe.sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.tpe.before_trial(study, trial)
@@ -216,3 +241,56 @@ class _LazyGroups(Mapping):
 
     def __len__(self) -> int:
         return sum(len(self._group(i)) for i in range(len(self._groups)))
+
+
+def tpe_window(trials: list[FrozenTrial], window: int, *, maximize: bool,
+               best: int = TPE_BEST) -> list[FrozenTrial]:
+    """The trials TPE's model reads: all of them up to ``window`` finished ones; beyond, the
+    ``best`` complete trials (TPE's "good" model: at most 25 trials, so it is the whole study's),
+    the newest ``window`` finished ones (Optuna weighs older trials less already), and every
+    unfinished one (the constant liar's). Order kept. One pass over the trials.
+
+    >>> from optuna.trial import create_trial
+    >>> ts = [create_trial(value=float(v)) for v in [9, 1, 2, 3, 4]]
+    >>> for i, t in enumerate(ts):
+    ...     t.number = i
+    >>> [t.value for t in tpe_window(ts, 2, maximize=True, best=1)]
+    [9.0, 3.0, 4.0]
+    """
+    finished = [t for t in trials if t.state in _FINISHED]
+    if len(finished) <= window:
+        return trials
+    old = finished[:-window]
+    sign = 1.0 if maximize else -1.0
+    scored = [(sign * v, i) for i, t in enumerate(old)
+              if t.state == TrialState.COMPLETE and (v := t.value) is not None and math.isfinite(v)]
+    keep = {old[i].number for _, i in heapq.nlargest(best, scored)}
+    keep.update(t.number for t in finished[-window:])
+    return [t for t in trials if t.state not in _FINISHED or t.number in keep]
+
+
+_FINISHED = frozenset({TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})
+
+
+class _WindowedStudy:
+    """The study as TPE reads it: every attribute the study's, its trials through ``tpe_window``
+    (computed once per set of states: one view serves one trial's sampling)."""
+
+    def __init__(self, study: optuna.Study, window: int) -> None:
+        self._study, self._window = study, window
+        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._seen: dict[tuple[Any, int], list[FrozenTrial]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        key = (tuple(sorted(s.value for s in states)) if states is not None else None, len(trials))  # type: ignore[attr-defined]
+        if deepcopy or key not in self._seen:
+            window = tpe_window(trials, self._window, maximize=self._maximize)
+            if deepcopy:
+                return window
+            self._seen[key] = window
+        return self._seen[key]

@@ -1,0 +1,115 @@
+"""Flat at scale: the driver's view of its study counts trials as a full read would, and the
+sampler's per-trial work stops growing with the study (groups kept, TPE's window)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState
+
+from autoopt.study import budget_used, build_sampler, counts, open_study, retry_trial
+from autoopt.study.samplers import GroupTPESampler, tpe_window
+from autoopt.study.view import StudyView
+
+
+def _full(study: optuna.Study) -> dict[str, object]:
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    c = counts(trials)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    return {"used": budget_used(trials), "complete": c["complete"], "pruned": c["pruned"],
+            "running": c["running"], "waiting": c["waiting"],
+            "failed": sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried),
+            "best": max((t.value, t.number) for t in done)[1] if done else None}
+
+
+def _viewed(view: StudyView) -> dict[str, object]:
+    view.read()
+    return {"used": view.used, "complete": view.count(TrialState.COMPLETE), "pruned": view.count(TrialState.PRUNED),
+            "running": view.count(TrialState.RUNNING), "waiting": view.count(TrialState.WAITING),
+            "failed": view.count(TrialState.FAIL), "best": view.best[0] if view.best else None}
+
+
+def test_the_view_counts_what_a_full_read_counts_as_trials_change() -> None:
+    study = open_study(InMemoryStorage(), "view", direction="maximize")
+    view = StudyView(study)
+    assert _viewed(view) == _full(study)
+    running = []
+    for i in range(30):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        if i % 5 == 0:
+            running.append(trial)  # finished later, out of order
+        elif i % 7 == 0:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif i % 11 == 0:
+            study.tell(trial, state=TrialState.FAIL)
+            retry_trial(study, trial.number)  # a retry waits in the queue, the failure no longer counts
+        else:
+            study.tell(trial, float(i % 13))
+        assert _viewed(view) == _full(study), i
+    for trial in running:
+        study.tell(trial, 100.0 + trial.number)
+        assert _viewed(view) == _full(study)
+    assert view.first_waiting() is None
+    study.enqueue_trial({"x": 0.5})
+    study.enqueue_trial({"x": 0.25})
+    view.read()
+    first = view.first_waiting()
+    assert first is not None and first.system_attrs["fixed_params"] == {"x": 0.5} and _viewed(view) == _full(study)
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_tpe_window_keeps_the_best_and_the_newest(maximize: bool) -> None:
+    from optuna.trial import create_trial
+
+    values = [float((i * 37) % 101) for i in range(300)]
+    trials = [create_trial(value=v) for v in values]
+    for i, t in enumerate(trials):
+        t.number = i
+    running = create_trial(state=TrialState.RUNNING)
+    running.number = 300
+    window = tpe_window([*trials, running], 100, maximize=maximize, best=25)
+    kept = {t.number for t in window}
+    ranked = sorted(range(300), key=lambda i: values[i], reverse=maximize)
+    assert set(ranked[:25]) <= kept  # TPE's "good" trials are the whole study's
+    assert set(range(200, 301)) <= kept  # the newest, and the unfinished one
+    assert len(kept) <= 25 + 101 and [t.number for t in window] == sorted(kept)
+    assert tpe_window(trials[:50], 100, maximize=maximize) == trials[:50]
+
+
+def test_the_trials_samplers_share_the_groups_of_the_study() -> None:
+    study = open_study(InMemoryStorage(), "groups", direction="maximize")
+    sampler = build_sampler("tpe", 0)
+    study.sampler = sampler
+    for i in range(14):
+        trial = study.ask()
+        family = ("a", "b")[i % 2]
+        trial.suggest_categorical("optimizer", ["a", "b"])
+        trial.suggest_float(f"{family}.lr", 1e-4, 1.0, log=True)
+        study.tell(trial, float(i))
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", ["a", "b"])
+    inner = sampler.for_trial(study, study.trials[-1])
+    assert isinstance(inner, GroupTPESampler)
+    groups = inner.space["groups"]
+    assert groups is sampler._groups["groups"]  # one set of groups, kept across the trials' samplers
+    assert sorted(sorted(g) for g in groups.groups) == [["a.lr"], ["b.lr"], ["optimizer"]]
+
+
+def test_child_runs_reads_every_page(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import mlflow
+
+    from autoopt import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(tracking.experiment_name("toy"))
+    parent = client.create_run(exp).info.run_id
+    for i in range(7):
+        client.create_run(exp, tags={tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: str(i)})
+    client.create_run(exp, tags={tracking.TRIAL_TAG: "other"})  # not a child: the store filters it out
+    monkeypatch.setattr(tracking, "PAGE", 3)
+    runs = tracking.child_runs(uri, "toy", parent)
+    assert sorted(int(r["tags"][tracking.TRIAL_TAG]) for r in runs) == list(range(7))
