@@ -30,6 +30,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from autoopt.errors import UsageError
@@ -88,8 +89,8 @@ def launch_time() -> float:
 
 @dataclass
 class Budget:
-    """A time budget of ``limit_s`` seconds counted from ``since`` (wall clock), and the
-    seconds each phase took."""
+    """A time budget of ``limit_s`` seconds counted from ``since`` (wall clock: ``clock``'s
+    time), and the seconds each phase took."""
 
     limit_s: float
     since: float = field(default_factory=time.time)
@@ -97,9 +98,10 @@ class Budget:
     notes: list[str] = field(default_factory=list)
     search_started: float | None = None
     confirm_ended: float | None = None
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
     def used(self) -> float:
-        return time.time() - self.since
+        return self.clock() - self.since
 
     def left(self) -> float:
         """Seconds left for work, the end's reserve kept back."""
@@ -111,13 +113,13 @@ class Budget:
     def mark_search_start(self) -> None:
         """Start-up ends here: the search's first trial is asked."""
         if self.search_started is None:
-            self.search_started = time.time()
+            self.search_started = self.clock()
             self.phases["startup"] = self.search_started - self.since
 
     def confirm_reserve(self, race_cost_s: float) -> float:
         """Seconds kept for the confirmation: ``CONFIRM_SHARE`` of what start-up left, or the
         measured cost of the smallest race, whichever is larger."""
-        start = self.search_started or time.time()
+        start = self.search_started or self.clock()
         after_startup = self.limit_s - (start - self.since) - self.end_reserve()
         return max(CONFIRM_SHARE * after_startup, race_cost_s)
 

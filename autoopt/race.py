@@ -109,15 +109,17 @@ class Race:
     def __init__(self, contenders: list[Contender], seeds: list[int], *, direction: str, n_val: int | None,
                  margin: Callable[[float | None], float], min_seeds: int, max_seeds: int, workers: int,
                  epochs: int, submit: Callable[[list[tuple[Contender, int]]], None],
-                 budget: Budget | None = None, allowance_s: float | None = None) -> None:
+                 budget: Budget | None = None, allowance_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.contenders, self.seeds = contenders, seeds
+        self.clock = clock  # the allowance's clock (a budget keeps its own)
         self.direction, self.n_val, self.margin = direction, n_val, margin
         self.min_seeds, self.max_seeds = min_seeds, max(min_seeds, max_seeds)
         self.workers, self.epochs, self.submit, self.budget = max(1, workers), epochs, submit, budget
         self.rounds = 0
         # Without a budget, the race may spend ``allowance_s`` (the search's time): a soft limit,
         # the two decisive contenders always get ``min_seeds``.
-        self.soft_deadline = time.monotonic() + allowance_s if allowance_s is not None and budget is None else None
+        self.soft_deadline = clock() + allowance_s if allowance_s is not None and budget is None else None
 
     # --- the race ----------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class Race:
         if self.budget is not None:
             return self.budget.left()
         if self.soft_deadline is not None:
-            return self.soft_deadline - time.monotonic()
+            return self.soft_deadline - self.clock()
         return None
 
     def affordable(self, entrants: list[Contender], k: int) -> list[Contender]:

@@ -11,7 +11,7 @@ from optuna.trial import TrialState, create_trial
 from autoopt.budget import Budget
 from autoopt.dispatch import JobResult, JobState
 from autoopt.pruning import GuardedPruner, ScreenPruner, build_pruner, screen_rungs
-from autoopt.race import Contender, Race
+from autoopt.race import RUN_OVERHEAD_S, Contender, Race
 from autoopt.space import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -25,18 +25,38 @@ def contender(name: str, values: list[float], *, s_per_epoch: float = 1.0, essen
     return c
 
 
+class FakeClock:
+    """The race's and the budget's clock: it moves only when a round runs, by the seconds the
+    round would take on the race's workers (its runs, longest first, each to the least loaded)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run_round(self, batch: list[tuple[Contender, int]], *, epochs: int, workers: int = 2) -> None:
+        loads = [0.0] * workers
+        for cost in sorted((epochs * (c.s_per_epoch or 1.0) + RUN_OVERHEAD_S for c, _ in batch), reverse=True):
+            loads[loads.index(min(loads))] += cost
+        self.now += max(loads)
+
+
 def race(contenders: list[Contender], *, min_seeds: int = 3, max_seeds: int = 5, budget: Budget | None = None,
-         epochs: int = 1) -> tuple[Race, list[list[str]]]:
+         epochs: int = 1, clock: FakeClock | None = None) -> tuple[Race, list[list[str]]]:
     rounds: list[list[str]] = []
+    clock = clock or FakeClock()
 
     def submit(batch: list[tuple[Contender, int]]) -> None:
         rounds.append([c.name for c, _ in batch])
+        clock.run_round(batch, epochs=epochs)
         for c, seed in batch:
             value = c.truth[seed]  # type: ignore[attr-defined]
             c.results[seed] = JobResult(JobState.COMPLETE, value, [{"epoch": 1, "epoch_s": c.s_per_epoch or 1.0}])
 
     r = Race(contenders, list(range(max_seeds)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
-             min_seeds=min_seeds, max_seeds=max_seeds, workers=2, epochs=epochs, submit=submit, budget=budget)
+             min_seeds=min_seeds, max_seeds=max_seeds, workers=2, epochs=epochs, submit=submit, budget=budget,
+             clock=clock)
     r.run()
     return r, rounds
 
@@ -124,53 +144,89 @@ def test_without_a_budget_the_allowance_leaves_out_slow_contenders_but_never_the
     screened = contender("soap_default", values, s_per_epoch=30.0, essential=True)
     slow = contender("trial_2", values, s_per_epoch=20.0)
     cheap = contender("adam_tutorial", values)
+    clock = FakeClock(1000.0)
     rounds: list[list[str]] = []
 
     def submit(batch: list[tuple[Contender, int]]) -> None:
         rounds.append([c.name for c, _ in batch])
+        clock.run_round(batch, epochs=1)
         for c, seed in batch:
             c.results[seed] = JobResult(JobState.COMPLETE, c.truth[seed], [{"epoch": 1, "epoch_s": c.s_per_epoch}])
 
     Race([best, screened, slow, cheap], list(range(3)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
-         min_seeds=3, max_seeds=3, workers=2, epochs=1, submit=submit, allowance_s=40.0).run()
-    assert slow.status == "unaffordable" and "allowance" in slow.reason
-    assert len(best.results) == len(screened.results) == 3  # over the allowance: they still get their seeds
+         min_seeds=3, max_seeds=3, workers=2, epochs=1, submit=submit, allowance_s=40.0, clock=clock).run()
+    assert slow.status == "unaffordable" and "allowance" in slow.reason and not slow.results
+    # Three rounds of the decisive two alone take 3 x 30.5 s: past the 40 s allowance, they still
+    # get their seeds; no one else does.
+    assert rounds == [["trial_1", "soap_default"]] * 3
+    assert len(best.results) == len(screened.results) == 3
+    assert clock.now - 1000.0 == pytest.approx(3 * 30.5)
 
 
-def test_the_allowance_keeps_the_baseline_that_leads_even_when_it_was_not_screened_best(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_allowance_keeps_the_baseline_that_leads_even_when_it_was_not_screened_best() -> None:
     """The best-screened default is essential from the start, but the verdict is between the best
     tuned config and whichever baseline leads the race: once it leads, it keeps its seeds too."""
     best = contender("trial_1", [0.95, 0.96, 0.95], s_per_epoch=10.0, essential=True)
     screened = contender("adamw_default", [0.90, 0.90, 0.90], s_per_epoch=1.0, essential=True)
     leading = contender("soap_default", [0.95, 0.96, 0.96], s_per_epoch=20.0)  # slow, not essential
-    clock = [0.0]  # the race's clock: each round takes its slowest run
-    monkeypatch.setattr("autoopt.race.time.monotonic", lambda: clock[0])
+    clock = FakeClock()  # each round takes its slowest run and the round's dispatch
 
     def submit(batch: list[tuple[Contender, int]]) -> None:
-        clock[0] += max(c.s_per_epoch or 1.0 for c, _ in batch) + 2.0  # and the round's dispatch
+        clock.now += max(c.s_per_epoch or 1.0 for c, _ in batch) + 2.0
         for c, seed in batch:
             c.results[seed] = JobResult(JobState.COMPLETE, c.truth[seed], [{"epoch": 1, "epoch_s": c.s_per_epoch}])
 
     # Enough for three rounds with everyone at the start; after two, not for a third with everyone.
     Race([best, screened, leading], list(range(3)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
-         min_seeds=3, max_seeds=3, workers=2, epochs=1, submit=submit, allowance_s=63.0).run()
+         min_seeds=3, max_seeds=3, workers=2, epochs=1, submit=submit, allowance_s=63.0, clock=clock).run()
     assert len(leading.results) == 3 and leading.status == "racing", (leading.status, leading.reason)
     assert len(best.results) == 3
+    # The screened default, far behind after two seeds, left the race; the one that leads stayed.
+    assert screened.status == "dropped" and sorted(screened.results) == [0, 1]
 
 
-def test_under_a_budget_the_slowest_are_left_out_first_and_the_essential_last() -> None:
-    budget = Budget(limit_s=100.0)  # about 94 s left for work
+@pytest.mark.parametrize("started_at", [0.0, 50.0])
+def test_under_a_budget_the_slowest_are_left_out_first_and_the_essential_last(started_at: float) -> None:
+    # The race starts ``started_at`` seconds into a 100 s budget (the clock is the test's: the
+    # verdicts do not depend on how fast this machine runs them).
+    clock = FakeClock(started_at)
+    budget = Budget(limit_s=100.0, since=0.0, clock=clock)  # 94 s for work, the end's 6 s kept
     values = [0.9, 0.91, 0.9, 0.91, 0.9]
     fast = [contender(f"f{i}_default", values, s_per_epoch=1.0) for i in range(3)]
     slow_essential = contender("trial_1", [v + 0.05 for v in values], s_per_epoch=20.0, essential=True)
     slow = contender("soap_default", values, s_per_epoch=30.0)
-    _, rounds = race([*fast, slow_essential, slow], min_seeds=2, max_seeds=2, budget=budget, epochs=2)
-    # Two rounds of everyone: ~2 x 61 s on two workers; without soap (60 s a run) they fit.
+    _, rounds = race([*fast, slow_essential, slow], min_seeds=2, max_seeds=2, budget=budget, epochs=2, clock=clock)
+    # Runs of 2.5 s, 40.5 s (trial_1) and 60.5 s (soap) on two workers.
     assert slow.status == "unaffordable" and "not confirmed" in slow.reason and not slow.results
-    assert slow_essential.status == "racing" and sorted(slow_essential.results) == [0, 1]
     assert any("soap_default" in note for note in budget.notes)
-    assert all("soap_default" not in names for names in rounds)
+    if started_at == 0.0:
+        # Two rounds of everyone take 2 x 60.5 s; without soap, 2 x 40.5 s: they fit in 94 s.
+        assert [sorted(names) for names in rounds] == [["f0_default", "f1_default", "f2_default", "trial_1"]] * 2
+        assert slow_essential.status == "racing" and sorted(slow_essential.results) == [0, 1]
+        assert all(sorted(c.results) == [0, 1] for c in fast)
+    else:
+        # 44 s left: trial_1 alone (2 x 40.5 s) no longer fits; the fast ones went first, the
+        # essential last, and nothing ran.
+        assert rounds == [] and slow_essential.status == "unaffordable"
+        assert all(c.status == "unaffordable" for c in fast)
+    assert clock.now <= budget.limit_s - budget.end_reserve()  # the race kept within the budget
+    assert budget.used() == clock.now
+
+
+def test_under_a_budget_the_essential_one_stays_though_it_is_the_slowest() -> None:
+    clock = FakeClock()
+    budget = Budget(limit_s=150.0, since=0.0, clock=clock)  # 143 s for work
+    values = [0.9, 0.91, 0.9, 0.91, 0.9]
+    essential = contender("trial_1", [v + 0.005 for v in values], s_per_epoch=30.0, essential=True)  # 60.5 s
+    others = [contender(f"{n}_default", values, s_per_epoch=20.0) for n in ("soap", "lion")]  # 40.5 s each
+    cheap = contender("adam_tutorial", values)
+    race([essential, *others, cheap], min_seeds=2, max_seeds=2, budget=budget, epochs=2, clock=clock)
+    # Everyone: 2 x 81 s on two workers; without one 40.5 s run, 2 x 60.5 s fit. The slowest run
+    # is the essential one's: one of the others leaves instead.
+    assert essential.status == "racing" and sorted(essential.results) == [0, 1]
+    assert sorted(c.status for c in others) == ["racing", "unaffordable"]
+    assert sorted(cheap.results) == [0, 1]
+    assert clock.now == pytest.approx(2 * 60.5) and clock.now <= budget.limit_s - budget.end_reserve()
 
 
 def test_screen_rungs_and_the_guarded_screen_pruner() -> None:
