@@ -44,6 +44,9 @@ __all__ = ["DPI", "FIGSIZE", "PLOTS", "Report", "comparison_curves", "confirmati
            "summary_markdown", "write_report"]
 
 MIN_IMPORTANCE_TRIALS = 4  # fewer complete trials than this and an importance estimate is noise
+# fANOVA's forest grows about with the square of the trials (here: 6 s at 100, 24 s at 200, 90 s
+# at 400); above this many complete trials the report ranks by PED-ANOVA (Optuna's, linear).
+FANOVA_MAX_TRIALS = 150
 LOSS_CURVE_FAMILIES = 6  # more pairs of lines than this on one axis cannot be told apart
 
 
@@ -126,10 +129,17 @@ def importance_study(study: optuna.Study) -> optuna.Study:
     return derived
 
 
+def importance_methods(n: int) -> tuple[str, ...]:
+    """The importance evaluators tried, in order, for ``n`` complete trials: fANOVA up to
+    ``FANOVA_MAX_TRIALS`` (PED-ANOVA if it fails), PED-ANOVA alone above."""
+    return ("Fanova", "PedAnova") if n <= FANOVA_MAX_TRIALS else ("PedAnova",)
+
+
 def param_importances(study: optuna.Study) -> tuple[Any, dict[str, float]]:
-    """A bar chart of parameter importances (Optuna's fANOVA, PED-ANOVA if that fails) and the
-    importances themselves. With fewer than ``MIN_IMPORTANCE_TRIALS`` complete trials the
-    figure says so instead and the dict is empty."""
+    """A bar chart of parameter importances (``importance_methods``: Optuna's fANOVA, or
+    PED-ANOVA for a large study or where fANOVA fails) and the importances themselves. With
+    fewer than ``MIN_IMPORTANCE_TRIALS`` complete trials the figure says so instead and the
+    dict is empty."""
     import optuna
 
     fig, ax = _figure()
@@ -143,8 +153,9 @@ def param_importances(study: optuna.Study) -> tuple[Any, dict[str, float]]:
     derived = importance_study(study)
     importances: dict[str, float] = {}
     method = ""
-    for evaluator in (optuna.importance.FanovaImportanceEvaluator(seed=0),
-                      optuna.importance.PedAnovaImportanceEvaluator()):
+    evaluators = {"Fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+                  "PedAnova": optuna.importance.PedAnovaImportanceEvaluator}
+    for evaluator in (evaluators[name]() for name in importance_methods(n)):
         try:
             importances = {k: float(v) for k, v in
                            optuna.importance.get_param_importances(derived, evaluator=evaluator).items()}
@@ -457,13 +468,19 @@ def _confirmation_table(rec: Recommendation, metric: str) -> list[str]:
 def summary_markdown(study: optuna.Study, rec: Recommendation | None, importances: dict[str, float],
                      plots: dict[str, str]) -> str:
     """The report's ``summary.md``: what to use, how sure, and the evidence, in a minute."""
+    from optuna.trial import TrialState
+
     trials = study.get_trials(deepcopy=False)
     c = counts(trials)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried)
     metric = _metric(study)
     lines = [f"# autoopt report: {study.study_name}", ""]
-    lines.append(f"{len(trials)} trials: {c['complete']} complete, {c['pruned']} pruned, "
-                 f"{len(trials) - c['complete'] - c['pruned'] - c['running']} failed; "
-                 f"metric `{metric}` ({study.direction.name.lower()}).")
+    waiting = f", {c['waiting']} waiting" if c["waiting"] else ""
+    running = f", {c['running']} running" if c["running"] else ""
+    again = f" ({len(retried)} more failed and ran again)" if retried else ""
+    lines.append(f"{len(trials) - len(retried)} trials: {c['complete']} complete, {c['pruned']} pruned, "
+                 f"{failed} failed{again}{running}{waiting}; metric `{metric}` ({study.direction.name.lower()}).")
     lines.append("")
     if rec is None:
         lines += ["No recommendation is stored with this study yet: run `autoopt tune` to the end.", ""]
@@ -480,7 +497,10 @@ def summary_markdown(study: optuna.Study, rec: Recommendation | None, importance
         lines.append("")
     if importances:
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(importances.items())[:4])
-        lines += [f"Parameter importances: {top}.", ""]
+        n = c["complete"]
+        how = ("fANOVA" if importance_methods(n)[0] == "Fanova" else
+               f"PED-ANOVA: fANOVA's cost grows with the square of the trials, used up to {FANOVA_MAX_TRIALS}")
+        lines += [f"Parameter importances ({how}; {n} complete trials): {top}.", ""]
     lines += ["## Plots", ""] + [f"- [{title}]({name})" for title, name in plots.items()]
     lines += ["", "Use it: `from autoopt import recommend; rec = recommend("
               f"{rec.task if rec else study.study_name!r}); opt = rec.build_optimizer(model)`", ""]

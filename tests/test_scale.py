@@ -113,3 +113,25 @@ def test_child_runs_reads_every_page(tmp_path, monkeypatch) -> None:  # type: ig
     monkeypatch.setattr(tracking, "PAGE", 3)
     runs = tracking.child_runs(uri, "toy", parent)
     assert sorted(int(r["tags"][tracking.TRIAL_TAG]) for r in runs) == list(range(7))
+
+
+def test_a_large_study_ranks_importance_by_ped_anova_and_counts_retries_and_waiting_apart() -> None:
+    from autoopt import report
+
+    assert report.importance_methods(report.FANOVA_MAX_TRIALS) == ("Fanova", "PedAnova")
+    assert report.importance_methods(report.FANOVA_MAX_TRIALS + 1) == ("PedAnova",)
+    study = open_study(InMemoryStorage(), "counted", direction="maximize")
+    for i in range(report.FANOVA_MAX_TRIALS + 5):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0, 1)
+        study.tell(trial, x)
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    retry_trial(study, failed.number)  # failed, then queued again: waiting, not failed
+    retried = study.ask()  # the retry, which fails again
+    study.tell(retried, state=TrialState.FAIL)
+    study.enqueue_trial({"x": 0.5})
+    text = report.summary_markdown(study, None, {"x": 1.0}, {})
+    n = report.FANOVA_MAX_TRIALS + 5
+    assert f"{n + 2} trials: {n} complete, 0 pruned, 1 failed (1 more failed and ran again), 1 waiting" in text
+    assert "PED-ANOVA" in text
