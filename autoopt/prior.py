@@ -52,6 +52,7 @@ from autoopt.portfolio import (
     config_params,
     screening_order,
 )
+from autoopt.study import PORTFOLIO, aggregates
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ SHRINK = 0.25  # the built-in order's weight, in studies
 OTHER_METRIC = 0.25  # the weight of a study that scored another metric or direction
 SAME_TASK = 2.0  # the weight of a study of the same task
 UNKNOWN_SIZE = 0.5  # log10 distance taken for a size a study did not record
-CHUNK = 100  # studies per query (SQLite's limit on bound variables)
 CLASSIFICATION = ("val_accuracy", "maximize")  # what every built-in task scores
 
 
@@ -157,6 +157,8 @@ class Evidence:
     ranks: dict[str, float] = field(default_factory=dict)  # family -> normalised rank, 0 best
     configs: list[dict[str, Any]] = field(default_factory=list)  # TrialConfig dicts, best first
     weight: float = 1.0
+    summarised: bool = False  # read from (or written to) its summary: its best configs are in ``configs``
+    finished: bool = False  # it holds a recommendation: a finished ``tune``, summarised once read
 
     @property
     def usable(self) -> bool:
@@ -268,10 +270,7 @@ def check_sources(url: str, names: Sequence[str]) -> None:
         storage = open_storage(url, heartbeat=False)
         try:
             with storage.engine.connect() as conn:
-                for chunk in _chunks(list(names)):
-                    found.update(r[0] for r in conn.execute(
-                        _text("SELECT study_name FROM studies WHERE study_name IN :names", "names"),
-                        {"names": chunk}))
+                found.update(name for _, name, _ in aggregates.studies(conn, names=list(names)))
         finally:
             storage.engine.dispose()
     missing = [n for n in names if n not in found]
@@ -282,16 +281,8 @@ def check_sources(url: str, names: Sequence[str]) -> None:
 
 # --- reading the storage --------------------------------------------------------------------
 
-
-def _text(sql: str, *expanding: str) -> Any:
-    from sqlalchemy import bindparam, text
-
-    return text(sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
-
-
-def _chunks(items: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+SUMMARY_ATTR = "prior_summary"  # study user attr: what the prior reads of a finished study, one row
+SUMMARY_VERSION = 1
 
 
 class _Choices:
@@ -324,59 +315,50 @@ def _ranks(ordered_families: Sequence[str]) -> dict[str, float]:
     return {n: i / (len(names) - 1) for i, n in enumerate(names)}
 
 
+def _summary(e: Evidence) -> dict[str, Any]:
+    return {"version": SUMMARY_VERSION, "ranks": e.ranks, "configs": e.configs, "info": e.info.to_dict()}
+
+
+def _from_summary(e: Evidence, summary: Any) -> bool:
+    """Fill ``e`` from its study's summary; False when there is none of this version."""
+    if not (isinstance(summary, dict) and summary.get("version") == SUMMARY_VERSION):
+        return False
+    e.ranks = {str(k): float(v) for k, v in (summary.get("ranks") or {}).items()}
+    e.configs = [c for c in summary.get("configs") or [] if isinstance(c, dict)]
+    e.info = TaskInfo.of_attrs({TASK_ATTR: summary.get("info") or {}}, e.direction)
+    e.summarised = True
+    return True
+
+
 def read_evidence(conn: Any, *, names: Sequence[str] | None = None, exclude: str | None = None,
-                  limit: int = MAX_STUDIES) -> list[Evidence]:
+                  limit: int = MAX_STUDIES, fresh: bool = False) -> list[Evidence]:
     """The studies (``names``, else the ``limit`` most recent but ``exclude``) with their families'
-    ranks and their confirmed picks, read in bounded queries (see the module)."""
-    if names is not None:
-        rows = []
-        for chunk in _chunks(list(names)):
-            rows += conn.execute(_text(
-                "SELECT s.study_id, s.study_name, d.direction FROM studies s JOIN study_directions d "
-                "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name IN :names", "names"),
-                {"names": chunk}).all()
-        rows = [r for r in rows if r[1] != exclude]
-    else:
-        rows = conn.execute(_text(
-            "SELECT s.study_id, s.study_name, d.direction FROM studies s JOIN study_directions d "
-            "ON d.study_id = s.study_id AND d.objective = 0 WHERE s.study_name <> :exclude "
-            "ORDER BY s.study_id DESC LIMIT :limit"), {"exclude": exclude or "", "limit": limit}).all()
-    studies: dict[int, Evidence] = {}
-    for study_id, name, direction in rows:
-        d = str(getattr(direction, "name", direction)).lower()
-        if d in ("maximize", "minimize"):
-            studies[int(study_id)] = Evidence(name, int(study_id), d, TaskInfo())
-    decode = _Choices()
-    for chunk in _chunks(list(studies)):
-        _read_chunk(conn, {i: studies[i] for i in chunk}, decode)
-    return [e for e in studies.values() if e.usable]
-
-
-def _read_chunk(conn: Any, studies: dict[int, Evidence], decode: _Choices) -> None:
-    ids = list(studies)
-    attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
-    for study_id, key, value in conn.execute(_text(
-            "SELECT study_id, key, value_json FROM study_user_attributes WHERE study_id IN :ids "
-            "AND key IN ('metric', 'task_info', 'recommendation')", "ids"), {"ids": ids}):
-        try:
-            attrs[study_id][key] = json.loads(value)
-        except (TypeError, ValueError):
-            continue
-    for i, e in studies.items():
+    ranks and their confirmed picks: from each study's summary (one row) where it has one
+    (``fresh``: never), else from its trials, in bounded queries (see the module)."""
+    studies = {i: Evidence(name, i, d, TaskInfo()) for i, name, d in aggregates.studies(
+        conn, names=names, exclude=exclude, limit=limit) if d in ("maximize", "minimize")}
+    attrs = aggregates.study_attrs(conn, list(studies), ("metric", "task_info", "recommendation", SUMMARY_ATTR))
+    todo = {i: e for i, e in studies.items() if fresh or not _from_summary(e, attrs[i].get(SUMMARY_ATTR))}
+    for i, e in todo.items():
         e.info = TaskInfo.of_attrs(attrs[i], e.direction)
         rec = attrs[i].get("recommendation")
+        e.finished = isinstance(rec, dict)
         if isinstance(rec, dict) and isinstance(rec.get("optimizer"), str) and isinstance(
                 rec.get("optimizer_params"), dict):
             e.configs.append({k: rec.get(k) for k in ("optimizer", "optimizer_params", "scheduler",
                                                       "scheduler_params", "grad_clip_norm")})
-    # Each family's best complete value: one row per study and family.
+    if todo:
+        _read_trials(conn, todo)
+    return [e for e in studies.values() if e.usable]
+
+
+def _read_trials(conn: Any, studies: dict[int, Evidence]) -> None:
+    """Each study's families ranked from its trials: at their published defaults (the portfolio's
+    trials) and by their best complete value."""
+    decode = _Choices()
+    ids = list(studies)
     tuned: dict[int, dict[str, float]] = {i: {} for i in ids}
-    for study_id, value, dist, hi, lo in conn.execute(_text(
-            "SELECT t.study_id, p.param_value, p.distribution_json, MAX(v.value), MIN(v.value) FROM trials t "
-            "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-            "JOIN trial_params p ON p.trial_id = t.trial_id AND p.param_name = 'optimizer' "
-            "WHERE t.study_id IN :ids AND t.state = 'COMPLETE' AND v.value IS NOT NULL "
-            "GROUP BY t.study_id, p.param_value, p.distribution_json", "ids"), {"ids": ids}):
+    for study_id, value, dist, hi, lo in aggregates.family_bests(conn, ids):
         name = decode(value, dist)
         if name is None:
             continue
@@ -386,32 +368,20 @@ def _read_chunk(conn: Any, studies: dict[int, Evidence], decode: _Choices) -> No
     # The portfolio's trials (a few per study) and the rungs its pruned ones reached.
     screen: dict[int, list[tuple[tuple[float, ...], str]]] = {i: [] for i in ids}
     pruned: dict[int, tuple[int, str]] = {}
-    for study_id, trial_id, state, value, pvalue, dist in conn.execute(_text(
-            "SELECT t.study_id, t.trial_id, t.state, v.value, p.param_value, p.distribution_json FROM trials t "
-            "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'portfolio' "
-            "JOIN trial_params p ON p.trial_id = t.trial_id AND p.param_name = 'optimizer' "
-            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-            "WHERE t.study_id IN :ids AND t.state IN ('COMPLETE', 'PRUNED')", "ids"), {"ids": ids}):
+    for study_id, trial_id, state, final, pvalue, dist in aggregates.marked_trials(conn, ids, PORTFOLIO):
         name = decode(pvalue, dist)
         if name is None:
             continue
         s = 1.0 if studies[study_id].direction == "maximize" else -1.0
-        if str(getattr(state, "name", state)) == "COMPLETE":
-            if value is not None and math.isfinite(value):
-                screen[study_id].append(((0.0, 0.0, -s * value), name))
+        if state == "COMPLETE":
+            if final is not None and math.isfinite(final):
+                screen[study_id].append(((0.0, 0.0, -s * final), name))
         else:
-            pruned[int(trial_id)] = (study_id, name)
-    for tids in _chunks(list(pruned)):
-        last: dict[int, tuple[int, float]] = {}
-        for trial_id, step, value in conn.execute(_text(
-                "SELECT trial_id, step, intermediate_value FROM trial_intermediate_values WHERE trial_id IN :tids "
-                "AND intermediate_value IS NOT NULL", "tids"), {"tids": tids}):
-            if math.isfinite(value) and (trial_id not in last or step > last[trial_id][0]):
-                last[trial_id] = (step, value)
-        for trial_id, (step, value) in last.items():
-            study_id, name = pruned[trial_id]
-            s = 1.0 if studies[study_id].direction == "maximize" else -1.0
-            screen[study_id].append(((1.0, -float(step), -s * value), name))
+            pruned[trial_id] = (study_id, name)
+    for trial_id, (step, last) in aggregates.last_reports(conn, list(pruned)).items():
+        study_id, name = pruned[trial_id]
+        s = 1.0 if studies[study_id].direction == "maximize" else -1.0
+        screen[study_id].append(((1.0, -float(step), -s * last), name))
     for i, e in studies.items():
         at_defaults = _ranks([n for _, n in sorted(screen[i])])
         best = _ranks(sorted(tuned[i], key=lambda n: -tuned[i][n]))
@@ -422,50 +392,63 @@ def _read_chunk(conn: Any, studies: dict[int, Evidence], decode: _Choices) -> No
 
 def _best_configs(conn: Any, e: Evidence, k: int = CONFIGS_PER_STUDY) -> list[dict[str, Any]]:
     """The configs of the ``k`` best complete trials of a study, best first."""
-    order = "DESC" if e.direction == "maximize" else "ASC"
-    rows = conn.execute(_text(
-        "SELECT t.trial_id FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-        f"WHERE t.study_id = :id AND t.state = 'COMPLETE' AND v.value IS NOT NULL ORDER BY v.value {order} "
-        "LIMIT :k"), {"id": e.study_id, "k": k}).all()
-    tids = [r[0] for r in rows]
-    if not tids:
-        return []
-    found = dict(conn.execute(_text(
-        "SELECT trial_id, value_json FROM trial_user_attributes WHERE trial_id IN :tids AND key = 'config'",
-        "tids"), {"tids": tids}).all())
-    out = []
-    for tid in tids:
+    return [c for c in aggregates.best_trial_attrs(conn, e.study_id, e.direction, "config", k)
+            if isinstance(c, dict) and isinstance(c.get("optimizer"), str)]
+
+
+def _summarise(storage: Any, conn: Any, evidence: Sequence[Evidence]) -> None:
+    """Write the summary of each finished study read from its trials (with its best configs):
+    read once so, then from its one row. A storage that cannot be written (a read-only file)
+    keeps reading the trials."""
+    for e in evidence:
+        if e.summarised or not e.finished:
+            continue
+        e.configs += _best_configs(conn, e)
+        e.summarised = True
         try:
-            config = json.loads(found[tid]) if tid in found else None
-        except (TypeError, ValueError):
-            config = None
-        if isinstance(config, dict) and isinstance(config.get("optimizer"), str):
-            out.append(config)
-    return out
+            storage.set_study_user_attr(e.study_id, SUMMARY_ATTR, _summary(e))
+        except Exception as exc:
+            log.debug("could not keep the summary of study %s: %s", e.name, exc)
 
 
 def build(storage: Any, target: TaskInfo, *, names: Sequence[str] | None = None, exclude: str | None = None,
           limit: int = MAX_STUDIES, close: int = WARM_STARTS + 1) -> Prior:
     """The prior for ``target`` from the Optuna RDB storage ``storage`` (an ``RDBStorage``, or
     anything with its ``engine``): the studies ``names``, else the ``limit`` most recent ones,
-    never ``exclude`` (the new study). The ``close`` closest studies' best trials join their
-    configs. A storage that cannot be read so gives an empty prior (the built-in order)."""
+    never ``exclude`` (the new study). A finished study is read from its summary, written the
+    first time it is read (``_summarise``); the ``close`` closest other studies' best trials
+    join their configs. A storage that cannot be read so gives an empty prior (the built-in order)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         with storage.engine.connect() as conn:
             evidence = read_evidence(conn, names=names, exclude=exclude, limit=limit)
+            _summarise(storage, conn, evidence)
             for e in evidence:
                 k = max(len(e.ranks), 2)
                 e.weight = similarity(target, e.info) * (k - 1) / k
             evidence.sort(key=lambda e: (-e.weight, -e.study_id))
             for e in evidence[:close]:
-                e.configs += _best_configs(conn, e)
+                if not e.summarised:
+                    e.configs += _best_configs(conn, e)
     except SQLAlchemyError as exc:
         log.warning("screening in the built-in order: could not read the earlier studies (%s)",
                     " ".join(str(exc).split())[:200])
         return Prior()
     return Prior(tuple(e for e in evidence if e.usable))
+
+
+def summarise(study: Any) -> None:
+    """Write the summary of ``study`` (opened by ``autoopt.study``), just finished: what the
+    prior reads of it from now on, in one row."""
+    from autoopt.study import storage_of
+
+    storage: Any = storage_of(study).base  # an RDBStorage: its engine
+    with storage.engine.connect() as conn:
+        evidence = read_evidence(conn, names=[study.study_name], fresh=True)
+        for e in evidence:
+            e.finished = True
+        _summarise(storage, conn, evidence)
 
 
 # --- the two uses: a new study's record, a zero-shot answer -------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from autoopt.space import (
     make_family,
     schedule,
 )
+from autoopt.study.aggregates import sqlite_study_attr
 
 if TYPE_CHECKING:
     import optuna
@@ -302,7 +302,7 @@ def load_stored(url: str, study_name: str) -> dict[str, Any] | None:
     if path is not None:
         if not path.exists():
             return None  # don't create an empty database just to look
-        read, data = _read_sqlite(path, study_name)
+        read, data = sqlite_study_attr(path, study_name, STUDY_ATTR)
         if read:
             return data
     from autoopt.study import load_existing_study, open_storage, sqlite_path
@@ -328,27 +328,6 @@ def _plain_sqlite_path(url: str) -> Path | None:
     if not path or path == ":memory:" or path.startswith("file:"):
         return None
     return Path(path).expanduser()
-
-
-def _read_sqlite(path: Path, study_name: str) -> tuple[bool, Any]:
-    """``(True, the study's recommendation or None)``, selected from the two tables of an Optuna
-    storage that hold it (``studies``, ``study_user_attributes``: their columns are the same
-    since Optuna 1.0); ``(False, None)`` when it cannot be read so (not an Optuna database, a
-    locked or broken file): then Optuna opens it and says what is wrong. Opened as Optuna opens
-    it, read-write (never created), so closing it leaves no WAL files behind; nothing is written."""
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
-        try:
-            rows = conn.execute(
-                "SELECT a.value_json FROM studies AS s LEFT JOIN study_user_attributes AS a "
-                "ON a.study_id = s.study_id AND a.key = ? WHERE s.study_name = ?", (STUDY_ATTR, study_name)
-            ).fetchall()
-        finally:
-            conn.close()
-        value = rows[0][0] if rows else None
-        return True, None if value is None else json.loads(value)
-    except (sqlite3.Error, OSError, ValueError):
-        return False, None
 
 
 def store(study: optuna.Study, rec: Recommendation) -> None:

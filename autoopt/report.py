@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,8 +153,9 @@ def param_importances(study: optuna.Study) -> tuple[Any, dict[str, float]]:
     derived = importance_study(study)
     importances: dict[str, float] = {}
     method = ""
-    evaluators = {"Fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
-                  "PedAnova": optuna.importance.PedAnovaImportanceEvaluator}
+    evaluators: dict[str, Callable[[], Any]] = {
+        "Fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+        "PedAnova": optuna.importance.PedAnovaImportanceEvaluator}
     for evaluator in (evaluators[name]() for name in importance_methods(n)):
         try:
             importances = {k: float(v) for k, v in

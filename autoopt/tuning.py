@@ -449,6 +449,10 @@ def save(spec: StudySpec, study: optuna.Study, rec: Recommendation, tracker: tra
     """Store with the study, write the JSON file, and log both, the best value, the verdict and
     the figures to the parent MLflow run."""
     recommend_mod.store(study, rec)
+    try:  # what the prior reads of this study from now on, one row
+        with_retry(lambda: prior_mod.summarise(study), what="summarise the study")
+    except Exception as exc:
+        log.warning("could not summarise the study for later priors: %s", exc)
     path = rec.save(spec.placement.out)
     try:
         tracker.log_dict(rec.to_dict(), f"recommendation/{Path(path).name}")

@@ -135,3 +135,50 @@ def test_a_large_study_ranks_importance_by_ped_anova_and_counts_retries_and_wait
     n = report.FANOVA_MAX_TRIALS + 5
     assert f"{n + 2} trials: {n} complete, 0 pruned, 1 failed (1 more failed and ran again), 1 waiting" in text
     assert "PED-ANOVA" in text
+
+
+def test_the_schema_the_aggregate_reads_assume_is_the_installed_optunas(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import inspect
+
+    from autoopt.study import aggregates, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'schema.db'}", heartbeat=False)
+    found = inspect(storage.engine)
+    for table, columns in aggregates.SCHEMA.items():
+        have = {c["name"] for c in found.get_columns(table)}
+        assert set(columns) <= have, f"{table}: {sorted(set(columns) - have)} not in Optuna's schema"
+
+
+def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from autoopt import prior
+    from autoopt.study import PORTFOLIO, load_study, open_storage
+
+    url = f"sqlite:///{tmp_path / 'prior.db'}"
+    storage = open_storage(url, heartbeat=False)
+    families = ["adam", "sgd", "lion"]
+    dists = {"optimizer": CategoricalDistribution(families), "lr": FloatDistribution(1e-4, 1.0, log=True)}
+    study = open_study(storage, "earlier", direction="maximize")
+    for i, (name, value) in enumerate([("adam", 0.9), ("sgd", 0.7), ("lion", 0.8), ("sgd", 0.95)]):
+        params = {"optimizer": name, "lr": 10.0 ** -(1 + i % 3)}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, value=value,
+            user_attrs={"config": {"optimizer": name, "optimizer_params": {"lr": params["lr"]}},
+                        **({PORTFOLIO: True} if i < 3 else {})}))
+    target = prior.TaskInfo("new", "val_accuracy", "maximize")
+    unfinished = prior.build(storage, target)
+    assert prior.SUMMARY_ATTR not in load_study(storage, "earlier").user_attrs  # still running: read from trials
+    study.set_user_attr("recommendation", {"optimizer": "sgd", "optimizer_params": {"lr": 0.1}})
+    first = prior.build(storage, target)  # finished: summarised as it is read
+    summary = load_study(storage, "earlier").user_attrs[prior.SUMMARY_ATTR]
+    assert summary["ranks"] == first.evidence[0].ranks == unfinished.evidence[0].ranks
+    assert first.evidence[0].ranks["adam"] < first.evidence[0].ranks["lion"]  # adam screened best
+    study.add_trial(optuna.trial.create_trial(  # a trial after the summary: the row is what is read
+        params={"optimizer": "lion", "lr": 0.01}, distributions=dists, value=0.99))
+    again = prior.build(storage, target)
+    with storage.engine.connect() as conn:
+        assert prior.read_evidence(conn, fresh=True)[0].ranks != again.evidence[0].ranks
+    assert again.evidence[0].summarised and again.evidence[0].ranks == first.evidence[0].ranks
+    assert again.evidence[0].configs == first.evidence[0].configs
+    assert [c["optimizer"] for c in again.evidence[0].configs][:2] == ["sgd", "sgd"]  # the pick, then the best trial

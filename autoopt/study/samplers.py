@@ -26,6 +26,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.errors import UsageError
 from autoopt.space import SAMPLERS
 

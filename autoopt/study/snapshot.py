@@ -26,6 +26,8 @@ from optuna.storages import BaseStorage, get_storage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
+
 
 class SnapshotStorage(BaseStorage):
     """Delegates to ``inner`` (an ``RDBStorage``, wrapped in Optuna's own trial cache);

@@ -15,6 +15,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import DateTime, bindparam, text
 
+import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.study.snapshot import snapshot_study, storage_of, study_id_of, trial_id_of
 from autoopt.study.storage import GRACE_S, MAX_RETRY
 

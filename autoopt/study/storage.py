@@ -19,6 +19,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.errors import StorageDown, UsageError
 from autoopt.redact import redact
 from autoopt.study.backends import FIX, Backend, backend_for, env_seconds

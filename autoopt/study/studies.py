@@ -11,6 +11,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.direction import Direction
 from autoopt.errors import UsageError
 from autoopt.study.samplers import build_sampler

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.direction import better
 
 

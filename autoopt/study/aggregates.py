@@ -1,0 +1,162 @@
+"""Aggregate reads of Optuna's tables: the one door through which autoopt queries them.
+
+The prior (``autoopt.prior``) and ``recommend`` read hundreds of studies at once; Optuna's API
+would load every trial of each. These queries read what they need in bounded rows instead: per
+study one row of each attribute asked for, per study and family one aggregate row, a few
+trials per study. They name Optuna's tables and columns (``studies``, ``study_directions``,
+``study_user_attributes``, ``trials``, ``trial_values``, ``trial_params``,
+``trial_user_attributes``, ``trial_intermediate_values``), which Optuna versions through its
+Alembic migrations; ``tests/test_storage.py`` checks every column used here against the
+installed Optuna (``SCHEMA``), at the lowest and highest versions CI installs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+CHUNK = 100  # ids per query (SQLite's limit on bound variables)
+
+# The tables and columns these queries assume (checked against the installed Optuna by the tests).
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "studies": ("study_id", "study_name"),
+    "study_directions": ("study_id", "objective", "direction"),
+    "study_user_attributes": ("study_id", "key", "value_json"),
+    "trials": ("trial_id", "study_id", "state", "datetime_start"),
+    "trial_values": ("trial_id", "objective", "value"),
+    "trial_params": ("trial_id", "param_name", "param_value", "distribution_json"),
+    "trial_user_attributes": ("trial_id", "key", "value_json"),
+    "trial_intermediate_values": ("trial_id", "step", "intermediate_value"),
+    "trial_heartbeats": ("trial_id",),
+}
+
+
+def _text(sql: str, *expanding: str) -> Any:
+    from sqlalchemy import bindparam, text  # here: the SQLite reader below needs no SQLAlchemy
+
+    return text(sql).bindparams(*(bindparam(name, expanding=True) for name in expanding))
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
+
+
+def _direction(value: Any) -> str:
+    return str(getattr(value, "name", value)).lower()
+
+
+def studies(conn: Any, *, names: Sequence[str] | None = None, exclude: str | None = None,
+            limit: int = 200) -> list[tuple[int, str, str]]:
+    """``(study_id, name, direction)`` of the studies ``names``, else of the ``limit`` most
+    recent ones; never ``exclude``."""
+    head = ("SELECT s.study_id, s.study_name, d.direction FROM studies s JOIN study_directions d "
+            "ON d.study_id = s.study_id AND d.objective = 0 ")
+    if names is not None:
+        rows = [r for chunk in chunks(list(names)) for r in conn.execute(
+            _text(head + "WHERE s.study_name IN :names", "names"), {"names": chunk})]
+        rows = [r for r in rows if r[1] != exclude]
+    else:
+        rows = list(conn.execute(_text(head + "WHERE s.study_name <> :exclude ORDER BY s.study_id DESC LIMIT :limit"),
+                                 {"exclude": exclude or "", "limit": limit}))
+    return [(int(i), str(n), _direction(d)) for i, n, d in rows]
+
+
+def study_attrs(conn: Any, ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """The user attrs ``keys`` of the studies ``ids``, decoded (one that does not decode is left out)."""
+    out: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    for chunk in chunks(list(ids)):
+        for study_id, key, value in conn.execute(_text(
+                "SELECT study_id, key, value_json FROM study_user_attributes WHERE study_id IN :ids AND key IN :keys",
+                "ids", "keys"), {"ids": chunk, "keys": list(keys)}):
+            try:
+                out[int(study_id)][key] = json.loads(value)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def family_bests(conn: Any, ids: Sequence[int], param: str = "optimizer"
+                 ) -> Iterator[tuple[int, float, str, float, float]]:
+    """Per study and value of ``param``: ``(study_id, param_value, distribution_json, max, min)``
+    of the complete trials' values."""
+    for chunk in chunks(list(ids)):
+        yield from conn.execute(_text(
+            "SELECT t.study_id, p.param_value, p.distribution_json, MAX(v.value), MIN(v.value) FROM trials t "
+            "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+            "JOIN trial_params p ON p.trial_id = t.trial_id AND p.param_name = :param "
+            "WHERE t.study_id IN :ids AND t.state = 'COMPLETE' AND v.value IS NOT NULL "
+            "GROUP BY t.study_id, p.param_value, p.distribution_json", "ids"), {"ids": chunk, "param": param})
+
+
+def marked_trials(conn: Any, ids: Sequence[int], mark: str, param: str = "optimizer"
+                  ) -> Iterator[tuple[int, int, str, float | None, float, str]]:
+    """The finished (complete, pruned) trials of the studies ``ids`` with the user attr ``mark``:
+    ``(study_id, trial_id, state, value, param_value, distribution_json)``."""
+    for chunk in chunks(list(ids)):
+        for study_id, trial_id, state, value, pvalue, dist in conn.execute(_text(
+                "SELECT t.study_id, t.trial_id, t.state, v.value, p.param_value, p.distribution_json FROM trials t "
+                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :mark "
+                "JOIN trial_params p ON p.trial_id = t.trial_id AND p.param_name = :param "
+                "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+                "WHERE t.study_id IN :ids AND t.state IN ('COMPLETE', 'PRUNED')", "ids"),
+                {"ids": chunk, "mark": mark, "param": param}):
+            yield int(study_id), int(trial_id), str(getattr(state, "name", state)), value, pvalue, dist
+
+
+def last_reports(conn: Any, trial_ids: Sequence[int]) -> dict[int, tuple[int, float]]:
+    """Each trial's last reported ``(step, value)`` (finite values only)."""
+    last: dict[int, tuple[int, float]] = {}
+    for chunk in chunks(list(trial_ids)):
+        for trial_id, step, value in conn.execute(_text(
+                "SELECT trial_id, step, intermediate_value FROM trial_intermediate_values WHERE trial_id IN :tids "
+                "AND intermediate_value IS NOT NULL", "tids"), {"tids": chunk}):
+            if value == value and abs(value) != float("inf") and (trial_id not in last or step > last[trial_id][0]):
+                last[int(trial_id)] = (int(step), float(value))
+    return last
+
+
+def best_trial_attrs(conn: Any, study_id: int, direction: str, key: str, k: int) -> list[Any]:
+    """The user attr ``key`` (decoded) of the ``k`` best complete trials of a study, best first
+    (a trial without it, or with one that does not decode, is left out)."""
+    order = "DESC" if direction == "maximize" else "ASC"
+    tids = [r[0] for r in conn.execute(_text(
+        "SELECT t.trial_id FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+        f"WHERE t.study_id = :id AND t.state = 'COMPLETE' AND v.value IS NOT NULL ORDER BY v.value {order} "
+        "LIMIT :k"), {"id": study_id, "k": k})]
+    if not tids:
+        return []
+    found = dict(conn.execute(_text(
+        "SELECT trial_id, value_json FROM trial_user_attributes WHERE trial_id IN :tids AND key = :key",
+        "tids"), {"tids": tids, "key": key}).all())
+    out = []
+    for tid in tids:
+        try:
+            out.append(json.loads(found[tid]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def sqlite_study_attr(path: Path, study_name: str, key: str) -> tuple[bool, Any]:
+    """``(True, the study's user attr key, decoded, or None)``, read from a plain SQLite file
+    with the standard library (no SQLAlchemy, no Optuna: an answer at once); ``(False, None)``
+    when it cannot be read so (not an Optuna database, a locked or broken file). Opened as
+    Optuna opens it, read-write (never created), so closing it leaves no WAL files behind;
+    nothing is written."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
+        try:
+            rows = conn.execute(
+                "SELECT a.value_json FROM studies AS s LEFT JOIN study_user_attributes AS a "
+                "ON a.study_id = s.study_id AND a.key = ? WHERE s.study_name = ?", (key, study_name)
+            ).fetchall()
+        finally:
+            conn.close()
+        value = rows[0][0] if rows else None
+        return True, None if value is None else json.loads(value)
+    except (sqlite3.Error, OSError, ValueError):
+        return False, None
