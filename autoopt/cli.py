@@ -483,6 +483,11 @@ def bench(
     seeds: Annotated[int, typer.Option(help="--leave-one-out: whole studies per task and arm", min=1)] = 3,
     time_budget: Annotated[str, typer.Option(help="--leave-one-out: each held-out study's time budget")] = "60s",
     out_dir: Annotated[str, typer.Option("--out", help="--leave-one-out: its folder (storages, table)")] = "loto",
+    scale: Annotated[str | None, typer.Option(
+        "--scale", help="instead: the cost per trial at these study sizes (comma-separated, e.g. 1000,10000), "
+                        "the first trial and zero-shot answer beside --earlier studies, the report, memory")] = None,
+    earlier: Annotated[str, typer.Option(help="--scale: counts of earlier studies in the database")] = "0,500",
+    storage: Annotated[str | None, typer.Option(help="--scale: the storage it fills (PostgreSQL)")] = None,
 ) -> None:
     """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way
     (or, with --leave-one-out, what the prior from earlier studies buys on a task it has not seen)."""
@@ -491,6 +496,11 @@ def bench(
     _setup_logging()
     if leave_one_out:
         _bench_prior(leave_one_out, seeds, time_budget, out_dir, as_json)
+        return
+    if scale:
+        from autoopt.scalebench import command
+
+        command(scale, earlier, storage, as_json=as_json, out=out, err=err)
         return
     opts = BenchOptions(device=device, data_images=data_images,
                         train_images=data_images if full_cifar and train_images is None else train_images,

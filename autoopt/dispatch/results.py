@@ -49,6 +49,7 @@ class JobResult:
     worker_s: float = 0.0
     pid: int | None = None
     node: str | None = None
+    rss_mb: float | None = None  # the worker process's peak resident memory so far
 
     @property
     def s_per_epoch(self) -> float | None:
@@ -84,7 +85,8 @@ class JobResult:
         """Plain data (JSON): the fields and ``s_per_epoch``."""
         return {"state": self.state.value, "value": self.value, "history": self.history, "test": self.test,
                 "reason": self.reason, "traceback": self.traceback, "train_s": self.train_s,
-                "worker_s": self.worker_s, "pid": self.pid, "node": self.node, "s_per_epoch": self.s_per_epoch}
+                "worker_s": self.worker_s, "pid": self.pid, "node": self.node, "rss_mb": self.rss_mb,
+                "s_per_epoch": self.s_per_epoch}
 
 
 def compact_history(history: list[dict[str, float]]) -> list[dict[str, float]]:

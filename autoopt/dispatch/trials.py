@@ -149,7 +149,7 @@ class TrialBook:
             if result.s_per_epoch is not None:
                 trial.set_user_attr("s_per_epoch", round(result.s_per_epoch, 6))
             if result.pid:  # which worker ran it: for a crash, find its node's logs
-                trial.set_user_attr("worker", {"node": result.node, "pid": result.pid})
+                trial.set_user_attr("worker", {"node": result.node, "pid": result.pid, "rss_mb": result.rss_mb})
             trial.set_user_attr("history", compact_history(result.history))  # for reports
             if result.state == JobState.COMPLETE and result.value is not None:
                 # The worker leaves the last epoch's report to this tell: it spares the trial a

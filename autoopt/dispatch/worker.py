@@ -177,9 +177,9 @@ class TrialWorker:
                             evaluate_test=job.evaluate_test, compile_model=job.compile)
             if reporter is not None:
                 reporter.close()
-            result = _result(trained, worker_s=time.perf_counter() - start, **where)
+            result = _result(trained, worker_s=time.perf_counter() - start, rss_mb=peak_rss_mb(), **where)
         except Exception as exc:  # a bug in a user's task, out of memory, ...
-            result = JobResult.from_exception(exc, worker_s=time.perf_counter() - start, **where)
+            result = JobResult.from_exception(exc, worker_s=time.perf_counter() - start, rss_mb=peak_rss_mb(), **where)
         if run is not None:
             tags = {"autoopt.reason": result.reason} if result.reason else {}
             if result.traceback:
@@ -230,6 +230,16 @@ def past_deadline(ref: TrialRef, epoch: int, epoch_s: list[float]) -> str | None
         return None
     return (f"stopped at epoch {epoch}: at {per:.2f}s per epoch it would end {end - ref.deadline:.0f}s after "
             "the search's share of the time budget")
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _result(trained: TrialResult, **timings: Any) -> JobResult:
