@@ -39,6 +39,55 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+_RAY_STARTED_HERE: list[bool] = []
+
+
+@pytest.fixture(scope="session")
+def _ray_session() -> Iterator[None]:
+    """Stops the session's local Ray at the end, where ``local_ray`` started it."""
+    yield
+    if _RAY_STARTED_HERE:
+        import ray
+
+        ray.shutdown()
+
+
+@pytest.fixture()
+def local_ray(_ray_session: None) -> None:
+    """The session's local Ray (``shared_ray``)."""
+    shared_ray()
+
+
+def shared_ray() -> None:
+    """Start the session's local Ray where none runs, as ``autoopt tune`` starts one
+    (``start_ray``: this machine's CPUs, its workers preloading torch), and share it: a ``tune()``
+    or ``run()`` in this process joins it instead of starting and stopping its own (seconds each).
+    A test that needs a Ray of its own shape calls ``own_ray()`` first; the next user of the shared
+    one starts it again. What must prove a fresh process's start-up stays a subprocess
+    (``run_cli``). A module's fixture calls this and asks for ``_ray_session``."""
+    import ray
+
+    from autoopt.dispatch.session import start_ray
+
+    if ray.is_initialized():
+        return
+    here = os.getcwd()
+    os.chdir(tempfile.mkdtemp(prefix="aot-ray-"))  # an empty folder: its workers find no test's modules there
+    try:
+        start_ray(None)
+    finally:
+        os.chdir(here)
+    _RAY_STARTED_HERE[:] = [True]
+
+
+def own_ray() -> None:
+    """Stop the session's shared Ray (where one runs), for a test that starts its own shape."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
     """Run the `autoopt` command in ``cwd`` and capture what a user sees."""
@@ -47,6 +96,32 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "autoopt", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the real entry point (``autoopt.cli.main``) in this process, as the console script
+    would: (exit code, stdout, stderr). For what needs no fresh process (bad input, --help)."""
+    from autoopt.cli import main
+
+    capsys.readouterr()  # what came before is not this command's
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    code = exc.value.code
+    return (code if isinstance(code, int) else 0 if code is None else 1), captured.out, captured.err
+
+
+def refused(capsys: pytest.CaptureFixture[str], *args: str, folder: Path | None = None) -> str:
+    """Run ``autoopt ARGS`` in this process; assert exit 2, one ``error:`` line on stderr, no
+    traceback and nothing on stdout (and nothing created in ``folder``). Returns the line."""
+    code, out, err = run_main(capsys, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and not out.strip()
+    if folder is not None:
+        assert sorted(p.name for p in folder.iterdir()) == []
+    return lines[0]
 
 
 NOBODY = 65534

@@ -15,7 +15,7 @@ import mlflow
 import optuna
 import pytest
 import torch
-from conftest import run_cli
+from conftest import refused, run_cli, run_main, shared_ray
 from services import wait_for
 
 from autoopt.space import FAMILIES
@@ -28,7 +28,7 @@ FAST = ["--task", "digits", "--epochs", "2", "--no-confirm", "--concurrency", "2
 def study_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small study, run once per module. Tests never use it directly: see ``tuned``."""
     folder = tmp_path_factory.mktemp("tuned")
-    res = run_cli("tune", *FAST, "--trials", "6", cwd=folder)
+    res = run_cli("tune", *FAST, "--trials", "4", cwd=folder)
     assert res.returncode == 0, res.stderr[-2000:]
     return folder
 
@@ -55,7 +55,7 @@ def test_tune_writes_storage_tracking_and_recommendation(tuned: Path) -> None:
     assert rec["optimizer"] in FAMILIES
     assert 0.5 < rec["value"] <= 1.0
     trials = finished(tuned)
-    assert len(trials) == 6
+    assert len(trials) == 4
     best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert rec["trial_number"] == best.number and rec["value"] == pytest.approx(best.value)
     # Every trial reported its validation metric per epoch (pruning works across processes).
@@ -70,7 +70,7 @@ def test_mlflow_holds_parent_and_nested_runs_with_epoch_metrics(tuned: Path) -> 
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 6
+    assert len(parents) == 1 and len(children) == 4
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert all(c.info.status == "FINISHED" for c in children)
     child = children[0]
@@ -119,17 +119,20 @@ def test_recommend_builds_working_optimizer_and_scheduler(tuned: Path, monkeypat
 
 
 @pytest.mark.slow
-def test_rerun_with_more_trials_extends_the_same_study(tuned: Path) -> None:
-    res = run_cli("tune", *FAST, "--trials", "8", cwd=tuned)
-    assert res.returncode == 0, res.stderr[-2000:]
+def test_rerun_with_more_trials_extends_the_same_study(tuned: Path, local_ray: None,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The entry point in this process, on the session's Ray (the study above ran in a fresh one).
+    monkeypatch.chdir(tuned)
+    code, _, err = run_main(capsys, "tune", *FAST, "--trials", "5")
+    assert code == 0, err[-2000:]
     trials = finished(tuned)
-    assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
+    assert len(trials) == 5 and sorted(t.number for t in trials) == list(range(5))
     # Same command again: nothing left to do, no duplicate work.
-    again = run_cli("tune", *FAST, "--trials", "8", cwd=tuned)
-    assert again.returncode == 0 and len(finished(tuned)) == 8
+    code, _, err = run_main(capsys, "tune", *FAST, "--trials", "5")
+    assert code == 0 and len(finished(tuned)) == 5, err[-2000:]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("args", "expect"), [
     (["tune", "--task", "cifar"], "unknown task 'cifar'; known tasks: cifar10, digits"),
     (["tune", "--task", "digits", "--optimizers", "sgd,adamz"], "unknown optimizer 'adamz'"),
@@ -141,37 +144,34 @@ def test_rerun_with_more_trials_extends_the_same_study(tuned: Path) -> None:
     (["tune", "--task", "digits", "--study-file", "missing.yaml"], "does not exist"),
     (["recommend", "--task", "digits"], "run: autoopt tune --task digits"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], expect: str) -> None:
-    res = run_cli(*args, cwd=tmp_path, timeout=120)
-    assert res.returncode == 2, res.stderr
-    assert expect in res.stderr
-    assert "Traceback" not in res.stderr + res.stdout
-    assert "hunter2" not in res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expect in errors[0]  # one line that names the fix
+def test_bad_input_is_one_line_and_exit_2(workdir: Path, local_ray: None, capsys: pytest.CaptureFixture[str],
+                                          args: list[str], expect: str) -> None:
+    # In this process (the entry point the console script calls): no fresh interpreter needed.
+    line = refused(capsys, *args)  # exit 2, one line that names the fix, no traceback
+    assert expect in line
+    assert "hunter2" not in line
+
+
+def test_malformed_study_file_names_the_problem(workdir: Path, local_ray: None,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "bad.yaml").write_text("task: digits\ntrials: [1, 2\n")
+    assert "not valid YAML" in refused(capsys, "tune", "--study-file", "bad.yaml")
+    (workdir / "typo.yaml").write_text("task: digits\ntrails: 3\n")
+    line = refused(capsys, "tune", "--study-file", "typo.yaml")
+    assert "trails" in line and "unknown key" in line
+    (workdir / "space.yaml").write_text("task: digits\nspace:\n  sgd:\n    lr: {log: [0, 1]}\n")
+    assert "sgd.lr" in refused(capsys, "tune", "--study-file", "space.yaml")
+    assert sorted(p.name for p in workdir.iterdir()) == ["bad.yaml", "space.yaml", "typo.yaml"]  # nothing created
 
 
 @pytest.mark.slow
-def test_malformed_study_file_names_the_problem(tmp_path: Path) -> None:
-    (tmp_path / "bad.yaml").write_text("task: digits\ntrials: [1, 2\n")
-    res = run_cli("tune", "--study-file", "bad.yaml", cwd=tmp_path)
-    assert res.returncode == 2 and "not valid YAML" in res.stderr
-    (tmp_path / "typo.yaml").write_text("task: digits\ntrails: 3\n")
-    res = run_cli("tune", "--study-file", "typo.yaml", cwd=tmp_path)
-    assert res.returncode == 2 and "trails" in res.stderr and "unknown key" in res.stderr
-    (tmp_path / "space.yaml").write_text("task: digits\nspace:\n  sgd:\n    lr: {log: [0, 1]}\n")
-    res = run_cli("tune", "--study-file", "space.yaml", cwd=tmp_path)
-    assert res.returncode == 2 and "sgd.lr" in res.stderr
-
-
-@pytest.mark.slow
-def test_user_study_file_is_used(tmp_path: Path) -> None:
-    (tmp_path / "mine.yaml").write_text(
+def test_user_study_file_is_used(workdir: Path, local_ray: None, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "mine.yaml").write_text(
         "task: digits\ntrials: 3\nepochs: 1\noptimizers: [adam]\nschedulers: [none]\ngrad_clip: false\n"
         "confirm: false\nstudy_name: mine\nspace:\n  adam:\n    lr: {log: [1.0e-3, 3.0e-3]}\n")
-    res = run_cli("tune", "--study-file", "mine.yaml", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{tmp_path / 'autoopt.db'}")
+    code, _, err = run_main(capsys, "tune", "--study-file", "mine.yaml")
+    assert code == 0, err[-2000:]
+    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{workdir / 'autoopt.db'}")
     # The study file's 3 trials are the search's own (no --trials given): adam's published
     # defaults are screened on top.
     assert len(study.trials) == 1 + 3
@@ -189,7 +189,8 @@ def trial_states(db: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
+def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path, _ray_session: None, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Two families (a small portfolio to resume) and far more trials than can ever finish before
     # the interrupt: the search is mid-way whenever it comes.
     args = [*FAST, "--optimizers", "sgd,adam"]
@@ -236,8 +237,14 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
     # Resuming with room for two more than the study holds (finished, queued and re-queued)
     # finishes exactly that: the re-queued and queued trials run, then two new ones.
     total = budget_used(trials) + 2
-    res = run_cli("tune", *args, "--trials", str(total), cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    # The resume in this process, on the session's Ray: what it proves is the study's, not a
+    # fresh process's.
+    shared_ray()
+    monkeypatch.chdir(tmp_path)
+    for var in ("AUTOOPT_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    code, _, err_text = run_main(capsys, "tune", *args, "--trials", str(total))
+    assert code == 0, err_text[-2000:]
     after = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}").trials
     names = [t.state.name for t in after]
     assert not [s for s in names if s in ("RUNNING", "WAITING")], names

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import refused, run_main, shared_ray
 
 from autoopt import Recommendation, recommend
 from autoopt.confirm import (
@@ -139,13 +139,19 @@ space:
 
 
 @pytest.fixture(scope="module")
-def poor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished study whose trials could only pick learning rates that cannot learn in an epoch."""
+def poor(tmp_path_factory: pytest.TempPathFactory, _ray_session: None) -> Path:
+    """A finished study whose trials could only pick learning rates that cannot learn in an epoch
+    (run in this process, on the session's Ray, in the folder's default stores)."""
+    from autoopt import tune
+
     folder = tmp_path_factory.mktemp("poor")
     (folder / "poor.yaml").write_text(POOR_STUDY)
-    res = run_cli("tune", "--study-file", "poor.yaml", "--trials", "3", "--epochs", "1", "--confirm-top", "2",
-                  "--confirm-seeds", "2", "--concurrency", "2", cwd=folder)
-    assert res.returncode == 0, res.stderr[-3000:]
+    shared_ray()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        for var in ("AUTOOPT_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AUTOOPT_DATA"):
+            mp.delenv(var, raising=False)
+        tune(study_file="poor.yaml", trials=3, epochs=1, confirm_top=2, confirm_seeds=2, concurrency=2)
     return folder
 
 
@@ -234,15 +240,19 @@ def test_stored_recommendation_is_what_recommend_returns(poor: Path, monkeypatch
 
 
 @pytest.mark.slow
-def test_report_of_the_confirmed_study(poor: Path) -> None:
+def test_report_of_the_confirmed_study(poor: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """``autoopt report`` on a study that really ran: curves from the trials' stored histories,
     the confirmation with the baseline marked as chosen, a summary that says tuning lost."""
     import optuna
 
     from autoopt import report
 
-    res = run_cli("report", "--task", "digits", cwd=poor)
-    assert res.returncode == 0, res.stderr[-2000:]
+    monkeypatch.chdir(poor)
+    monkeypatch.delenv("AUTOOPT_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, err = run_main(capsys, "report", "--task", "digits")
+    assert code == 0, err[-2000:]
     folder = poor / "reports" / "digits"
     assert sorted(p.name for p in folder.glob("*.png")) == sorted(report.PLOTS)
     rec = _rec(poor)
@@ -283,8 +293,5 @@ def test_recommend_falls_back_to_the_documented_prior(workdir: Path) -> None:
         recommend("mnist", fallback="guess")
 
 
-def test_cli_recommend_without_a_study_is_one_line_exit_2(workdir: Path) -> None:
-    res = run_cli("recommend", "--task", "mnist", cwd=workdir)
-    assert res.returncode == 2
-    assert "autoopt tune --task mnist" in res.stderr and "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+def test_cli_recommend_without_a_study_is_one_line_exit_2(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "autoopt tune --task mnist" in refused(capsys, "recommend", "--task", "mnist", folder=workdir)

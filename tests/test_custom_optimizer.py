@@ -137,7 +137,7 @@ def test_registered_family_builds_with_the_same_update_rule(signmom) -> None:
 
 
 @pytest.mark.slow
-def test_python_registered_optimizer_competes_in_a_study(workdir: Path, signmom) -> None:
+def test_python_registered_optimizer_competes_in_a_study(workdir: Path, local_ray: None, signmom) -> None:
     """The class lives in this test module, which the Ray workers cannot import: the job
     carries it to them. Its trials are complete, recorded and confirmed like the built-ins'."""
     import optuna

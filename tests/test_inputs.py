@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import refused as cli_refused
 from conftest import run_cli
 
 from autoopt.cli import main
@@ -28,8 +29,9 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture()
-def empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The empty working folder the command runs in."""
+def empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_ray: None) -> Path:
+    """The empty working folder the command runs in (``tune`` joins the session's Ray, which it
+    would otherwise start, and stop again, on every refusal)."""
     folder = tmp_path / "run"
     folder.mkdir()
     monkeypatch.chdir(folder)
@@ -41,15 +43,7 @@ def empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def refused(empty: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """Run ``autoopt ARGS``; assert exit 2, one line on stderr, nothing on stdout, nothing created.
     Returns the line."""
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    assert exc.value.code == 2, captured.err
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err and not captured.out.strip()
-    assert sorted(p.name for p in empty.iterdir()) == []
-    return lines[0]
+    return cli_refused(capsys, *args, folder=empty)
 
 
 def module(inputs: Path, source: str) -> str:

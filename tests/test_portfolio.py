@@ -111,7 +111,7 @@ def test_a_short_budget_screens_the_likely_winners_first_and_says_so(tmp_path: P
 
 
 @pytest.mark.slow
-def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path) -> None:
+def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path, local_ray: None) -> None:
     import mlflow
 
     from autoopt.spec import load_spec

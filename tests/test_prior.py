@@ -284,7 +284,7 @@ def test_the_option_is_checked(url: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_new_study_screens_by_the_prior_and_records_it(workdir: Path) -> None:
+def test_a_new_study_screens_by_the_prior_and_records_it(workdir: Path, local_ray: None) -> None:
     from autoopt import tune
 
     url = "sqlite:///autoopt.db"
@@ -301,7 +301,7 @@ def test_a_new_study_screens_by_the_prior_and_records_it(workdir: Path) -> None:
     assert len(study.trials) == 4
 
 
-def test_the_cli_names_a_missing_prior_study(workdir: Path) -> None:
+def test_the_cli_names_a_missing_prior_study(workdir: Path, local_ray: None) -> None:
     from typer.testing import CliRunner
 
     from autoopt.cli import app

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import refused, run_main
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
@@ -222,9 +222,11 @@ def test_comparison_curves_draw_one_line_per_curve() -> None:
     assert len(ax.collections) == 1  # the std band of sgd only
 
 
-def test_report_command_writes_the_folder_and_logs_it(folder: Path) -> None:
-    res = run_cli("report", "--task", "digits", cwd=folder)
-    assert res.returncode == 0, res.stderr[-2000:]
+def test_report_command_writes_the_folder_and_logs_it(folder: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(folder)
+    code, _, err = run_main(capsys, "report", "--task", "digits")
+    assert code == 0, err[-2000:]
     parent_run = (folder / "parent_run").read_text()
     folder = folder / "reports" / "digits"
     pngs = sorted(p.name for p in folder.glob("*.png"))
@@ -245,11 +247,8 @@ def test_report_command_writes_the_folder_and_logs_it(folder: Path) -> None:
     assert sorted(Path(p).name for p in logged) == sorted([*report.PLOTS, "summary.md"])
 
 
-def test_report_without_a_study_names_the_command(workdir: Path) -> None:
-    res = run_cli("report", "--task", "digits", cwd=workdir)
-    assert res.returncode == 2
-    assert "autoopt tune --task digits" in res.stderr and "Traceback" not in res.stderr
-    assert not (workdir / "autoopt.db").exists()
+def test_report_without_a_study_names_the_command(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "autoopt tune --task digits" in refused(capsys, "report", "--task", "digits", folder=workdir)
 
 
 def test_summary_of_a_study_without_confirmation(study: optuna.Study) -> None:

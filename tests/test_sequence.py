@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from autoopt.space import TrialConfig
 from autoopt.spec import load_spec
@@ -82,9 +82,9 @@ def test_sequence_tasks_are_listed_with_their_study_files() -> None:
 
 
 @pytest.mark.slow
-def test_tune_digits_lstm_end_to_end(workdir: Path) -> None:
-    res = run_cli("tune", "--task", "digits_lstm", "--trials", "2", "--epochs", "1", "--no-confirm",
-                  "--concurrency", "2", cwd=workdir)
-    assert res.returncode == 0, res.stderr[-2000:]
+def test_tune_digits_lstm_end_to_end(workdir: Path, local_ray: None, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "tune", "--task", "digits_lstm", "--trials", "2", "--epochs", "1", "--no-confirm",
+                            "--concurrency", "2")
+    assert code == 0, err[-2000:]
     data = json.loads((workdir / "recommendations" / "digits_lstm.json").read_text())
     assert data["task"] == "digits_lstm" and data["source"] == "study" and 0.0 <= data["value"] <= 1.0

@@ -5,14 +5,14 @@ declared to a real local Ray), and a driver that samples only what a trial uses.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import ray
 import torch
-from conftest import run_cli
+from conftest import own_ray, run_cli
 
 from autoopt.dispatch import Job, JobResult, JobState, WorkerPool, default_concurrency, run_jobs
 from autoopt.space import TrialConfig, suggest_config
@@ -28,6 +28,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def cluster() -> Iterator[None]:
     """A real local Ray declaring four CPUs and one GPU (a logical one: the scheduling is what
     is tested, the trials train on the CPU)."""
+    own_ray()
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
     yield
@@ -195,13 +196,23 @@ def test_tracking_batches_a_trials_writes_and_loses_none(workdir: Path) -> None:
     def metric_steps(run_id: str) -> list[int]:
         return [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
 
+    def waited(condition: Callable[[], object], bound_s: float) -> float:
+        """Seconds until ``condition()`` holds; fails once ``bound_s`` have passed without it."""
+        start = time.monotonic()
+        while not condition():
+            assert time.monotonic() - start < bound_s, f"not within {bound_s}s"
+            time.sleep(0.01)
+        return time.monotonic() - start
+
     slow = recorder.start(parent.ref, run_name="trial-0", params={"lr": 0.1}, tags={"autoopt.trial_number": 0})
+    # The run is created at once (one write: a running trial shows in the UI) ...
+    created_s = waited(lambda: recorder.run_id(slow), 10.0)
+    slow_id = recorder.run_id(slow)
+    assert slow_id is not None
+    # ... and its epochs follow at most write_every_s late (plus the write and this read).
     recorder.log_epoch(slow, 1, {"val_accuracy": 0.5, "lr": 0.1})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not ((slow_id := recorder.run_id(slow)) and metric_steps(slow_id)):
-        time.sleep(0.1)
-    # A running trial shows in the UI, with its epochs at most write_every_s late.
-    assert slow_id and client.get_run(slow_id).info.status == "RUNNING" and metric_steps(slow_id) == [1]
+    waited(lambda: metric_steps(slow_id), recorder.write_every_s + max(1.0, 2 * created_s))
+    assert client.get_run(slow_id).info.status == "RUNNING" and metric_steps(slow_id) == [1]
     quick = recorder.start(parent.ref, run_name="trial-1", params={"lr": 0.2}, tags={"autoopt.trial_number": 1})
     for epoch in (1, 2, 3):
         recorder.log_epoch(quick, epoch, {"val_accuracy": 0.1 * epoch, "lr": 0.2})
