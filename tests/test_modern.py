@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import refused, run_cli
+from conftest import refused
 from torch import nn
 
 from autoopt import space
@@ -315,25 +315,55 @@ def test_cli_unknown_optimizer_is_one_line_exit_2(workdir: Path, local_ray: None
     assert "no_such_opt" in line and "lion" in line and "classic" in line
 
 
+# The CLI's entry point, called once per argv (a JSON list of argv lists) in one fresh process,
+# on one Ray: prints each call's exit code, stdout and stderr as a JSON list.
+_CALLS = """
+import contextlib, io, json, sys
+from autoopt.cli import main
+from autoopt.dispatch.session import start_ray
+start_ray(None)
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
 @pytest.mark.slow
 def test_cli_without_pytorch_optimizer_is_one_line_exit_2(workdir: Path) -> None:
-    # A package that fails to import as pytorch_optimizer does when it is not installed.
+    import json
+    import subprocess
+    import sys
+
+    # A package that fails to import as pytorch_optimizer does when it is not installed: a fresh
+    # process (this one imported the real package long ago), one for the three commands.
     shadow = workdir / "shadow" / "pytorch_optimizer"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text('raise ModuleNotFoundError("No module named pytorch_optimizer")\n')
     path = os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH")) if p)
-    for names in ("modern", "sgd,muon"):
-        proc = run_cli("tune", "--task", "digits", "--optimizers", names, "--trials", "1", cwd=workdir,
-                       env={"PYTHONPATH": path})
-        text = (proc.stdout + proc.stderr).strip()
-        assert proc.returncode == 2, text
+    calls = [["tune", "--task", "digits", "--optimizers", names, "--trials", "1"] for names in ("modern", "sgd,muon")]
+    # The classics need no extra: validation gets past the optimizers to the next mistake.
+    calls.append(["tune", "--task", "digits", "--optimizers", "classic", "--schedulers", "nope", "--trials", "1"])
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTOOPT_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", _CALLS, json.dumps(calls)], cwd=workdir, capture_output=True,
+                          text=True, timeout=300, env={**env, "PYTHONPATH": path}, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for code, out, err in results[:2]:
+        text = (out + err).strip()
+        assert code == 2, text
         assert len(text.splitlines()) == 1 and "Traceback" not in text
         assert "pip install pytorch-optimizer" in text
-    # The classics need no extra: validation gets past the optimizers to the next mistake.
-    proc = run_cli("tune", "--task", "digits", "--optimizers", "classic", "--schedulers", "nope",
-                   "--trials", "1", cwd=workdir, env={"PYTHONPATH": path})
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "unknown scheduler 'nope'" in text and "modern" not in text, text
+    code, out, err = results[2]
+    assert code == 2 and "unknown scheduler 'nope'" in err and "modern" not in out + err, out + err
+    assert sorted(p.name for p in workdir.iterdir()) == ["shadow"]  # nothing created
 
 
 def test_schedule_free_recommendation_builds_no_scheduler_and_says_train_eval() -> None:
