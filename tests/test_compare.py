@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import refused, run_cli
+from conftest import refused, run_main
 from PIL import Image
 
 from autoopt import report
@@ -89,17 +89,18 @@ def test_plan_holds_where_to_run_only(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compare_learning_rates_end_to_end(workdir: Path) -> None:
-    """The tutorial's exercise: two families at two learning rates, two seeds each."""
+def test_compare_learning_rates_end_to_end(workdir: Path, local_ray: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tutorial's exercise: two families at two learning rates, two seeds each (the entry
+    point in this process, on the session's Ray)."""
     import mlflow
 
-    res = run_cli("compare", "--task", "digits", "--optimizers", "sgd,adam", "--lrs", "0.1,0.001",
-                  "--seeds", "2", "--epochs", "2", "--concurrency", "2", cwd=workdir)
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, stdout, err = run_main(capsys, "compare", "--task", "digits", "--optimizers", "sgd,adam", "--lrs",
+                                 "0.1,0.001", "--seeds", "2", "--epochs", "2", "--concurrency", "2")
+    assert code == 0, err[-3000:]
     labels = ["sgd lr=0.1", "sgd lr=0.001", "adam lr=0.1", "adam lr=0.001"]
-    table = [line for line in res.stdout.splitlines() if "│" in line]
+    table = [line for line in stdout.splitlines() if "│" in line]
     for label in labels:
-        assert any(line.split("│")[1].strip() == label for line in table), (label, res.stdout)
+        assert any(line.split("│")[1].strip() == label for line in table), (label, stdout)
 
     data = json.loads((workdir / "compare" / "digits.json").read_text())
     assert [r["label"] for r in data["rows"]] == labels
