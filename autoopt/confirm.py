@@ -54,6 +54,7 @@ from autoopt.race import SLOW, Contender, Race, margin_for, race_jobs
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
+from autoopt.study.record import record
 from autoopt.tracking import RunRef
 from autoopt.verdict import Noise, paired
 
@@ -97,14 +98,15 @@ def screened(study: optuna.Study, direction: str) -> list[TrialConfig]:
     complete: list[tuple[float, dict[str, Any]]] = []
     pruned: dict[int, list[tuple[float, dict[str, Any]]]] = {}
     for t in study.get_trials(deepcopy=False):
-        if not t.user_attrs.get("portfolio") or "config" not in t.user_attrs:
+        rec = record(t)
+        if rec.kind != "screen" or rec.config is None:
             continue
         if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value):
-            complete.append((t.value, t.user_attrs["config"]))
+            complete.append((t.value, rec.config))
         elif t.state.name == "PRUNED" and t.intermediate_values:
             step = max(t.intermediate_values)
             if math.isfinite(t.intermediate_values[step]):
-                pruned.setdefault(step, []).append((t.intermediate_values[step], t.user_attrs["config"]))
+                pruned.setdefault(step, []).append((t.intermediate_values[step], rec.config))
     ranked = ordered(complete, lambda p: p[0], direction)
     for step in sorted(pruned, reverse=True):
         ranked += ordered(pruned[step], lambda p: p[0], direction)
@@ -152,8 +154,8 @@ def top_configs(study: optuna.Study, k: int, direction: str, exclude: set[str] |
                 ) -> list[tuple[int, TrialConfig]]:
     """The ``k`` best complete trials with distinct configs, best first; configs whose key is in
     ``exclude`` (the baselines: they are confirmed as such) are skipped."""
-    done = [(t.value, t.number, t.user_attrs["config"]) for t in study.get_trials(deepcopy=False)
-            if t.state.name == "COMPLETE" and t.value is not None and "config" in t.user_attrs]
+    done = [(t.value, t.number, config) for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and t.value is not None and (config := record(t).config) is not None]
     seen: set[str] = set(exclude)
     out = []
     for _, number, config in ordered(done, lambda d: d[0], direction):
@@ -395,9 +397,9 @@ def family_speeds(study: optuna.Study) -> dict[str, float]:
     """Median seconds per epoch each family took in the study's trials."""
     by: dict[str, list[float]] = {}
     for t in study.get_trials(deepcopy=False):
-        spe, cfg = t.user_attrs.get("s_per_epoch"), t.user_attrs.get("config")
-        if spe and cfg:
-            by.setdefault(cfg["optimizer"], []).append(float(spe))
+        rec = record(t)
+        if rec.s_per_epoch and rec.family:
+            by.setdefault(rec.family, []).append(rec.s_per_epoch)
     return {k: statistics.median(v) for k, v in by.items()}
 
 

@@ -50,6 +50,7 @@ from autoopt.space import (
     schedule,
 )
 from autoopt.study import PORTFOLIO, WARMSTART, ask_lock, budget_used
+from autoopt.study.record import record
 
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
 PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (autoopt.prior): {studies, order, warmstart}
@@ -233,7 +234,8 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     out = []
     for t in screen:
-        spe, cfg = t.user_attrs.get("s_per_epoch"), t.user_attrs.get("config") or {}
+        rec = record(t)
+        spe, cfg = rec.s_per_epoch, rec.config or {}
         if t.state != TrialState.PRUNED or not t.intermediate_values or not spe:
             continue
         step = max(t.intermediate_values)

@@ -32,6 +32,7 @@ from autoopt.recommendation import STUDY_ATTR, Recommendation
 from autoopt.redact import mask_url
 from autoopt.spec import DEFAULT_STORAGE, DEFAULT_TRACKING
 from autoopt.study import absolute_sqlite, counts, load_existing_study, open_storage, sqlite_path
+from autoopt.study.record import record
 
 if TYPE_CHECKING:
     import optuna
@@ -69,8 +70,7 @@ def _metric(study: optuna.Study) -> str:
 
 
 def _family_of(trial: FrozenTrial) -> str | None:
-    config = trial.user_attrs.get("config")
-    return config["optimizer"] if config else trial.params.get("optimizer")
+    return record(trial).family or trial.params.get("optimizer")
 
 
 def family_colors(families: Iterable[str]) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def importance_study(study: optuna.Study) -> optuna.Study:
 
     rows = []
     for t in _complete(study):
-        config = t.user_attrs.get("config")
+        config = record(t).config
         if not config:
             continue
         lr = config["optimizer_params"].get("lr")
@@ -215,9 +215,8 @@ def lr_vs_metric(study: optuna.Study) -> Any:
     by_family: dict[str, list[tuple[float, float]]] = {}
     pruned: dict[str, list[tuple[float, float]]] = {}
     for t in study.get_trials(deepcopy=False):
-        config = t.user_attrs.get("config")
-        lr = config["optimizer_params"].get("lr") if config else None
-        if not config or not isinstance(lr, int | float) or lr <= 0:
+        config, lr = record(t).config, record(t).lr
+        if not config or lr is None or lr <= 0:
             continue
         if t.state.name == "COMPLETE" and t.value is not None:
             by_family.setdefault(config["optimizer"], []).append((lr, t.value))
@@ -493,7 +492,7 @@ def summary_markdown(study: optuna.Study, rec: Recommendation | None, importance
                   "| --- | --- | --- | --- |"]
         ordered = sorted(best.items(), key=lambda kv: _value(kv[1]), reverse=_maximize(study))
         for fam, t in ordered:
-            lr = (t.user_attrs.get("config") or {}).get("optimizer_params", {}).get("lr")
+            lr = record(t).lr
             lines.append(f"| {fam} | #{t.number} | {t.value:.4f} | {_fmt(lr, 3)} |")
         lines.append("")
     if importances:

@@ -39,6 +39,7 @@ from autoopt.study import (
     sqlite_path,
     with_retry,
 )
+from autoopt.study.record import record
 from autoopt.tasks import BUILTIN, Task, load_task
 
 if TYPE_CHECKING:
@@ -429,8 +430,9 @@ def best_recommendation(spec: StudySpec, study: optuna.Study, task: Task) -> Rec
         extra["search_note"] = f"no trial completed; trial {best.number} led the screen at epoch {furthest}"
     # A study's own family (a study file's class) is not registered: the JSON names its class,
     # so that recommend() in another process rebuilds it.
-    extra.update(family_origin(spec.search_space().families.get(best.user_attrs["config"]["optimizer"])))
-    return Recommendation(task=spec.task, **best.user_attrs["config"], metric=task.metric,
+    config = record(best).config or {}
+    extra.update(family_origin(spec.search_space().families.get(config.get("optimizer", ""))))
+    return Recommendation(task=spec.task, **config, metric=task.metric,
                           direction=task.direction, value=value, study_name=study.study_name,
                           trial_number=best.number, extra=extra)
 

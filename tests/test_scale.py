@@ -121,7 +121,7 @@ def test_a_large_study_ranks_importance_by_ped_anova_and_counts_retries_and_wait
     assert report.importance_methods(report.FANOVA_MAX_TRIALS) == ("Fanova", "PedAnova")
     assert report.importance_methods(report.FANOVA_MAX_TRIALS + 1) == ("PedAnova",)
     study = open_study(InMemoryStorage(), "counted", direction="maximize")
-    for i in range(report.FANOVA_MAX_TRIALS + 5):
+    for _ in range(report.FANOVA_MAX_TRIALS + 5):
         trial = study.ask()
         x = trial.suggest_float("x", 0, 1)
         study.tell(trial, x)
@@ -182,3 +182,20 @@ def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path
     assert again.evidence[0].summarised and again.evidence[0].ranks == first.evidence[0].ranks
     assert again.evidence[0].configs == first.evidence[0].configs
     assert [c["optimizer"] for c in again.evidence[0].configs][:2] == ["sgd", "sgd"]  # the pick, then the best trial
+
+
+def test_the_trial_record_reads_what_the_driver_wrote() -> None:
+    from optuna.trial import create_trial
+
+    from autoopt.study import PORTFOLIO, WARMSTART, TrialRecord
+
+    config = {"optimizer": "adamw", "optimizer_params": {"lr": 0.003}, "scheduler": "none", "scheduler_params": {},
+              "grad_clip_norm": None}
+    screened = TrialRecord.of(create_trial(value=0.9, intermediate_values={1: 0.5, 2: 0.9}, user_attrs={
+        "config": config, "s_per_epoch": 0.25, "train_s": 0.5, PORTFOLIO: True,
+        "worker": {"pid": 7, "node": "n", "rss_mb": 900.0}}))
+    assert (screened.kind, screened.family, screened.lr, screened.epochs) == ("screen", "adamw", 0.003, 2)
+    assert (screened.s_per_epoch, screened.worker["rss_mb"], screened.value) == (0.25, 900.0, 0.9)
+    warm = TrialRecord.of(create_trial(state=TrialState.PRUNED, user_attrs={WARMSTART: "earlier", "reason": "r"}))
+    assert (warm.kind, warm.source, warm.family, warm.value, warm.reason) == ("warmstart", "earlier", None, None, "r")
+    assert TrialRecord.of(create_trial(value=1.0)).kind == "search"

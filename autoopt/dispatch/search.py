@@ -48,6 +48,7 @@ from autoopt.study import (
     with_retry,
 )
 from autoopt.study.backends import env_seconds
+from autoopt.study.record import record
 from autoopt.study.samplers import TrialSeededSampler
 from autoopt.study.view import StudyView
 from autoopt.tracking import RunRef
@@ -129,8 +130,9 @@ def begin_search(study: optuna.Study, storage_url: str, trials: int, policy: Sea
     study's costs read, the policy's trials enqueued. Asks no trial."""
     out = SearchStart()
     for t in with_retry(lambda: study.get_trials(deepcopy=False), what="read the study"):
-        if t.user_attrs.get("s_per_epoch") and t.user_attrs.get("config"):  # a resumed study's costs
-            out.speeds.setdefault(t.user_attrs["config"]["optimizer"], []).append(t.user_attrs["s_per_epoch"])
+        rec = record(t)
+        if rec.s_per_epoch and rec.family:  # a resumed study's costs
+            out.speeds.setdefault(rec.family, []).append(rec.s_per_epoch)
     if policy is not None:
         note = with_retry(lambda: policy.start(study, storage_url, trials), what="enqueue the portfolio")
         if note:
@@ -332,7 +334,8 @@ class SearchLoop:
                           if upcoming is not None else None)
                 if self.costs.over(family, len(self.pool.workers)):
                     return None
-            trial = self.study.ask()
+            with trials_snapshot(self.study, trials):  # Optuna's look for a waiting trial reads this read
+                trial = self.study.ask()
             # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
             record_heartbeat(self.study, trial.number)
         return trial, trials

@@ -43,6 +43,11 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time, ``__getattr__`` bel
         creation_lock,
         sqlite_path,
     )
+    from autoopt.study.record import (
+        PORTFOLIO,
+        WARMSTART,
+        TrialRecord,
+    )
     from autoopt.study.samplers import (
         GroupTPESampler,
         build_sampler,
@@ -74,8 +79,6 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time, ``__getattr__`` bel
         with_retry,
     )
     from autoopt.study.studies import (
-        PORTFOLIO,
-        WARMSTART,
         budget_used,
         counts,
         load_existing_study,
@@ -91,14 +94,15 @@ _EXPORTS: dict[str, str] = {
     "GroupTPESampler": "autoopt.study.samplers",
     "HEARTBEAT_S": "autoopt.study.storage",
     "MAX_RETRY": "autoopt.study.storage",
-    "PORTFOLIO": "autoopt.study.studies",
+    "PORTFOLIO": "autoopt.study.record",
+    "TrialRecord": "autoopt.study.record",
     "PostgresBackend": "autoopt.study.backends",
     "SQLiteBackend": "autoopt.study.backends",
     "STORAGE_RETRY_S": "autoopt.study.storage",
     "SnapshotStorage": "autoopt.study.snapshot",
     "SnapshotStudy": "autoopt.study.snapshot",
     "StorageDown": "autoopt.study.storage",
-    "WARMSTART": "autoopt.study.studies",
+    "WARMSTART": "autoopt.study.record",
     "absolute_sqlite": "autoopt.study.backends",
     "ask_lock": "autoopt.study.backends",
     "backend_for": "autoopt.study.backends",
@@ -158,6 +162,7 @@ __all__ = [
     "SnapshotStorage",
     "SnapshotStudy",
     "StorageDown",
+    "TrialRecord",
     "absolute_sqlite",
     "ask_lock",
     "backend_for",

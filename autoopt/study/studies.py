@@ -14,14 +14,10 @@ from optuna.trial import FrozenTrial, TrialState
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.direction import Direction
 from autoopt.errors import UsageError
+from autoopt.study.record import PORTFOLIO, WARMSTART  # noqa: F401  (re-exported)
 from autoopt.study.samplers import build_sampler
 from autoopt.study.snapshot import SnapshotStorage, SnapshotStudy
 from autoopt.study.storage import with_retry
-
-# Trial user attrs of the screen's trials (autoopt.portfolio enqueues them): a family's published
-# defaults, and a warm start (the earlier study it comes from).
-PORTFOLIO = "portfolio"
-WARMSTART = "warmstart"
 
 
 def open_study(storage: BaseStorage, name: str, *, direction: Direction, metric: str | None = None,

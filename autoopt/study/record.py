@@ -1,0 +1,84 @@
+"""The trial record: what autoopt keeps of a trial in Optuna's user attrs, typed and read in one
+place (``TrialRecord.of``), as Optuna's ``FrozenTrial`` is the record of its own fields.
+
+The user attrs a trial carries (the driver writes them: ``prepare`` the config, ``tell`` the rest):
+
+* ``config``: the ``TrialConfig`` it trained (``TrialConfig.to_dict()``);
+* ``s_per_epoch``, ``train_s``: its measured seconds per epoch and in all;
+* ``history``: per epoch, its losses, metric, learning rate and seconds (compacted);
+* ``reason``: why it failed or was pruned; ``worker``: the node, pid and peak memory that ran it;
+* ``portfolio`` or ``warmstart``: a screened family at its published defaults, or a warm start
+  from an earlier study (its name); neither: a trial the sampler proposed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+CONFIG = "config"
+S_PER_EPOCH = "s_per_epoch"
+TRAIN_S = "train_s"
+HISTORY = "history"
+REASON = "reason"
+WORKER = "worker"
+# The screen's trials (autoopt.screen.portfolio enqueues them): a family's published defaults,
+# and a warm start (the earlier study it comes from).
+PORTFOLIO = "portfolio"
+WARMSTART = "warmstart"
+
+KINDS = ("screen", "warmstart", "search")  # what a trial of a study is; the confirmation's runs are not trials
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as autoopt recorded it."""
+
+    number: int
+    state: TrialState
+    value: float | None
+    config: dict[str, Any] | None = None  # None: not sampled yet (a waiting trial)
+    kind: str = "search"  # one of KINDS
+    s_per_epoch: float | None = None
+    train_s: float | None = None
+    reason: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    worker: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # a warm start's earlier study
+    intermediate: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        config = attrs.get(CONFIG)
+        spe, train_s = attrs.get(S_PER_EPOCH), attrs.get(TRAIN_S)
+        kind = "screen" if attrs.get(PORTFOLIO) else "warmstart" if attrs.get(WARMSTART) else "search"
+        return cls(trial.number, trial.state, trial.value if trial.state == TrialState.COMPLETE else None,
+                   config=config if isinstance(config, dict) else None, kind=kind,
+                   s_per_epoch=float(spe) if spe else None, train_s=float(train_s) if train_s else None,
+                   reason=attrs.get(REASON), history=list(attrs.get(HISTORY) or []),
+                   worker=dict(attrs.get(WORKER) or {}),
+                   source=str(attrs[WARMSTART]) if attrs.get(WARMSTART) else None,
+                   intermediate=dict(trial.intermediate_values))
+
+    @property
+    def family(self) -> str | None:
+        """The optimizer family it trained (None before its config was sampled)."""
+        return self.config.get("optimizer") if self.config else None
+
+    @property
+    def epochs(self) -> int:
+        """The epochs it reported."""
+        return len(self.intermediate)
+
+    @property
+    def lr(self) -> float | None:
+        lr = (self.config or {}).get("optimizer_params", {}).get("lr")
+        return float(lr) if isinstance(lr, int | float) else None
+
+
+def record(trial: FrozenTrial) -> TrialRecord:
+    """``TrialRecord.of(trial)``."""
+    return TrialRecord.of(trial)
