@@ -16,7 +16,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "tune": "autoopt.tuning",
+    "tune": "autoopt.commands.tuning",
     "recommend": "autoopt.recommendation",
     "Recommendation": "autoopt.recommendation",
     "register_optimizer": "autoopt.space",

@@ -11,7 +11,7 @@ It is split as the costs are measured, never by fixed shares alone:
   what is left after the **confirmation's reserve**: the larger of ``CONFIRM_SHARE`` of the
   budget left after start-up and the measured cost of racing ``RACE_FLOOR`` configs on
   ``MIN_SEEDS`` seeds;
-* **the confirmation** (a race, ``autoopt.race``) adds a round of seeds only when the round's
+* **the confirmation** (a race, ``autoopt.decide.race``) adds a round of seeds only when the round's
   expected cost fits in what is left; a config too slow for what is left is not confirmed,
   and the JSON says so;
 * **the end** (saving, closing MLflow, stopping the workers and Ray) keeps ``END_RESERVE_S``
@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from autoopt.decide.evidence import BudgetUse
 from autoopt.errors import UsageError
-from autoopt.evidence import BudgetUse
 
 MIN_BUDGET_S = 30.0  # start-up (about 10 s here) plus one config confirmed on two seeds, at the least
 CONFIRM_SHARE = 0.3  # of the budget left after start-up, kept for the confirmation at the least

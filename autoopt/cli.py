@@ -31,10 +31,10 @@ from autoopt.redact import mask_url, redact
 from autoopt.space import SAMPLERS
 
 if TYPE_CHECKING:
-    from autoopt.compare import Comparison
-    from autoopt.evidence import Stats
+    from autoopt.commands.compare import Comparison
+    from autoopt.commands.tuning import Prepared
+    from autoopt.decide.evidence import Stats
     from autoopt.recommendation import Recommendation
-    from autoopt.tuning import Prepared
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
@@ -217,17 +217,17 @@ def tune(
     """Run (or resume) the study for a task and write its recommendation."""
     _setup_logging()
     options = dict(locals())  # the options, by name: the spec's keys once renamed
-    from autoopt.launch import launch
+    from autoopt.commands.launch import launch
 
     launch(options, _tune)
 
 
 def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
     """Run the prepared study with the progress display, then print the recommendation."""
+    from autoopt.commands.progress import TuneDisplay
+    from autoopt.commands.tuning import run as run_study
     from autoopt.dispatch.session import stop_ray
-    from autoopt.progress import TuneDisplay
     from autoopt.spec import BUDGET_TRIALS
-    from autoopt.tuning import run as run_study
 
     if restart_ray:  # a study file named another cluster than the one joined early
         stop_ray()
@@ -357,7 +357,7 @@ def report(
     mlflow_uri: MlflowOpt = None,
 ) -> None:
     """Write plots and a one-minute summary of a finished study; log them to its MLflow run."""
-    from autoopt.report import write_report
+    from autoopt.commands.report import write_report
 
     _setup_logging()
     result = write_report(task, storage=storage, study_name=study, out=out_dir, mlflow_uri=mlflow_uri)
@@ -393,7 +393,7 @@ def compare(
     out_dir: Annotated[str, typer.Option("--out", help="where <task>.png and <task>.json go")] = "compare",
 ) -> None:
     """Compare optimizers at fixed settings (no search), as the tutorial does: a table and loss curves."""
-    from autoopt.compare import parse_lrs, plan_compare, run_compare
+    from autoopt.commands.compare import parse_lrs, plan_compare, run_compare
 
     _setup_logging()
     # Validate everything before the progress bar starts: bad input is one line, nothing else.
@@ -491,14 +491,14 @@ def bench(
 ) -> None:
     """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way
     (or, with --leave-one-out, what the prior from earlier studies buys on a task it has not seen)."""
-    from autoopt.bench import BenchOptions, run_bench
+    from autoopt.commands.bench import BenchOptions, run_bench
 
     _setup_logging()
     if leave_one_out:
         _bench_prior(leave_one_out, seeds, time_budget, out_dir, as_json)
         return
     if scale:
-        from autoopt.scalebench import command
+        from autoopt.commands.scalebench import command
 
         command(scale, earlier, storage, as_json=as_json, out=out, err=err)
         return
@@ -519,7 +519,7 @@ def _bench_prior(tasks: str, seeds: int, time_budget: str, out_dir: str, as_json
     from pathlib import Path
 
     from autoopt.budget import parse_duration
-    from autoopt.priorbench import leave_one_task_out, markdown
+    from autoopt.commands.priorbench import leave_one_task_out, markdown
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if len(names) < 2:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
+from autoopt.decide.evidence import EVIDENCE, Alternative, Baseline, BudgetUse, Cost, Entry, Improvement, RaceSummary
 from autoopt.errors import UsageError
-from autoopt.evidence import EVIDENCE, Alternative, Baseline, BudgetUse, Cost, Entry, Improvement, RaceSummary
 from autoopt.redact import mask_url
 from autoopt.space import (
     Family,
@@ -55,7 +55,7 @@ PRIOR = TrialConfig("adamw", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1
 @dataclass(frozen=True)
 class Recommendation:
     """A recommended optimizer config for one task, with the evidence that chose it (typed
-    records, ``autoopt.evidence``; empty for a recommendation that was not confirmed).
+    records, ``autoopt.decide.evidence``; empty for a recommendation that was not confirmed).
 
     >>> import torch
     >>> rec = Recommendation.prior("digits")
@@ -251,7 +251,7 @@ def recommend(task: str, *, storage: str | None = None, study: str | None = None
     ``storage`` defaults to ``AUTOOPT_STORAGE`` or ``sqlite:///autoopt.db``; ``study`` to the
     task name. With neither this raises ``UsageError`` naming the command to run, unless
     ``fallback="prior"``, which returns ``Recommendation.prior(task)``, or ``fallback="database"``,
-    which returns the zero-shot answer of the storage's earlier studies (``autoopt.prior``:
+    which returns the zero-shot answer of the storage's earlier studies (``autoopt.screen.prior``:
     ``"source": "database"``, ``"prior": {studies, ...}``) where it holds one. Looking creates nothing.
 
     >>> rec = recommend("digits", storage="sqlite:///no-such.db", fallback="prior")
@@ -275,7 +275,7 @@ def recommend(task: str, *, storage: str | None = None, study: str | None = None
     if fallback == "prior":
         return Recommendation.prior(task)
     if fallback == "database":
-        from autoopt.prior import zero_shot
+        from autoopt.screen.prior import zero_shot
 
         zero = zero_shot(url, task, exclude=name)
         if zero is not None:

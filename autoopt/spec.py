@@ -98,7 +98,7 @@ class StudySpec(BaseModel):
     confirm_top: int = Field(3, gt=0)
     confirm_seeds: int = Field(3, gt=0)
     max_slowdown: float | None = Field(None, gt=0)
-    # The storage's earlier studies order the screen and warm-start the search (autoopt.prior):
+    # The storage's earlier studies order the screen and warm-start the search (autoopt.screen.prior):
     # ``auto``, ``none`` or study names separated by commas (a list in a study file).
     prior: str = "auto"
     quick: bool = False  # screen the prior's first families and its warm starts, confirm, no search
@@ -259,7 +259,7 @@ def load_spec(task: str | None = None, study_file: str | Path | None = None, **o
     and the screen comes on top (``screen_on_top``), or, under a time budget, the budget bounds the
     search (``BUDGET_TRIALS``). Any problem is a one-line ``UsageError`` naming the flag
     or the study file's key that caused it. Checks the space, the classes and the task's
-    module; ``autoopt.tuning.preflight`` then loads the task itself."""
+    module; ``autoopt.commands.tuning.preflight`` then loads the task itself."""
     raw: dict[str, Any] = {}
     path: Path | None = None
     if study_file is not None:

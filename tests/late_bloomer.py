@@ -1,7 +1,7 @@
 """A made-up task with a loss plateau, for the pruning tests: ``late_bloomer:task``.
 
 The model is a point on a designed loss landscape, trained by the real optimizers through
-``autoopt.train`` (regression, so the metric is ``val_rmse``, lower is better):
+``autoopt.training.train`` (regression, so the metric is ``val_rmse``, lower is better):
 
 * a **well** holds a shortcut coordinate ``s``; a large learning rate throws ``s`` over the
   rim into the **shortcut**, which takes the loss from 1.0 to 0.64 (rmse 0.8) at once and then
@@ -13,7 +13,7 @@ The model is a point on a designed loss landscape, trained by the real optimizer
 * small learning rates without enough momentum never leave the plateau (rmse 1.0).
 
 >>> from autoopt.space import TrialConfig
->>> from autoopt.train import train
+>>> from autoopt.training.train import train
 >>> def rmse(lr, momentum):
 ...     result = train(task(), TrialConfig("sgd", {"lr": lr, "momentum": momentum}), epochs=EPOCHS)
 ...     return [round(h["val_rmse"], 2) for h in result.history]

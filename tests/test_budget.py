@@ -118,7 +118,7 @@ def test_with_no_complete_trial_the_screened_default_that_got_furthest_stands() 
 
     from optuna.trial import TrialState, create_trial
 
-    from autoopt.tuning import best_recommendation
+    from autoopt.commands.tuning import best_recommendation
 
     spec = load_spec("digits", optimizers="adamw,sgd,nadam")
     study = optuna.create_study(direction="maximize")

@@ -235,20 +235,48 @@ def test_three_drivers_at_default_concurrency_share_two_one_cpu_nodes(cluster: R
         assert json.loads((d.cwd / "recommendations" / f"{study}.json").read_text())["study_name"] == study
 
 
+# ``autoopt tune`` (the entry point, ``autoopt.cli.main``) once per (folder, argv) of a JSON list,
+# one after the other in one fresh process, each in its folder: prints each call's exit code and
+# stderr as a JSON list.
+_REFUSALS = """
+import contextlib, io, json, logging, os, sys
+from autoopt.cli import main
+results = []
+for folder, argv in json.loads(sys.argv[1]):
+    os.makedirs(folder, exist_ok=True)
+    os.chdir(folder)
+    err = io.StringIO()
+    logging.root.handlers.clear()  # the command's own logging set-up writes to this call's stderr
+    with contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
 def test_requests_no_node_can_hold_are_refused_at_once(cluster: RayCluster, optuna_db: str, tmp_path: Path) -> None:
     """Two CPUs per trial on a cluster of two one-CPU nodes (two in all, none on one node), a GPU
     on a cluster without one, and a concurrency above the cluster's total: exit 2, one line naming
     what was asked and what the cluster has, nothing created. (Before, the first two waited in
-    silence for a worker Ray could never place.)"""
-    base = ["--task", "digits", "--trials", "2", "--epochs", "1", "--no-confirm", "--storage", pg_url(optuna_db),
-            "--ray-address", cluster.address]
+    silence for a worker Ray could never place.) The three commands join the cluster in turn,
+    from one process."""
+    base = ["tune", "--task", "digits", "--trials", "2", "--epochs", "1", "--no-confirm", "--storage",
+            pg_url(optuna_db), "--ray-address", cluster.address]
     cases = {"cpus": (["--cpus-per-trial", "2"], "2 CPUs"), "gpus": (["--gpus-per-trial", "1"], "1 GPU"),
              "many": (["--concurrency", "3"], "--concurrency 3")}
-    for name, (flags, named) in cases.items():
-        driver = Driver([*base, "--study", name, *flags], tmp_path / name, driver_env(cluster), name=name)
-        assert driver.run(120) == 2, driver.output()[-2000:]
-        lines = [ln for ln in driver.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
-        assert len(lines) == 1 and named in lines[0], driver.stderr
+    calls = [[str(tmp_path / name), [*base, "--study", name, *flags]] for name, (flags, _) in cases.items()]
+    done = subprocess.run([sys.executable, "-c", _REFUSALS, json.dumps(calls)], env=driver_env(cluster),
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for (code, stderr), (_, named) in zip(results, cases.values(), strict=True):
+        assert code == 2, stderr[-2000:]
+        lines = [ln for ln in stderr.splitlines() if ln.strip() and "WARNING" not in ln]
+        assert len(lines) == 1 and named in lines[0], stderr
         assert "largest node has 1 CPU and 0 GPUs" in lines[0] or "has 2 in all" in lines[0], lines[0]
     # Refused before anything was created: no study, no MLflow run.
     assert pg_execute("select count(*) from pg_tables where tablename = 'studies'", optuna_db) == [(0,)]
@@ -269,7 +297,7 @@ def test_a_driver_starved_of_workers_ends_at_its_timeout_and_says_why(cluster: R
     try:
         wait_for(lambda: len(held_pids(data)) == 2, 300, "the first driver's two workers to be busy")
         starved = Driver(["--task", "digits", "--trials", "4", "--epochs", "1", "--no-confirm", "--study", "starved",
-                          "--timeout", "20", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
+                          "--timeout", "10", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
                          tmp_path / "starved", driver_env(cluster, AUTOOPT_STARVED_S="3"), name="starved")
         starved.run(150)
         assert "no worker placed for" in starved.stderr and "0 of 2 CPUs" in starved.stderr, starved.output()[-2000:]

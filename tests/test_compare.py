@@ -12,8 +12,8 @@ import torch
 from conftest import refused, run_main
 from PIL import Image
 
-from autoopt import report
-from autoopt.compare import compare_configs, default_params, mean_curve, parse_lrs, plan_compare
+from autoopt.commands import report
+from autoopt.commands.compare import compare_configs, default_params, mean_curve, parse_lrs, plan_compare
 from autoopt.errors import UsageError
 from autoopt.space import FAMILIES, build_optimizer
 from autoopt.spec import Placement

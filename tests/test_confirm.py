@@ -11,7 +11,7 @@ import pytest
 from conftest import refused, run_main, shared_ray
 
 from autoopt import Recommendation, recommend
-from autoopt.confirm import (
+from autoopt.decide.confirm import (
     BASELINES,
     MODERN,
     Pick,
@@ -20,8 +20,8 @@ from autoopt.confirm import (
     confirmation_seeds,
     improvement,
 )
+from autoopt.decide.evidence import Entry, Stats
 from autoopt.errors import UsageError
-from autoopt.evidence import Entry, Stats
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params
 
 # --- the rules, on hand-made tables ---------------------------------------------------------------
@@ -246,7 +246,7 @@ def test_report_of_the_confirmed_study(poor: Path, capsys: pytest.CaptureFixture
     the confirmation with the baseline marked as chosen, a summary that says tuning lost."""
     import optuna
 
-    from autoopt import report
+    from autoopt.commands import report
 
     monkeypatch.chdir(poor)
     monkeypatch.delenv("AUTOOPT_STORAGE", raising=False)

@@ -12,13 +12,13 @@ import torchvision.transforms.functional as TF
 from conftest import refused
 
 from autoopt import data
-from autoopt.bench import CIFAR_MEAN, CIFAR_STD, cifar_like
 from autoopt.cli import main
+from autoopt.commands.bench import CIFAR_MEAN, CIFAR_STD, cifar_like
 from autoopt.data import Preprocess, Split, augment
 from autoopt.space import TrialConfig
 from autoopt.tasks.base import Task
 from autoopt.tasks.models import SimpleCNN
-from autoopt.train import train
+from autoopt.training.train import train
 
 CIFAR = Preprocess(255.0, CIFAR_MEAN, CIFAR_STD, crop_pad=4, flip=True)
 

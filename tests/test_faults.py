@@ -130,7 +130,7 @@ def test_storage_outage_is_retried_and_a_lasting_one_exits_1(cluster: RayCluster
         via_proxy = pg_url(optuna_db, port=proxy.port)
         driver = Driver(tune_args("services:slow_digits", study, 6, via_proxy, cluster, mlflow_server, data,
                                   "--concurrency", "1"), tmp_path / "work",
-                        driver_env(cluster, AUTOOPT_STORAGE_RETRY_S="15")).start()
+                        driver_env(cluster, AUTOOPT_STORAGE_RETRY_S="8")).start()
         wait_for(lambda: held_pids(data), 240, "a trial to reach its worker")
 
         # A short outage, until the driver has met it (a heartbeat, a trial's config, ...; well
@@ -154,9 +154,9 @@ def test_storage_outage_is_retried_and_a_lasting_one_exits_1(cluster: RayCluster
         proxy.stop()
     last = driver.stderr.strip().splitlines()[-1]
     assert last.startswith("error: storage unreachable for") and "finished trials are kept" in last, last
-    # It gave up after the budget, not before: the wait it reports is the whole 15 s or more.
+    # It gave up after the budget, not before: the wait it reports is the whole 8 s or more.
     waited = re.match(r"error: storage unreachable for (\d+)s", last)
-    assert waited is not None and int(waited[1]) >= 15, last
+    assert waited is not None and int(waited[1]) >= 8, last
     assert "Traceback" not in driver.stderr
     after = states(load_trials(direct, study))
     assert "COMPLETE" in after, f"the trials finished before the outage are gone: {after}"

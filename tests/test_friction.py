@@ -27,9 +27,10 @@ import pytest
 from conftest import as_nobody, shared_folder
 from rich.console import Console
 
-from autoopt import dispatch, tracking, tuning
+from autoopt import dispatch, tracking
+from autoopt.commands import tuning
+from autoopt.commands.progress import TuneDisplay
 from autoopt.errors import UsageError
-from autoopt.progress import TuneDisplay
 from autoopt.recommendation import Recommendation
 from autoopt.spec import load_spec
 
@@ -358,7 +359,7 @@ def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir:
     tuning.save(spec, study, rec, parent)
     run = mlflow.MlflowClient(tracking_uri=parent.uri).get_run(parent.run_id)
     assert run.data.metrics["best_value"] == pytest.approx(0.93)
-    assert run.data.tags["autoopt.verdict"] == "better"
+    assert run.data.tags["autoopt.decide.verdict"] == "better"
     assert run.data.tags["autoopt.recommended"] == "sgd + cosine"
     # The Python door logs the optimization history too (figures left to the default).
     listed = [a.path for a in mlflow.MlflowClient(tracking_uri=parent.uri).list_artifacts(parent.run_id, "plots")]

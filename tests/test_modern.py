@@ -18,7 +18,7 @@ from autoopt import space
 from autoopt.errors import UsageError
 from autoopt.recommendation import Recommendation
 from autoopt.tasks import Task, load_task
-from autoopt.train import evaluate, train
+from autoopt.training.train import evaluate, train
 
 MODERN = ("lion", "adopt", "sfadamw", "prodigy", "muon", "soap")
 
@@ -318,13 +318,14 @@ def test_cli_unknown_optimizer_is_one_line_exit_2(workdir: Path, local_ray: None
 # The CLI's entry point, called once per argv (a JSON list of argv lists) in one fresh process,
 # on one Ray: prints each call's exit code, stdout and stderr as a JSON list.
 _CALLS = """
-import contextlib, io, json, sys
+import contextlib, io, json, logging, sys
 from autoopt.cli import main
 from autoopt.dispatch.session import start_ray
 start_ray(None)
 results = []
 for argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
+    logging.root.handlers.clear()  # the command's own logging set-up writes to this call's stderr
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main(argv)

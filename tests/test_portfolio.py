@@ -12,7 +12,7 @@ import optuna
 import pytest
 import torch
 
-from autoopt.portfolio import ENQUEUED, PortfolioFirst, portfolio_params, screening_order
+from autoopt.screen.portfolio import ENQUEUED, PortfolioFirst, portfolio_params, screening_order
 from autoopt.space import (
     PORTFOLIO_PRIOR,
     SearchSpace,
@@ -114,8 +114,8 @@ def test_a_short_budget_screens_the_likely_winners_first_and_says_so(tmp_path: P
 def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path, local_ray: None) -> None:
     import mlflow
 
+    from autoopt.commands.tuning import run
     from autoopt.spec import load_spec
-    from autoopt.tuning import run
 
     spec = load_spec("digits", trials=5, epochs=2, concurrency=2, confirm=False, optimizers="sgd,adamw,nadam",
                      storage=f"sqlite:///{workdir / 'autoopt.db'}", mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
@@ -143,7 +143,7 @@ def test_a_family_the_screen_left_on_cost_alone_is_named_with_what_would_train_i
     from optuna.storages import InMemoryStorage
     from optuna.trial import TrialState, create_trial
 
-    from autoopt.portfolio import left_on_cost
+    from autoopt.screen.portfolio import left_on_cost
 
     study = optuna.create_study(storage=InMemoryStorage(), direction="maximize")
     dist = {"optimizer": CategoricalDistribution(["a", "b", "c", "d", "e", "f", "soap", "sgd", "adam"])}
@@ -167,9 +167,9 @@ def test_a_family_the_screen_left_on_cost_alone_is_named_with_what_would_train_i
 def test_without_trials_the_search_gets_its_own_and_the_screen_comes_on_top(tmp_path: Path) -> None:
     """At the defaults the screen does not eat the search: the study file's 20 trials are the
     search's, the 14 families' published defaults on top. An explicit --trials is the total."""
+    from autoopt.commands.tuning import _opened
     from autoopt.spec import load_spec
     from autoopt.tasks import load_task
-    from autoopt.tuning import _opened
 
     storage = f"sqlite:///{tmp_path / 'a.db'}"
     task = load_task("digits")

@@ -15,11 +15,11 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoopt import prior as prior_mod
 from autoopt.errors import UsageError
-from autoopt.portfolio import ENQUEUED, PortfolioFirst, config_params, portfolio_params, screening_order
-from autoopt.prior import PRIOR_ATTR, WARMSTART, Prior, TaskInfo, build, check_sources, for_study
 from autoopt.recommendation import recommend
+from autoopt.screen import prior as prior_mod
+from autoopt.screen.portfolio import ENQUEUED, PortfolioFirst, config_params, portfolio_params, screening_order
+from autoopt.screen.prior import PRIOR_ATTR, WARMSTART, Prior, TaskInfo, build, check_sources, for_study
 from autoopt.space import SearchSpace, default_params, resolve_optimizers
 from autoopt.spec import load_spec
 from autoopt.study import open_storage, open_study
@@ -228,14 +228,14 @@ def test_prior_none_and_an_empty_storage(url: str, caplog: pytest.LogCaptureFixt
     empty = f"{url[:-3]}-empty.db"
     storage2 = open_storage(empty, heartbeat=False)
     study2 = open_study(storage2, "new", direction="maximize")
-    with caplog.at_level(logging.INFO, logger="autoopt.prior"):
+    with caplog.at_level(logging.INFO, logger="autoopt.screen.prior"):
         assert for_study(study2, storage2, load_spec("digits", prior="auto"), TaskInfo("digits", **ACC)) is None
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", "screening in the built-in order: the storage holds no finished earlier study to learn from")]
     # auto with an earlier study: its record, and one line naming the study.
     caplog.clear()
     study3 = open_study(storage, "newer", direction="maximize")
-    with caplog.at_level(logging.WARNING, logger="autoopt.prior"):
+    with caplog.at_level(logging.WARNING, logger="autoopt.screen.prior"):
         record = for_study(study3, storage, load_spec("digits", optimizers="adamw,sgd"), TaskInfo("digits", **ACC))
     assert record["order"] == ["sgd", "adamw"] and "new" not in record["studies"] and "old" in record["studies"]
     assert len(caplog.records) == 1 and "old" in caplog.records[0].getMessage()

@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from autoopt.priorbench import _row, markdown, time_to_target
+from autoopt.commands.priorbench import _row, markdown, time_to_target
 
 START = datetime(2026, 1, 1, 12, 0, 0)
 

@@ -12,10 +12,10 @@ from late_bloomer import CONFIGS, EPOCHS, task
 from optuna.pruners import MedianPruner, NopPruner
 from optuna.trial import TrialState, create_trial
 
-from autoopt.pruning import GuardedPruner, ReferenceTrials, TrialReporter, build_pruner, may_prune
 from autoopt.space import TrialConfig
 from autoopt.study import open_storage, open_study, trial_id_of
-from autoopt.train import train
+from autoopt.training.pruning import GuardedPruner, ReferenceTrials, TrialReporter, build_pruner, may_prune
+from autoopt.training.train import train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -9,10 +9,10 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState, create_trial
 
 from autoopt.budget import Budget
+from autoopt.decide.race import RUN_OVERHEAD_S, Contender, Race
 from autoopt.dispatch import JobResult, JobState
-from autoopt.pruning import GuardedPruner, ScreenPruner, build_pruner, screen_rungs
-from autoopt.race import RUN_OVERHEAD_S, Contender, Race
 from autoopt.space import TrialConfig
+from autoopt.training.pruning import GuardedPruner, ScreenPruner, build_pruner, screen_rungs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 N_VAL = 1000

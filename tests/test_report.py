@@ -17,8 +17,9 @@ from conftest import refused, run_main
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
-from autoopt import report, tracking
-from autoopt.evidence import Stats
+from autoopt import tracking
+from autoopt.commands import report
+from autoopt.decide.evidence import Stats
 from autoopt.recommendation import Recommendation
 from autoopt.space import TrialConfig
 

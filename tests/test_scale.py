@@ -116,7 +116,7 @@ def test_child_runs_reads_every_page(tmp_path, monkeypatch) -> None:  # type: ig
 
 
 def test_a_large_study_ranks_importance_by_ped_anova_and_counts_retries_and_waiting_apart() -> None:
-    from autoopt import report
+    from autoopt.commands import report
 
     assert report.importance_methods(report.FANOVA_MAX_TRIALS) == ("Fanova", "PedAnova")
     assert report.importance_methods(report.FANOVA_MAX_TRIALS + 1) == ("PedAnova",)
@@ -152,7 +152,7 @@ def test_the_schema_the_aggregate_reads_assume_is_the_installed_optunas(tmp_path
 def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from autoopt import prior
+    from autoopt.screen import prior
     from autoopt.study import PORTFOLIO, load_study, open_storage
 
     url = f"sqlite:///{tmp_path / 'prior.db'}"

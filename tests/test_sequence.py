@@ -14,7 +14,7 @@ from autoopt.space import TrialConfig
 from autoopt.spec import load_spec
 from autoopt.tasks import load_task, task_sources
 from autoopt.tasks.sequence import RowLSTM
-from autoopt.train import train
+from autoopt.training.train import train
 
 
 def test_digits_lstm_is_the_digits_data_with_an_lstm() -> None:

@@ -10,7 +10,7 @@ import torch
 from autoopt.data import Split
 from autoopt.space import TrialConfig
 from autoopt.tasks import Task, load_task
-from autoopt.train import train
+from autoopt.training.train import train
 
 
 @pytest.fixture(scope="module")

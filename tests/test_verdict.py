@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from autoopt.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, noise_of, time_to
+from autoopt.decide.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, noise_of, time_to
+from autoopt.decide.evidence import Entry, Stats
+from autoopt.decide.verdict import Noise, interval, paired, t975
 from autoopt.dispatch import JobResult, JobState
-from autoopt.evidence import Entry, Stats
-from autoopt.verdict import Noise, interval, paired, t975
 
 N_VAL = 2400
 

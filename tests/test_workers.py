@@ -14,12 +14,12 @@ import ray
 import torch
 from conftest import own_ray, run_cli
 
+from autoopt.commands.tuning import run
 from autoopt.dispatch import Job, JobResult, JobState, WorkerPool, default_concurrency, run_jobs
 from autoopt.space import TrialConfig, suggest_config
 from autoopt.spec import load_spec
 from autoopt.study import GroupTPESampler, open_storage, open_study, trials_snapshot
 from autoopt.tracking import StudyRun, TrialRecorder
-from autoopt.tuning import run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -8,7 +8,7 @@ nothing in flight, waits (``_idle``): for other drivers' trials, or for Ray to p
 The deadline is checked before every wait. A trial's states and their moves belong to
 ``TrialBook`` (``autoopt.dispatch.trials``); what a trial costs, to ``SearchCosts``.
 
-A ``SearchPolicy`` (the portfolio, ``autoopt.portfolio``) may seed the study with trials
+A ``SearchPolicy`` (the portfolio, ``autoopt.screen.portfolio``) may seed the study with trials
 before the sampler proposes anything.
 
 Flat at scale: the loop reads the study through a ``StudyView`` (one incremental read, counts
@@ -401,12 +401,12 @@ class SearchLoop:
     def _job(self, trial: optuna.trial.Trial, config: TrialConfig) -> Job:
         spec, number = self.spec, trial.number
         kind = ("portfolio" if trial.user_attrs.get("portfolio") else
-                "warmstart" if trial.user_attrs.get("warmstart") else "search")  # warmstart: autoopt.prior
+                "warmstart" if trial.user_attrs.get("warmstart") else "search")  # warmstart: autoopt.screen.prior
         tags = {"autoopt.study": self.study.study_name, "autoopt.trial_number": number,
                 "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
                    spec.placement.compile,
-                   # The portfolio is screened by successive halving (autoopt.pruning): cost-aware
+                   # The portfolio is screened by successive halving (autoopt.training.pruning): cost-aware
                    # without a budget; under one, by rank alone, the deadline stopping what the
                    # budget cannot afford.
                    trial=self._ref(trial_id_of(self.study, number), number,

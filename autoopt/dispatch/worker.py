@@ -24,12 +24,12 @@ import optuna
 import ray
 
 from autoopt.dispatch.results import JobResult, JobState
-from autoopt.pruning import ReferenceTrials, TrialReporter, build_pruner
 from autoopt.space import Family, TrialConfig, family
 from autoopt.study import load_study, open_storage, redact_logs, with_retry
 from autoopt.tasks import Task, load_task
 from autoopt.tracking import RunRef, TrialRecorder
-from autoopt.train import TrialResult, train, warm_up
+from autoopt.training.pruning import ReferenceTrials, TrialReporter, build_pruner
+from autoopt.training.train import TrialResult, train, warm_up
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Aggregate reads of Optuna's tables: the one door through which autoopt queries them.
 
-The prior (``autoopt.prior``) and ``recommend`` read hundreds of studies at once; Optuna's API
+The prior (``autoopt.screen.prior``) and ``recommend`` read hundreds of studies at once; Optuna's API
 would load every trial of each. These queries read what they need in bounded rows instead: per
 study one row of each attribute asked for, per study and family one aggregate row, a few
 trials per study. They name Optuna's tables and columns (``studies``, ``study_directions``,

@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoopt import dispatch, tracking
-from autoopt import prior as prior_mod
 from autoopt import recommendation as recommend_mod
 from autoopt.budget import Budget
-from autoopt.confirm import confirm
+from autoopt.decide.confirm import confirm
+from autoopt.decide.evidence import BudgetUse
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
-from autoopt.evidence import BudgetUse
 from autoopt.plots import optimization_history
-from autoopt.portfolio import PortfolioFirst, left_on_cost
 from autoopt.recommendation import Recommendation, family_origin
 from autoopt.redact import mask_url, redact, redact_logs
+from autoopt.screen import prior as prior_mod
+from autoopt.screen.portfolio import PortfolioFirst, left_on_cost
 from autoopt.spec import StudySpec, load_spec
 from autoopt.study import (
     StorageDown,
@@ -229,7 +229,7 @@ def prepare(spec: StudySpec, checked: Task | None = None) -> Prepared:
 
 def _opened(spec: StudySpec, task: Task, storage_url: str) -> tuple[optuna.Study, StudySpec, PortfolioFirst]:
     """The study, opened (or resumed) with what it records of the task and of the earlier studies'
-    prior (``autoopt.prior``: a new study screens by it and records it); the spec (``--quick``: as
+    prior (``autoopt.screen.prior``: a new study screens by it and records it); the spec (``--quick``: as
     many trials as the screen and the warm starts; without ``--trials``: the screen on top of the
     search's trials); the portfolio policy."""
     storage = open_storage(storage_url)

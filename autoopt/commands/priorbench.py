@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoopt.decide.verdict import paired
 from autoopt.direction import better, sign
-from autoopt.verdict import paired
 
 if TYPE_CHECKING:
     from autoopt.recommendation import Recommendation
@@ -43,8 +43,8 @@ def _study_name(task: str) -> str:
 def _tune(task: str, *, folder: Path, storage: Path, study: str, budget_s: float, seed: int,
           prior: str) -> tuple[float, Recommendation]:
     """One ``autoopt tune`` run in-process; (its start, wall clock; its recommendation)."""
+    from autoopt.commands.tuning import run
     from autoopt.spec import load_spec
-    from autoopt.tuning import run
 
     spec = load_spec(task, None, storage=f"sqlite:///{storage}", mlflow_uri=f"sqlite:///{folder / 'mlflow.db'}",
                      out=str(folder / "recommendations"), study_name=study, time_budget=budget_s, seed=seed,

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoopt.errors import UsageError
-from autoopt.portfolio import (
+from autoopt.screen.portfolio import (
     ENQUEUED,
     PRIOR_ATTR,
     WARM_ENQUEUED,

@@ -41,7 +41,7 @@ from autoopt.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
-TASK = "autoopt.scalebench:trivial"
+TASK = "autoopt.commands.scalebench:trivial"
 
 
 def trivial(data_dir: Any = None) -> Task:
@@ -111,9 +111,9 @@ def probe(opts: ScaleOptions, n: int, tmp: Path) -> dict[str, Any]:
     trial, its report's time and the memory of the driver and the workers."""
     import optuna
 
-    from autoopt.report import write_report
+    from autoopt.commands.report import write_report
+    from autoopt.commands.tuning import run
     from autoopt.study import open_storage
-    from autoopt.tuning import run
 
     name = f"scale-{n}"
     fill(opts, name, n - opts.probe)
@@ -139,9 +139,9 @@ def earlier(opts: ScaleOptions, m: int, tmp: Path) -> dict[str, Any]:
     trial, and the zero-shot answer."""
     import optuna
 
-    from autoopt.prior import zero_shot
+    from autoopt.commands.tuning import run
+    from autoopt.screen.prior import zero_shot
     from autoopt.study import open_storage
-    from autoopt.tuning import run
 
     storage = open_storage(opts.storage, heartbeat=False)
     for summary in optuna.get_all_study_summaries(storage):

@@ -8,7 +8,7 @@ of seeds at a time, so every comparison stays paired. After each round from the 
   completed every seed) leaves the race: after 2 seeds only when it was worse on every seed by
   more than twice the equivalence margin; from 3 seeds on, also when its paired 95% interval
   against the leader lies below 0 (an interval never narrower than the seed-to-seed noise of the
-  race's other pairs, ``autoopt.verdict``: never of zero width). The best tuned config and the best
+  race's other pairs, ``autoopt.decide.verdict``: never of zero width). The best tuned config and the best
   baseline are never dropped: the verdict is decided between them;
 * **decided**: once every contender has ``min_seeds`` seeds, the race stops when the verdict
   of the best tuned config against the best baseline is ``better`` or ``worse``;
@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autoopt.budget import Budget
+from autoopt.decide.verdict import Noise, paired
 from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
 from autoopt.space import TrialConfig, family
 from autoopt.tracking import RunRef
-from autoopt.verdict import Noise, paired
 
 if TYPE_CHECKING:
     import optuna

@@ -8,7 +8,7 @@ recorded in the study attribute ``portfolio_enqueued``: two drivers starting tog
 resumed study, enqueue nothing twice. A ``--trials`` smaller than the portfolio screens the
 families most likely to win first (``PORTFOLIO_PRIOR``), and says so.
 
-With a prior learned from the storage's earlier studies (``autoopt.prior``), a new study screens
+With a prior learned from the storage's earlier studies (``autoopt.screen.prior``), a new study screens
 in the prior's order, records it (study attr ``prior``), and enqueues the prior's warm starts
 (trial attr ``warmstart``) once the whole portfolio is enqueued, within ``--trials``; a resumed
 study keeps the order it began with.
@@ -53,7 +53,7 @@ from autoopt.study import PORTFOLIO, WARMSTART, ask_lock, budget_used
 from autoopt.study.record import record
 
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
-PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (autoopt.prior): {studies, order, warmstart}
+PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (autoopt.screen.prior): {studies, order, warmstart}
 WARM_ENQUEUED = "warmstart_enqueued"  # study user attr: how many of the prior's warm starts were enqueued
 
 
@@ -165,7 +165,7 @@ class PortfolioFirst:
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, prior: dict[str, Any] | None = None,
                  quick: int | None = None) -> None:
-        """``prior``: the record of ``autoopt.prior`` (``{studies, order, warmstart}``) a new study
+        """``prior``: the record of ``autoopt.screen.prior`` (``{studies, order, warmstart}``) a new study
         screens by and keeps as its user attr ``prior`` (a study that has one keeps its own);
         ``quick``: screen only that many families, the first of the order (``tune --quick``)."""
         self.space, self.seed = space, seed
@@ -227,7 +227,7 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
     its rank at the rung it reached, its seconds per epoch (and over the pick's), and the time
     budget that would have trained it and raced it on ``seeds`` seeds (``spent_s`` plus its cost,
     whole minutes)."""
-    from autoopt.pruning import SCREEN_ETA
+    from autoopt.training.pruning import SCREEN_ETA
 
     trials = study.get_trials(deepcopy=False)
     screen = [t for t in trials if t.user_attrs.get(PORTFOLIO)]

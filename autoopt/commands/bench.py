@@ -9,9 +9,9 @@ Four measures, each against what a PyTorch user would otherwise run:
   ``Preprocess``) against the tutorial's ``DataLoader`` of PIL images with ``RandomCrop``,
   ``RandomHorizontalFlip``, ``ToTensor`` and ``Normalize``, on the same device, same batch size.
 * **train**: one training epoch of the tutorial's SimpleCNN (forward, backward, SGD step, and
-  the same small validation pass), ``autoopt.train.train`` against the tutorial's loop over
+  the same small validation pass), ``autoopt.training.train.train`` against the tutorial's loop over
   that DataLoader.
-* **overhead**: a real study through ``autoopt.tuning.run`` (SQLite storage, MLflow on SQLite,
+* **overhead**: a real study through ``autoopt.commands.tuning.run`` (SQLite storage, MLflow on SQLite,
   a local Ray, in a temporary folder) of many short ``digits`` trials.
   ``overhead_s_per_trial = (study_s × concurrency − Σ train_s) / trials``: the slot-seconds a
   trial costs beyond its training (dispatch, storage, pruning round trips, tracking). The
@@ -59,11 +59,11 @@ from autoopt.spec import load_spec
 from autoopt.tasks.base import Task
 from autoopt.tasks.models import SimpleCNN
 from autoopt.tracking import child_runs, latest_study_run
-from autoopt.train import train
+from autoopt.training.train import train
 
 if TYPE_CHECKING:
     import torch
-from autoopt.tuning import run
+from autoopt.commands.tuning import run
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def _loader_workers(opts: BenchOptions, device: torch.device) -> int:
 
 
 def bench_train(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
-    """Seconds per SimpleCNN training epoch, ``autoopt.train.train`` against the tutorial's loop."""
+    """Seconds per SimpleCNN training epoch, ``autoopt.training.train.train`` against the tutorial's loop."""
     import torch
 
 
@@ -310,7 +310,7 @@ def _in_folder(path: Path) -> Iterator[None]:
 
 def study_timing(task: str, *, concurrency: int, trials: int | None = None, epochs: int | None = None,
                  gpus_per_trial: float = 0.0, ray_address: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run a study through ``autoopt.tuning.run`` in a temporary folder (SQLite storage, MLflow
+    """Run a study through ``autoopt.commands.tuning.run`` in a temporary folder (SQLite storage, MLflow
     on SQLite, Ray local unless ``ray_address``) with ``concurrency`` trials at once, and time it.
 
     ``study_s`` spans the first trial's start on a worker (its MLflow run opened) to the last

@@ -56,7 +56,7 @@ class Stats(Record):
 
 
 class Paired(Record):
-    """The paired comparison of A against B (``autoopt.verdict.paired``): per-seed signed
+    """The paired comparison of A against B (``autoopt.decide.verdict.paired``): per-seed signed
     differences, their mean, its 95% t-interval and the verdict."""
 
     deltas: tuple[float, ...] = ()

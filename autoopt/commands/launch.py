@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autoopt.tuning import Prepared
+    from autoopt.commands.tuning import Prepared
 
 # CLI parameter -> spec key, where they differ.
 RENAMED = {"timeout": "timeout_s", "study": "study_name", "out_dir": "out", "compile_model": "compile"}
@@ -78,8 +78,8 @@ def checked_spec(options: dict[str, Any], ray_up: threading.Event, address: str 
     """The spec from the command's options, checked (``preflight``: the task, GPUs, storage and
     MLflow; then, once Ray is up, that the cluster can hold its trials), before anything is
     created; then its study opened and MLflow's parent run begun (``prepare``)."""
+    from autoopt.commands.tuning import check_placement, preflight, prepare
     from autoopt.spec import load_spec
-    from autoopt.tuning import check_placement, preflight, prepare
 
     options = dict(options)
     task, study_file = options.pop("task"), options.pop("study_file")

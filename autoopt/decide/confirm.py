@@ -2,13 +2,13 @@
 
 The best trial of a search won once, on one seed. Here the top-k distinct configs and the
 baselines are retrained at the full epoch budget on the same seeds, as a race
-(``autoopt.race``: clearly beaten configs leave early, seeds go to close ones while the verdict
+(``autoopt.decide.race``: clearly beaten configs leave early, seeds go to close ones while the verdict
 is undecided), scored on validation and test. The baselines are the tutorial's three defaults (SGD, Adam, RMSprop)
 plus the published defaults that screened best in the study's portfolio trials, at least
 two of them modern families.
 
 The best tuned config is compared with the best baseline seed by seed on validation (see
-``autoopt.verdict``): only a ``better`` verdict makes it the recommendation; on a ``tie`` or
+``autoopt.decide.verdict``): only a ``better`` verdict makes it the recommendation; on a ``tie`` or
 ``worse`` the baseline is. Validation picks, test reports: the test split never takes part in
 a choice, so the reported test numbers stay an honest estimate.
 
@@ -36,9 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autoopt.budget import MIN_SEEDS, Budget
-from autoopt.direction import ordered
-from autoopt.dispatch import JobResult, JobState, SearchProgress, WorkerPool
-from autoopt.evidence import (
+from autoopt.decide.evidence import (
     Alternative,
     Baseline,
     Cost,
@@ -50,13 +48,15 @@ from autoopt.evidence import (
     Stats,
     VersusPick,
 )
-from autoopt.race import SLOW, Contender, Race, margin_for, race_jobs
+from autoopt.decide.race import SLOW, Contender, Race, margin_for, race_jobs
+from autoopt.decide.verdict import Noise, paired
+from autoopt.direction import ordered
+from autoopt.dispatch import JobResult, JobState, SearchProgress, WorkerPool
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
 from autoopt.study.record import record
 from autoopt.tracking import RunRef
-from autoopt.verdict import Noise, paired
 
 if TYPE_CHECKING:
     import optuna
@@ -406,13 +406,13 @@ def family_speeds(study: optuna.Study) -> dict[str, float]:
 def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, run: RunRef, rec: Recommendation,
             *, on_progress: Callable[[SearchProgress], None] | None = None, budget: Budget | None = None,
             search_s: float | None = None) -> Recommendation:
-    """Race the top configs and the baselines over seeds (``autoopt.race``); return the
+    """Race the top configs and the baselines over seeds (``autoopt.decide.race``); return the
     recommendation with ``confirmation``, ``baselines``, ``improvement``, ``cost`` and
     ``cheapest_equivalent`` filled in. Without a ``budget`` the race may spend about what the
     screen and the search took (``search_s``, at least ``ALLOWANCE_FLOOR_S``)."""
     entrants = contenders(spec, study, task)
     min_seeds = MIN_SEEDS if budget is not None else spec.confirm_seeds
-    # One seed decides nothing (autoopt.verdict) and asks for no more: --confirm-seeds 1 is a look.
+    # One seed decides nothing (autoopt.decide.verdict) and asks for no more: --confirm-seeds 1 is a look.
     max_seeds = min_seeds + EXTRA_SEEDS if min_seeds > 1 else min_seeds
     seeds = confirmation_seeds(spec.seed, max_seeds)
     n_val = _counts(task.val, task)
