@@ -16,7 +16,7 @@ from typing import Any
 
 from autoopt.errors import UsageError
 
-# The default Optuna storage (``--storage``, ``AUTOOPT_STORAGE``); ``autoopt.spec`` has the same.
+# The default Optuna storage (``--storage``, ``AUTOOPT_STORAGE``).
 DEFAULT_STORAGE = "sqlite:///autoopt.db"
 
 BUILTIN: dict[str, str] = {

@@ -28,7 +28,7 @@ from rich.table import Table
 from autoopt.catalog import SOURCES, check_task_name
 from autoopt.errors import StorageDown, UsageError
 from autoopt.redact import mask_url, redact
-from autoopt.space import SAMPLERS
+from autoopt.space import PRUNERS, SAMPLERS
 
 if TYPE_CHECKING:
     from autoopt.commands.compare import Comparison
@@ -45,10 +45,7 @@ err = Console(stderr=True)
 Sampler = StrEnum("Sampler", [(name, name) for name in SAMPLERS])  # type: ignore[misc]
 
 
-class Pruner(StrEnum):
-    none = "none"
-    median = "median"
-    hyperband = "hyperband"
+Pruner = StrEnum("Pruner", [(name, name) for name in PRUNERS])  # type: ignore[misc]
 
 
 class Format(StrEnum):

@@ -15,10 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from autoopt.budget import check_budget, parse_duration
+from autoopt.catalog import DEFAULT_STORAGE
 from autoopt.errors import UsageError
 from autoopt.space import (
+    PRUNERS,
     REGISTRY,
     SAMPLERS,
+    SCHEDULES,
     Dimension,
     Family,
     SearchSpace,
@@ -30,7 +33,6 @@ from autoopt.space import (
 from autoopt.tasks import check_task_name
 
 STUDIES_DIR = Path(__file__).parent / "studies"
-DEFAULT_STORAGE = "sqlite:///autoopt.db"
 DEFAULT_TRACKING = "sqlite:///mlflow.db"
 
 
@@ -84,13 +86,13 @@ class StudySpec(BaseModel):
     timeout_s: float | None = Field(None, gt=0)
     time_budget: float | None = None  # seconds, launch to exit (``90s``, ``20m``, ``2h`` in a file or flag)
     optimizers: list[str] = ["all"]
-    schedulers: list[str] = ["none", "step", "cosine", "onecycle", "plateau", "exponential"]
+    schedulers: list[str] = Field(default_factory=lambda: list(SCHEDULES))  # every one the space knows
     grad_clip: bool = True
     space: dict[str, dict[str, Any]] = {}
     custom_optimizers: dict[str, CustomOptimizer] = {}
     batch_size: int | None = Field(None, gt=0)
     sampler: Literal[SAMPLERS] = SAMPLERS[0]  # type: ignore[valid-type]
-    pruner: Literal["none", "median", "hyperband"] = "median"
+    pruner: Literal[PRUNERS] = PRUNERS[0]  # type: ignore[valid-type]
     pruner_warmup: float = Field(0.3, ge=0.0, le=1.0)
     seed: int = 0
     study_name: str | None = None

@@ -359,7 +359,7 @@ def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir:
     tuning.save(spec, study, rec, parent)
     run = mlflow.MlflowClient(tracking_uri=parent.uri).get_run(parent.run_id)
     assert run.data.metrics["best_value"] == pytest.approx(0.93)
-    assert run.data.tags["autoopt.decide.verdict"] == "better"
+    assert run.data.tags["autoopt.verdict"] == "better"
     assert run.data.tags["autoopt.recommended"] == "sgd + cosine"
     # The Python door logs the optimization history too (figures left to the default).
     listed = [a.path for a in mlflow.MlflowClient(tracking_uri=parent.uri).list_artifacts(parent.run_id, "plots")]

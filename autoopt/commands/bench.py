@@ -358,9 +358,11 @@ def default_concurrency(device: torch.device, gpus_per_trial: float) -> int:
     """What a study runs at once here: one trial per CPU, or 1/gpus_per_trial per GPU."""
     import torch
 
+    from autoopt.dispatch.pool import slots
+
     if gpus_per_trial > 0 and device.type == "cuda":
-        return max(1, int(torch.cuda.device_count() / gpus_per_trial))
-    return max(1, os.cpu_count() or 1)
+        return slots(torch.cuda.device_count(), gpus_per_trial)
+    return slots(os.cpu_count() or 1, 1.0)
 
 
 def bench_overhead(opts: BenchOptions, device: torch.device) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from autoopt.plots import comparison_curves, save_figure
 from autoopt.space import TrialConfig, default_params, resolve_optimizers
 from autoopt.spec import Placement, StudySpec, builtin_study_file, flag_of, read_study_file
 from autoopt.tasks import check_task_name, load_task
-from autoopt.tracking import RunRef, StudyRun
+from autoopt.tracking import CANDIDATE_TAG, FAMILY_TAG, KIND_TAG, LR_TAG, SEED_TAG, RunRef, StudyRun
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ def compare_jobs(plan: ComparePlan, run: RunRef) -> list[Job]:
     jobs = []
     for label, cfg in plan.configs:
         for s in plan.seeds:
-            tags = {"autoopt.kind": "compare", "autoopt.candidate": label, "autoopt.optimizer": cfg.optimizer,
-                    "autoopt.seed": s, "autoopt.lr": cfg.optimizer_params.get("lr")}
+            tags = {KIND_TAG: "compare", CANDIDATE_TAG: label, FAMILY_TAG: cfg.optimizer,
+                    SEED_TAG: s, LR_TAG: cfg.optimizer_params.get("lr")}
             jobs.append(Job(plan.task, plan.placement.data_dir, cfg, plan.epochs, s, plan.batch_size,
                             plan.placement.compile, evaluate_test=plan.test_metric is not None, tracking=run,
                             run_name=f"compare-{label.replace(' ', '-')}-s{s}", tags=tags))
@@ -243,7 +243,7 @@ def execute(plan: ComparePlan, jobs: list[Job], session: dispatch.RunSession,
     results: dict[tuple[str, int], JobResult] = {}
 
     def on_result(job: Job, result: JobResult) -> None:
-        results[(job.tags["autoopt.candidate"], job.seed)] = result
+        results[(job.tags[CANDIDATE_TAG], job.seed)] = result
         if on_progress is not None:
             on_progress(len(results), len(jobs), f"{job.tags['autoopt.candidate']} seed {job.seed}")
 

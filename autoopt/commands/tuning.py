@@ -287,7 +287,7 @@ def _searched(session: dispatch.RunSession, prepared: Prepared, *, budget: Budge
                                 tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))), task=task)
     tracker = session.tracker = start.opening.result()
     if auto_gpus is not None:
-        tracker.set_tags({"autoopt.gpus_per_trial": auto_gpus})
+        tracker.set_tags({tracking.GPUS_TAG: auto_gpus})
     loop = dispatch.SearchLoop(study, spec=spec, storage_url=storage_url, tracking=tracker.ref, pool=pool,
                                on_progress=on_progress, policy=policy, budget=budget,
                                begun=start.beginning.result())

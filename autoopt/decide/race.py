@@ -43,7 +43,15 @@ from autoopt.decide.verdict import Noise, paired
 from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
 from autoopt.space import TrialConfig, family
-from autoopt.tracking import RunRef
+from autoopt.tracking import (
+    CANDIDATE_TAG,
+    FAMILY_TAG,
+    KIND_TAG,
+    SEED_TAG,
+    SOURCE_TRIAL_TAG,
+    STUDY_TAG,
+    RunRef,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -288,10 +296,10 @@ def race_jobs(spec: StudySpec, study: optuna.Study, run: RunRef, pool: WorkerPoo
         for c, seed in batch:
             kind = "baseline" if c.baseline else "confirm"
             fam = space.families.get(c.cfg.optimizer) or family(c.cfg.optimizer)
-            tags = {"autoopt.study": study.study_name, "autoopt.kind": kind, "autoopt.candidate": c.name,
-                    "autoopt.optimizer": c.cfg.optimizer, "autoopt.seed": seed}
+            tags = {STUDY_TAG: study.study_name, KIND_TAG: kind, CANDIDATE_TAG: c.name,
+                    FAMILY_TAG: c.cfg.optimizer, SEED_TAG: seed}
             if c.number is not None:
-                tags["autoopt.source_trial"] = c.number
+                tags[SOURCE_TRIAL_TAG] = c.number
             job = Job(spec.task, spec.placement.data_dir, c.cfg, spec.epochs, seed, spec.batch_size,
                       spec.placement.compile, evaluate_test=True, tracking=run,
                       run_name=f"{kind}-{c.name}-s{seed}", tags=tags, family=fam)

@@ -39,7 +39,16 @@ def default_concurrency(cpus: float, gpus: float | None) -> int:
     kind, need = ("GPU", share) if share > 0 else ("CPU", cpus)
     total = ray.cluster_resources().get(kind, 0.0)
     free = min(ray.available_resources().get(kind, 0.0), total)
-    return max(1, int(free // need))
+    return slots(free, need)
+
+
+def slots(free: float, need: float) -> int:
+    """Trials that fit at once in ``free`` CPUs or GPUs at ``need`` each: at least one.
+
+    >>> slots(2, 1), slots(1, 0.25), slots(0, 1)
+    (2, 4, 1)
+    """
+    return max(1, int(free // need)) if need > 0 else max(1, int(free))
 
 
 def _count(n: float, what: str) -> str:

@@ -51,7 +51,7 @@ from autoopt.study.backends import env_seconds
 from autoopt.study.record import record
 from autoopt.study.samplers import TrialSeededSampler
 from autoopt.study.view import StudyView
-from autoopt.tracking import RunRef
+from autoopt.tracking import FAMILY_TAG, KIND_TAG, STATE_TAG, STUDY_TAG, TRIAL_TAG, RunRef
 
 if TYPE_CHECKING:
     from autoopt.spec import StudySpec
@@ -402,8 +402,8 @@ class SearchLoop:
         spec, number = self.spec, trial.number
         kind = ("portfolio" if trial.user_attrs.get("portfolio") else
                 "warmstart" if trial.user_attrs.get("warmstart") else "search")  # warmstart: autoopt.screen.prior
-        tags = {"autoopt.study": self.study.study_name, "autoopt.trial_number": number,
-                "autoopt.optimizer": config.optimizer, "autoopt.kind": kind, "autoopt.state": "RUNNING"}
+        tags = {STUDY_TAG: self.study.study_name, TRIAL_TAG: number, FAMILY_TAG: config.optimizer,
+                KIND_TAG: kind, STATE_TAG: "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
                    spec.placement.compile,
                    # The portfolio is screened by successive halving (autoopt.training.pruning): cost-aware

@@ -27,7 +27,7 @@ from autoopt.dispatch.results import JobResult, JobState
 from autoopt.space import Family, TrialConfig, family
 from autoopt.study import load_study, open_storage, redact_logs, with_retry
 from autoopt.tasks import Task, load_task
-from autoopt.tracking import RunRef, TrialRecorder
+from autoopt.tracking import REASON_TAG, TRACEBACK_TAG, RunRef, TrialRecorder
 from autoopt.training.pruning import ReferenceTrials, TrialReporter, build_pruner
 from autoopt.training.train import TrialResult, train, warm_up
 
@@ -181,9 +181,9 @@ class TrialWorker:
         except Exception as exc:  # a bug in a user's task, out of memory, ...
             result = JobResult.from_exception(exc, worker_s=time.perf_counter() - start, rss_mb=peak_rss_mb(), **where)
         if run is not None:
-            tags = {"autoopt.reason": result.reason} if result.reason else {}
+            tags = {REASON_TAG: result.reason} if result.reason else {}
             if result.traceback:
-                tags["autoopt.traceback"] = result.traceback[-3000:]  # the failure, readable in the UI
+                tags[TRACEBACK_TAG] = result.traceback[-3000:]  # the failure, readable in the UI
             self.recorder.finish(run, state=result.state.value, tags=tags, metrics=result.test)
         return result
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from autoopt.space.builders import build_optimizer, build_scheduler, optimizer_kwargs, param_groups
 from autoopt.space.builtin import PORTFOLIO_PRIOR, muon_hidden_params
-from autoopt.space.config import SAMPLERS, SearchSpace, TrialConfig, suggest_config
+from autoopt.space.config import PRUNERS, SAMPLERS, SearchSpace, TrialConfig, suggest_config
 from autoopt.space.dims import (
     Choice,
     Dimension,
@@ -56,7 +56,7 @@ from autoopt.space.registry import (
 from autoopt.space.schedules import GRAD_CLIP, SCHEDULES, WARMUP, Schedule, schedule
 
 __all__ = [
-    "FAMILIES", "GRAD_CLIP", "PORTFOLIO_PRIOR", "PRESETS", "REGISTRY", "SAMPLERS", "SCHEDULES", "WARMUP",
+    "FAMILIES", "GRAD_CLIP", "PORTFOLIO_PRIOR", "PRESETS", "PRUNERS", "REGISTRY", "SAMPLERS", "SCHEDULES", "WARMUP",
     "Choice", "Dimension", "Family", "Fixed", "IntRange", "LogUniform", "Registry", "Schedule", "SearchSpace",
     "TrialConfig", "Uniform", "build_optimizer", "build_scheduler", "check_dimension", "check_space", "default_of",
     "default_params", "family", "family_defaults", "make_family", "muon_hidden_params", "optimizer_kwargs",

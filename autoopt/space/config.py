@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 # The Optuna samplers a study may search its space with (``autoopt.study.build_sampler``), the
 # default first: the study file's ``sampler``, ``--sampler`` and the builder all read this.
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp")
+# The pruners a study may stop trials with (``autoopt.training.pruning.build_pruner``), the default
+# first: the study file's ``pruner``, ``--pruner`` and the builder all read this.
+PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 
 
 @dataclass

@@ -32,7 +32,8 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from autoopt.study import PORTFOLIO, storage_of, trials_snapshot
+from autoopt.study import storage_of, trials_snapshot
+from autoopt.study.record import S_PER_EPOCH, record
 
 REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
@@ -195,7 +196,7 @@ class TrialReporter:
         inner = pruner.inner if isinstance(pruner, GuardedPruner) else pruner
         halving = isinstance(inner, HyperbandPruner | SuccessiveHalvingPruner)
         attrs = self.storage.get_trial_system_attrs(self.trial_id) if halving else {}
-        user_attrs = {"s_per_epoch": statistics.fmean(self.epoch_s)} if self.epoch_s else {}
+        user_attrs = {S_PER_EPOCH: statistics.fmean(self.epoch_s)} if self.epoch_s else {}
         frozen = FrozenTrial(number=self.number, state=TrialState.RUNNING, value=None, datetime_start=None,
                              datetime_complete=None, params={}, distributions={}, user_attrs=user_attrs,
                              system_attrs=attrs, intermediate_values=dict(self.values),
@@ -247,10 +248,10 @@ class ScreenPruner(BasePruner):
         if value is None or not math.isfinite(value):
             return True
         peers = [t for t in study.get_trials(deepcopy=False)
-                 if t.user_attrs.get(PORTFOLIO) and t.number != trial.number
+                 if record(t).kind == "screen" and t.number != trial.number
                  and math.isfinite(t.intermediate_values.get(step, math.nan))]
-        mine = trial.user_attrs.get("s_per_epoch")
-        speeds = [float(t.user_attrs["s_per_epoch"]) for t in peers if t.user_attrs.get("s_per_epoch")]
+        mine = record(trial).s_per_epoch
+        speeds = [spe for t in peers if (spe := record(t).s_per_epoch)]
         slowdown = mine / statistics.median([*speeds, mine]) if mine and speeds and self.cost_aware else 1.0
         keep = max(1, math.floor((len(peers) + 1) / (self.eta * max(1.0, slowdown))))
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
