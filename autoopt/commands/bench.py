@@ -56,6 +56,7 @@ from autoopt.dispatch.gpus import GPU_PACK
 from autoopt.errors import UsageError
 from autoopt.space import TrialConfig
 from autoopt.spec import load_spec
+from autoopt.study.record import record
 from autoopt.tasks.base import Task
 from autoopt.tasks.models import SimpleCNN
 from autoopt.tracking import child_runs, latest_study_run
@@ -349,7 +350,7 @@ def study_timing(task: str, *, concurrency: int, trials: int | None = None, epoc
         return {"trials": len(done), "epochs": spec.epochs, "concurrency": max(1, min(concurrency, spec.trials)),
                 "epochs_trained": sum(len(t.intermediate_values) for t in done),
                 "study_s": last - first, "startup_s": first - t0, "finish_s": t_end - last,
-                "mlflow_lag_s": max(0.0, last - last_told), "train_s": sum(t.user_attrs.get("train_s", 0.0)
+                "mlflow_lag_s": max(0.0, last - last_told), "train_s": sum(record(t).train_s or 0.0
                                                                             for t in done),
                 "states": states, "pruner": spec.pruner}
 

@@ -181,12 +181,12 @@ def loss_curves(study: optuna.Study) -> Any:
     after tuning. The families left out (more than fit, or no stored history) are named on the plot."""
     fig, ax = _figure()
     ranked = sorted(best_per_family(study).items(), key=lambda kv: _value(kv[1]), reverse=_maximize(study))
-    with_history = [(f, t) for f, t in ranked if t.user_attrs.get("history")]
+    with_history = [(f, t) for f, t in ranked if record(t).history]
     best = dict(with_history[:LOSS_CURVE_FAMILIES])
     dropped = [f for f, _ in ranked if f not in best]
     colors = family_colors(best)
     for fam, t in best.items():
-        history = t.user_attrs["history"]
+        history = record(t).history
         epochs = list(range(1, len(history) + 1))
         ax.plot(epochs, [h.get("train_loss", math.nan) for h in history], color=colors[fam],
                 label=f"{fam} (#{t.number}) train")

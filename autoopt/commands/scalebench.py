@@ -114,6 +114,7 @@ def probe(opts: ScaleOptions, n: int, tmp: Path) -> dict[str, Any]:
     from autoopt.commands.report import write_report
     from autoopt.commands.tuning import run
     from autoopt.study import open_storage
+    from autoopt.study.record import record
 
     name = f"scale-{n}"
     fill(opts, name, n - opts.probe)
@@ -124,7 +125,7 @@ def probe(opts: ScaleOptions, n: int, tmp: Path) -> dict[str, Any]:
     done = sorted(t.datetime_complete.timestamp() for t in ran if t.datetime_complete)
     skip = min(10, len(done) // 4)  # the workers' first trials warm them up
     per = (done[-1] - done[skip]) / max(1, len(done) - 1 - skip) if len(done) > skip + 1 else float("nan")
-    workers = [float(t.user_attrs.get("worker", {}).get("rss_mb") or 0) for t in ran]
+    workers = [float(record(t).worker.get("rss_mb") or 0) for t in ran]
     started = time.perf_counter()
     write_report(TASK, storage=opts.storage, study_name=name, out=tmp / f"report-{n}",
                  mlflow_uri=f"sqlite:///{tmp / 'mlflow.db'}")

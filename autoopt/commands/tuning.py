@@ -315,9 +315,9 @@ def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> dict[str, Any
     """What the screen and the search spent: epochs by phase and the seconds of each phase (the
     screen ends when its last trial does)."""
     timeline = loop.timeline
-    first = min((t["started"] for t in timeline), default=None)
-    last = max((t["ended"] for t in timeline), default=None)
-    screen_end = max((t["ended"] for t in timeline if t["kind"] == "screen"), default=first)
+    first = min((t.started for t in timeline), default=None)
+    last = max((t.ended for t in timeline), default=None)
+    screen_end = max((t.ended for t in timeline if t.kind == "screen"), default=first)
     out: dict[str, Any] = {"epochs": dict(loop.epochs_run), "trials": len(timeline)}
     if first is not None and last is not None and screen_end is not None:
         out["seconds"] = {"screen": round(screen_end - first, 2), "search": round(last - screen_end, 2)}

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import optuna
 import ray
@@ -48,7 +48,7 @@ from autoopt.study import (
     with_retry,
 )
 from autoopt.study.backends import env_seconds
-from autoopt.study.record import record
+from autoopt.study.record import kind_of, record
 from autoopt.study.samplers import TrialSeededSampler
 from autoopt.study.view import StudyView
 from autoopt.tracking import FAMILY_TAG, KIND_TAG, STATE_TAG, STUDY_TAG, TRIAL_TAG, RunRef
@@ -106,6 +106,18 @@ class SearchPolicy(Protocol):
     def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
         """Called once per driver before the first ask: enqueue what must run first. Returns a
         one-line note for the user, or None."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A trial run by this driver: its number, kind (screen or search), worker, and its start and
+    end (monotonic seconds)."""
+
+    number: int
+    kind: str
+    worker: int
+    started: float
+    ended: float
 
 
 @dataclass
@@ -167,7 +179,7 @@ class SearchLoop:
         self.starved_s = env_seconds("AUTOOPT_STARVED_S", STARVED_S)
         self.last_beat = 0.0
         self.epochs_run: dict[str, int] = {"screen": 0, "search": 0}  # epochs trained here, by kind
-        self.timeline: list[dict[str, Any]] = []  # per trial run here: number, kind, worker, started, ended
+        self.timeline: list[Span] = []  # per trial run here
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -283,9 +295,8 @@ class SearchLoop:
         item, result, trial = done.item, done.result, done.item.trial
         assert trial is not None, "a search job is submitted with its trial"
         number = trial.number
-        kind = "screen" if trial.user_attrs.get("portfolio") else "search"
-        self.timeline.append({"number": number, "kind": kind, "worker": item.worker, "started": item.started,
-                              "ended": done.ended})
+        kind = "screen" if kind_of(trial.user_attrs) == "screen" else "search"
+        self.timeline.append(Span(number, kind, item.worker, item.started, done.ended))
         self.epochs_run[kind] += len(result.history)
         self.costs.measured(item.job.config.optimizer, result.s_per_epoch)
         if done.lost:
@@ -355,7 +366,7 @@ class SearchLoop:
         if not (isinstance(sampler, TrialSeededSampler) and sampler.serves(self.spec.sampler, self.spec.seed)):
             self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed)
         config = suggest_config(trial, self.space)
-        if trial.user_attrs.get("portfolio"):
+        if kind_of(trial.user_attrs) == "screen":
             config = TrialConfig(config.optimizer, self.space.default_params(config.optimizer))
         trial.set_user_attr("config", config.to_dict())
         if trial.user_attrs.get("reason") and "failed_trial" in self.storage.get_trial_system_attrs(
@@ -400,8 +411,7 @@ class SearchLoop:
 
     def _job(self, trial: optuna.trial.Trial, config: TrialConfig) -> Job:
         spec, number = self.spec, trial.number
-        kind = ("portfolio" if trial.user_attrs.get("portfolio") else
-                "warmstart" if trial.user_attrs.get("warmstart") else "search")  # warmstart: autoopt.screen.prior
+        kind = {"screen": "portfolio"}.get(kind_of(trial.user_attrs), kind_of(trial.user_attrs))  # MLflow's name
         tags = {STUDY_TAG: self.study.study_name, TRIAL_TAG: number, FAMILY_TAG: config.optimizer,
                 KIND_TAG: kind, STATE_TAG: "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,

@@ -230,7 +230,7 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
     from autoopt.training.pruning import SCREEN_ETA
 
     trials = study.get_trials(deepcopy=False)
-    screen = [t for t in trials if t.user_attrs.get(PORTFOLIO)]
+    screen = [t for t in trials if record(t).kind == "screen"]
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     out = []
     for t in screen:
@@ -242,8 +242,7 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
         mine = t.intermediate_values[step]
         peers = [p.intermediate_values[step] for p in screen if step in p.intermediate_values]
         rank = 1 + sum(1 for v in peers if sign * v > sign * mine)
-        speeds = [float(p.user_attrs["s_per_epoch"]) for p in screen
-                  if step in p.intermediate_values and p.user_attrs.get("s_per_epoch")]
+        speeds = [spe for p in screen if step in p.intermediate_values and (spe := record(p).s_per_epoch)]
         slowdown = spe / statistics.median(speeds)
         if rank > max(1, len(peers) // SCREEN_ETA) or rank <= max(1, math.floor(len(peers) / (SCREEN_ETA * slowdown))):
             continue  # behind on its rung (pruned at any cost), or not for its cost

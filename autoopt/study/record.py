@@ -13,6 +13,7 @@ The user attrs a trial carries (the driver writes them: ``prepare`` the config, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ class TrialRecord:
         attrs = trial.user_attrs
         config = attrs.get(CONFIG)
         spe, train_s = attrs.get(S_PER_EPOCH), attrs.get(TRAIN_S)
-        kind = "screen" if attrs.get(PORTFOLIO) else "warmstart" if attrs.get(WARMSTART) else "search"
+        kind = kind_of(attrs)
         return cls(trial.number, trial.state, trial.value if trial.state == TrialState.COMPLETE else None,
                    config=config if isinstance(config, dict) else None, kind=kind,
                    s_per_epoch=float(spe) if spe else None, train_s=float(train_s) if train_s else None,
@@ -77,6 +78,11 @@ class TrialRecord:
     def lr(self) -> float | None:
         lr = (self.config or {}).get("optimizer_params", {}).get("lr")
         return float(lr) if isinstance(lr, int | float) else None
+
+
+def kind_of(attrs: Mapping[str, Any]) -> str:
+    """The kind (one of ``KINDS``) of a trial with these user attrs (a live trial's, say)."""
+    return "screen" if attrs.get(PORTFOLIO) else "warmstart" if attrs.get(WARMSTART) else "search"
 
 
 def record(trial: FrozenTrial) -> TrialRecord:
