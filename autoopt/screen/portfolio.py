@@ -242,7 +242,7 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
         mine = t.intermediate_values[step]
         peers = [p.intermediate_values[step] for p in screen if step in p.intermediate_values]
         rank = 1 + sum(1 for v in peers if sign * v > sign * mine)
-        speeds = [spe for p in screen if step in p.intermediate_values and (spe := record(p).s_per_epoch)]
+        speeds = [s for p in screen if step in p.intermediate_values and (s := record(p).s_per_epoch)]
         slowdown = spe / statistics.median(speeds)
         if rank > max(1, len(peers) // SCREEN_ETA) or rank <= max(1, math.floor(len(peers) / (SCREEN_ETA * slowdown))):
             continue  # behind on its rung (pruned at any cost), or not for its cost

@@ -251,7 +251,7 @@ class ScreenPruner(BasePruner):
                  if record(t).kind == "screen" and t.number != trial.number
                  and math.isfinite(t.intermediate_values.get(step, math.nan))]
         mine = record(trial).s_per_epoch
-        speeds = [spe for t in peers if (spe := record(t).s_per_epoch)]
+        speeds = [s for t in peers if (s := record(t).s_per_epoch)]
         slowdown = mine / statistics.median([*speeds, mine]) if mine and speeds and self.cost_aware else 1.0
         keep = max(1, math.floor((len(peers) + 1) / (self.eta * max(1.0, slowdown))))
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
