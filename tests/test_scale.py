@@ -199,3 +199,30 @@ def test_the_trial_record_reads_what_the_driver_wrote() -> None:
     warm = TrialRecord.of(create_trial(state=TrialState.PRUNED, user_attrs={WARMSTART: "earlier", "reason": "r"}))
     assert (warm.kind, warm.source, warm.family, warm.value, warm.reason) == ("warmstart", "earlier", None, None, "r")
     assert TrialRecord.of(create_trial(value=1.0)).kind == "search"
+
+
+def test_a_workers_pruning_read_holds_its_rung_only_and_decides_as_a_full_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from autoopt.study import PORTFOLIO, open_storage, study_id_of
+    from autoopt.training.pruning import build_pruner, rung_trials
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'rung.db'}", heartbeat=False)
+    study = open_study(storage, "rung", direction="maximize", pruner=build_pruner("median", epochs=6, warmup=0.0))
+    for i in range(12):
+        curve = {s: (0.1 + 0.07 * i) * s / 6 for s in range(1, 7 if i % 3 else 3)}  # every third stopped at 2
+        study.add_trial(optuna.trial.create_trial(
+            value=curve[6] if 6 in curve else None, intermediate_values=curve,
+            state=TrialState.COMPLETE if 6 in curve else TrialState.PRUNED,
+            user_attrs={PORTFOLIO: True, "s_per_epoch": 0.5, "history": [{"epoch": s} for s in curve]}))
+    rung = rung_trials(storage, study_id_of(study), 4)
+    full = [t for t in study.trials if 4 in t.intermediate_values]
+    assert [t.number for t in rung] == [t.number for t in full]  # the stopped ones never reported at 4
+    assert all(set(t.intermediate_values) == {4} and "history" not in t.user_attrs for t in rung)
+    assert all(t.user_attrs == {PORTFOLIO: True, "s_per_epoch": 0.5} for t in rung)
+    assert [t.value for t in rung] == [t.value for t in full]
+    from autoopt.study import trials_snapshot
+
+    probe = optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values={4: 0.3})
+    probe.number = 99
+    for trials in (rung, full):
+        with trials_snapshot(study, trials):
+            assert study.pruner.prune(study, probe)  # behind the median at 4 either way

@@ -160,3 +160,25 @@ def sqlite_study_attr(path: Path, study_name: str, key: str) -> tuple[bool, Any]
         return True, None if value is None else json.loads(value)
     except (sqlite3.Error, OSError, ValueError):
         return False, None
+
+
+def rung(conn: Any, study_id: int, step: int, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The trials of a study that reported at ``step`` (any state): ``(trial_id, number, state,
+    value, value at step, {key: decoded user attr})`` for the user attrs ``keys``. What a pruner's
+    decision at that rung needs, in rows of that rung only (non-finite values come back None)."""
+    rows = list(conn.execute(_text(
+        "SELECT t.trial_id, t.number, t.state, v.value, iv.intermediate_value FROM trials t "
+        "JOIN trial_intermediate_values iv ON iv.trial_id = t.trial_id AND iv.step = :step "
+        "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+        "WHERE t.study_id = :study"), {"study": study_id, "step": step}))
+    attrs: dict[int, dict[str, Any]] = {int(r[0]): {} for r in rows}
+    for chunk in chunks(list(attrs)):
+        for trial_id, key, value in conn.execute(_text(
+                "SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id IN :tids AND key IN :keys",
+                "tids", "keys"), {"tids": chunk, "keys": list(keys)}):
+            try:
+                attrs[int(trial_id)][key] = json.loads(value)
+            except (TypeError, ValueError):
+                continue
+    return [(int(tid), int(number), str(getattr(state, "name", state)), value, at, attrs[int(tid)])
+            for tid, number, state, value, at in rows]

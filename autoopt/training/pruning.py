@@ -30,10 +30,11 @@ from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from autoopt.study import storage_of, trials_snapshot
-from autoopt.study.record import S_PER_EPOCH, record
+from autoopt.study import aggregates, storage_of, study_id_of, trials_snapshot
+from autoopt.study.record import PORTFOLIO, S_PER_EPOCH, record
 
 REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
@@ -108,27 +109,52 @@ def may_prune(pruner: BasePruner | None, step: int) -> bool:
 
 
 class ReferenceTrials:
-    """A study's trials as a worker last read them, reused by its pruning decisions for at most
-    ``max_age_s``.
+    """The trials a worker's pruning decision at one rung reads, reused for at most ``max_age_s``.
 
-    With trials of a second or less, one read serves several decisions instead of one read
-    each (a read is six queries); a decision never sees the study more than ``max_age_s`` out
-    of date, and with longer epochs every decision reads afresh.
+    On a database (``RDBStorage``) only the rung is read: the trials that reported at that step,
+    with their value there, their final value and the user attrs the pruners read (one query and
+    one for the attrs, nothing kept beyond the last read per step), so a worker's reads and memory
+    do not grow with the study's trials and their histories. Elsewhere (Optuna's in-memory
+    storage), the study's trials. With trials of a second or less, one read serves several
+    decisions; a decision never sees the rung more than ``max_age_s`` out of date.
     """
 
     def __init__(self, max_age_s: float = REFERENCE_MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
-        self._last: dict[int, tuple[float, list[FrozenTrial]]] = {}
+        self._last: dict[tuple[int, int | None], tuple[float, list[FrozenTrial]]] = {}
 
-    def get(self, study: optuna.Study) -> list[FrozenTrial]:
-        key = id(study)
+    def get(self, study: optuna.Study, step: int | None = None) -> list[FrozenTrial]:
+        key = (id(study), step)
         now = time.monotonic()
         hit = self._last.get(key)
         if hit is not None and now - hit[0] < self.max_age_s:
             return hit[1]
-        trials = study.get_trials(deepcopy=False)
+        base = storage_of(study).base
+        if step is not None and isinstance(base, RDBStorage):
+            trials = rung_trials(base, study_id_of(study), step)
+        else:
+            trials = study.get_trials(deepcopy=False)
+        self._last = {k: v for k, v in self._last.items() if k[0] != id(study)}  # one rung kept per study
         self._last[key] = (now, trials)
         return trials
+
+
+RUNG_ATTRS = (PORTFOLIO, S_PER_EPOCH)  # the user attrs the pruners read (the screen's)
+
+
+def rung_trials(storage: RDBStorage, study_id: int, step: int) -> list[FrozenTrial]:
+    """The trials that reported at ``step``, as records holding only what a pruner reads there."""
+    with storage.engine.connect() as conn:
+        rows = aggregates.rung(conn, study_id, step, RUNG_ATTRS)
+    out = []
+    for trial_id, number, state, value, at, attrs in sorted(rows, key=lambda r: r[1]):
+        st = TrialState[state]
+        out.append(FrozenTrial(number=number, state=st, value=value if st == TrialState.COMPLETE else None,
+                               datetime_start=None, datetime_complete=None, params={}, distributions={},
+                               user_attrs=attrs, system_attrs={},
+                               intermediate_values={step: math.nan if at is None else float(at)},
+                               trial_id=trial_id))
+    return out
 
 
 class TrialReporter:
@@ -203,7 +229,9 @@ class TrialReporter:
                              trial_id=self.trial_id)
 
         def _prune() -> bool:
-            with trials_snapshot(self.study, self.reference.get(self.study) if self.reference else None):
+            # Successive halving reads its brackets from every trial: the study; the others the rung.
+            reference = self.reference.get(self.study, None if halving else step) if self.reference else None
+            with trials_snapshot(self.study, reference):
                 return bool(pruner.prune(self.study, frozen))
 
         return bool(self._retry(_prune, "ask the pruner"))
