@@ -210,7 +210,7 @@ def test_a_workers_pruning_read_holds_its_rung_only_and_decides_as_a_full_read(t
     for i in range(12):
         curve = {s: (0.1 + 0.07 * i) * s / 6 for s in range(1, 7 if i % 3 else 3)}  # every third stopped at 2
         study.add_trial(optuna.trial.create_trial(
-            value=curve[6] if 6 in curve else None, intermediate_values=curve,
+            value=curve.get(6), intermediate_values=curve,
             state=TrialState.COMPLETE if 6 in curve else TrialState.PRUNED,
             user_attrs={PORTFOLIO: True, "s_per_epoch": 0.5, "history": [{"epoch": s} for s in curve]}))
     rung = rung_trials(storage, study_id_of(study), 4)
