@@ -68,11 +68,10 @@ def test_what_is_left_follows_the_clock_less_the_ends_reserve() -> None:
     assert b.record().used_s == 90.0
 
 
-# Five cheap families whose search space cannot learn in two epochs: their published defaults
-# (screened, then baselines) can. The verdict is known before the study runs: the search lost.
-HOPELESS = "task: digits\noptimizers: [sgd, adam, adamw, nadam, rmsprop]\nschedulers: [none]\ngrad_clip: false\n" \
-    "space:\n" + "".join(f"  {name}:\n    lr: {{log: [1.0e-7, 1.0e-6]}}\n"
-                         for name in ("sgd", "adam", "adamw", "nadam", "rmsprop"))
+# Three cheap families whose search space cannot learn in two epochs; their published defaults
+# (screened first) are the tutorial's baselines, which can. The search's best is known to lose.
+HOPELESS = "task: digits\noptimizers: [sgd, adam, rmsprop]\nschedulers: [none]\ngrad_clip: false\n" \
+    "space:\n" + "".join(f"  {name}:\n    lr: {{log: [1.0e-7, 1.0e-6]}}\n" for name in ("sgd", "adam", "rmsprop"))
 LIMIT_S = 60
 
 
@@ -99,18 +98,21 @@ def test_a_budgeted_study_ends_within_it_records_its_phases_and_confirms_on_two_
     trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{workdir / 'autoopt.db'}").trials
     assert len([t for t in trials if t.state.is_finished()]) < 300
     assert any("search stopped" in n for n in budget.get("notes", []))
-    # The outcome: a baseline (a published default) is the pick, confirmed on two seeds, and the
-    # verdict of the search's best against it is "worse".
+    # The outcome: a baseline (a published default) is the pick, confirmed on two seeds at least;
+    # the search's best is far behind it on every seed, and never called better. (Worse, or a tie
+    # where the seeds the budget affords leave the interval wide: two seeds of a noisy race.)
     chosen = data["chosen"]
-    assert data["chosen_kind"] == "baseline"
+    assert data["chosen_kind"] == "baseline" and data["trial_number"] is None
     entry = next(b for b in data["baselines"] if b["name"] == chosen)
     assert len(entry["seeds"]) >= 2 and entry["val"]["complete"] == len(entry["seeds"])
-    assert data["improvement"]["verdict"] == "worse" and data["improvement"]["versus"] == chosen
+    imp = data["improvement"]
+    assert imp["versus"] == chosen and imp["delta"] == 0.0 and imp["verdict"] in ("worse", "tie"), imp
+    assert len(imp["paired"]["deltas"]) >= 2 and all(d < -0.2 for d in imp["paired"]["deltas"]), imp
     assert data["effort"]["epochs"]["confirm"] > 0 and data["race"]["min_seeds"] == 2
     assert rec.budget is not None and rec.budget.limit_s == LIMIT_S
     # the portfolio was screened by successive halving: some defaults stopped at a rung (epoch 1)
     screen = [t for t in trials if t.user_attrs.get("portfolio")]
-    assert len(screen) == 5 and any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen)
+    assert len(screen) == 3 and any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen)
 
 
 def test_with_no_complete_trial_the_screened_default_that_got_furthest_stands() -> None:
