@@ -86,7 +86,7 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     study, data = f"d{uuid.uuid4().hex[:8]}", tmp_path / "data"
     data.mkdir()
     (data / "hold").touch()  # every trial waits at its second step while this file exists
-    total = 6
+    total = 4
     # One worker per driver, one CPU each, on a cluster of two one-CPU nodes: the two workers sit
     # on different nodes, as Ray must place them (a node's one CPU holds one worker). That holds
     # once nothing else holds a CPU: a test before may leave actors that Ray is still ending.

@@ -48,16 +48,16 @@ def wait_ready(pool: WorkerPool, timeout_s: float = 180.0) -> None:
 
 @pytest.mark.slow
 def test_a_study_runs_its_trials_on_concurrency_workers(cluster: None, workdir: Path) -> None:
-    spec = load_spec("digits", trials=8, epochs=1, concurrency=2, confirm=False,
+    spec = load_spec("digits", trials=4, epochs=1, concurrency=2, confirm=False,
                      storage=f"sqlite:///{workdir / 'autoopt.db'}",
                      mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
                      out=str(workdir / "recommendations"))
     run(spec)
     study = optuna.load_study(study_name="digits", storage=spec.placement.storage)
     trials = [t for t in study.trials if t.state.is_finished()]
-    assert len(trials) == 8
+    assert len(trials) == 4
     pids = {t.user_attrs["worker"]["pid"] for t in trials}
-    assert len(pids) == 2  # 8 trials, 2 warm workers: no process per trial
+    assert len(pids) == 2  # 4 trials, 2 warm workers: no process per trial
     assert all(t.user_attrs["train_s"] > 0 for t in trials)
 
 
