@@ -27,6 +27,8 @@ import contextlib
 import logging
 import random
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,6 +44,7 @@ from autoopt.tasks.base import Task
 log = logging.getLogger(__name__)
 
 TASK = "autoopt.commands.scalebench:trivial"
+REPORT_TIMEOUT_S = 300  # a report that takes longer is shown as "> 300"
 
 
 def trivial(data_dir: Any = None) -> Task:
@@ -111,7 +114,6 @@ def probe(opts: ScaleOptions, n: int, tmp: Path) -> dict[str, Any]:
     trial, its report's time and the memory of the driver and the workers."""
     import optuna
 
-    from autoopt.commands.report import write_report
     from autoopt.commands.tuning import run
     from autoopt.study import open_storage
     from autoopt.study.record import record
@@ -126,13 +128,24 @@ def probe(opts: ScaleOptions, n: int, tmp: Path) -> dict[str, Any]:
     skip = min(10, len(done) // 4)  # the workers' first trials warm them up
     per = (done[-1] - done[skip]) / max(1, len(done) - 1 - skip) if len(done) > skip + 1 else float("nan")
     workers = [float(record(t).worker.get("rss_mb") or 0) for t in ran]
-    started = time.perf_counter()
-    write_report(TASK, storage=opts.storage, study_name=name, out=tmp / f"report-{n}",
-                 mlflow_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    report_s = time.perf_counter() - started
+    report_s = _report_s(opts, name, tmp / f"report-{n}")
     _fresh(open_storage(opts.storage, heartbeat=False), name)  # not an earlier study of what follows
-    return {"trials": n, "ms_per_trial": round(per * 1000, 1), "report_s": round(report_s, 1),
+    return {"trials": n, "ms_per_trial": round(per * 1000, 1),
+            "report_s": None if report_s is None else round(report_s, 1),
             "driver_rss_mb": max(rss_before, _rss_mb()), "worker_rss_mb": max(workers, default=None)}
+
+
+def _report_s(opts: ScaleOptions, name: str, out: Path) -> float | None:
+    """Seconds of ``autoopt report`` on the study (a process of its own, as a user runs it);
+    None when it did not finish within ``REPORT_TIMEOUT_S``."""
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "autoopt", "report", "--task", TASK, "--study", name, "--storage", opts.storage,
+           "--out", str(out)]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=REPORT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None
+    return time.perf_counter() - started
 
 
 def earlier(opts: ScaleOptions, m: int, tmp: Path) -> dict[str, Any]:
@@ -213,7 +226,7 @@ def command(sizes: str, earlier: str, storage: str | None, *, as_json: bool, out
     for col in ("trials", "ms per trial", "report (s)", "driver RSS (MiB)", "worker RSS (MiB)"):
         table.add_column(col, justify="right")
     for r in result["sizes"]:
-        table.add_row(str(r["trials"]), f"{r['ms_per_trial']:.0f}", f"{r['report_s']:.1f}",
+        table.add_row(str(r["trials"]), f"{r['ms_per_trial']:.0f}", _seconds(r["report_s"]),
                       f"{r['driver_rss_mb']:.0f}", f"{r['worker_rss_mb'] or 0:.0f}")
     out.print(table)
     for r in result["earlier"]:
@@ -221,3 +234,7 @@ def command(sizes: str, earlier: str, storage: str | None, *, as_json: bool, out
                   f"zero-shot answer {r['zero_shot_s']:.2f} s", highlight=False)
     if "growth_ms_per_1000" in result:
         out.print(f"growth: {result['growth_ms_per_1000']:+.2f} ms per trial per 1,000 trials", highlight=False)
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else f"> {REPORT_TIMEOUT_S}"
