@@ -153,9 +153,8 @@ def param_importances(study: optuna.Study) -> tuple[Any, dict[str, float]]:
     derived = importance_study(study)
     importances: dict[str, float] = {}
     method = ""
-    evaluators: dict[str, Callable[[], Any]] = {
-        "Fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
-        "PedAnova": optuna.importance.PedAnovaImportanceEvaluator}
+    evaluators: dict[str, Callable[[], Any]] = {"Fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+                                                "PedAnova": optuna.importance.PedAnovaImportanceEvaluator}
     for evaluator in (evaluators[name]() for name in importance_methods(n)):
         try:
             importances = {k: float(v) for k, v in
@@ -476,11 +475,10 @@ def summary_markdown(study: optuna.Study, rec: Recommendation | None, importance
     failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried)
     metric = _metric(study)
     lines = [f"# autoopt report: {study.study_name}", ""]
-    waiting = f", {c['waiting']} waiting" if c["waiting"] else ""
-    running = f", {c['running']} running" if c["running"] else ""
+    open_ = "".join(f", {c[k]} {k}" for k in ("running", "waiting") if c[k])
     again = f" ({len(retried)} more failed and ran again)" if retried else ""
     lines.append(f"{len(trials) - len(retried)} trials: {c['complete']} complete, {c['pruned']} pruned, "
-                 f"{failed} failed{again}{running}{waiting}; metric `{metric}` ({study.direction.name.lower()}).")
+                 f"{failed} failed{again}{open_}; metric `{metric}` ({study.direction.name.lower()}).")
     lines.append("")
     if rec is None:
         lines += ["No recommendation is stored with this study yet: run `autoopt tune` to the end.", ""]
