@@ -214,7 +214,7 @@ def lr_vs_metric(study: optuna.Study) -> Any:
     by_family: dict[str, list[tuple[float, float]]] = {}
     pruned: dict[str, list[tuple[float, float]]] = {}
     for t in study.get_trials(deepcopy=False):
-        config, lr = record(t).config, record(t).lr
+        config, lr = (rec := record(t)).config, rec.lr
         if not config or lr is None or lr <= 0:
             continue
         if t.state.name == "COMPLETE" and t.value is not None:

@@ -411,7 +411,8 @@ class SearchLoop:
 
     def _job(self, trial: optuna.trial.Trial, config: TrialConfig) -> Job:
         spec, number = self.spec, trial.number
-        kind = {"screen": "portfolio"}.get(kind_of(trial.user_attrs), kind_of(trial.user_attrs))  # MLflow's name
+        kind = kind_of(trial.user_attrs)
+        kind = "portfolio" if kind == "screen" else kind  # the screen's name in MLflow
         tags = {STUDY_TAG: self.study.study_name, TRIAL_TAG: number, FAMILY_TAG: config.optimizer,
                 KIND_TAG: kind, STATE_TAG: "RUNNING"}
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,

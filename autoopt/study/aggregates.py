@@ -67,13 +67,19 @@ def studies(conn: Any, *, names: Sequence[str] | None = None, exclude: str | Non
 
 def study_attrs(conn: Any, ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, Any]]:
     """The user attrs ``keys`` of the studies ``ids``, decoded (one that does not decode is left out)."""
-    out: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    return _user_attrs(conn, "study", ids, keys)
+
+
+def _user_attrs(conn: Any, of: str, ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """The user attrs ``keys`` of the studies or trials (``of``) ``ids``, decoded (one that does
+    not decode is left out)."""
+    out: dict[int, dict[str, Any]] = {int(i): {} for i in ids}
     for chunk in chunks(list(ids)):
-        for study_id, key, value in conn.execute(_text(
-                "SELECT study_id, key, value_json FROM study_user_attributes WHERE study_id IN :ids AND key IN :keys",
+        for owner, key, value in conn.execute(_text(
+                f"SELECT {of}_id, key, value_json FROM {of}_user_attributes WHERE {of}_id IN :ids AND key IN :keys",
                 "ids", "keys"), {"ids": chunk, "keys": list(keys)}):
             try:
-                out[int(study_id)][key] = json.loads(value)
+                out[int(owner)][key] = json.loads(value)
             except (TypeError, ValueError):
                 continue
     return out
@@ -171,14 +177,6 @@ def rung(conn: Any, study_id: int, step: int, keys: Sequence[str]) -> list[tuple
         "JOIN trial_intermediate_values iv ON iv.trial_id = t.trial_id AND iv.step = :step "
         "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
         "WHERE t.study_id = :study"), {"study": study_id, "step": step}))
-    attrs: dict[int, dict[str, Any]] = {int(r[0]): {} for r in rows}
-    for chunk in chunks(list(attrs)):
-        for trial_id, key, value in conn.execute(_text(
-                "SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id IN :tids AND key IN :keys",
-                "tids", "keys"), {"tids": chunk, "keys": list(keys)}):
-            try:
-                attrs[int(trial_id)][key] = json.loads(value)
-            except (TypeError, ValueError):
-                continue
+    attrs = _user_attrs(conn, "trial", [r[0] for r in rows], keys)
     return [(int(tid), int(number), str(getattr(state, "name", state)), value, at, attrs[int(tid)])
             for tid, number, state, value, at in rows]
