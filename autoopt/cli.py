@@ -272,11 +272,11 @@ def _print_recommendation(rec: Recommendation, path: str | None = None) -> None:
         table.add_row("cheaper, equivalent", escape(f"{alt.name} ({alt.optimizer}): "
                                                     f"{_cost(alt.s_per_epoch, alt.relative)}; within "
                                                     f"{margin or 0.0:.4g} of the pick"))
-    for left in rec.extra.get("left_on_cost") or []:
-        times = f", {left['relative_to_pick']:g}x the pick's s/epoch" if left.get("relative_to_pick") else ""
+    for left in rec.left_on_cost or ():
+        times = f", {left.relative_to_pick:g}x the pick's s/epoch" if left.relative_to_pick else ""
         table.add_row("left on cost", escape(
-            f"{left['family']}: {_ordinal(left['rank'])} of {left['of']} at epoch {left['epoch']}{times}; "
-            f"--time-budget {left['time_budget_s'] // 60}m would train it"))
+            f"{left.family}: {_ordinal(left.rank)} of {left.of} at epoch {left.epoch}{times}; "
+            f"--time-budget {left.time_budget_s // 60}m would train it"))
     if rec.budget is not None:
         table.add_row("time budget", f"{rec.budget.used_s:.0f}s of {rec.budget.limit_s:g}s")
     out.print(table)

@@ -17,7 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
-from autoopt.decide.evidence import EVIDENCE, Alternative, Baseline, BudgetUse, Cost, Entry, Improvement, RaceSummary
+from autoopt.decide.evidence import (
+    EVIDENCE,
+    Alternative,
+    Baseline,
+    BudgetUse,
+    Cost,
+    Effort,
+    Entry,
+    Improvement,
+    LeftOnCost,
+    RaceSummary,
+    Record,
+    ZeroShot,
+)
 from autoopt.errors import UsageError
 from autoopt.redact import mask_url
 from autoopt.space import (
@@ -42,6 +55,11 @@ STUDY_ATTR = "recommendation"
 FOLDER = "recommendations"  # where tune writes <study>.json; AUTOOPT_RECOMMENDATIONS names another
 CORE_KEYS = ("task", "optimizer", "optimizer_params", "scheduler", "scheduler_params", "grad_clip_norm",
              "metric", "direction", "value", "study_name", "trial_number", "created_at")
+# Where the answer comes from and how it was chosen: plain JSON keys, written where set. The
+# choice's keys (a confirmed recommendation's) are written together, null where unknown.
+ORIGIN_KEYS = ("source", "search_note", "optimizer_class")
+CHOICE_KEYS = ("chosen", "chosen_kind", "search_value", "search_trial_number", "cheapest_equivalent_reason",
+               "equivalence_margin", "cheaper_factor", "max_slowdown")
 # The JSON's layout. 1: the evidence (confirmation, baselines, improvement, cost, ...) is typed and
 # ``cheapest_tie`` is gone (``cheapest_equivalent``). A JSON without it is read as version 0.
 SCHEMA_VERSION = 1
@@ -78,7 +96,23 @@ class Recommendation:
     study_name: str | None = None
     trial_number: int | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    extra: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # study, prior or database (a zero-shot answer: ``zero_shot`` says which)
+    search_note: str | None = None  # why the search's pick is not a complete trial
+    optimizer_class: str | None = None  # a user family's import path, for recommend() in another process
+    train_eval_mode: bool = False  # the family's protocol, for a family this process does not know
+    chosen: str | None = None  # the confirmed config's name: a tuned trial or a baseline
+    chosen_kind: str | None = None  # tuned or baseline
+    search_value: float | None = None  # the search's best before the confirmation
+    search_trial_number: int | None = None
+    cheapest_equivalent_reason: str | None = None  # why no cheaper config is named
+    equivalence_margin: float | None = None
+    cheaper_factor: float | None = None
+    max_slowdown: float | None = None
+    held_out: float | None = None  # the pick's mean on the test split (JSON: ``held_out_key``)
+    effort: Effort | None = None
+    left_on_cost: tuple[LeftOnCost, ...] | None = None  # None: not measured (a budget, no pruner)
+    zero_shot: ZeroShot | None = None  # JSON: ``prior``
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a later release wrote, kept as they came
     confirmation: dict[str, Entry] = field(default_factory=dict)
     baselines: tuple[Baseline, ...] = ()
     improvement: Improvement | None = None
@@ -96,15 +130,19 @@ class Recommendation:
         setf("confirmation", {k: Entry.model_validate(v) for k, v in (self.confirmation or {}).items()})
         setf("baselines", tuple(Baseline.model_validate(b.to_dict() if isinstance(b, Entry) else b)
                                 for b in self.baselines or ()))
-        for key, record in EVIDENCE.items():
+        records: dict[str, type[Record]] = {**EVIDENCE, "zero_shot": ZeroShot}
+        for key, record in records.items():
             value = getattr(self, key)
             if value is not None and not isinstance(value, record):
                 setf(key, record.model_validate(value))
+        if self.left_on_cost is not None:
+            setf("left_on_cost", tuple(LeftOnCost.model_validate(x) for x in self.left_on_cost))
 
     @property
-    def source(self) -> str | None:
-        """Where the answer comes from: ``study``, ``prior``, ``database``, ... (None: unknown)."""
-        return self.extra.get("source")
+    def held_out_key(self) -> str:
+        """The JSON key of ``held_out``: the improvement's metric (``test_accuracy``; validation's
+        where the task has no test split), else ``test_<score>``."""
+        return self.improvement.metric if self.improvement else f"test_{self.metric.removeprefix('val_')}"
 
     @property
     def config(self) -> TrialConfig:
@@ -123,11 +161,11 @@ class Recommendation:
         """The optimizer's family: the registered one, else one built (not registered) from the
         stored ``optimizer_class`` import path of a user's family."""
         fam = self.known_family()
-        path = self.extra.get("optimizer_class")
+        path = self.optimizer_class
         if fam is not None or not isinstance(path, str) or ":" not in path:
             return fam or family(self.optimizer)
         return make_family(self.optimizer, path, {"lr": Fixed(self.optimizer_params.get("lr", 1e-3))},
-                           train_eval=bool(self.extra.get("train_eval_mode", False)))
+                           train_eval=self.train_eval_mode)
 
     def build_optimizer(self, model_or_params: ModelOrParams) -> torch.optim.Optimizer:
         """The optimizer, built on a module (preferred: parameter splits need it) or on
@@ -145,10 +183,8 @@ class Recommendation:
         """The JSON form (what ``save`` writes and ``load`` reads). Registers nothing: a family this
         process does not know keeps the ``optimizer_class`` and ``train_eval_mode`` it came with."""
         fam = self.known_family() if self.optimizer else None
-        cls = fam.optimizer_class if fam else self.extra.get("optimizer_class")
-        if cls is not None and not isinstance(cls, str):
-            cls = f"{cls.__module__}:{cls.__qualname__}"
-        train_eval = fam.train_eval if fam else self.extra.get("train_eval_mode", False)
+        origin = family_origin(fam) if fam else {"optimizer_class": self.optimizer_class,
+                                                   "train_eval_mode": self.train_eval_mode}
         out: dict[str, Any] = {
             "task": self.task, "optimizer": self.optimizer, "optimizer_params": self.optimizer_params,
             "scheduler": self.scheduler, "scheduler_params": self.scheduler_params,
@@ -156,11 +192,18 @@ class Recommendation:
             "value": self.value, "study_name": self.study_name, "trial_number": self.trial_number,
             "created_at": self.created_at,
             "scheduler_step": "epoch" if schedule(self.scheduler).per_epoch else "batch",
-            "train_eval_mode": bool(train_eval),
             # where the class comes from: recommend() in another process rebuilds a user's own family
-            "optimizer_class": cls,
+            **origin,
         }
-        out.update({k: v for k, v in self.extra.items() if k not in ("optimizer_class", "train_eval_mode")})
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        out.update({k: v for k in ORIGIN_KEYS[:2] if (v := getattr(self, k)) is not None})
+        if self.chosen is not None:
+            out.update({k: getattr(self, k) for k in CHOICE_KEYS})
+            out[self.held_out_key] = self.held_out
+        if self.left_on_cost is not None:
+            out["left_on_cost"] = [x.to_dict() for x in self.left_on_cost]
+        if self.zero_shot is not None:
+            out["prior"] = self.zero_shot.to_dict()
         if self.confirmation or self.baselines:  # confirmed (with no tuned config, possibly)
             out["confirmation"] = {k: e.to_dict() for k, e in self.confirmation.items()}
             out["baselines"] = [b.to_dict() for b in self.baselines]
@@ -176,21 +219,29 @@ class Recommendation:
     def from_dict(cls, data: dict[str, Any]) -> Recommendation:
         """Read any version of the JSON: one without ``schema_version`` (0) loads as well, and one
         of a later version keeps the keys this release does not know."""
-        core = {k: data[k] for k in CORE_KEYS if k in data}
-        evidence = ("confirmation", "baselines", *EVIDENCE)
-        typed = {k: data[k] for k in evidence if data.get(k) is not None}
-        derived = {"scheduler_step", "schema_version"}  # train_eval_mode stays: family() re-registers a user's class
-        extra = {k: v for k, v in data.items() if k not in CORE_KEYS and k not in derived and k not in evidence}
         version = data.get("schema_version", 0)
         if not isinstance(version, int) or isinstance(version, bool):
             raise UsageError(f"not a recommendation JSON: schema_version {version!r} is not an integer")
-        return cls(**core, extra=extra, **typed)
+        plain = (*CORE_KEYS, *ORIGIN_KEYS, *CHOICE_KEYS)
+        evidence = ("confirmation", "baselines", "left_on_cost", *EVIDENCE)
+        typed: dict[str, Any] = {k: data[k] for k in (*plain, *evidence) if data.get(k) is not None}
+        typed["train_eval_mode"] = bool(data.get("train_eval_mode", False))
+        if isinstance(data.get("prior"), dict):
+            typed["zero_shot"] = data["prior"]
+        improvement = data.get("improvement")
+        metric = str(data.get("metric") or "val_accuracy")
+        held = improvement.get("metric") if isinstance(improvement, dict) else None
+        held = held or f"test_{metric.removeprefix('val_')}"
+        if isinstance(data.get(held), int | float) and held not in plain:
+            typed["held_out"] = float(data[held])
+        known = {*plain, *evidence, "train_eval_mode", "prior", "scheduler_step", "schema_version", held}
+        return cls(**typed, extra={k: v for k, v in data.items() if k not in known})
 
     @classmethod
     def prior(cls, task: str) -> Recommendation:
         """The documented prior: AdamW (lr 1e-3, weight decay 1e-2) with cosine decay and 5%
         linear warmup, marked ``"source": "prior"``."""
-        return cls(task=task, **PRIOR.to_dict(), extra={"source": "prior"})
+        return cls(task=task, **PRIOR.to_dict(), source="prior")
 
     @classmethod
     def load(cls, path: str | Path) -> Recommendation:
@@ -234,7 +285,8 @@ class Recommendation:
 
 def family_origin(fam: Family | None) -> dict[str, Any]:
     """Where a family's class comes from (``optimizer_class``, ``train_eval_mode``): what the JSON
-    of a recommendation needs to rebuild a family that is not registered. Empty for None."""
+    of a recommendation needs to rebuild a family that is not registered (the fields of the same
+    names). Empty for None."""
     if fam is None:
         return {}
     cls = fam.optimizer_class

@@ -46,7 +46,7 @@ def _probe(*args: str, cwd: Path) -> tuple[int, list[str], str]:
 
 def _rec() -> Recommendation:
     return Recommendation("digits", "adam", {"lr": 1e-3}, "cosine", {"eta_min_ratio": 0.01}, study_name="digits",
-                          value=0.9, created_at="2026-01-01T00:00:00Z", extra={"source": "study"})
+                          value=0.9, created_at="2026-01-01T00:00:00Z", source="study")
 
 
 def _optuna_db(folder: Path, rec: Recommendation | None) -> str:

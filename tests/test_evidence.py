@@ -53,6 +53,26 @@ def test_save_writes_the_schema_version_and_load_gives_back_the_same_record(tmp_
     assert data["improvement"]["paired"] == old["improvement"]["paired"]
 
 
+def test_how_the_pick_was_chosen_is_typed_and_written_back_as_it_came() -> None:
+    """The keys beside the evidence (where the answer comes from, the choice, the held-out test
+    score) are attributes; ``extra`` keeps only what this release does not name."""
+    rec = Recommendation.load(OLD)
+    old = json.loads(OLD.read_text())
+    assert (rec.source, rec.chosen, rec.chosen_kind) == ("study", old["chosen"], old["chosen_kind"])
+    assert rec.search_value == old["search_value"] and rec.search_trial_number == old["search_trial_number"]
+    assert rec.held_out_key == "test_accuracy" and rec.held_out == old["test_accuracy"]
+    assert rec.max_slowdown is None and rec.cheaper_factor is None  # the release before wrote none
+    assert set(rec.extra) == {"cheapest_tie"}
+    data = rec.to_dict()
+    for key in ("source", "chosen", "chosen_kind", "search_value", "search_trial_number", "max_slowdown",
+                "test_accuracy", "optimizer_class", "train_eval_mode", "cheapest_tie"):
+        assert data[key] == old[key], key
+    zero = Recommendation.from_dict({**old, "source": "database", "prior": {"studies": 3, "order": ["adam"],
+                                                                           "from": "mnist"}})
+    assert zero.zero_shot is not None and zero.zero_shot.from_study == "mnist"
+    assert zero.to_dict()["prior"] == {"studies": 3, "order": ["adam"], "from": "mnist"}
+
+
 def test_records_are_frozen_and_refined_into_new_ones() -> None:
     rec = Recommendation.load(OLD)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -159,9 +159,9 @@ def test_a_family_the_screen_left_on_cost_alone_is_named_with_what_would_train_i
     screened("sgd", 0.3, 12.0, TrialState.PRUNED)  # last: pruned at any cost
     screened("adam", 0.2, 1.0, TrialState.PRUNED)
     left = left_on_cost(study, epochs=5, pick_s_per_epoch=1.5, seeds=3, workers=2, spent_s=100.0)
-    assert [(d["family"], d["rank"], d["of"], d["epoch"]) for d in left] == [("soap", 2, 9, 1)]
+    assert [(d.family, d.rank, d.of, d.epoch) for d in left] == [("soap", 2, 9, 1)]
     # 4 more epochs and 3 seeds x 5 epochs over 2 workers at 12 s/epoch on top of 100 s: 238 s
-    assert left[0]["relative_to_pick"] == 8.0 and left[0]["time_budget_s"] == 240
+    assert left[0].relative_to_pick == 8.0 and left[0].time_budget_s == 240
 
 
 def test_without_trials_the_search_gets_its_own_and_the_screen_comes_on_top(tmp_path: Path) -> None:

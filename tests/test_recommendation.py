@@ -18,7 +18,7 @@ from autoopt.space import family
 
 def _rec(study: str = "digits", lr: float = 1e-3, **extra: object) -> Recommendation:
     return Recommendation("digits", "adam", {"lr": lr}, study_name=study, value=0.9,
-                          extra={"source": "study", **extra})
+                          source="study", extra=dict(extra))
 
 
 def test_saved_under_the_study_name_not_the_task(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_to_dict_registers_nothing() -> None:
     """A user's family recommended elsewhere: serialising keeps its class path and registers
     nothing; building the optimizer builds the family from that path, still registering nothing."""
     rec = Recommendation("digits", "shipped_sgd_family", {"lr": 0.1},
-                         extra={"optimizer_class": "torch.optim:SGD", "train_eval_mode": False})
+                         optimizer_class="torch.optim:SGD", train_eval_mode=False)
     data = rec.to_dict()
     assert data["optimizer_class"] == "torch.optim:SGD" and data["train_eval_mode"] is False
     with pytest.raises(UsageError):

@@ -63,7 +63,7 @@ def _recommendation() -> dict:
     bases = [{"name": "adam_tutorial", "optimizer": "adam", "params": {"lr": 1e-3}, "scheduler": "none",
               "val": _stats([0.95, 0.93]), "test": _stats([0.94, 0.92])}]
     rec = Recommendation("digits", **adam_best.to_dict(), value=0.97, study_name="digits", trial_number=3,
-                         extra={"source": "study", "chosen": "trial_3"}, confirmation=confirmation,
+                         source="study", chosen="trial_3", confirmation=confirmation,
                          baselines=bases,
                          improvement={"metric": "test_accuracy", "delta": 0.03, "spread": 0.01,
                                       "versus": "adam_tutorial", "tuned": "trial_3", "verdict": "better",

@@ -309,8 +309,26 @@ def _in_folder(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
+@dataclass(frozen=True)
+class StudyTiming:
+    """One timed study (``study_timing``): wall seconds by stage, the trials' training seconds,
+    the trials by state."""
+
+    trials: int
+    epochs: int
+    concurrency: int
+    epochs_trained: int
+    study_s: float
+    startup_s: float
+    finish_s: float
+    mlflow_lag_s: float
+    train_s: float
+    states: dict[str, int]
+    pruner: str
+
+
 def study_timing(task: str, *, concurrency: int, trials: int | None = None, epochs: int | None = None,
-                 gpus_per_trial: float = 0.0, ray_address: str | None = None, seed: int = 0) -> dict[str, Any]:
+                 gpus_per_trial: float = 0.0, ray_address: str | None = None, seed: int = 0) -> StudyTiming:
     """Run a study through ``autoopt.commands.tuning.run`` in a temporary folder (SQLite storage, MLflow
     on SQLite, Ray local unless ``ray_address``) with ``concurrency`` trials at once, and time it.
 
@@ -347,12 +365,11 @@ def study_timing(task: str, *, concurrency: int, trials: int | None = None, epoc
         states: dict[str, int] = {}
         for t in done:
             states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-        return {"trials": len(done), "epochs": spec.epochs, "concurrency": max(1, min(concurrency, spec.trials)),
-                "epochs_trained": sum(len(t.intermediate_values) for t in done),
-                "study_s": last - first, "startup_s": first - t0, "finish_s": t_end - last,
-                "mlflow_lag_s": max(0.0, last - last_told), "train_s": sum(record(t).train_s or 0.0
-                                                                            for t in done),
-                "states": states, "pruner": spec.pruner}
+        return StudyTiming(trials=len(done), epochs=spec.epochs, concurrency=max(1, min(concurrency, spec.trials)),
+                           epochs_trained=sum(len(t.intermediate_values) for t in done),
+                           study_s=last - first, startup_s=first - t0, finish_s=t_end - last,
+                           mlflow_lag_s=max(0.0, last - last_told),
+                           train_s=sum(record(t).train_s or 0.0 for t in done), states=states, pruner=spec.pruner)
 
 
 def default_concurrency(device: torch.device, gpus_per_trial: float) -> int:
@@ -371,14 +388,14 @@ def bench_overhead(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     concurrency = opts.concurrency or default_concurrency(device, opts.gpus_per_trial)
     t = study_timing("digits", trials=opts.trials, epochs=opts.epochs, concurrency=concurrency,
                      gpus_per_trial=opts.gpus_per_trial, ray_address=opts.ray_address, seed=opts.seed)
-    n, k = t["trials"], t["concurrency"]
-    per_trial = (t["study_s"] * k - t["train_s"]) / n
-    all_in = ((t["startup_s"] + t["study_s"] + t["finish_s"]) * k - t["train_s"]) / n
-    return {"overhead_s_per_trial": round(per_trial, 4), "overhead_trials": n, "overhead_epochs": t["epochs"],
-            "overhead_concurrency": k, "overhead_study_s": round(t["study_s"], 2),
-            "overhead_train_s": round(t["train_s"], 2), "overhead_states": t["states"],
-            "startup_s": round(t["startup_s"], 2), "finish_s": round(t["finish_s"], 2),
-            "mlflow_lag_s": round(t["mlflow_lag_s"], 3), "overhead_s_per_trial_all_in": round(all_in, 4)}
+    n, k = t.trials, t.concurrency
+    per_trial = (t.study_s * k - t.train_s) / n
+    all_in = ((t.startup_s + t.study_s + t.finish_s) * k - t.train_s) / n
+    return {"overhead_s_per_trial": round(per_trial, 4), "overhead_trials": n, "overhead_epochs": t.epochs,
+            "overhead_concurrency": k, "overhead_study_s": round(t.study_s, 2),
+            "overhead_train_s": round(t.train_s, 2), "overhead_states": t.states,
+            "startup_s": round(t.startup_s, 2), "finish_s": round(t.finish_s, 2),
+            "mlflow_lag_s": round(t.mlflow_lag_s, 3), "overhead_s_per_trial_all_in": round(all_in, 4)}
 
 
 def bench_digits(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
@@ -387,14 +404,14 @@ def bench_digits(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     concurrency = opts.concurrency or default_concurrency(device, opts.gpus_per_trial)
     t = study_timing("digits", concurrency=concurrency, gpus_per_trial=opts.gpus_per_trial,
                      ray_address=opts.ray_address, seed=opts.seed)
-    n = t["trials"]
-    all_in = t["startup_s"] + t["study_s"] + t["finish_s"]
-    return {"trials_per_hour": round(3600 * n / t["study_s"], 1),
+    n = t.trials
+    all_in = t.startup_s + t.study_s + t.finish_s
+    return {"trials_per_hour": round(3600 * n / t.study_s, 1),
             "trials_per_hour_all_in": round(3600 * n / all_in, 1), "digits_trials": n,
-            "digits_epochs": t["epochs"], "digits_concurrency": t["concurrency"],
-            "digits_study_s": round(t["study_s"], 2), "digits_states": t["states"],
-            "digits_epochs_trained": t["epochs_trained"],
-            "digits_epochs_saved_by_pruning": n * t["epochs"] - t["epochs_trained"]}
+            "digits_epochs": t.epochs, "digits_concurrency": t.concurrency,
+            "digits_study_s": round(t.study_s, 2), "digits_states": t.states,
+            "digits_epochs_trained": t.epochs_trained,
+            "digits_epochs_saved_by_pruning": n * t.epochs - t.epochs_trained}
 
 
 def bench_packing(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
@@ -407,8 +424,8 @@ def bench_packing(opts: BenchOptions, device: torch.device) -> dict[str, Any]:
     for label, gpus in (("whole", 1.0), ("packed", fraction)):
         t = study_timing("digits", concurrency=default_concurrency(device, gpus), trials=opts.trials,
                          epochs=opts.epochs, gpus_per_trial=gpus, ray_address=opts.ray_address, seed=opts.seed)
-        out[f"packing_{label}_concurrency"] = t["concurrency"]
-        out[f"packing_{label}_trials_per_hour"] = round(3600 * t["trials"] / t["study_s"], 1)
+        out[f"packing_{label}_concurrency"] = t.concurrency
+        out[f"packing_{label}_trials_per_hour"] = round(3600 * t.trials / t.study_s, 1)
     out["packing_speedup"] = round(out["packing_packed_trials_per_hour"] / out["packing_whole_trials_per_hour"], 2)
     return out
 

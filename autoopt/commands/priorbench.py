@@ -87,8 +87,7 @@ def time_to_target(storage: Path, study: str, since: float, target: float, direc
 
 def _test_metric(rec: Recommendation) -> float | None:
     """The recommendation's confirmed test metric (``test_accuracy``, ``test_rmse``), or None."""
-    value = next((v for k, v in rec.extra.items() if k.startswith("test_")), None)
-    return float(value) if isinstance(value, int | float) else None
+    return rec.held_out if rec.held_out_key.startswith("test_") else None
 
 
 def leave_one_task_out(tasks: Sequence[str], *, seeds: int = 3, budget_s: float = 60.0,

@@ -289,7 +289,7 @@ def confirmation_plot(rec: Recommendation | None) -> Any:
         seeds = [(v, y + offset) for y, st in zip(ys, stats, strict=True) for v in st.values if v is not None]
         if seeds:
             ax.scatter(*zip(*seeds, strict=True), s=8, color=color, alpha=0.35, label=f"{label}, one seed")
-    chosen = rec.extra.get("chosen")
+    chosen = rec.chosen
     labels = [f"{'★ ' if e.name == chosen else ''}{e.name} ({e.entry.optimizer})" for e in entries]
     ax.set_yticks(ys, labels, fontsize="small")
     for y, e in zip(ys, entries, strict=True):
@@ -349,7 +349,7 @@ def pareto_plot(rec: Recommendation | None) -> Any:
             ax.scatter([points[i][0] for i in sel], [points[i][1] for i in sel], marker=marker, s=40, zorder=2,
                        facecolors="none" if excluded else color, edgecolors=color,
                        label=f"{kind}{' (left out: --max-slowdown)' if excluded else ''}")
-    chosen = rec.extra.get("chosen")
+    chosen = rec.chosen
     by_cost = sorted(range(len(entries)), key=lambda i: points[i][0])
     for rank, i in enumerate(by_cost):  # neighbours' names at four heights in turn, so they do not overlap
         star = "★ " if entries[i].name == chosen else ""
@@ -414,7 +414,7 @@ def _recommendation_lines(rec: Recommendation, metric: str) -> list[str]:
     if rec.scheduler_params:
         sched += f" ({_params(rec.scheduler_params)})"
     lines.append(f"- scheduler: {sched}; gradient clipping: {_fmt(rec.grad_clip_norm, 3)}")
-    chosen = rec.extra.get("chosen")
+    chosen = rec.chosen
     entries = {e.name: e for e in confirmation_entries(rec)}
     if chosen in entries:
         e = entries[chosen]
@@ -438,8 +438,8 @@ def _recommendation_lines(rec: Recommendation, metric: str) -> list[str]:
         margin = alt.versus_pick.margin if alt.versus_pick else None
         lines.append(f"- cheaper and equivalent to it (within {_fmt(margin, 3)}): `{alt.name}` "
                      f"({alt.optimizer}), {_fmt(alt.s_per_epoch, 3)} s per epoch ({_fmt(alt.relative, 3)}x)")
-    elif rec.extra.get("cheapest_equivalent_reason"):
-        lines.append(f"- no cheaper config named: {rec.extra['cheapest_equivalent_reason']}")
+    elif rec.cheapest_equivalent_reason:
+        lines.append(f"- no cheaper config named: {rec.cheapest_equivalent_reason}")
     budget = rec.budget
     if budget is not None:
         phases = ", ".join(f"{k} {v:.0f}s" for k, v in budget.phases_s.items())
@@ -456,7 +456,7 @@ def _confirmation_table(rec: Recommendation, metric: str) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for shown in entries:
         e = shown.entry
-        mark = " ★" if e.name == rec.extra.get("chosen") else ""
+        mark = " ★" if e.name == rec.chosen else ""
         left_out = " (left out: slower than --max-slowdown)" if e.excluded else ""
         lines.append(f"| {e.name}{mark}{left_out} | {shown.kind} | {e.optimizer} | {_mean_std(e.val)} | "
                      f"{_mean_std(e.test)} | {_fmt(e.s_per_epoch, 3)} | {_fmt(e.relative, 3)} | "

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,50 @@ def fill(opts: ScaleOptions, name: str, n: int, seed: int = 0) -> None:
     study.add_trials(scratch.trials)
 
 
-def probe(opts: ScaleOptions, n: int, tmp: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SizeRow:
+    """A study of ``trials`` trials: the driver's ms per trial at its end, the report's seconds
+    (None: past ``REPORT_TIMEOUT_S``), the driver's and the workers' peak memory."""
+
+    trials: int
+    ms_per_trial: float
+    report_s: float | None
+    driver_rss_mb: float
+    worker_rss_mb: float | None
+
+
+@dataclass(frozen=True)
+class EarlierRow:
+    """A new study beside ``earlier`` earlier ones: its first trial's latency, the zero-shot answer's."""
+
+    earlier: int
+    first_trial_s: float
+    zero_shot_s: float
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """What ``autoopt bench --scale`` measured; ``to_dict`` is its ``--json``."""
+
+    storage_backend: str
+    probe: int
+    sizes: list[SizeRow] = field(default_factory=list)
+    earlier: list[EarlierRow] = field(default_factory=list)
+
+    @property
+    def growth_ms_per_1000(self) -> float | None:
+        """ms per trial added per 1,000 trials in the study, from the smallest size to the largest."""
+        first, last = (self.sizes[0], self.sizes[-1]) if self.sizes else (None, None)
+        if first is None or last is None or last.trials <= first.trials:
+            return None
+        return round((last.ms_per_trial - first.ms_per_trial) / ((last.trials - first.trials) / 1000), 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        growth = self.growth_ms_per_1000
+        return asdict(self) | ({"growth_ms_per_1000": growth} if growth is not None else {})
+
+
+def probe(opts: ScaleOptions, n: int, tmp: Path) -> SizeRow:
     """A study of ``n`` trials: all but the probe filled, the probe run by ``tune``; its cost per
     trial, its report's time and the memory of the driver and the workers."""
     import optuna
@@ -130,9 +173,9 @@ def probe(opts: ScaleOptions, n: int, tmp: Path) -> dict[str, Any]:
     workers = [float(record(t).worker.get("rss_mb") or 0) for t in ran]
     report_s = _report_s(opts, name, tmp / f"report-{n}")
     _fresh(open_storage(opts.storage, heartbeat=False), name)  # not an earlier study of what follows
-    return {"trials": n, "ms_per_trial": round(per * 1000, 1),
-            "report_s": None if report_s is None else round(report_s, 1),
-            "driver_rss_mb": max(rss_before, _rss_mb()), "worker_rss_mb": max(workers, default=None)}
+    return SizeRow(trials=n, ms_per_trial=round(per * 1000, 1),
+                   report_s=None if report_s is None else round(report_s, 1),
+                   driver_rss_mb=max(rss_before, _rss_mb()), worker_rss_mb=max(workers, default=None))
 
 
 def _report_s(opts: ScaleOptions, name: str, out: Path) -> float | None:
@@ -148,7 +191,7 @@ def _report_s(opts: ScaleOptions, name: str, out: Path) -> float | None:
     return time.perf_counter() - started
 
 
-def earlier(opts: ScaleOptions, m: int, tmp: Path) -> dict[str, Any]:
+def earlier(opts: ScaleOptions, m: int, tmp: Path) -> EarlierRow:
     """A database of ``m`` earlier studies (copies of one finished study): a new study's first
     trial, and the zero-shot answer."""
     import optuna
@@ -173,27 +216,22 @@ def earlier(opts: ScaleOptions, m: int, tmp: Path) -> dict[str, Any]:
     first = min(t.datetime_start.timestamp() for t in study.get_trials(deepcopy=False) if t.datetime_start)
     t0 = time.perf_counter()
     zero_shot(opts.storage, "scale:other")
-    return {"earlier": m, "first_trial_s": round(first - started, 2),
-            "zero_shot_s": round(time.perf_counter() - t0, 2)}
+    return EarlierRow(earlier=m, first_trial_s=round(first - started, 2),
+                      zero_shot_s=round(time.perf_counter() - t0, 2))
 
 
-def run_scale(opts: ScaleOptions, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every size and every count of earlier studies (see the module); one dict."""
+def run_scale(opts: ScaleOptions, on_step: Callable[[str], None] | None = None) -> ScaleResult:
+    """Every size and every count of earlier studies (see the module)."""
     step = on_step or (lambda _what: None)
-    out: dict[str, Any] = {"storage_backend": opts.storage.split(":", 1)[0], "probe": opts.probe,
-                           "sizes": [], "earlier": []}
+    out = ScaleResult(storage_backend=opts.storage.split(":", 1)[0], probe=opts.probe)
     with tempfile.TemporaryDirectory(prefix="autoopt-scale-") as folder:
         tmp = Path(folder)
         for n in opts.sizes:
             step(f"a study of {n} trials")
-            out["sizes"].append(probe(opts, n, tmp))
+            out.sizes.append(probe(opts, n, tmp))
         for m in opts.earlier:
             step(f"a new study beside {m} earlier studies")
-            out["earlier"].append(earlier(opts, m, tmp))
-    sizes = out["sizes"]
-    if len(sizes) >= 2 and sizes[-1]["trials"] > sizes[0]["trials"]:
-        out["growth_ms_per_1000"] = round((sizes[-1]["ms_per_trial"] - sizes[0]["ms_per_trial"])
-                                          / ((sizes[-1]["trials"] - sizes[0]["trials"]) / 1000), 2)
+            out.earlier.append(earlier(opts, m, tmp))
     return out
 
 
@@ -220,20 +258,20 @@ def command(sizes: str, earlier: str, storage: str | None, *, as_json: bool, out
         raise UsageError(f"--scale: each study size must exceed the {opts.probe} trials it runs")
     result = run_scale(opts, on_step=lambda what: err.print(f"bench: {what} ...", highlight=False))
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_dict()))
         return
-    table = Table(title=f"autoopt bench --scale on {result['storage_backend']}")
+    table = Table(title=f"autoopt bench --scale on {result.storage_backend}")
     for col in ("trials", "ms per trial", "report (s)", "driver RSS (MiB)", "worker RSS (MiB)"):
         table.add_column(col, justify="right")
-    for r in result["sizes"]:
-        table.add_row(str(r["trials"]), f"{r['ms_per_trial']:.0f}", _seconds(r["report_s"]),
-                      f"{r['driver_rss_mb']:.0f}", f"{r['worker_rss_mb'] or 0:.0f}")
+    for r in result.sizes:
+        table.add_row(str(r.trials), f"{r.ms_per_trial:.0f}", _seconds(r.report_s),
+                      f"{r.driver_rss_mb:.0f}", f"{r.worker_rss_mb or 0:.0f}")
     out.print(table)
-    for r in result["earlier"]:
-        out.print(f"{r['earlier']} earlier studies: first trial {r['first_trial_s']:.1f} s, "
-                  f"zero-shot answer {r['zero_shot_s']:.2f} s", highlight=False)
-    if "growth_ms_per_1000" in result:
-        out.print(f"growth: {result['growth_ms_per_1000']:+.2f} ms per trial per 1,000 trials", highlight=False)
+    for e in result.earlier:
+        out.print(f"{e.earlier} earlier studies: first trial {e.first_trial_s:.1f} s, "
+                  f"zero-shot answer {e.zero_shot_s:.2f} s", highlight=False)
+    if result.growth_ms_per_1000 is not None:
+        out.print(f"growth: {result.growth_ms_per_1000:+.2f} ms per trial per 1,000 trials", highlight=False)
 
 
 def _seconds(value: float | None) -> str:

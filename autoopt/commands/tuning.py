@@ -21,7 +21,7 @@ from autoopt import dispatch, tracking
 from autoopt import recommendation as recommend_mod
 from autoopt.budget import Budget
 from autoopt.decide.confirm import confirm
-from autoopt.decide.evidence import BudgetUse
+from autoopt.decide.evidence import BudgetUse, Effort
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
 from autoopt.plots import optimization_history
@@ -311,21 +311,20 @@ def _close_budget(spec: StudySpec, study: optuna.Study, rec: Recommendation, bud
     return rec
 
 
-def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> dict[str, Any]:
+def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> Effort:
     """What the screen and the search spent: epochs by phase and the seconds of each phase (the
     screen ends when its last trial does)."""
     timeline = loop.timeline
     first = min((t.started for t in timeline), default=None)
     last = max((t.ended for t in timeline), default=None)
     screen_end = max((t.ended for t in timeline if t.kind == "screen"), default=first)
-    out: dict[str, Any] = {"epochs": dict(loop.epochs_run), "trials": len(timeline)}
-    if first is not None and last is not None and screen_end is not None:
-        out["seconds"] = {"screen": round(screen_end - first, 2), "search": round(last - screen_end, 2)}
-        if budget is not None:
-            out["first_trial_s"] = round(first - budget.since, 2)
-    if budget is not None and "seconds" in out:
-        budget.phases.update(out["seconds"])
-    return out
+    if first is None or last is None or screen_end is None:
+        return Effort(epochs=dict(loop.epochs_run), trials=len(timeline))
+    seconds = {"screen": round(screen_end - first, 2), "search": round(last - screen_end, 2)}
+    if budget is not None:
+        budget.phases.update(seconds)
+    return Effort(epochs=dict(loop.epochs_run), seconds=seconds, trials=len(timeline),
+                  first_trial_s=round(first - budget.since, 2) if budget is not None else None)
 
 
 def check_placement(spec: StudySpec) -> None:
@@ -376,30 +375,31 @@ def _close_orphans(tracker: tracking.StudyRun, study: optuna.Study) -> None:
 
 def finish(spec: StudySpec, study: optuna.Study, task: Task, tracker: tracking.StudyRun, pool: dispatch.WorkerPool,
            *, on_progress: dispatch.Progress | None = None, figures: Figures | None = None,
-           budget: Budget | None = None, effort: dict[str, Any] | None = None) -> Recommendation:
+           budget: Budget | None = None, effort: Effort | None = None) -> Recommendation:
     """Pick (and, with ``spec.confirm``, confirm) the recommendation, then save it everywhere,
     with what each phase spent (``effort``) and, under a time budget, the ``budget``."""
     rec = best_recommendation(spec, study, task)
     started = time.time()
     if spec.confirm:
-        seconds = (effort or {}).get("seconds") or {}
+        seconds = effort.seconds if effort else {}
         rec = confirm(spec, study, task, pool, tracker.ref, rec, on_progress=on_progress, budget=budget,
                       search_s=seconds.get("screen", 0.0) + seconds.get("search", 0.0))
-    effort = dict(effort or {})
-    effort.setdefault("epochs", {})["confirm"] = rec.race.epochs if rec.race else 0
-    effort.setdefault("seconds", {})["confirm"] = round(time.time() - started, 2)
+    effort = effort or Effort()
+    effort = effort.model_copy(update={
+        "epochs": {**effort.epochs, "confirm": rec.race.epochs if rec.race else 0},
+        "seconds": {**effort.seconds, "confirm": round(time.time() - started, 2)}})
     used: BudgetUse | None = None
     if budget is not None:
         budget.confirm_ended = time.time()
         budget.phases["confirm"] = budget.confirm_ended - started
         used = budget.record()  # rewritten once the files are written (below)
-    extra: dict[str, Any] = {"effort": effort}
+    left = None
     if budget is None and spec.pruner != "none":
         # Cost ordered the screen: say which families it left untrained, and what would train them.
-        extra["left_on_cost"] = left_on_cost(
+        left = tuple(left_on_cost(
             study, epochs=spec.epochs, pick_s_per_epoch=rec.cost.s_per_epoch if rec.cost else None,
-            seeds=spec.confirm_seeds, workers=len(pool.workers), spent_s=sum(effort["seconds"].values()))
-    rec = dataclasses.replace(rec, extra={**rec.extra, **extra}, budget=used)
+            seeds=spec.confirm_seeds, workers=len(pool.workers), spent_s=sum(effort.seconds.values())))
+    rec = dataclasses.replace(rec, effort=effort, left_on_cost=left, budget=used)
     save(spec, study, rec, tracker, figures)
     return rec
 
@@ -411,7 +411,7 @@ def best_recommendation(spec: StudySpec, study: optuna.Study, task: Task) -> Rec
     trials = study.get_trials(deepcopy=False)
     done = [(t.value, t) for t in trials
             if t.state.name == "COMPLETE" and t.value is not None and "config" in t.user_attrs]
-    extra: dict[str, Any] = {"source": "study"}
+    note = None
     if done:
         value, best = best_by(done, key=lambda d: d[0], direction=task.direction)
     else:
@@ -427,14 +427,14 @@ def best_recommendation(spec: StudySpec, study: optuna.Study, task: Task) -> Rec
         at = [t for t in screened if max(t.intermediate_values) == furthest]
         best = best_by(at, key=lambda t: t.intermediate_values[furthest], direction=task.direction)
         value = best.intermediate_values[furthest]
-        extra["search_note"] = f"no trial completed; trial {best.number} led the screen at epoch {furthest}"
+        note = f"no trial completed; trial {best.number} led the screen at epoch {furthest}"
     # A study's own family (a study file's class) is not registered: the JSON names its class,
     # so that recommend() in another process rebuilds it.
     config = record(best).config or {}
-    extra.update(family_origin(spec.search_space().families.get(config.get("optimizer", ""))))
+    origin = family_origin(spec.search_space().families.get(config.get("optimizer", "")))
     return Recommendation(task=spec.task, **config, metric=task.metric,
                           direction=task.direction, value=value, study_name=study.study_name,
-                          trial_number=best.number, extra=extra)
+                          trial_number=best.number, source="study", search_note=note, **origin)
 
 
 def verdict_tags(rec: Recommendation) -> dict[str, str]:

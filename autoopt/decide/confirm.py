@@ -441,25 +441,18 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, 
              pick.paired.verdict if pick.paired else None)
     metric = test_key or task.metric  # without a test split, validation stands in
     alternative, why = cheapest_equivalent(table, pick.winner)
-    extra = dict(rec.extra)
-    extra.update({
-        "source": "study",
-        "chosen": pick.winner,
-        "chosen_kind": "baseline" if pick.winner in bases else "tuned",
-        "search_value": rec.value,
-        "search_trial_number": rec.trial_number,
-        "cheapest_equivalent_reason": why,
-        "equivalence_margin": w.versus_pick.margin if w.versus_pick else None,
-        "cheaper_factor": CHEAPER,
-        "max_slowdown": spec.max_slowdown,
-        metric: w.test.mean,
-    })
     race_summary = RaceSummary(rounds=race.rounds, min_seeds=min_seeds, max_seeds=max_seeds,
                                runs=sum(len(c.results) for c in entrants),
                                epochs=sum(len(r.history) for c in entrants for r in c.results.values()),
                                left_out={c.name: c.reason for c in entrants if c.status != "racing"})
     return Recommendation(task=rec.task, **w.config(), metric=rec.metric, direction=rec.direction,
-                          value=w.val.mean, study_name=rec.study_name, trial_number=w.trial_number, extra=extra,
+                          value=w.val.mean, study_name=rec.study_name, trial_number=w.trial_number,
+                          source="study", search_note=rec.search_note, optimizer_class=rec.optimizer_class,
+                          train_eval_mode=rec.train_eval_mode, extra=rec.extra, chosen=pick.winner,
+                          chosen_kind="baseline" if pick.winner in bases else "tuned", search_value=rec.value,
+                          search_trial_number=rec.trial_number, cheapest_equivalent_reason=why,
+                          equivalence_margin=w.versus_pick.margin if w.versus_pick else None,
+                          cheaper_factor=CHEAPER, max_slowdown=spec.max_slowdown, held_out=w.test.mean,
                           confirmation={n: table[n] for n in candidates},
                           baselines=tuple(b for n in bases if isinstance(b := table[n], Baseline)),
                           improvement=improvement(table, pick, task.direction, metric,

@@ -1,5 +1,5 @@
 """The evidence behind a recommendation, as frozen records: what the race confirmed, the
-baselines, the paired verdict, the cost, the time budget.
+baselines, the paired verdict, the cost, the time budget, the effort by phase.
 
 Each record is immutable (a function that refines one returns a new one, ``model_copy``) and
 keeps any key it does not name (``extra="allow"``), so a JSON written by a later release still
@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Record(BaseModel):
@@ -221,6 +221,45 @@ class RaceSummary(Record):
     left_out: dict[str, str | None] = {}
 
 
+class Effort(Record):
+    """What each phase of a study spent: epochs trained and wall seconds, by phase (``screen``,
+    ``search``, ``confirm``)."""
+
+    epochs: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    trials: int = 0  # the screen's and the search's
+    first_trial_s: float | None = None  # from the start to the first trial, under a time budget
+
+
+class LeftOnCost(Record):
+    """A screened family the cost-aware screen left untrained although it ranked in the best
+    third of its rung: its rank there, its s/epoch (and over the pick's), and the time budget
+    that would have trained and raced it."""
+
+    family: str | None = None
+    trial: int
+    epoch: int
+    rank: int
+    of: int
+    s_per_epoch: float
+    relative_to_pick: float | None = None
+    time_budget_s: int
+
+
+class ZeroShot(Record):
+    """Where a zero-shot answer (``source: database``) comes from: how many earlier studies, the
+    family order they give, and the study whose config it is (JSON key ``from``)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    studies: int
+    order: tuple[str, ...] = ()
+    from_study: str | None = Field(default=None, alias="from")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 # The evidence keys of a recommendation's JSON and the record each is read into.
 EVIDENCE: dict[str, type[Record]] = {"improvement": Improvement, "cost": Cost, "budget": BudgetUse,
-                                     "cheapest_equivalent": Alternative, "race": RaceSummary}
+                                     "cheapest_equivalent": Alternative, "race": RaceSummary, "effort": Effort}

@@ -34,6 +34,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autoopt.decide.evidence import LeftOnCost
 from autoopt.errors import UsageError
 from autoopt.space import (
     GRAD_CLIP,
@@ -221,7 +222,7 @@ class PortfolioFirst:
 
 
 def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | None, seeds: int,
-                 workers: int, spent_s: float) -> list[dict[str, Any]]:
+                 workers: int, spent_s: float) -> list[LeftOnCost]:
     """The screened families the cost-aware screen pruned although they ranked in the best third
     of their rung (``SCREEN_ETA``): what cost alone left untrained, without a budget. Each with
     its rank at the rung it reached, its seconds per epoch (and over the pick's), and the time
@@ -247,8 +248,8 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
         if rank > max(1, len(peers) // SCREEN_ETA) or rank <= max(1, math.floor(len(peers) / (SCREEN_ETA * slowdown))):
             continue  # behind on its rung (pruned at any cost), or not for its cost
         extra = (epochs - step) * spe + seeds * epochs * spe / max(1, workers)
-        out.append({"family": cfg.get("optimizer", t.params.get("optimizer")), "trial": t.number, "epoch": step,
-                    "rank": rank, "of": len(peers), "s_per_epoch": round(spe, 4),
-                    "relative_to_pick": round(spe / pick_s_per_epoch, 2) if pick_s_per_epoch else None,
-                    "time_budget_s": 60 * math.ceil((spent_s + extra) / 60)})
-    return sorted(out, key=lambda d: d["rank"])
+        out.append(LeftOnCost(family=cfg.get("optimizer", t.params.get("optimizer")), trial=t.number, epoch=step,
+                              rank=rank, of=len(peers), s_per_epoch=round(spe, 4),
+                              relative_to_pick=round(spe / pick_s_per_epoch, 2) if pick_s_per_epoch else None,
+                              time_budget_s=60 * math.ceil((spent_s + extra) / 60)))
+    return sorted(out, key=lambda d: d.rank)
