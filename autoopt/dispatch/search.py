@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoopt.budget import Budget
 from autoopt.dispatch.costs import SearchCosts
 from autoopt.dispatch.pool import Finished, InFlight, WorkerPool
-from autoopt.dispatch.trials import TrialBook
+from autoopt.dispatch.trials import TrialBook, interrupt_deferred
 from autoopt.dispatch.worker import Job, TrialRef
 from autoopt.space import SearchSpace, TrialConfig, suggest_config
 from autoopt.study import (
@@ -313,12 +313,11 @@ class SearchLoop:
     def next(self, worker: int) -> Pending | None:
         """Ask for the next trial for ``worker`` (placed and free) and prepare its job; None when
         the study's trials are all asked or the budget is spent."""
-        asked = with_retry(self.ask, what="ask for a trial")
+        asked = with_retry(lambda: self.ask(worker), what="ask for a trial")
         if asked is None:
             self.asked_all = not self.costs.spent
             return None
         trial, trials = asked
-        self.book.ask(trial, worker)
         # The read of the trials made under the ask lock serves the sampling too.
         with trials_snapshot(self.study, trials):
             config = with_retry(lambda: self.prepare(trial), what="store a trial's config")
@@ -330,9 +329,10 @@ class SearchLoop:
         self.book.place(trial.number, job)
         return Pending(trial, job)
 
-    def ask(self) -> tuple[optuna.trial.Trial, list[FrozenTrial]] | None:
-        """A new trial (an enqueued one first) and the study's trials as read before asking it,
-        or None when the study's trials are all asked or the budget is spent."""
+    def ask(self, worker: int) -> tuple[optuna.trial.Trial, list[FrozenTrial]] | None:
+        """A new trial (an enqueued one first) for ``worker``, held by the book, and the study's
+        trials as read before asking it, or None when the study's trials are all asked or the
+        budget is spent."""
         with ask_lock(self.storage_url, self.study.study_name):
             trials = self.view.read()  # one incremental read, under the lock: the count is exact
             upcoming = self.view.first_waiting()
@@ -345,8 +345,10 @@ class SearchLoop:
                           if upcoming is not None else None)
                 if self.costs.over(family, len(self.pool.workers)):
                     return None
-            with trials_snapshot(self.study, trials):  # Optuna's look for a waiting trial reads this read
-                trial = self.study.ask()
+            with interrupt_deferred():  # from the trial's row to the book, nobody's for no instant
+                with trials_snapshot(self.study, trials):  # Optuna's look for a waiting trial reads this read
+                    trial = self.study.ask()
+                self.book.ask(trial, worker)
             # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
             record_heartbeat(self.study, trial.number)
         return trial, trials

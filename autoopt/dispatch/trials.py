@@ -27,9 +27,12 @@ is taken for stale by the other drivers, as it should be.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +56,28 @@ if TYPE_CHECKING:
     from autoopt.dispatch.worker import Job
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Ctrl-C waits for the end of the block, then comes as it would have: a trial the block
+    asks is in the book before the interrupt, which re-queues it (else it would stay RUNNING,
+    nobody's, until the other drivers take it for stale). Only in the main thread, where
+    signals arrive; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 class Life(enum.Enum):
