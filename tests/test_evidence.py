@@ -67,10 +67,10 @@ def test_how_the_pick_was_chosen_is_typed_and_written_back_as_it_came() -> None:
     for key in ("source", "chosen", "chosen_kind", "search_value", "search_trial_number", "max_slowdown",
                 "test_accuracy", "optimizer_class", "train_eval_mode", "cheapest_tie"):
         assert data[key] == old[key], key
-    zero = Recommendation.from_dict({**old, "source": "database", "prior": {"studies": 3, "order": ["adam"],
+    zero = Recommendation.from_dict({**old, "source": "database", "prior": {"studies": ["mnist"], "order": ["adam"],
                                                                            "from": "mnist"}})
     assert zero.zero_shot is not None and zero.zero_shot.from_study == "mnist"
-    assert zero.to_dict()["prior"] == {"studies": 3, "order": ["adam"], "from": "mnist"}
+    assert zero.to_dict()["prior"] == {"studies": ["mnist"], "order": ["adam"], "from": "mnist"}
 
 
 def test_records_are_frozen_and_refined_into_new_ones() -> None:

@@ -247,12 +247,12 @@ class LeftOnCost(Record):
 
 
 class ZeroShot(Record):
-    """Where a zero-shot answer (``source: database``) comes from: how many earlier studies, the
+    """Where a zero-shot answer (``source: database``) comes from: the earlier studies read, the
     family order they give, and the study whose config it is (JSON key ``from``)."""
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
-    studies: int
+    studies: tuple[str, ...] = ()
     order: tuple[str, ...] = ()
     from_study: str | None = Field(default=None, alias="from")
 
