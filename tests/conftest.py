@@ -16,6 +16,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The suite runs on two pytest-xdist workers (pyproject's addopts; ``-n 0`` runs it in one
+# process). The tests of the session's shared services (a two-node Ray cluster, an MLflow
+# server) run on one worker, so that the session starts each once.
+SERVICES = ("cluster", "mlflow_server")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SERVICES):
+            item.add_marker(pytest.mark.xdist_group("services"))
+
+
 @pytest.fixture(autouse=True)
 def registry_unchanged() -> Iterator[None]:
     """Every test leaves the optimizer registry as it found it: a family a test registers and
