@@ -41,9 +41,16 @@ CONFIRM_SHARE = 0.3  # of the budget left after start-up, kept for the confirmat
 RACE_FLOOR = 6  # configs the confirmation's reserve can race at the least (of three tuned and six baselines)
 MIN_SEEDS = 2  # seeds every confirmed config gets under a budget
 END_RESERVE_S = 4.0  # saving, closing the runs, stopping the workers and Ray
+RUN_OVERHEAD_S = 0.5  # a run's cost beyond its epochs: ask or dispatch, tracking, tell
 END_SHARE = 0.02
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+
+
+def run_cost(epochs: int, s_per_epoch: float) -> float:
+    """Expected seconds of one run (a search trial, a confirmation run) of ``epochs`` epochs: the
+    one cost model of the search's budget and the race's."""
+    return epochs * s_per_epoch + RUN_OVERHEAD_S
 
 
 def parse_duration(value: str | float | int) -> float:

@@ -8,8 +8,8 @@ import pytest
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState, create_trial
 
-from autoopt.budget import Budget
-from autoopt.decide.race import RUN_OVERHEAD_S, Contender, Race
+from autoopt.budget import Budget, run_cost
+from autoopt.decide.race import Contender, Race
 from autoopt.dispatch import JobResult, JobState
 from autoopt.space import TrialConfig
 from autoopt.training.pruning import GuardedPruner, ScreenPruner, build_pruner, screen_rungs
@@ -37,7 +37,7 @@ class FakeClock:
 
     def run_round(self, batch: list[tuple[Contender, int]], *, epochs: int, workers: int = 2) -> None:
         loads = [0.0] * workers
-        for cost in sorted((epochs * (c.s_per_epoch or 1.0) + RUN_OVERHEAD_S for c, _ in batch), reverse=True):
+        for cost in sorted((run_cost(epochs, c.s_per_epoch or 1.0) for c, _ in batch), reverse=True):
             loads[loads.index(min(loads))] += cost
         self.now += max(loads)
 

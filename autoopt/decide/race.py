@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from autoopt.budget import Budget
+from autoopt.budget import Budget, run_cost
 from autoopt.decide.verdict import Noise, paired
 from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 DROP_AFTER = 3  # seeds before an interval or a mean may drop a contender (2 seeds: only every seed far behind)
 SLOW = 3.0  # more than this many times the cheapest contender per epoch: fewer extra seeds
-RUN_OVERHEAD_S = 0.5  # a confirmation run's cost beyond its epochs (dispatch, tracking)
 
 
 @dataclass
@@ -231,7 +230,7 @@ class Race:
         """Expected seconds of one run of ``c``."""
         known = [x.s_per_epoch for x in self.contenders if x.s_per_epoch]
         speed = c.s_per_epoch or (statistics.median(known) if known else 0.0)
-        return self.epochs * speed + RUN_OVERHEAD_S
+        return run_cost(self.epochs, speed)
 
     def makespan(self, entrants: list[Contender]) -> float:
         """Seconds a round of ``entrants`` takes on the workers (longest run first, each to the

@@ -10,9 +10,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from autoopt.budget import MIN_SEEDS, RACE_FLOOR, Budget
+from autoopt.budget import MIN_SEEDS, RACE_FLOOR, Budget, run_cost
 
-TRIAL_OVERHEAD_S = 0.3  # a trial's cost beyond its epochs (ask, dispatch, tell), for the budget
 KEPT = 64  # the newest measured speeds kept per family: the estimate costs the same at any study size
 
 
@@ -37,7 +36,7 @@ class SearchCosts:
         mine = self.speeds.get(name or "")
         every = [v for vs in self.speeds.values() for v in vs]
         speed = statistics.median(mine) if mine else (statistics.median(every) if every else 0.0)
-        return self.epochs * speed + TRIAL_OVERHEAD_S
+        return run_cost(self.epochs, speed)
 
     def race(self, workers: int) -> float:
         """Expected seconds of the smallest confirmation: ``RACE_FLOOR`` configs on ``MIN_SEEDS``
