@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 import pytest
 from optuna.storages import InMemoryStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.study import budget_used, build_sampler, counts, open_study, retry_trial
 from autoopt.study.samplers import GroupTPESampler, tpe_window
@@ -77,6 +77,40 @@ def test_tpe_window_keeps_the_best_and_the_newest(maximize: bool) -> None:
     assert set(range(200, 301)) <= kept  # the newest, and the unfinished one
     assert len(kept) <= 25 + 101 and [t.number for t in window] == sorted(kept)
     assert tpe_window(trials[:50], 100, maximize=maximize) == trials[:50]
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_the_kept_window_is_tpe_window_as_the_study_grows(maximize: bool) -> None:
+    """``TailWindow`` gives what ``tpe_window`` gives, call after call, as trials are asked,
+    finish out of order (one runs long, before the window's start), fail and are pruned, for
+    each set of states TPE asks for."""
+    import random
+
+    from optuna.trial import create_trial
+
+    from autoopt.study.window import TailWindow
+
+    rng = random.Random(0)
+    kept = TailWindow(window=40, best=5, maximize=maximize)
+    trials: list[FrozenTrial] = []
+    for step in range(400):
+        t = create_trial(state=TrialState.RUNNING)
+        t.number = len(trials)
+        trials.append(t)
+        running = [x for x in trials if x.state == TrialState.RUNNING and x.number != 3]  # trial 3 runs long
+        for x in rng.sample(running, k=min(len(running), rng.choice([0, 1, 2]))):
+            state = rng.choice([TrialState.COMPLETE] * 4 + [TrialState.PRUNED, TrialState.FAIL])
+            trials[x.number] = done = create_trial(state=state, value=rng.random() if state == TrialState.COMPLETE
+                                                   else None, intermediate_values={1: 0.5})
+            done.number = x.number
+        if step == 300:
+            trials[3] = done = create_trial(value=2.0)  # the long one ends, the best of all
+            done.number = 3
+        for states in (None, (TrialState.COMPLETE, TrialState.PRUNED),
+                       (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+            filtered = [x for x in trials if states is None or x.state in states]
+            expected = tpe_window(filtered, 40, maximize=maximize, best=5)
+            assert [x.number for x in kept.of(list(trials), states)] == [x.number for x in expected], (step, states)
 
 
 def test_the_trials_samplers_share_the_groups_of_the_study() -> None:

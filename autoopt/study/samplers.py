@@ -16,6 +16,7 @@ others, so that sampling a trial costs the same at the 10,000th trial as at the 
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.errors import UsageError
 from autoopt.space import SAMPLERS
+from autoopt.study.window import FINISHED, TailWindow
 
 # TPE's model reads the newest this many finished trials, beside the best ones (``tpe_window``).
 TPE_WINDOW = 500
@@ -129,6 +131,7 @@ class SearchSpaceGroups:
 
     def __init__(self) -> None:
         self.groups: list[dict[str, BaseDistribution]] = []
+        self.window: TailWindow | None = None  # the study's TPE window, kept with its groups
         self._seen: set[int] = set()
         self._shapes: set[frozenset[tuple[str, BaseDistribution]]] = set()  # distinct trial spaces added
 
@@ -174,6 +177,14 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
         self.space: dict[str, SearchSpaceGroups] = {} if groups is None else groups  # per study name
         self.window = window
 
+    def _windowed(self, study: optuna.Study) -> _WindowedStudy:
+        """The study as TPE reads it: through its window, kept per study (``TailWindow``)."""
+        groups = self.space.setdefault(study.study_name, SearchSpaceGroups())
+        if groups.window is None:
+            groups.window = TailWindow(self.window, TPE_BEST,
+                                       maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+        return _WindowedStudy(study, groups.window)
+
     def _groups(self, study: optuna.Study) -> SearchSpaceGroups:
         """The study's groups, with its finished trials not seen yet added."""
         groups = self.space.setdefault(study.study_name, SearchSpaceGroups())
@@ -194,13 +205,13 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
         groups = (known if known is not None else self._groups(study)).groups
         subspaces = [{n: d for n, d in sorted(group.items()) if not d.single() and n in search_space}
                      for group in groups]
-        view = _WindowedStudy(study, self.window)
+        view = self._windowed(study)
         return _LazyGroups(lambda space: self.tpe.sample_relative(view, trial, space), subspaces)  # type: ignore[arg-type]
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        view = _WindowedStudy(study, self.window)
-        return self.tpe.sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+        return self.tpe.sample_independent(self._windowed(study), trial, param_name,  # type: ignore[arg-type]
+                                           param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.tpe.before_trial(study, trial)
@@ -258,7 +269,7 @@ def tpe_window(trials: list[FrozenTrial], window: int, *, maximize: bool,
     >>> [t.value for t in tpe_window(ts, 2, maximize=True, best=1)]
     [9.0, 3.0, 4.0]
     """
-    finished = [t for t in trials if t.state in _FINISHED]
+    finished = [t for t in trials if t.state in FINISHED]
     if len(finished) <= window:
         return trials
     old = finished[:-window]
@@ -267,31 +278,22 @@ def tpe_window(trials: list[FrozenTrial], window: int, *, maximize: bool,
               if t.state == TrialState.COMPLETE and (v := t.value) is not None and math.isfinite(v)]
     keep = {old[i].number for _, i in heapq.nlargest(best, scored)}
     keep.update(t.number for t in finished[-window:])
-    return [t for t in trials if t.state not in _FINISHED or t.number in keep]
+    return [t for t in trials if t.state not in FINISHED or t.number in keep]
 
-
-_FINISHED = frozenset({TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})
 
 
 class _WindowedStudy:
-    """The study as TPE reads it: every attribute the study's, its trials through ``tpe_window``
-    (computed once per set of states: one view serves one trial's sampling)."""
+    """The study as TPE reads it: every attribute the study's, its trials through its window
+    (``TailWindow``: what ``tpe_window`` gives, without reading every trial)."""
 
-    def __init__(self, study: optuna.Study, window: int) -> None:
+    def __init__(self, study: optuna.Study, window: TailWindow) -> None:
         self._study, self._window = study, window
-        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        self._seen: dict[tuple[Any, int], list[FrozenTrial]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        key = (tuple(sorted(s.value for s in states)) if states is not None else None, len(trials))  # type: ignore[attr-defined]
-        if deepcopy or key not in self._seen:
-            window = tpe_window(trials, self._window, maximize=self._maximize)
-            if deepcopy:
-                return window
-            self._seen[key] = window
-        return self._seen[key]
+        trials = self._study._get_trials(deepcopy=False, use_cache=use_cache)  # the snapshot, unfiltered
+        window = self._window.of(trials, states)
+        return copy.deepcopy(window) if deepcopy else window
