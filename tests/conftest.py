@@ -82,7 +82,9 @@ def shared_ray() -> None:
     from autoopt.dispatch.session import start_ray
 
     if ray.is_initialized():
-        return
+        if _cpus_free(ray):
+            return
+        ray.shutdown()  # a test before this one left workers holding CPUs: start afresh
     here = os.getcwd()
     os.chdir(tempfile.mkdtemp(prefix="aot-ray-"))  # an empty folder: its workers find no test's modules there
     try:
@@ -90,6 +92,20 @@ def shared_ray() -> None:
     finally:
         os.chdir(here)
     _RAY_STARTED_HERE[:] = [True]
+
+
+def _cpus_free(ray: Any, wait_s: float = 10.0) -> bool:
+    """All of the running Ray's CPUs free (a pool just shut down frees its workers' within
+    moments), or False after ``wait_s``."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def own_ray() -> None:
