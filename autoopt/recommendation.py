@@ -57,7 +57,7 @@ CORE_KEYS = ("task", "optimizer", "optimizer_params", "scheduler", "scheduler_pa
              "metric", "direction", "value", "study_name", "trial_number", "created_at")
 # Where the answer comes from and how it was chosen: plain JSON keys, written where set. The
 # choice's keys (a confirmed recommendation's) are written together, null where unknown.
-ORIGIN_KEYS = ("source", "search_note", "optimizer_class")
+ORIGIN_KEYS = ("source", "search_note")  # ``optimizer_class`` and ``train_eval_mode``: ``family_origin``
 CHOICE_KEYS = ("chosen", "chosen_kind", "search_value", "search_trial_number", "cheapest_equivalent_reason",
                "equivalence_margin", "cheaper_factor", "max_slowdown")
 # The JSON's layout. 1: the evidence (confirmation, baselines, improvement, cost, ...) is typed and
@@ -142,7 +142,7 @@ class Recommendation:
     def held_out_key(self) -> str:
         """The JSON key of ``held_out``: the improvement's metric (``test_accuracy``; validation's
         where the task has no test split), else ``test_<score>``."""
-        return self.improvement.metric if self.improvement else f"test_{self.metric.removeprefix('val_')}"
+        return held_out_key(self.improvement.metric if self.improvement else None, self.metric)
 
     @property
     def config(self) -> TrialConfig:
@@ -196,7 +196,7 @@ class Recommendation:
             **origin,
         }
         out.update({k: v for k, v in self.extra.items() if k not in out})
-        out.update({k: v for k in ORIGIN_KEYS[:2] if (v := getattr(self, k)) is not None})
+        out.update({k: v for k in ORIGIN_KEYS if (v := getattr(self, k)) is not None})
         if self.chosen is not None:
             out.update({k: getattr(self, k) for k in CHOICE_KEYS})
             out[self.held_out_key] = self.held_out
@@ -222,16 +222,15 @@ class Recommendation:
         version = data.get("schema_version", 0)
         if not isinstance(version, int) or isinstance(version, bool):
             raise UsageError(f"not a recommendation JSON: schema_version {version!r} is not an integer")
-        plain = (*CORE_KEYS, *ORIGIN_KEYS, *CHOICE_KEYS)
+        plain = (*CORE_KEYS, *ORIGIN_KEYS, "optimizer_class", *CHOICE_KEYS)
         evidence = ("confirmation", "baselines", "left_on_cost", *EVIDENCE)
         typed: dict[str, Any] = {k: data[k] for k in (*plain, *evidence) if data.get(k) is not None}
         typed["train_eval_mode"] = bool(data.get("train_eval_mode", False))
         if isinstance(data.get("prior"), dict):
             typed["zero_shot"] = data["prior"]
         improvement = data.get("improvement")
-        metric = str(data.get("metric") or "val_accuracy")
-        held = improvement.get("metric") if isinstance(improvement, dict) else None
-        held = held or f"test_{metric.removeprefix('val_')}"
+        held = held_out_key(improvement.get("metric") if isinstance(improvement, dict) else None,
+                            str(data.get("metric") or "val_accuracy"))
         if isinstance(data.get(held), int | float) and held not in plain:
             typed["held_out"] = float(data[held])
         known = {*plain, *evidence, "train_eval_mode", "prior", "scheduler_step", "schema_version", held}
@@ -281,6 +280,12 @@ class Recommendation:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+def held_out_key(improvement_metric: str | None, metric: str) -> str:
+    """The JSON key of a recommendation's held-out score: its improvement's metric, else
+    ``test_<score>`` of its validation metric."""
+    return improvement_metric or f"test_{metric.removeprefix('val_')}"
 
 
 def family_origin(fam: Family | None) -> dict[str, Any]:

@@ -278,7 +278,7 @@ def confirmation_plot(rec: Recommendation | None) -> Any:
         return fig
     ys = list(range(len(entries)))[::-1]  # the first entry on top
     assert rec is not None  # entries come from it
-    test_name = rec.improvement.metric if rec.improvement else f"test_{rec.metric.removeprefix('val_')}"
+    test_name = rec.held_out_key
     for offset, key, label, color in ((0.12, "val", rec.metric, "tab:blue"),
                                       (-0.12, "test", test_name, "tab:orange")):
         stats = [getattr(e.entry, key) for e in entries]
