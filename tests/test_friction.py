@@ -212,19 +212,20 @@ def test_drivers_creating_one_mlflow_db_at_once_all_succeed(workdir: Path) -> No
 
 
 @pytest.mark.slow
-def test_three_tune_drivers_in_an_empty_folder_all_succeed_with_exactly_the_trials(workdir: Path) -> None:
+def test_tune_drivers_started_together_in_an_empty_folder_all_succeed_with_exactly_the_trials(
+        workdir: Path) -> None:
     """Drivers started together on the SQLite default: one creates Optuna's tables while the
-    others check the file (under its lock: a half-made schema is not another application's), and
-    each waits for the others' writes as for a busy database."""
+    other checks the file (under its lock: a half-made schema is not another application's), and
+    each waits for the other's writes as for a busy database."""
     import subprocess
 
     cmd = [sys.executable, "-m", "autoopt", "tune", "--task", "digits", "--trials", "4", "--epochs", "1",
            "--no-confirm"]
     env = {k: v for k, v in os.environ.items() if k not in ("AUTOOPT_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [o[-400:] for o in outs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-400:] for o in outs]
     study = optuna.load_study(study_name="digits", storage="sqlite:///autoopt.db")
     states = [t.state.name for t in study.trials]
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 4 and len(states) == 4, states
@@ -232,7 +233,7 @@ def test_three_tune_drivers_in_an_empty_folder_all_succeed_with_exactly_the_tria
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
-    assert len(parents) == 3 and {r.info.status for r in parents} == {"FINISHED"}
+    assert len(parents) == 2 and {r.info.status for r in parents} == {"FINISHED"}
     assert all("best_value" in r.data.metrics and tracking.RECOMMENDED_TAG in r.data.tags for r in parents)
 
 
