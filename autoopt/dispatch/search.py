@@ -40,6 +40,7 @@ from autoopt.study import (
     StorageDown,
     ask_lock,
     build_sampler,
+    deferred_writes,
     fail_stale,
     record_heartbeat,
     storage_of,
@@ -367,13 +368,14 @@ class SearchLoop:
         sampler = self.study.sampler
         if not (isinstance(sampler, TrialSeededSampler) and sampler.serves(self.spec.sampler, self.spec.seed)):
             self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed)
-        config = suggest_config(trial, self.space)
-        if kind_of(trial.user_attrs) == "screen":
-            config = TrialConfig(config.optimizer, self.space.default_params(config.optimizer))
-        trial.set_user_attr("config", config.to_dict())
-        if trial.user_attrs.get("reason") and "failed_trial" in self.storage.get_trial_system_attrs(
-                trial_id_of(self.study, trial.number)):
-            trial.set_user_attr("reason", None)  # inherited from the failed attempt it retries
+        with deferred_writes(self.study, trial):  # its params and config: one transaction
+            config = suggest_config(trial, self.space)
+            if kind_of(trial.user_attrs) == "screen":
+                config = TrialConfig(config.optimizer, self.space.default_params(config.optimizer))
+            trial.set_user_attr("config", config.to_dict())
+            if trial.user_attrs.get("reason") and "failed_trial" in self.storage.get_trial_system_attrs(
+                    trial_id_of(self.study, trial.number)):
+                trial.set_user_attr("reason", None)  # inherited from the failed attempt it retries
         return config
 
     def submit(self, worker: int, pending: Pending) -> None:

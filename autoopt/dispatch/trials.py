@@ -44,6 +44,7 @@ from optuna.trial import TrialState
 from autoopt.dispatch.results import JobResult, JobState, compact_history
 from autoopt.study import (
     GRACE_S,
+    deferred_writes,
     is_unreachable,
     record_heartbeat,
     retry_trial,
@@ -168,23 +169,24 @@ class TrialBook:
         held = self._check(number, "tell")
         trial = held.trial
         try:
-            if result.reason:
-                trial.set_user_attr("reason", result.reason)
-            trial.set_user_attr("train_s", round(result.train_s, 4))
-            if result.s_per_epoch is not None:
-                trial.set_user_attr("s_per_epoch", round(result.s_per_epoch, 6))
-            if result.pid:  # which worker ran it: for a crash, find its node's logs
-                trial.set_user_attr("worker", {"node": result.node, "pid": result.pid, "rss_mb": result.rss_mb})
-            trial.set_user_attr("history", compact_history(result.history))  # for reports
-            if result.state == JobState.COMPLETE and result.value is not None:
-                # The worker leaves the last epoch's report to this tell: it spares the trial a
-                # round trip at its end, and no pruner acts on the last epoch. (A complete run
-                # without a value trained no epoch: failed, as Optuna would not take it.)
-                trial.report(result.value, len(result.history) or 1)
-                self.study.tell(trial, result.value)
-            else:
-                self.study.tell(trial, state=TrialState.PRUNED if result.state == JobState.PRUNED
-                                else TrialState.FAIL)
+            with deferred_writes(self.study, trial):  # the tell is one transaction, all or nothing
+                if result.reason:
+                    trial.set_user_attr("reason", result.reason)
+                trial.set_user_attr("train_s", round(result.train_s, 4))
+                if result.s_per_epoch is not None:
+                    trial.set_user_attr("s_per_epoch", round(result.s_per_epoch, 6))
+                if result.pid:  # which worker ran it: for a crash, find its node's logs
+                    trial.set_user_attr("worker", {"node": result.node, "pid": result.pid, "rss_mb": result.rss_mb})
+                trial.set_user_attr("history", compact_history(result.history))  # for reports
+                if result.state == JobState.COMPLETE and result.value is not None:
+                    # The worker leaves the last epoch's report to this tell: it spares the trial a
+                    # round trip at its end, and no pruner acts on the last epoch. (A complete run
+                    # without a value trained no epoch: failed, as Optuna would not take it.)
+                    trial.report(result.value, len(result.history) or 1)
+                    self.study.tell(trial, result.value)
+                else:
+                    self.study.tell(trial, state=TrialState.PRUNED if result.state == JobState.PRUNED
+                                    else TrialState.FAIL)
         except Exception as exc:
             if is_unreachable(exc):
                 raise

@@ -5,8 +5,10 @@ Modules, low to high:
 * ``backends``: the storage-backend seam (SQLite, PostgreSQL), chosen once from the URL: engine
   options, URL normalisation, the ask and creation locks, the preflight ``check``;
 * ``storage``: ``open_storage``, and ``with_retry`` for a database that went away;
+* ``writes``: a trial's writes of one step, made in one transaction (``TrialWrites``, ``flush``);
 * ``snapshot``: ``SnapshotStorage``, a ``BaseStorage`` wrapper serving one read of the trials
-  per decision (``trials_snapshot``), and ``SnapshotStudy``, a study that names its wrapper;
+  per decision (``trials_snapshot``) and making a step's writes to a trial at once
+  (``deferred_writes``), and ``SnapshotStudy``, a study that names its wrapper;
 * ``samplers``: ``build_sampler`` and ``GroupTPESampler``;
 * ``stale``: heartbeats and stale trials (``fail_stale``, ``retry_trial``);
 * ``studies``: ``open_study``, ``load_study``, ``budget_used``;
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time, ``__getattr__`` bel
     from autoopt.study.snapshot import (
         SnapshotStorage,
         SnapshotStudy,
+        deferred_writes,
         storage_of,
         study_id_of,
         trial_id_of,
@@ -112,6 +115,7 @@ _EXPORTS: dict[str, str] = {
     "connect_timeout_s": "autoopt.study.backends",
     "counts": "autoopt.study.studies",
     "creation_lock": "autoopt.study.backends",
+    "deferred_writes": "autoopt.study.snapshot",
     "fail_stale": "autoopt.study.stale",
     "is_busy": "autoopt.study.storage",
     "is_unreachable": "autoopt.study.storage",
@@ -172,6 +176,7 @@ __all__ = [
     "connect_timeout_s",
     "counts",
     "creation_lock",
+    "deferred_writes",
     "fail_stale",
     "is_busy",
     "is_unreachable",

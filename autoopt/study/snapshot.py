@@ -5,7 +5,9 @@ it samples, the pruner's guard and the median pruner once each. Each read is a r
 queries) to the database. ``SnapshotStorage`` implements Optuna's ``BaseStorage`` by delegating
 every call to the storage it wraps (as Optuna's own cached storage does), except that inside
 ``trials_snapshot`` it serves ``get_all_trials`` from one read: one round trip per decision.
-Writes always go through.
+Writes go through, except inside ``deferred(trial_id)``: a step's writes to its trial are kept
+and made in one transaction at the block's end (``autoopt.study.writes``), reads of that trial
+seeing them.
 
 Studies opened by ``autoopt.study`` (``open_study``, ``load_study``) are ``SnapshotStudy``s: they
 sit on such a wrapper and name it (``snapshot_storage``); ``storage_of(study)`` and
@@ -27,6 +29,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
+from autoopt.study.writes import TrialWrites, flush
 
 
 class SnapshotStorage(BaseStorage):
@@ -40,6 +43,24 @@ class SnapshotStorage(BaseStorage):
         self._ids: dict[tuple[int, int], int] = {}
         self._ids_by_name: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._pending: dict[int, TrialWrites] = {}  # the writes kept by ``deferred``, by trial id
+        self._known: dict[str, BaseDistribution] = {}  # each param's distribution, as first written here
+
+    @contextlib.contextmanager
+    def deferred(self, trial_id: int) -> Iterator[None]:
+        """Within the block, the writes to trial ``trial_id`` are kept, then made in one
+        transaction as it ends (``flush``); nothing of them when it raises. Reads of the trial
+        see them. One thread's block per trial (the driver's step that holds it); nested blocks
+        write with the outer one."""
+        if trial_id in self._pending:
+            yield
+            return
+        writes = self._pending[trial_id] = TrialWrites()
+        try:
+            yield
+        finally:
+            self._pending.pop(trial_id, None)
+        flush(self.base, self.inner, trial_id, writes, self._known)
 
     @contextlib.contextmanager
     def snapshot(self, study_id: int, trials: list[FrozenTrial] | None = None) -> Iterator[None]:
@@ -119,6 +140,9 @@ class SnapshotStorage(BaseStorage):
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: BaseDistribution) -> None:
+        if (writes := self._pending.get(trial_id)) is not None:
+            writes.params[param_name] = (param_value_internal, distribution)
+            return
         self.inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
@@ -127,30 +151,49 @@ class SnapshotStorage(BaseStorage):
     def get_trial_number_from_id(self, trial_id: int) -> int:
         return self.inner.get_trial_number_from_id(trial_id)
 
-    def get_trial_param(self, trial_id: int, param_name: str) -> float:
-        return self.inner.get_trial_param(trial_id, param_name)
-
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
+        if (writes := self._pending.get(trial_id)) is not None and state.is_finished():
+            writes.finish(state, values)  # a trial finished meanwhile raises at the flush
+            return True
         return self.inner.set_trial_state_values(trial_id, state, values)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        if (writes := self._pending.get(trial_id)) is not None:
+            writes.intermediate[step] = intermediate_value
+            return
         self.inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if (writes := self._pending.get(trial_id)) is not None:
+            writes.user_attrs[key] = value
+            return
         self.inner.set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if (writes := self._pending.get(trial_id)) is not None:
+            writes.system_attrs[key] = value
+            return
         self.inner.set_trial_system_attr(trial_id, key, value)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self.inner.get_trial(trial_id)
+        trial = self.inner.get_trial(trial_id)
+        writes = self._pending.get(trial_id)
+        return writes.overlay(trial) if writes else trial
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
-        return self.inner.get_trial_system_attrs(trial_id)
+        writes = self._pending.get(trial_id)
+        return {**self.inner.get_trial_system_attrs(trial_id), **(writes.system_attrs if writes else {})}
 
     def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
-        return self.inner.get_trial_user_attrs(trial_id)
+        writes = self._pending.get(trial_id)
+        return {**self.inner.get_trial_user_attrs(trial_id), **(writes.user_attrs if writes else {})}
+
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        writes = self._pending.get(trial_id)
+        if writes and param_name in writes.params:
+            return writes.params[param_name][0]
+        return self.inner.get_trial_param(trial_id, param_name)
 
     def check_trial_is_updatable(self, trial_id: int, trial_state: TrialState) -> None:
         self.inner.check_trial_is_updatable(trial_id, trial_state)
@@ -211,3 +254,22 @@ def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None
         return
     with study.snapshot_storage.snapshot(study_id_of(study), trials):
         yield
+
+
+@contextlib.contextmanager
+def deferred_writes(study: optuna.Study, trial: optuna.trial.Trial) -> Iterator[None]:
+    """Within the block, the writes to ``trial`` are made in one transaction as it ends
+    (``SnapshotStorage.deferred``). When the block or its transaction fails, the trial's handle
+    forgets what the block wrote through it (Optuna's ``Trial`` keeps its params and reports in
+    a cache of its own, and would not write them again on a retry). A study not opened by
+    ``autoopt.study`` writes as usual."""
+    if not isinstance(study, SnapshotStudy):
+        yield
+        return
+    before = copy.deepcopy(trial._cached_frozen_trial)
+    try:
+        with study.snapshot_storage.deferred(trial._trial_id):
+            yield
+    except BaseException:
+        trial._cached_frozen_trial = before
+        raise

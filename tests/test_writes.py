@@ -1,0 +1,101 @@
+"""A trial's writes of one step in one transaction (``autoopt.study.writes``,
+``SnapshotStorage.deferred``): the same trial as Optuna's own writes make, all or nothing, one
+commit, and a retry after a failed step writes everything again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+from sqlalchemy import event
+
+from autoopt.study import deferred_writes, open_storage, open_study, storage_of
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> Iterator[optuna.Study]:
+    storage = open_storage(f"sqlite:///{tmp_path / 'autoopt.db'}", heartbeat=False)
+    yield open_study(storage, "writes", direction="maximize", metric="val_accuracy")
+    storage.engine.dispose()
+
+
+def _step(trial: optuna.trial.Trial, study: optuna.Study) -> None:
+    """A driver's two steps on one trial: its sampling, then its tell."""
+    trial.suggest_categorical("optimizer", ["sgd", "adam"])
+    trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    trial.suggest_int("warmup", 0, 3)
+    trial.set_user_attr("config", {"optimizer": trial.params["optimizer"], "lr": trial.params["lr"]})
+    trial.set_user_attr("history", [[1, 0.5], [2, 0.75]])
+    trial.report(0.75, 2)
+    study.tell(trial, 0.75)
+
+
+def _stored(study: optuna.Study, number: int) -> tuple:
+    t = optuna.load_study(study_name=study.study_name, storage=storage_of(study).base).trials[number]
+    return t.state, t.values, t.params, t.distributions, t.user_attrs, t.intermediate_values
+
+
+def test_a_deferred_step_stores_what_optunas_own_writes_store_in_one_commit(study: optuna.Study) -> None:
+    plain = study.ask()
+    _step(plain, study)
+    engine = storage_of(study).base.engine
+    seen: list[str] = []  # each statement's first word, and "COMMIT"
+
+    def statement(_conn, _cursor, text, *_args) -> None:  # type: ignore[no-untyped-def]
+        seen.append(text.split(None, 1)[0].upper())
+
+    def commit(_conn) -> None:  # type: ignore[no-untyped-def]
+        seen.append("COMMIT")
+
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
+    try:
+        deferred = study.ask()
+        seen.clear()
+        with deferred_writes(study, deferred):
+            _step(deferred, study)
+            # reads of the trial inside the block see its writes (Optuna's tell reads the trial)
+            assert storage_of(study).get_trial(deferred._trial_id).user_attrs["history"] == [[1, 0.5], [2, 0.75]]
+            assert not {"INSERT", "UPDATE"} & set(seen), seen
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "commit", commit)
+    # The step's writes, one transaction (each was one before): no commit between the first and the last.
+    writes = [i for i, word in enumerate(seen) if word in ("INSERT", "UPDATE")]
+    assert len(writes) >= 4 and "COMMIT" not in seen[writes[0]:writes[-1]], seen
+    same_sample = {**_stored(study, deferred.number)[4], "config": _stored(study, plain.number)[4]["config"]}
+    assert _stored(study, deferred.number)[0:2] == (TrialState.COMPLETE, [0.75])
+    assert _stored(study, deferred.number)[3] == _stored(study, plain.number)[3]
+    assert same_sample == _stored(study, plain.number)[4]
+    assert _stored(study, deferred.number)[5] == _stored(study, plain.number)[5] == {2: 0.75}
+
+
+def test_a_step_on_a_trial_finished_meanwhile_writes_nothing(study: optuna.Study) -> None:
+    trial = study.ask()
+    other = optuna.load_study(study_name=study.study_name, storage=storage_of(study).base)
+    with pytest.raises(UpdateFinishedTrialError), deferred_writes(study, trial):
+        trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        trial.set_user_attr("config", {"lr": 0.1})
+        other.tell(trial.number, state=TrialState.FAIL)  # another driver took this one for dead
+    state, _, params, _, attrs, _ = _stored(study, trial.number)
+    assert state == TrialState.FAIL and params == {} and attrs == {}
+
+
+def test_a_step_retried_after_its_transaction_failed_writes_everything(study: optuna.Study) -> None:
+    trial = study.ask()
+    with pytest.raises(RuntimeError), deferred_writes(study, trial):
+        trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        trial.report(0.5, 1)
+        raise RuntimeError("the database went away")
+    assert _stored(study, trial.number)[2] == {}
+    # The retry (with_retry runs the step again): the handle forgot the failed step, so its
+    # params and report are written, not taken from its cache.
+    with deferred_writes(study, trial):
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        trial.report(0.5, 1)
+    state, _, params, _, _, reports = _stored(study, trial.number)
+    assert state == TrialState.RUNNING and params == {"lr": lr} and reports == {1: 0.5}
