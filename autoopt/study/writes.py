@@ -41,6 +41,7 @@ class TrialWrites:
     system_attrs: dict[str, Any] = field(default_factory=dict)
     intermediate: dict[int, float] = field(default_factory=dict)
     state: tuple[TrialState, list[float] | None] | None = None
+    read: FrozenTrial | None = None  # the trial as read at the step's first read (it is the step's)
 
     def __bool__(self) -> bool:
         return bool(self.params or self.user_attrs or self.system_attrs or self.intermediate
