@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
-from sqlalchemy import event
+from sqlalchemy import event, text
 
-from autoopt.study import deferred_writes, open_storage, open_study, storage_of
+from autoopt.study import deferred_writes, open_storage, open_study, record_heartbeat, storage_of
 
 
 @pytest.fixture()
@@ -57,6 +57,7 @@ def test_a_deferred_step_stores_what_optunas_own_writes_store_in_one_commit(stud
         deferred = study.ask()
         seen.clear()
         with deferred_writes(study, deferred):
+            record_heartbeat(study, deferred.number)
             _step(deferred, study)
             # reads of the trial inside the block see its writes (Optuna's tell reads the trial)
             assert storage_of(study).get_trial(deferred._trial_id).user_attrs["history"] == [[1, 0.5], [2, 0.75]]
@@ -72,6 +73,10 @@ def test_a_deferred_step_stores_what_optunas_own_writes_store_in_one_commit(stud
     assert _stored(study, deferred.number)[3] == _stored(study, plain.number)[3]
     assert same_sample == _stored(study, plain.number)[4]
     assert _stored(study, deferred.number)[5] == _stored(study, plain.number)[5] == {2: 0.75}
+    with engine.connect() as conn:  # the heartbeat, at the database's clock, in the same transaction
+        beats = conn.execute(text("select heartbeat from trial_heartbeats where trial_id = :t"),
+                             {"t": deferred._trial_id}).all()
+    assert len(beats) == 1 and beats[0][0] is not None
 
 
 def test_a_step_on_a_trial_finished_meanwhile_writes_nothing(study: optuna.Study) -> None:

@@ -350,8 +350,6 @@ class SearchLoop:
                 with trials_snapshot(self.study, trials):  # Optuna's look for a waiting trial reads this read
                     trial = self.study.ask()
                 self.book.ask(trial, worker)
-            # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
-            record_heartbeat(self.study, trial.number)
         return trial, trials
 
     def prepare(self, trial: optuna.trial.Trial) -> TrialConfig:
@@ -368,7 +366,9 @@ class SearchLoop:
         sampler = self.study.sampler
         if not (isinstance(sampler, TrialSeededSampler) and sampler.serves(self.spec.sampler, self.spec.seed)):
             self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed)
-        with deferred_writes(self.study, trial):  # its params and config: one transaction
+        with deferred_writes(self.study, trial):  # its params, config and first heartbeat: one transaction
+            # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
+            record_heartbeat(self.study, trial.number)
             config = suggest_config(trial, self.space)
             if kind_of(trial.user_attrs) == "screen":
                 config = TrialConfig(config.optimizer, self.space.default_params(config.optimizer))

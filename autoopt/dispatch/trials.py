@@ -169,7 +169,9 @@ class TrialBook:
         held = self._check(number, "tell")
         trial = held.trial
         try:
-            with deferred_writes(self.study, trial):  # the tell is one transaction, all or nothing
+            # The tell is one transaction, all or nothing. A trial of one epoch is as its handle
+            # knows it (its worker left its one report to the tell); a longer one is read again.
+            with deferred_writes(self.study, trial, read=len(result.history) > 1):
                 if result.reason:
                     trial.set_user_attr("reason", result.reason)
                 trial.set_user_attr("train_s", round(result.train_s, 4))

@@ -48,20 +48,28 @@ class SnapshotStorage(BaseStorage):
         self._created: dict[int, FrozenTrial] = {}  # the trial this process created last, until read
 
     @contextlib.contextmanager
-    def deferred(self, trial_id: int) -> Iterator[None]:
+    def deferred(self, trial_id: int, known: FrozenTrial | None = None) -> Iterator[None]:
         """Within the block, the writes to trial ``trial_id`` are kept, then made in one
         transaction as it ends (``flush``); nothing of them when it raises. Reads of the trial
-        see them. One thread's block per trial (the driver's step that holds it); nested blocks
-        write with the outer one."""
+        see them, on the trial as first read in the block, or as ``known`` (the caller's copy,
+        which spares that read: the flush checks the trial is still unfinished). One thread's
+        block per trial (the driver's step that holds it); nested blocks write with the outer one."""
         if trial_id in self._pending:
             yield
             return
-        writes = self._pending[trial_id] = TrialWrites()
+        writes = self._pending[trial_id] = TrialWrites(read=known)
         try:
             yield
         finally:
             self._pending.pop(trial_id, None)
         flush(self.base, self.inner, trial_id, writes, self._known)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """A heartbeat of ``trial_id``'s driver (kept for the flush inside ``deferred``)."""
+        if (writes := self._pending.get(trial_id)) is not None:
+            writes.heartbeat = True
+        elif isinstance(self.base, RDBStorage):
+            self.base.record_heartbeat(trial_id)
 
     @contextlib.contextmanager
     def snapshot(self, study_id: int, trials: list[FrozenTrial] | None = None) -> Iterator[None]:
@@ -269,18 +277,19 @@ def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None
 
 
 @contextlib.contextmanager
-def deferred_writes(study: optuna.Study, trial: optuna.trial.Trial) -> Iterator[None]:
+def deferred_writes(study: optuna.Study, trial: optuna.trial.Trial, *, read: bool = False) -> Iterator[None]:
     """Within the block, the writes to ``trial`` are made in one transaction as it ends
-    (``SnapshotStorage.deferred``). When the block or its transaction fails, the trial's handle
-    forgets what the block wrote through it (Optuna's ``Trial`` keeps its params and reports in
-    a cache of its own, and would not write them again on a retry). A study not opened by
-    ``autoopt.study`` writes as usual."""
+    (``SnapshotStorage.deferred``), on the trial as its handle knows it; with ``read``, as read
+    again (another process wrote to it: a worker its reports). When the block or its transaction
+    fails, the handle forgets what the block wrote through it (Optuna's ``Trial`` keeps its
+    params and reports in a cache of its own, and would not write them again on a retry). A
+    study not opened by ``autoopt.study`` writes as usual."""
     if not isinstance(study, SnapshotStudy):
         yield
         return
     before = copy.deepcopy(trial._cached_frozen_trial)
     try:
-        with study.snapshot_storage.deferred(trial._trial_id):
+        with study.snapshot_storage.deferred(trial._trial_id, None if read else copy.deepcopy(before)):
             yield
     except BaseException:
         trial._cached_frozen_trial = before

@@ -65,7 +65,6 @@ def retry_trial(study: optuna.Study, trial_number: int) -> None:
 
 
 def record_heartbeat(study: optuna.Study, trial_number: int) -> None:
-    """Record a heartbeat for trial ``trial_number`` (its driver is alive)."""
-    base = storage_of(study).base
-    if isinstance(base, RDBStorage):
-        base.record_heartbeat(trial_id_of(study, trial_number))
+    """Record a heartbeat for trial ``trial_number`` (its driver is alive); inside
+    ``deferred_writes``, with the step's other writes."""
+    storage_of(study).record_heartbeat(trial_id_of(study, trial_number))

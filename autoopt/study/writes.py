@@ -29,6 +29,7 @@ from optuna.distributions import (
 )
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func
 
 
 @dataclass
@@ -41,11 +42,12 @@ class TrialWrites:
     system_attrs: dict[str, Any] = field(default_factory=dict)
     intermediate: dict[int, float] = field(default_factory=dict)
     state: tuple[TrialState, list[float] | None] | None = None
-    read: FrozenTrial | None = None  # the trial as read at the step's first read (it is the step's)
+    heartbeat: bool = False  # a heartbeat of the trial's driver, at the database's clock
+    read: FrozenTrial | None = None  # the trial as the step first read it, or as its caller knew it
 
     def __bool__(self) -> bool:
         return bool(self.params or self.user_attrs or self.system_attrs or self.intermediate
-                    or self.state is not None)
+                    or self.state is not None or self.heartbeat)
 
     def finish(self, state: TrialState, values: Sequence[float] | None) -> None:
         if not state.is_finished():
@@ -103,6 +105,9 @@ def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWri
             dict(zip(("trial_id", "step", "intermediate_value", "intermediate_value_type"),
                      (trial_id, step, *stored(value)), strict=True))
             for step, value in writes.intermediate.items()])
+        if writes.heartbeat:  # as RDBStorage.record_heartbeat does
+            upsert(session, models.TrialHeartbeatModel, ("trial_id",),
+                   [{"trial_id": trial_id, "heartbeat": func.now()}])
         if writes.state is not None:  # as RDBStorage.set_trial_state_values does
             state, values = writes.state
             upsert(session, models.TrialValueModel, ("trial_id", "objective"), [
@@ -150,6 +155,8 @@ def _upsert(dialect: str) -> Any:
 
 
 def _one_by_one(storage: BaseStorage, trial_id: int, writes: TrialWrites) -> None:
+    if writes.heartbeat and isinstance(storage, RDBStorage):
+        storage.record_heartbeat(trial_id)
     for name, (internal, dist) in writes.params.items():
         storage.set_trial_param(trial_id, name, internal, dist)
     for key, value in writes.user_attrs.items():
