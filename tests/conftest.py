@@ -18,14 +18,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The suite runs on two pytest-xdist workers (pyproject's addopts; ``-n 0`` runs it in one
 # process). The tests of the session's shared services (a two-node Ray cluster, an MLflow
-# server) run on one worker, so that the session starts each once.
+# server) run on one worker, so that the session starts each once; so do the tests of a module
+# that share one of its module-scoped fixtures (a study run once for the module): on two
+# workers, each would run it.
 SERVICES = ("cluster", "mlflow_server")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(name in getattr(item, "fixturenames", ()) for name in SERVICES):
             item.add_marker(pytest.mark.xdist_group("services"))
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope == "module" for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(f"module:{item.module.__name__}"))  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)
