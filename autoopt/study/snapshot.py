@@ -44,7 +44,7 @@ class SnapshotStorage(BaseStorage):
         self._ids_by_name: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pending: dict[int, TrialWrites] = {}  # the writes kept by ``deferred``, by trial id
-        self._known: dict[str, BaseDistribution] = {}  # each param's distribution, as first written here
+        self._known: dict[tuple[int, str], BaseDistribution] = {}  # (study id, param): as first written here
         self._created: dict[int, FrozenTrial] = {}  # the trial this process created last, until read
 
     @contextlib.contextmanager

@@ -69,12 +69,12 @@ class TrialWrites:
 
 
 def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWrites,
-          known: dict[str, BaseDistribution]) -> None:
+          known: dict[tuple[int, str], BaseDistribution]) -> None:
     """Make ``writes`` to ``trial_id``: in one transaction of ``base`` where it is an
     ``RDBStorage`` (SQLite or PostgreSQL), else one by one through ``inner`` (the storage
-    Optuna's calls go to). ``known`` holds each parameter's distribution as first written by
-    this process: the study's previous one is read once per name, as Optuna's cached storage
-    does, and a new one checked against it."""
+    Optuna's calls go to). ``known`` holds each parameter's distribution by (study id, name), as
+    first written by this process: the study's previous one is read once per name, as Optuna's
+    cached storage does, and a new one checked against it."""
     if not writes:
         return
     if not isinstance(base, RDBStorage) or base.engine.name not in ("sqlite", "postgresql"):
@@ -86,8 +86,9 @@ def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWri
     with _create_scoped_session(base.scoped_session) as session:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         base.check_trial_is_updatable(trial_id, cast(TrialState, trial.state))
+        study_id = cast(int, trial.study_id)
         for name, (_, dist) in writes.params.items():
-            previous = _known(session, models, cast(int, trial.study_id), name, known)
+            previous = _known(session, models, study_id, name, known)
             check_distribution_compatibility(previous or dist, dist)
         # One statement per table, each row as RDBStorage's own write would store it: a param
         # set already is kept (Optuna ignores the duplicate), anything else is replaced.
@@ -117,20 +118,20 @@ def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWri
             trial.state = state
             trial.datetime_complete = datetime.datetime.now()
     for name, (_, dist) in writes.params.items():
-        known.setdefault(name, dist)
+        known.setdefault((study_id, name), dist)
 
 
 def _known(session: Any, models: Any, study_id: int, name: str,
-           known: dict[str, BaseDistribution]) -> BaseDistribution | None:
+           known: dict[tuple[int, str], BaseDistribution]) -> BaseDistribution | None:
     """Parameter ``name``'s distribution in the study: as this process first wrote or read it,
     else as a trial of the study stored it (read once), else None (a new parameter)."""
-    if name not in known:
+    if (study_id, name) not in known:
         row = (session.query(models.TrialParamModel.distribution_json).join(models.TrialModel)
                .filter(models.TrialModel.study_id == study_id, models.TrialParamModel.param_name == name).first())
         if row is None:
             return None
-        known[name] = json_to_distribution(row[0])
-    return known[name]
+        known[study_id, name] = json_to_distribution(row[0])
+    return known[study_id, name]
 
 
 def _upsert(dialect: str) -> Any:
