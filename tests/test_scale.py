@@ -132,6 +132,32 @@ def test_the_trials_samplers_share_the_groups_of_the_study() -> None:
     assert sorted(sorted(g) for g in groups.groups) == [["a.lr"], ["b.lr"], ["optimizer"]]
 
 
+def test_the_kept_groups_are_those_of_every_finished_trial_as_trials_finish_out_of_order() -> None:
+    """``SearchSpaceGroups.update`` reads only the trials past its last read and those
+    unfinished then: the groups are those a full read of the study makes, at every step."""
+    from autoopt.study.samplers import SearchSpaceGroups
+
+    study = optuna.create_study(storage=InMemoryStorage())
+    kept = SearchSpaceGroups()
+    running: list[optuna.trial.Trial] = []
+    for i in range(30):
+        trial = study.ask()
+        trial.suggest_categorical("optimizer", ["a", "b", "c"])
+        trial.suggest_float(f"{'abc'[i % 3]}.lr", 1e-4, 1.0, log=True)
+        if i % 4 == 0:
+            trial.suggest_int(f"extra{i}", 0, 3)  # a parameter only a trial still running has, for a while
+        running.append(trial)
+        if i % 3 == 2:  # the oldest running trial finishes (complete, pruned or failed), the newer go on
+            done = running.pop(0)
+            study.tell(done, float(i) if i % 2 else None,
+                       state=None if i % 2 else (TrialState.PRUNED if i % 5 else TrialState.FAIL))
+        kept.update(study.get_trials(deepcopy=False))
+        full = SearchSpaceGroups()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            full.add(t.distributions)
+        assert sorted(sorted(g) for g in kept.groups) == sorted(sorted(g) for g in full.groups), i
+
+
 def test_child_runs_reads_every_page(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import mlflow
 

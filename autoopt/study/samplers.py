@@ -134,6 +134,8 @@ class SearchSpaceGroups:
         self.window: TailWindow | None = None  # the study's TPE window, kept with its groups
         self._seen: set[int] = set()
         self._shapes: set[frozenset[tuple[str, BaseDistribution]]] = set()  # distinct trial spaces added
+        self._read = 0  # the trials before this number were read by ``update``
+        self._open: set[int] = set()  # ... of which those unfinished then
 
     def add(self, distributions: dict[str, BaseDistribution]) -> None:
         names = set(distributions)
@@ -147,14 +149,31 @@ class SearchSpaceGroups:
         self.groups = [g for g in split if g]
 
     def update(self, trials: list[FrozenTrial]) -> None:
-        """Add the finished trials not seen yet (adding one again changes nothing)."""
-        for trial in trials:
-            if trial.number not in self._seen:
-                self._seen.add(trial.number)
-                shape = frozenset(trial.distributions.items())
-                if shape not in self._shapes:  # a space seen already splits nothing further
-                    self._shapes.add(shape)
-                    self.add(trial.distributions)
+        """Add the complete and pruned trials not seen yet (adding one again changes nothing).
+
+        ``trials`` is the study's list, by number: only the trials past the last one read, and
+        those unfinished then, are read again; a study of N trials costs nothing per ask for
+        the N it read before. Any other list is read whole."""
+        if not all(trials[i].number == i for i in (0, len(trials) - 1) if trials) or len(trials) < self._read:
+            self._read, self._open = 0, set()
+        todo = [trials[n] for n in sorted(self._open) if n < len(trials)] + trials[self._read:]
+        self._read = len(trials)
+        for trial in todo:
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                self._open.discard(trial.number)
+                self._add_trial(trial)
+            elif trial.state in (TrialState.RUNNING, TrialState.WAITING):
+                self._open.add(trial.number)
+            else:
+                self._open.discard(trial.number)
+
+    def _add_trial(self, trial: FrozenTrial) -> None:
+        if trial.number not in self._seen:
+            self._seen.add(trial.number)
+            shape = frozenset(trial.distributions.items())
+            if shape not in self._shapes:  # a space seen already splits nothing further
+                self._shapes.add(shape)
+                self.add(trial.distributions)
 
 
 class GroupTPESampler(optuna.samplers.BaseSampler):
@@ -188,7 +207,7 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
     def _groups(self, study: optuna.Study) -> SearchSpaceGroups:
         """The study's groups, with its finished trials not seen yet added."""
         groups = self.space.setdefault(study.study_name, SearchSpaceGroups())
-        groups.update(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        groups.update(study.get_trials(deepcopy=False))
         return groups
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
