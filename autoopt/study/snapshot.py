@@ -32,6 +32,34 @@ import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.study.writes import TrialWrites, flush
 
 
+class _Trials:
+    """A study's trials as read so far, by number, and where the next read starts (Optuna's
+    cached storage's bookkeeping): the trials unfinished at the last read, by id, and the
+    highest id of a finished one."""
+
+    def __init__(self) -> None:
+        self.trials: list[FrozenTrial] = []
+        self.unfinished: set[int] = set()
+        self.last_finished = -1
+        self.lock = threading.Lock()
+
+    def merge(self, read: list[FrozenTrial]) -> None:
+        """Take in the trials just read: each replaces its number's entry, or extends the list."""
+        for t in sorted(read, key=lambda t: t.number):
+            if t.number < len(self.trials) and self.trials[t.number].number == t.number:
+                self.trials[t.number] = t
+            elif t.number == len(self.trials):
+                self.trials.append(t)
+            else:  # numbers with a gap (not seen in a study Optuna keeps): sorted afresh
+                by_number = {x.number: x for x in self.trials} | {t.number: t}
+                self.trials = [by_number[n] for n in sorted(by_number)]
+            if t.state.is_finished():
+                self.unfinished.discard(t._trial_id)
+                self.last_finished = max(self.last_finished, t._trial_id)
+            else:
+                self.unfinished.add(t._trial_id)
+
+
 class SnapshotStorage(BaseStorage):
     """Delegates to ``inner`` (an ``RDBStorage``, wrapped in Optuna's own trial cache);
     ``get_all_trials`` is served from a snapshot while one is taken (``snapshot``)."""
@@ -46,6 +74,7 @@ class SnapshotStorage(BaseStorage):
         self._pending: dict[int, TrialWrites] = {}  # the writes kept by ``deferred``, by trial id
         self._known: dict[tuple[int, str], BaseDistribution] = {}  # (study id, param): as first written here
         self._created: dict[int, FrozenTrial] = {}  # the trial this process created last, until read
+        self._read: dict[int, _Trials] = {}  # each study's trials as read so far (``_all_trials``)
 
     @contextlib.contextmanager
     def deferred(self, trial_id: int, known: FrozenTrial | None = None) -> Iterator[None]:
@@ -90,11 +119,25 @@ class SnapshotStorage(BaseStorage):
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         cache = self._cache
         if cache is None:
-            return self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        if study_id not in cache:
-            cache[study_id] = self.inner.get_all_trials(study_id, deepcopy=False)
-        trials = cache[study_id] if states is None else [t for t in cache[study_id] if t.state in states]
+            trials = self._all_trials(study_id)
+        else:
+            if study_id not in cache:
+                cache[study_id] = self._all_trials(study_id)
+            trials = cache[study_id]
+        trials = trials if states is None else [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
+
+    def _all_trials(self, study_id: int) -> list[FrozenTrial]:
+        """The study's trials, by number (a new list): only those that changed since the last
+        read are read (the unfinished ones and the new ones), as Optuna's cached storage does,
+        but kept in number order as they come: no sort of every trial per read."""
+        if not isinstance(self.base, RDBStorage):
+            return self.inner.get_all_trials(study_id, deepcopy=False)
+        known = self._read.setdefault(study_id, _Trials())
+        with known.lock:
+            known.merge(self.base._get_trials(study_id, states=None, included_trial_ids=set(known.unfinished),
+                                              trial_id_greater_than=known.last_finished))
+            return list(known.trials)
 
     def trial_id(self, study_id: int, number: int) -> int:
         """The storage id of trial ``number`` (cached: ids never change)."""
@@ -159,7 +202,9 @@ class SnapshotStorage(BaseStorage):
         if (writes := self._pending.get(trial_id)) is not None:
             writes.params[param_name] = (param_value_internal, distribution)
             return
-        self.inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        # A write of its own, as a step's (Optuna's cached storage knows only the trials it read).
+        flush(self.base, self.inner, trial_id, TrialWrites(params={param_name: (param_value_internal, distribution)}),
+              self._known)
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         return self.trial_id(study_id, trial_number)
