@@ -14,10 +14,11 @@ the writes one by one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -81,9 +82,7 @@ def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWri
         _one_by_one(inner, trial_id, writes)
         return
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    with _create_scoped_session(base.scoped_session) as session:
+    with _transaction(base) as session:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         base.check_trial_is_updatable(trial_id, cast(TrialState, trial.state))
         study_id = cast(int, trial.study_id)
@@ -119,6 +118,21 @@ def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWri
             trial.datetime_complete = datetime.datetime.now()
     for name, (_, dist) in writes.params.items():
         known.setdefault((study_id, name), dist)
+
+
+@contextlib.contextmanager
+def _transaction(base: RDBStorage) -> Iterator[Any]:
+    """Optuna's session scope (``_create_scoped_session``), rolled back on any exception too:
+    a Ctrl-C in the middle of the writes must not leave the session's transaction open (on
+    SQLite, holding the database's write lock against the interrupt's own writes)."""
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(base.scoped_session) as session:
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
 
 
 def _known(session: Any, models: Any, study_id: int, name: str,
