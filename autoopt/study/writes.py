@@ -58,9 +58,8 @@ class TrialWrites:
     def overlay(self, trial: FrozenTrial) -> FrozenTrial:
         """``trial`` as read, with these writes made (a copy)."""
         trial = copy.deepcopy(trial)
-        for name, (internal, dist) in self.params.items():
-            trial.distributions = {**trial.distributions, name: dist}
-            trial.params = {**trial.params, name: dist.to_external_repr(internal)}
+        trial.distributions = {**trial.distributions, **{n: d for n, (_, d) in self.params.items()}}
+        trial.params = {**trial.params, **{n: d.to_external_repr(v) for n, (v, d) in self.params.items()}}
         trial.user_attrs = {**trial.user_attrs, **self.user_attrs}
         trial.system_attrs = {**trial.system_attrs, **self.system_attrs}
         trial.intermediate_values = {**trial.intermediate_values, **self.intermediate}
