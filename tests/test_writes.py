@@ -104,3 +104,28 @@ def test_a_step_retried_after_its_transaction_failed_writes_everything(study: op
         trial.report(0.5, 1)
     state, _, params, _, _, reports = _stored(study, trial.number)
     assert state == TrialState.RUNNING and params == {"lr": lr} and reports == {1: 0.5}
+
+
+def test_asked_trials_are_numbered_as_optunas_count_numbers_them_beside_other_clients_and_studies(
+        study: optuna.Study, tmp_path: Path) -> None:
+    base = storage_of(study).base
+    other = open_study(open_storage(f"sqlite:///{tmp_path / 'autoopt.db'}", heartbeat=False), "other",
+                       direction="maximize", metric="val_accuracy")
+    plain = optuna.load_study(study_name=study.study_name, storage=base)  # Optuna's own client, its count
+    asked = []
+    for i in range(9):
+        asked.append(study.ask().number)
+        if i % 3 == 0:
+            other.ask()  # another study's trials between this one's ids
+        if i % 4 == 1:
+            asked.append(plain.ask().number)  # a trial this process never read
+        if i == 5:
+            study.enqueue_trial({"x": 1})
+            asked.append(study.ask().number)  # the enqueued one: asked, not created
+    assert asked == list(range(len(asked)))
+    numbers = [t.number for t in optuna.load_study(study_name=study.study_name, storage=base).trials]
+    assert numbers == list(range(len(asked)))
+    # a process that read nothing of the study counts its trials once
+    fresh = open_study(open_storage(f"sqlite:///{tmp_path / 'autoopt.db'}", heartbeat=False), study.study_name,
+                       direction="maximize", metric="val_accuracy")
+    assert fresh.ask().number == len(asked)

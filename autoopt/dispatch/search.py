@@ -318,9 +318,9 @@ class SearchLoop:
         if asked is None:
             self.asked_all = not self.costs.spent
             return None
-        trial, trials = asked
+        trial, trials, unfinished = asked
         # The read of the trials made under the ask lock serves the sampling too.
-        with trials_snapshot(self.study, trials):
+        with trials_snapshot(self.study, trials, unfinished):
             config = with_retry(lambda: self.prepare(trial), what="store a trial's config")
         if self.budget is not None and self.costs.over(config.optimizer, len(self.pool.workers)):
             # its family, sampled now, is too slow for what is left
@@ -330,12 +330,13 @@ class SearchLoop:
         self.book.place(trial.number, job)
         return Pending(trial, job)
 
-    def ask(self, worker: int) -> tuple[optuna.trial.Trial, list[FrozenTrial]] | None:
+    def ask(self, worker: int) -> tuple[optuna.trial.Trial, list[FrozenTrial], list[int]] | None:
         """A new trial (an enqueued one first) for ``worker``, held by the book, and the study's
-        trials as read before asking it, or None when the study's trials are all asked or the
-        budget is spent."""
+        trials as read before asking it (and the numbers of those unfinished then), or None when
+        the study's trials are all asked or the budget is spent."""
         with ask_lock(self.storage_url, self.study.study_name):
             trials = self.view.read()  # one incremental read, under the lock: the count is exact
+            unfinished = list(self.view.open)
             upcoming = self.view.first_waiting()
             if upcoming is None and self.view.used >= self.spec.trials:
                 return None
@@ -347,10 +348,11 @@ class SearchLoop:
                 if self.costs.over(family, len(self.pool.workers)):
                     return None
             with interrupt_deferred():  # from the trial's row to the book, nobody's for no instant
-                with trials_snapshot(self.study, trials):  # Optuna's look for a waiting trial reads this read
+                # Optuna's look for a waiting trial reads this read (its unfinished trials only)
+                with trials_snapshot(self.study, trials, unfinished):
                     trial = self.study.ask()
                 self.book.ask(trial, worker)
-        return trial, trials
+        return trial, trials, unfinished
 
     def prepare(self, trial: optuna.trial.Trial) -> TrialConfig:
         """Sample ``trial``'s config and store it (idempotent: a retry gives the same config).

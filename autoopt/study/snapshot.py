@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Collection, Container, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -29,7 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
-from autoopt.study.writes import TrialWrites, flush
+from autoopt.study.writes import TrialWrites, create_trial, flush
 
 
 class _Trials:
@@ -39,7 +40,7 @@ class _Trials:
 
     def __init__(self) -> None:
         self.trials: list[FrozenTrial] = []
-        self.unfinished: set[int] = set()
+        self.unfinished: dict[int, int] = {}  # id -> number
         self.last_finished = -1
         self.lock = threading.Lock()
 
@@ -54,10 +55,31 @@ class _Trials:
                 by_number = {x.number: x for x in self.trials} | {t.number: t}
                 self.trials = [by_number[n] for n in sorted(by_number)]
             if t.state.is_finished():
-                self.unfinished.discard(t._trial_id)
+                self.unfinished.pop(t._trial_id, None)
                 self.last_finished = max(self.last_finished, t._trial_id)
             else:
-                self.unfinished.add(t._trial_id)
+                self.unfinished[t._trial_id] = t.number
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One read of a study's trials (by number) and, where known, the numbers of those unfinished
+    in it: a read of the waiting or running trials alone (Optuna's ask looks for a waiting one)
+    visits those, not the whole study."""
+
+    trials: list[FrozenTrial]
+    unfinished: list[int] | None
+
+    def of(self, states: Container[TrialState]) -> list[FrozenTrial]:
+        trials = self.trials
+        if self.unfinished is not None and not any(s in states for s in _FINISHED):
+            numbered = all(n < len(trials) and trials[n].number == n for n in self.unfinished)
+            if numbered:  # as in a study Optuna keeps: a trial's number is its position
+                return [t for n in self.unfinished if (t := trials[n]).state in states]
+        return [t for t in trials if t.state in states]
+
+
+_FINISHED = tuple(s for s in TrialState if s.is_finished())
 
 
 class SnapshotStorage(BaseStorage):
@@ -67,7 +89,7 @@ class SnapshotStorage(BaseStorage):
     def __init__(self, base: BaseStorage) -> None:
         self.base = base  # the storage as opened (RDBStorage): heartbeats, its engine
         self.inner = get_storage(base)
-        self._cache: dict[int, list[FrozenTrial]] | None = None
+        self._cache: dict[int, _Read] | None = None
         self._ids: dict[tuple[int, int], int] = {}
         self._ids_by_name: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -75,6 +97,7 @@ class SnapshotStorage(BaseStorage):
         self._known: dict[tuple[int, str], BaseDistribution] = {}  # (study id, param): as first written here
         self._created: dict[int, FrozenTrial] = {}  # the trial this process created last, until read
         self._read: dict[int, _Trials] = {}  # each study's trials as read so far (``_all_trials``)
+        self._newest: dict[int, int] = {}  # each study's highest trial id read or created here
 
     @contextlib.contextmanager
     def deferred(self, trial_id: int, known: FrozenTrial | None = None) -> Iterator[None]:
@@ -101,14 +124,18 @@ class SnapshotStorage(BaseStorage):
             self.base.record_heartbeat(trial_id)
 
     @contextlib.contextmanager
-    def snapshot(self, study_id: int, trials: list[FrozenTrial] | None = None) -> Iterator[None]:
+    def snapshot(self, study_id: int, trials: list[FrozenTrial] | None = None,
+                 unfinished: Collection[int] | None = None) -> Iterator[None]:
         """Within the block, trials are read once (or taken from ``trials``, a read made just
-        before). Nested blocks share the outer snapshot."""
+        before, whose unfinished trials' numbers are ``unfinished`` where the caller knows them).
+        Nested blocks share the outer snapshot."""
         with self._lock:
             if self._cache is not None:
                 outer = True
             else:
-                outer, self._cache = False, ({} if trials is None else {study_id: trials})
+                outer, self._cache = False, {}
+                if trials is not None:
+                    self._cache[study_id] = _Read(trials, None if unfinished is None else sorted(unfinished))
         try:
             yield
         finally:
@@ -119,25 +146,27 @@ class SnapshotStorage(BaseStorage):
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         cache = self._cache
         if cache is None:
-            trials = self._all_trials(study_id)
+            read = self._all_trials(study_id)
         else:
             if study_id not in cache:
                 cache[study_id] = self._all_trials(study_id)
-            trials = cache[study_id]
-        trials = trials if states is None else [t for t in trials if t.state in states]
+            read = cache[study_id]
+        trials = read.trials if states is None else read.of(states)
         return copy.deepcopy(trials) if deepcopy else trials
 
-    def _all_trials(self, study_id: int) -> list[FrozenTrial]:
+    def _all_trials(self, study_id: int) -> _Read:
         """The study's trials, by number (a new list): only those that changed since the last
         read are read (the unfinished ones and the new ones), as Optuna's cached storage does,
         but kept in number order as they come: no sort of every trial per read."""
         if not isinstance(self.base, RDBStorage):
-            return self.inner.get_all_trials(study_id, deepcopy=False)
+            return _Read(self.inner.get_all_trials(study_id, deepcopy=False), None)
         known = self._read.setdefault(study_id, _Trials())
         with known.lock:
             known.merge(self.base._get_trials(study_id, states=None, included_trial_ids=set(known.unfinished),
                                               trial_id_greater_than=known.last_finished))
-            return list(known.trials)
+            if known.trials:
+                self._newest[study_id] = max(self._newest.get(study_id, 0), known.trials[-1]._trial_id)
+            return _Read(list(known.trials), sorted(known.unfinished.values()))
 
     def trial_id(self, study_id: int, number: int) -> int:
         """The storage id of trial ``number`` (cached: ids never change)."""
@@ -159,6 +188,8 @@ class SnapshotStorage(BaseStorage):
 
     def delete_study(self, study_id: int) -> None:
         self._ids_by_name = {k: v for k, v in self._ids_by_name.items() if v != study_id}
+        self._read.pop(study_id, None)
+        self._newest.pop(study_id, None)
         self.inner.delete_study(study_id)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
@@ -191,8 +222,10 @@ class SnapshotStorage(BaseStorage):
         if template_trial is not None or not isinstance(self.base, RDBStorage):
             return self.inner.create_new_trial(study_id, template_trial)
         # A trial asked for: Optuna's ``Trial`` reads it at once. It is served as created, which
-        # spares that read (a round trip of six queries).
-        created = self.base._create_new_trial(study_id)
+        # spares that read (a round trip of six queries); it is numbered after the newest trial
+        # read here, not by counting the study's trials (``create_trial``).
+        created = create_trial(self.base, study_id, self._newest.get(study_id, 0))
+        self._newest[study_id] = max(self._newest.get(study_id, 0), created._trial_id)
         self._created = {created._trial_id: created}
         self._ids[(study_id, created.number)] = created._trial_id
         return created._trial_id
@@ -310,14 +343,15 @@ def trial_id_of(study: optuna.Study, number: int) -> int:
 
 
 @contextlib.contextmanager
-def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Iterator[None]:
+def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None,
+                    unfinished: Collection[int] | None = None) -> Iterator[None]:
     """Within the block, the study's trials are read from the storage once, then served from
-    that snapshot (or ``trials``, a read made just before). A study not opened by
-    ``autoopt.study`` reads as usual."""
+    that snapshot (or ``trials``, a read made just before, whose unfinished trials have the
+    numbers ``unfinished`` where known). A study not opened by ``autoopt.study`` reads as usual."""
     if not isinstance(study, SnapshotStudy):
         yield
         return
-    with study.snapshot_storage.snapshot(study_id_of(study), trials):
+    with study.snapshot_storage.snapshot(study_id_of(study), trials, unfinished):
         yield
 
 
