@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any
 from filelock import FileLock
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import NullPool
 
 from autoopt.errors import UsageError
@@ -214,9 +216,9 @@ class PostgresBackend(Backend):
         # workers and the MLflow server. A worker uses at most two at once (its trial, its
         # background reports): 1 + 1 overflow; a driver 2 + 1, and one more for the ask lock.
         # So about 4 per driver and 2 per worker: past ~40 workers, put PgBouncer in front.
-        # Pre-ping replaces connections a database restart or a network cut left dead.
-        kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 1, "pool_pre_ping": True,
-                                  "pool_recycle": 300}
+        # A connection idle a while is pinged before use (``tune``), not each one: a trial's few
+        # transactions would pay a round trip each for it.
+        kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 1, "pool_recycle": 300}
         args: dict[str, Any] = {}
         if "connect_timeout" not in self.parsed.query:
             args["connect_timeout"] = CONNECT_TIMEOUT_S
@@ -230,6 +232,9 @@ class PostgresBackend(Backend):
         if args:
             kwargs["connect_args"] = args
         return kwargs
+
+    def tune(self, engine: Engine) -> None:
+        _ping_when_idle(engine)
 
     def exists(self) -> bool:
         return True  # the server knows; opening tells
@@ -263,13 +268,12 @@ class PostgresBackend(Backend):
         may spell the same database differently, with or without a password). A driver that
         dies holding it releases it with its connection."""
         key = int.from_bytes(hashlib.sha256(f"autoopt.ask:{study_name}".encode()).digest()[:7], "big")
-        with _lock_engine(self.url).connect() as conn:
+        with _lock_engine(self.url).connect() as conn:  # autocommit: no transaction around the two
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
 
 
 # The ask lock's engines, one per PostgreSQL URL, the most recently used first kept: a process
@@ -286,12 +290,42 @@ def _lock_engine(url: str) -> Engine:
         if engine is not None:
             _LOCK_ENGINES.move_to_end(url)
             return engine
-        engine = _LOCK_ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
+        engine = _LOCK_ENGINES[url] = create_engine(url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT",
                                                     connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        _ping_when_idle(engine)
         evicted = [_LOCK_ENGINES.popitem(last=False)[1] for _ in range(len(_LOCK_ENGINES) - LOCK_ENGINES_MAX)]
     for old in evicted:
         old.dispose()
     return engine
+
+
+PING_IDLE_S = 2.0  # a pooled connection idle this long is pinged before use
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use when it sat idle ``PING_IDLE_S`` or more (SQLAlchemy's
+    custom pessimistic disconnect handling): one a database restart or a network cut left dead
+    is replaced. A connection in use a moment ago is not: a trial's transactions come in quick
+    succession, and a ping each would add a round trip to each (a restart in between fails the
+    transaction, which the caller retries on a fresh connection: ``with_retry``)."""
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _idle(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", -math.inf) < PING_IDLE_S:
+            return
+        try:
+            cursor = dbapi.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            if not getattr(dbapi, "autocommit", False):
+                dbapi.rollback()
+        except Exception as exc:
+            raise DisconnectionError(str(exc)) from exc  # the pool replaces the connection
 
 
 def _first_line(exc: BaseException) -> str:

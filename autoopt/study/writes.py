@@ -121,28 +121,28 @@ def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWri
 
 def create_trial(base: RDBStorage, study_id: int, since: int = 0) -> FrozenTrial:
     """A new RUNNING trial of study ``study_id``, made as ``RDBStorage._create_new_trial`` makes
-    one (the study's row locked, the trial inserted, then numbered), but numbered after the
-    newest of the study's trials from id ``since`` on (the newest one the caller has read), not
-    by counting every trial of the study: each was numbered so under the study's lock, so the
-    numbers follow the ids from 0. With nothing from ``since`` on, the trials are counted."""
+    one (under a lock of the study's row), but numbered in the insert itself, after the newest
+    of the study's trials from id ``since`` on (the newest one the caller has read), not by
+    counting every trial of the study in a statement of its own: under that lock each trial was
+    numbered so, and the numbers follow the ids from 0. With none from ``since`` on, the trials
+    are counted. The range is on the primary key alone (the study is tested per row), so the
+    database reads the few trials made since, however many the study holds."""
     from optuna.storages._rdb import models
+    from sqlalchemy import case, insert, select
+
+    trials = models.TrialModel.__table__
+    newest = select(func.max(case((trials.c.study_id == study_id, trials.c.number)))).where(
+        trials.c.trial_id >= since).scalar_subquery()
+    counted = select(func.count(trials.c.trial_id)).where(trials.c.study_id == study_id).scalar_subquery()
+    started = datetime.datetime.now()
     with _transaction(base) as session:
         models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-        trial = models.TrialModel(study_id=study_id, number=None, state=TrialState.RUNNING,
-                                  datetime_start=datetime.datetime.now())
-        session.add(trial)
-        session.flush()  # on SQLite, the database's write lock from here on
-        before = (models.TrialModel.study_id == study_id, models.TrialModel.trial_id < trial.trial_id)
-        last = session.query(func.max(models.TrialModel.number)).filter(
-            *before, models.TrialModel.trial_id >= since).scalar()
-        trial.number = last + 1 if last is not None else session.query(
-            func.count(models.TrialModel.trial_id)).filter(*before).scalar()
-        session.flush()
-        created = FrozenTrial(number=trial.number, state=TrialState.RUNNING, value=None, values=None,
-                              datetime_start=trial.datetime_start, datetime_complete=None, params={},
-                              distributions={}, user_attrs={}, system_attrs={}, intermediate_values={},
-                              trial_id=cast(int, trial.trial_id))
-    return created
+        trial_id, number = session.execute(insert(trials).values(
+            study_id=study_id, number=func.coalesce(newest + 1, counted), state=TrialState.RUNNING,
+            datetime_start=started).returning(trials.c.trial_id, trials.c.number)).one()
+    return FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=started,
+                       datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+                       intermediate_values={}, trial_id=trial_id)
 
 
 @contextlib.contextmanager
