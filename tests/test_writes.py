@@ -16,9 +16,22 @@ from sqlalchemy import event, text
 from autoopt.study import deferred_writes, open_storage, open_study, record_heartbeat, storage_of
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The storage: a SQLite file, or a fresh PostgreSQL database (the ``pg`` fixture's rules)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'autoopt.db'}"
+        return
+    request.getfixturevalue("pg")
+    from services import database, pg_url
+
+    with database() as name:
+        yield pg_url(name)
+
+
 @pytest.fixture()
-def study(tmp_path: Path) -> Iterator[optuna.Study]:
-    storage = open_storage(f"sqlite:///{tmp_path / 'autoopt.db'}", heartbeat=False)
+def study(url: str) -> Iterator[optuna.Study]:
+    storage = open_storage(url, heartbeat=False)
     yield open_study(storage, "writes", direction="maximize", metric="val_accuracy")
     storage.engine.dispose()
 
@@ -107,9 +120,9 @@ def test_a_step_retried_after_its_transaction_failed_writes_everything(study: op
 
 
 def test_asked_trials_are_numbered_as_optunas_count_numbers_them_beside_other_clients_and_studies(
-        study: optuna.Study, tmp_path: Path) -> None:
+        study: optuna.Study, url: str) -> None:
     base = storage_of(study).base
-    other = open_study(open_storage(f"sqlite:///{tmp_path / 'autoopt.db'}", heartbeat=False), "other",
+    other = open_study(open_storage(url, heartbeat=False), "other",
                        direction="maximize", metric="val_accuracy")
     plain = optuna.load_study(study_name=study.study_name, storage=base)  # Optuna's own client, its count
     asked = []
@@ -126,6 +139,47 @@ def test_asked_trials_are_numbered_as_optunas_count_numbers_them_beside_other_cl
     numbers = [t.number for t in optuna.load_study(study_name=study.study_name, storage=base).trials]
     assert numbers == list(range(len(asked)))
     # a process that read nothing of the study counts its trials once
-    fresh = open_study(open_storage(f"sqlite:///{tmp_path / 'autoopt.db'}", heartbeat=False), study.study_name,
+    fresh = open_study(open_storage(url, heartbeat=False), study.study_name,
                        direction="maximize", metric="val_accuracy")
     assert fresh.ask().number == len(asked)
+
+
+def test_a_read_in_one_statement_gives_the_trials_optunas_read_gives(study: optuna.Study) -> None:
+    import math
+
+    from autoopt.study.reads import read_trials
+
+    base = storage_of(study).base
+    _step(study.ask(), study)
+    odd = study.ask()
+    odd.suggest_float("lr", 1e-4, 1.0, log=True)
+    odd.suggest_categorical("optimizer", ["sgd", "adam"])
+    odd.set_user_attr("nested", {"a": [1, 2.5, None], "b": "text"})
+    study._storage.set_trial_system_attr(odd._trial_id, "fixed_params", {"optimizer": "adam"})
+    for step, value in ((1, float("nan")), (2, float("inf")), (3, -float("inf")), (4, 0.25)):
+        odd.report(value, step)
+    study.tell(odd, state=TrialState.PRUNED)
+    study.ask()  # running
+    study.enqueue_trial({"optimizer": "sgd"})  # waiting
+    study.tell(study.ask(), -float("inf"))
+    study_id = study._study_id
+    ids = [t._trial_id for t in study.trials]
+
+    def same(ours: list, theirs: list) -> None:
+        assert [t._trial_id for t in ours] == [t._trial_id for t in theirs] and ours
+        for a, b in zip(ours, theirs, strict=True):
+            a_nan = {k for k, v in a.intermediate_values.items() if math.isnan(v)}
+            assert a_nan == {k for k, v in b.intermediate_values.items() if math.isnan(v)}
+            a.intermediate_values = {k: v for k, v in a.intermediate_values.items() if k not in a_nan}
+            b.intermediate_values = {k: v for k, v in b.intermediate_values.items() if k not in a_nan}
+            assert a == b and a.datetime_start == b.datetime_start and a.datetime_complete == b.datetime_complete
+            assert (a.state, a.values, a.params, a.distributions, a.user_attrs, a.system_attrs) == (
+                b.state, b.values, b.params, b.distributions, b.user_attrs, b.system_attrs)
+
+    same(read_trials(base, study_id, -1, []), base._get_trials(study_id, None, set(), -1))
+    # the trials past an id, and some before it
+    some = {ids[0], ids[1]}
+    same(read_trials(base, study_id, ids[2], some), base._get_trials(study_id, None, some, ids[2]))
+    assert read_trials(base, study_id, ids[-1], []) == []
+    with pytest.raises(KeyError):
+        read_trials(base, study_id + 1000, -1, [])

@@ -20,16 +20,18 @@ from typing import Any
 
 CHUNK = 100  # ids per query (SQLite's limit on bound variables)
 
-# The tables and columns these queries assume (checked against the installed Optuna by the tests).
+# The tables and columns these queries assume, and those of ``reads`` and ``stale`` (checked
+# against the installed Optuna by the tests).
 SCHEMA: dict[str, tuple[str, ...]] = {
     "studies": ("study_id", "study_name"),
     "study_directions": ("study_id", "objective", "direction"),
     "study_user_attributes": ("study_id", "key", "value_json"),
-    "trials": ("trial_id", "study_id", "state", "datetime_start"),
-    "trial_values": ("trial_id", "objective", "value"),
-    "trial_params": ("trial_id", "param_name", "param_value", "distribution_json"),
+    "trials": ("trial_id", "number", "study_id", "state", "datetime_start", "datetime_complete"),
+    "trial_values": ("trial_id", "objective", "value", "value_type"),
+    "trial_params": ("param_id", "trial_id", "param_name", "param_value", "distribution_json"),
     "trial_user_attributes": ("trial_id", "key", "value_json"),
-    "trial_intermediate_values": ("trial_id", "step", "intermediate_value"),
+    "trial_system_attributes": ("trial_id", "key", "value_json"),
+    "trial_intermediate_values": ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
     "trial_heartbeats": ("trial_id",),
 }
 

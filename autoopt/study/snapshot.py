@@ -30,6 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
+from autoopt.study.reads import read_trials
 from autoopt.study.writes import TrialWrites, create_trial, flush
 
 
@@ -162,8 +163,11 @@ class SnapshotStorage(BaseStorage):
             return _Read(self.inner.get_all_trials(study_id, deepcopy=False), None)
         known = self._read.setdefault(study_id, _Trials())
         with known.lock:
-            known.merge(self.base._get_trials(study_id, states=None, included_trial_ids=set(known.unfinished),
-                                              trial_id_greater_than=known.last_finished))
+            if self.base.engine.name in ("sqlite", "postgresql"):  # one statement (``read_trials``)
+                known.merge(read_trials(self.base, study_id, known.last_finished, known.unfinished))
+            else:
+                known.merge(self.base._get_trials(study_id, states=None, included_trial_ids=set(known.unfinished),
+                                                  trial_id_greater_than=known.last_finished))
             if known.trials:
                 self._newest[study_id] = max(self._newest.get(study_id, 0), known.trials[-1]._trial_id)
             return _Read(list(known.trials), sorted(known.unfinished.values()))
