@@ -11,7 +11,7 @@ one group at a time, only when the trial asks for one of its parameters.
 Flat at scale: the groups are kept per study for the driver's life (each finished trial is
 added once), and TPE's model reads a window of the study (``tpe_window``): the best trials,
 which make its "good" model exactly as on the whole study, and the newest ``TPE_WINDOW``
-others, so that sampling a trial costs the same at the 10,000th trial as at the 500th.
+others, so that sampling a trial costs the same at the 10,000th trial as at the 250th.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from autoopt.space import SAMPLERS
 from autoopt.study.window import FINISHED, TailWindow
 
 # TPE's model reads the newest this many finished trials, beside the best ones (``tpe_window``).
-TPE_WINDOW = 500
+TPE_WINDOW = 200
 # The best complete trials always in the window: Optuna's TPE takes at most 25 for its "good"
 # model (its default gamma), so these keep that model exactly as on the whole study.
 TPE_BEST = 25
