@@ -32,22 +32,22 @@ SELECT 0, study_id, CAST(NULL AS INTEGER), CAST(NULL AS VARCHAR(512)), CAST(NULL
        CAST(NULL AS VARCHAR(40)) FROM studies WHERE study_id = :study
 UNION ALL
 SELECT 1, trial_id, number, CAST(state AS VARCHAR(16)), NULL, CAST(datetime_start AS VARCHAR(40)),
-       CAST(datetime_complete AS VARCHAR(40)) FROM trials WHERE trial_id IN (SELECT trial_id FROM picked)
+       CAST(datetime_complete AS VARCHAR(40)) FROM trials WHERE trial_id {picked}
 UNION ALL
 SELECT 2, trial_id, param_id, param_name, param_value, distribution_json, NULL
-  FROM trial_params WHERE trial_id IN (SELECT trial_id FROM picked)
+  FROM trial_params WHERE trial_id {picked}
 UNION ALL
 SELECT 3, trial_id, objective, CAST(value_type AS VARCHAR(16)), value, NULL, NULL
-  FROM trial_values WHERE trial_id IN (SELECT trial_id FROM picked)
+  FROM trial_values WHERE trial_id {picked}
 UNION ALL
 SELECT 4, trial_id, NULL, key, NULL, value_json, NULL
-  FROM trial_user_attributes WHERE trial_id IN (SELECT trial_id FROM picked)
+  FROM trial_user_attributes WHERE trial_id {picked}
 UNION ALL
 SELECT 5, trial_id, NULL, key, NULL, value_json, NULL
-  FROM trial_system_attributes WHERE trial_id IN (SELECT trial_id FROM picked)
+  FROM trial_system_attributes WHERE trial_id {picked}
 UNION ALL
 SELECT 6, trial_id, step, CAST(intermediate_value_type AS VARCHAR(16)), intermediate_value, NULL, NULL
-  FROM trial_intermediate_values WHERE trial_id IN (SELECT trial_id FROM picked)
+  FROM trial_intermediate_values WHERE trial_id {picked}
 """
 
 
@@ -56,7 +56,12 @@ def read_trials(base: RDBStorage, study_id: int, after: int, ids: Collection[int
     ``RDBStorage._get_trials`` reads them; a ``KeyError`` for a study that does not exist."""
     from optuna.storages._rdb import models
 
-    stmt = text(_ROWS).bindparams(bindparam("ids", expanding=True))
+    # On PostgreSQL, the picked ids as one array: each table is then read through its index on
+    # trial_id whatever the planner guesses of the study (a semi-join, on tables it has no
+    # statistics of yet, reads every row of trial_params instead: 25 ms at 10,000 trials).
+    picked = "= ANY(ARRAY(SELECT trial_id FROM picked))" if base.engine.name == "postgresql" else \
+        "IN (SELECT trial_id FROM picked)"
+    stmt = text(_ROWS.format(picked=picked)).bindparams(bindparam("ids", expanding=True))
     with base.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         rows = conn.execute(stmt, {"study": study_id, "after": after, "ids": sorted(ids) or [-1]}).all()
     if not any(row[0] == 0 for row in rows):
