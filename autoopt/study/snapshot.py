@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.study.reads import read_trials
+from autoopt.study.window import FINISHED
 from autoopt.study.writes import TrialWrites, create_trial, flush
 
 
@@ -73,14 +74,12 @@ class _Read:
 
     def of(self, states: Container[TrialState]) -> list[FrozenTrial]:
         trials = self.trials
-        if self.unfinished is not None and not any(s in states for s in _FINISHED):
+        if self.unfinished is not None and not any(s in states for s in FINISHED):
             numbered = all(n < len(trials) and trials[n].number == n for n in self.unfinished)
             if numbered:  # as in a study Optuna keeps: a trial's number is its position
                 return [t for n in self.unfinished if (t := trials[n]).state in states]
         return [t for t in trials if t.state in states]
 
-
-_FINISHED = tuple(s for s in TrialState if s.is_finished())
 
 
 class SnapshotStorage(BaseStorage):
