@@ -72,7 +72,7 @@ def test_what_is_left_follows_the_clock_less_the_ends_reserve() -> None:
 # (screened first) are the tutorial's baselines, which can. The search's best is known to lose.
 HOPELESS = "task: digits\noptimizers: [sgd, adam, rmsprop]\nschedulers: [none]\ngrad_clip: false\n" \
     "space:\n" + "".join(f"  {name}:\n    lr: {{log: [1.0e-7, 1.0e-6]}}\n" for name in ("sgd", "adam", "rmsprop"))
-LIMIT_S = 60  # what a 2-core machine under the suite's load needs to confirm on two seeds
+LIMIT_S = 90  # what a 2-core machine under the suite's load needs to confirm on two seeds (at 60 it confirmed on one)
 
 
 @pytest.mark.slow
