@@ -183,3 +183,45 @@ def test_a_read_in_one_statement_gives_the_trials_optunas_read_gives(study: optu
     assert read_trials(base, study_id, ids[-1], []) == []
     with pytest.raises(KeyError):
         read_trials(base, study_id + 1000, -1, [])
+
+
+def test_a_reader_analyses_the_trial_tables_a_bulk_load_left_without_statistics(pg: str) -> None:
+    """Trials written at once (a copied study, a bulk load) leave PostgreSQL without statistics
+    of the tables until autovacuum comes, if it is on: the next driver to read the study
+    analyses the tables that changed past autovacuum's own rule, and only those."""
+    import time
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+    from services import database, pg_url
+
+    from autoopt.study import load_study
+    from autoopt.study.pgstats import Refresher, refresh
+
+    stats = text("SELECT relname, n_mod_since_analyze, last_analyze IS NOT NULL FROM pg_stat_user_tables "
+                 "WHERE relname IN ('trials', 'trial_params', 'studies')")
+    with database() as name:
+        url = pg_url(name)
+        storage = open_storage(url, heartbeat=False)
+        study = open_study(storage, "bulk", direction="maximize")
+        dist = FloatDistribution(0.0, 1.0)
+        for i in range(150):
+            study.add_trial(create_trial(params={"x": i / 150}, distributions={"x": dist}, value=i / 150))
+        deadline = time.monotonic() + 20  # a backend reports its counts when idle, within a second or so
+        while True:
+            with storage.engine.connect() as conn:
+                seen = {r[0]: r[1:] for r in conn.execute(stats)}
+            if min(seen.get(t, (0,))[0] for t in ("trials", "trial_params")) >= 150 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(seen[t][0] >= 150 and seen[t][1] is False for t in ("trials", "trial_params")), seen
+        assert len(load_study(storage, "bulk").trials) == 150  # a new reader's first read
+        with storage.engine.connect() as conn:
+            seen = {r[0]: r[1:] for r in conn.execute(stats)}
+        assert seen["trials"] == (0, True) and seen["trial_params"] == (0, True), seen
+        assert seen["studies"][1] is False  # not a trial table: autovacuum's business
+        assert refresh(storage.engine) == []  # nothing stale is analysed again
+        storage.engine.dispose()
+    r = Refresher()
+    assert [r.due(n) for n in (0, 1, 199, 200, 399, 400, 3000, 3299, 3300)] == \
+        [True, False, False, True, False, True, True, False, True]

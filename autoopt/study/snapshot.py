@@ -30,6 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
+from autoopt.study.pgstats import Refresher, refresh
 from autoopt.study.reads import read_trials
 from autoopt.study.window import FINISHED
 from autoopt.study.writes import TrialWrites, create_trial, flush
@@ -45,6 +46,7 @@ class _Trials:
         self.unfinished: dict[int, int] = {}  # id -> number
         self.last_finished = -1
         self.lock = threading.Lock()
+        self.statistics = Refresher()  # when to check PostgreSQL's statistics of the tables again
 
     def merge(self, read: list[FrozenTrial]) -> None:
         """Take in the trials just read: each replaces its number's entry, or extends the list."""
@@ -162,6 +164,8 @@ class SnapshotStorage(BaseStorage):
             return _Read(self.inner.get_all_trials(study_id, deepcopy=False), None)
         known = self._read.setdefault(study_id, _Trials())
         with known.lock:
+            if self.base.engine.name == "postgresql" and known.statistics.due(len(known.trials)):
+                refresh(self.base.engine)
             if self.base.engine.name in ("sqlite", "postgresql"):  # one statement (``read_trials``)
                 known.merge(read_trials(self.base, study_id, known.last_finished, known.unfinished))
             else:
