@@ -14,8 +14,9 @@ only overhead). Measured:
   ``earlier_trials`` trials);
 * ``zero_shot_s``: ``recommend --from-database`` (the prior's zero-shot answer) on that database;
 * ``report_s``: ``autoopt report`` on the study of N trials;
-* ``driver_rss_mb`` and ``worker_rss_mb``: peak resident memory of the driver (this process)
-  and of the workers (each reports its own with every trial).
+* ``driver_rss_mb`` and ``worker_rss_mb``: peak resident memory of the driver (this process,
+  which fills the study and reads it back in a helper process) and of the workers (each reports
+  its own with every trial).
 
 The storage is ``--storage`` (PostgreSQL is what it is for; each size gets its own study, and
 studies named ``scale-*`` there are replaced), MLflow a SQLite file in a temporary folder.
@@ -154,28 +155,42 @@ class ScaleResult:
 
 def probe(opts: ScaleOptions, n: int, tmp: Path) -> SizeRow:
     """A study of ``n`` trials: all but the probe filled, the probe run by ``tune``; its cost per
-    trial, its report's time and the memory of the driver and the workers."""
-    import optuna
+    trial, its report's time and the memory of the driver and the workers. The fill and the
+    read of the probe's times run in a helper process: the driver's peak memory (this process's,
+    at the end of ``tune``) is what ``tune`` held, not what the fill or a read of every trial did."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from autoopt.commands.tuning import run
     from autoopt.study import open_storage
-    from autoopt.study.record import record
 
     name = f"scale-{n}"
-    fill(opts, name, n - opts.probe)
-    rss_before = _rss_mb()
-    run(_spec(opts, name, n, tmp))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as helper:
+        helper.submit(fill, opts, name, n - opts.probe).result()
+        run(_spec(opts, name, n, tmp))
+        driver_mb = _rss_mb()
+        per, workers = helper.submit(_probe_times, opts, name, n).result()
+    report_s = _report_s(opts, name, tmp / f"report-{n}")
+    _fresh(open_storage(opts.storage, heartbeat=False), name)  # not an earlier study of what follows
+    return SizeRow(trials=n, ms_per_trial=round(per * 1000, 1),
+                   report_s=None if report_s is None else round(report_s, 1),
+                   driver_rss_mb=driver_mb, worker_rss_mb=max(workers, default=None))
+
+
+def _probe_times(opts: ScaleOptions, name: str, n: int) -> tuple[float, list[float]]:
+    """The probe's seconds per trial (from its trials' completion times, the workers' first
+    trials left out) and the workers' peak memory as each trial recorded it."""
+    import optuna
+
+    from autoopt.study import open_storage
+    from autoopt.study.record import record
+
     study = optuna.load_study(study_name=name, storage=open_storage(opts.storage, heartbeat=False))
     ran = [t for t in study.get_trials(deepcopy=False) if t.number >= n - opts.probe and t.datetime_complete]
     done = sorted(t.datetime_complete.timestamp() for t in ran if t.datetime_complete)
     skip = min(10, len(done) // 4)  # the workers' first trials warm them up
     per = (done[-1] - done[skip]) / max(1, len(done) - 1 - skip) if len(done) > skip + 1 else float("nan")
-    workers = [float(record(t).worker.get("rss_mb") or 0) for t in ran]
-    report_s = _report_s(opts, name, tmp / f"report-{n}")
-    _fresh(open_storage(opts.storage, heartbeat=False), name)  # not an earlier study of what follows
-    return SizeRow(trials=n, ms_per_trial=round(per * 1000, 1),
-                   report_s=None if report_s is None else round(report_s, 1),
-                   driver_rss_mb=max(rss_before, _rss_mb()), worker_rss_mb=max(workers, default=None))
+    return per, [float(record(t).worker.get("rss_mb") or 0) for t in ran]
 
 
 def _report_s(opts: ScaleOptions, name: str, out: Path) -> float | None:
@@ -199,6 +214,7 @@ def earlier(opts: ScaleOptions, m: int, tmp: Path) -> EarlierRow:
     from autoopt.commands.tuning import run
     from autoopt.screen.prior import zero_shot
     from autoopt.study import open_storage
+    from autoopt.study.pgstats import refresh
 
     storage = open_storage(opts.storage, heartbeat=False)
     for summary in optuna.get_all_study_summaries(storage):
@@ -209,6 +225,8 @@ def earlier(opts: ScaleOptions, m: int, tmp: Path) -> EarlierRow:
         for i in range(1, m):
             optuna.copy_study(from_study_name="scale-earlier-0", from_storage=storage, to_storage=storage,
                               to_study_name=f"scale-earlier-{i}")
+            if i % 50 == 0:  # as autovacuum would, where it is off: Optuna's copies never refresh them
+                refresh(storage.engine)
     name = f"scale-new-{m}"
     started = time.time()
     run(_spec(opts, name, 4, tmp, prior="auto"))
