@@ -14,9 +14,9 @@ only overhead). Measured:
   ``earlier_trials`` trials);
 * ``zero_shot_s``: ``recommend --from-database`` (the prior's zero-shot answer) on that database;
 * ``report_s``: ``autoopt report`` on the study of N trials;
-* ``driver_rss_mb`` and ``worker_rss_mb``: peak resident memory of the driver (this process,
-  which fills the study and reads it back in a helper process) and of the workers (each reports
-  its own with every trial).
+* ``driver_rss_mb`` and ``worker_rss_mb``: peak resident memory of the driver (this process;
+  the fill and the read back run in a helper process) and of the workers (each reports its own
+  with every trial).
 
 The storage is ``--storage`` (PostgreSQL is what it is for; each size gets its own study, and
 studies named ``scale-*`` there are replaced), MLflow a SQLite file in a temporary folder.

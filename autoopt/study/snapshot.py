@@ -164,8 +164,8 @@ class SnapshotStorage(BaseStorage):
             return _Read(self.inner.get_all_trials(study_id, deepcopy=False), None)
         known = self._read.setdefault(study_id, _Trials())
         with known.lock:
-            if self.base.engine.name == "postgresql" and known.statistics.due(len(known.trials)):
-                refresh(self.base.engine)
+            if known.statistics.due(len(known.trials)):
+                refresh(self.base.engine)  # PostgreSQL's alone
             if self.base.engine.name in ("sqlite", "postgresql"):  # one statement (``read_trials``)
                 known.merge(read_trials(self.base, study_id, known.last_finished, known.unfinished))
             else:
