@@ -87,10 +87,17 @@ class Preprocess:
     padding=crop_pad)`` and ``RandomHorizontalFlip()``, so the padding is black as in the
     tutorial), then normalised per channel: ``(x / scale - mean) / std``.
 
+    Integer inputs that are not images (token ids, say) under an identity preprocess (scale 1,
+    mean 0, std 1, no augmentation: a ``Task``'s default) are ids, not numbers: they reach the
+    model unchanged, as ``torch.long``, so that an ``nn.Embedding`` takes them. Images (N, C, H,
+    W) and inputs with a scale, mean or std become floats.
+
     >>> import torch
     >>> p = Preprocess(scale=255.0, mean=(0.5,), std=(0.5,))
     >>> p(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), train=False).flatten().tolist()
     [1.0, 1.0, 1.0, 1.0]
+    >>> Preprocess(scale=1.0)(torch.tensor([[3, 1, 4]], dtype=torch.int32), train=False)
+    tensor([[3, 1, 4]])
     """
 
     scale: float = 255.0
@@ -104,6 +111,19 @@ class Preprocess:
     def augments(self) -> bool:
         """Whether training inputs are augmented (crop or flip)."""
         return bool(self.crop_pad or self.flip)
+
+    @property
+    def identity(self) -> bool:
+        """Whether inputs are taken as stored: scale 1, mean 0, std 1 and no augmentation."""
+        return (self.scale == 1 and all(m == 0 for m in self.mean) and all(s == 1 for s in self.std)
+                and not self.augments)
+
+    def keeps_ids(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` holds ids the model takes as integers: integer (not bool) inputs that
+        are not images, under an identity preprocess."""
+        if x.ndim == 4 or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            return False
+        return self.identity
 
     def __call__(self, x: torch.Tensor, *, train: bool, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -122,7 +142,9 @@ class Preprocess:
     def normalise(self, x: torch.Tensor, dtype: torch.dtype = torch.float32, *,
                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
         """``(x / scale - mean) / std`` per channel, as a new ``dtype`` tensor (images laid out
-        in ``memory_format``, in the same pass)."""
+        in ``memory_format``, in the same pass); ids (see ``keeps_ids``) as ``torch.long``."""
+        if self.keeps_ids(x):
+            return x.long()
         if x.ndim != 4:
             return (x.to(dtype) / self.scale - self.mean[0]) / self.std[0]
         key = (x.device, dtype, x.shape[1])

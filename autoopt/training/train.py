@@ -73,6 +73,8 @@ class TrialResult:
 
 
 def _loss_fn(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The task's loss of a batch, averaged over its targets. Cross-entropy takes class scores
+    (N, C) for labels (N,), or (N, C, ...) for labels (N, ...) (a label per token, say)."""
     if task.loss == "mse":
         return lambda out, y: F.mse_loss(out, y.to(out.dtype).view_as(out))
     return F.cross_entropy
@@ -81,12 +83,15 @@ def _loss_fn(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, split_name: str = "val", *,
              autocast: bool = False, channels_last: bool = False) -> dict[str, float]:
-    """Loss and score (accuracy or RMSE) of ``model`` on one split."""
+    """Loss and score of ``model`` on one split: the accuracy (over labels: a row may hold
+    several), the RMSE, or, for a task scored by its loss, the loss alone and, for
+    cross-entropy, the perplexity beside it."""
     split = getattr(task, split_name)
     model.eval()
     loss_fn = _loss_fn(task)
     total_loss = torch.zeros((), device=split.x.device)
     correct = torch.zeros((), device=split.x.device)
+    counts_correct = task.score == "accuracy"
     device_type = split.x.device.type
     for xb, yb in split.batches(EVAL_BATCH):
         x = task.preprocess(xb, train=False)
@@ -94,13 +99,33 @@ def evaluate(model: torch.nn.Module, task: Task, split_name: str = "val", *,
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x).float()
+        # Every row holds as many targets, so a batch's mean weighted by its rows is the split's mean.
         total_loss += loss_fn(out, yb) * len(yb)
-        if task.loss == "cross_entropy":
+        if counts_correct:
             correct += (out.argmax(1) == yb).sum()
-    n = len(split)
-    loss = (total_loss / n).item()
-    score = (correct / n).item() if task.loss == "cross_entropy" else math.sqrt(loss)
-    return {f"{split_name}_loss": loss, f"{split_name}_{task.score}": score}
+    # One host sync for the split.
+    loss, accuracy = torch.stack((total_loss / len(split), correct / split.y.numel())).tolist()
+    return {f"{split_name}_loss": loss, **_scores(task, split_name, loss, accuracy)}
+
+
+def _scores(task: Task, split_name: str, loss: float, accuracy: float) -> dict[str, float]:
+    """The split's score beside its loss: its accuracy or RMSE, or the perplexity of a
+    cross-entropy task scored by its loss (whose score is the loss itself)."""
+    if task.score == "accuracy":
+        return {f"{split_name}_accuracy": accuracy}
+    if task.score == "rmse":
+        return {f"{split_name}_rmse": math.sqrt(loss)}
+    if task.loss == "cross_entropy":
+        return {f"{split_name}_perplexity": _perplexity(loss)}
+    return {}
+
+
+def _perplexity(loss: float) -> float:
+    """``exp(loss)`` of a mean cross-entropy in nats; inf past what a float holds."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
