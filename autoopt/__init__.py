@@ -29,6 +29,8 @@ _EXPORTS = {
     "Split": "autoopt.data",
     "Preprocess": "autoopt.data",
     "UsageError": "autoopt.errors",
+    "trainable": "autoopt.mark",
+    "Run": "autoopt.training.loop",
 }
 
 __all__ = sorted(_EXPORTS)

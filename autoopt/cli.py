@@ -26,7 +26,7 @@ from rich.table import Table
 # Light modules only (the standard library, typer, rich, yaml): each command imports what pulls
 # torch, Ray, MLflow or Optuna itself, so --help, --version, tasks and recommend answer at once.
 from autoopt.catalog import SOURCES, check_task_name
-from autoopt.errors import StorageDown, UsageError
+from autoopt.errors import StorageDown, StudyStopped, UsageError
 from autoopt.redact import mask_url, redact
 from autoopt.space import PRUNERS, SAMPLERS
 
@@ -65,6 +65,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc))
         except StorageDown as exc:
             _fail(f"{exc}; finished trials are kept, run the same command again when the database is back", 1)
+        except StudyStopped as exc:
+            _fail(str(exc), 1)
         except KeyboardInterrupt:
             err.print("interrupted: the study is saved; run the same command again to finish it")
             raise typer.Exit(130) from None

@@ -18,3 +18,8 @@ class UsageError(ValueError):
 
 class StorageDown(RuntimeError):
     """The storage stayed unreachable after retries (exit code 1); ``autoopt.study`` re-exports it."""
+
+
+class StudyStopped(RuntimeError):
+    """The study stopped itself (exit code 1): its first trials all failed with one error, which
+    the message names in one line (a user's bug must not cost the whole study's trials)."""

@@ -218,7 +218,7 @@ def plan_compare(task: str, optimizers: str | Sequence[str] = "sgd,adam,rmsprop"
     place = _placement(placement)
     configs = compare_configs(resolve_optimizers(optimizers), lrs)
     loaded = load_task(task, place.data_dir)  # fails fast (exit 2) on missing data
-    test_metric = f"test_{loaded.score}" if loaded.test is not None else None
+    test_metric = f"test_{loaded.score}" if loaded.reports_test else None
     return ComparePlan(task, place, epochs or _default_epochs(task), batch_size, configs,
                        [(seed or 0) + i for i in range(seeds)], list(lrs) if lrs else None, loaded.metric,
                        test_metric, loaded.direction)

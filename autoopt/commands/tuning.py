@@ -40,7 +40,7 @@ from autoopt.study import (
     with_retry,
 )
 from autoopt.study.record import record
-from autoopt.tasks import BUILTIN, Task, load_task
+from autoopt.tasks import BUILTIN, Loaded, Task, UserLoop, load_task
 
 if TYPE_CHECKING:
     import optuna
@@ -93,7 +93,7 @@ def _local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def preflight(spec: StudySpec) -> Task:
+def preflight(spec: StudySpec) -> Loaded:
     """Check everything ``run`` needs before anything exists (a study, an MLflow run, a file,
     Ray): the spec, the GPUs asked for, the task (loaded and validated), the storage and the
     tracking store. Returns the task; any problem is a one-line ``UsageError``."""
@@ -118,9 +118,11 @@ def _check_distinct(storage: str, mlflow_uri: str) -> None:
                          "(sqlite:///autoopt.db and sqlite:///mlflow.db)")
 
 
-def _load_task(spec: StudySpec) -> Task:
+def _load_task(spec: StudySpec) -> Loaded:
     """Load the task (for ``module:function``, call the function: the space, the classes and the
-    task's module were checked by ``load_spec``) and check that its model fits its data."""
+    task's module were checked by ``load_spec``) and check that its model fits its data. A
+    user's loop runs its setup here once, as the check that it runs; its data is not kept (each
+    worker runs its own setup)."""
     try:
         task = load_task(spec.task, spec.placement.data_dir)
     except (UsageError, StorageDown, KeyboardInterrupt):
@@ -130,6 +132,8 @@ def _load_task(spec: StudySpec) -> Task:
             raise
         raise UsageError(f"task '{spec.task}' failed to load: {type(exc).__name__}: {_first_line(exc)}; "
                          "fix the task function") from None
+    if isinstance(task, UserLoop):
+        return task.facts()
     check_model_fits(spec.task, task)
     return task
 
@@ -141,8 +145,11 @@ def _first_line(exc: BaseException) -> str:
 
 def check_model_fits(name: str, task: Task) -> None:
     """A task's splits are not empty, and its model takes two validation rows and returns
-    what its loss needs (class scores for cross_entropy, one value per target for mse)."""
+    what its loss needs: for cross_entropy, class scores (N, classes) for integer labels (N,),
+    or (N, classes, ...) for labels (N, ...) (a label per token); for mse, one value per target."""
     import torch
+
+    from autoopt.data import Preprocess
 
     for split in ("train", "val"):
         if len(getattr(task, split)) == 0:
@@ -153,22 +160,29 @@ def check_model_fits(name: str, task: Task) -> None:
         with torch.no_grad():
             out = model(task.preprocess(x, train=False))
     except Exception as exc:
+        ids = isinstance(task.preprocess, Preprocess) and task.preprocess.keeps_ids(x)
+        hint = (" (its integer inputs reach it as torch.long ids, as an nn.Embedding takes them; store x as "
+                "float for numbers)" if ids else "")
         raise UsageError(f"task '{name}': its model fails on two validation rows: {type(exc).__name__}: "
-                         f"{_first_line(exc)}; fix build_model or preprocess") from None
+                         f"{_first_line(exc)}; fix build_model or preprocess{hint}") from None
     if not isinstance(out, torch.Tensor):
         raise UsageError(f"task '{name}': its model returns {type(out).__name__}, not a tensor")
     if task.loss == "cross_entropy":
-        if out.ndim != 2 or y.is_floating_point():
-            raise UsageError(f"task '{name}': loss cross_entropy needs class scores (N, classes) and integer "
-                             f"labels; got outputs {tuple(out.shape)} and {y.dtype} targets (use loss='mse' "
-                             "for regression)")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise UsageError(f"task '{name}': loss cross_entropy needs integer labels; got {y.dtype} targets "
+                             f"{tuple(y.shape)} (store class ids as integers, or use loss='mse' for regression)")
+        if out.ndim < 2 or out.shape[:1] + out.shape[2:] != y.shape:
+            last = out.ndim == y.ndim + 1 >= 3 and out.shape[1:-1] == y.shape[1:]
+            fix = "its classes come last: return out.movedim(-1, 1)" if last else "return the classes on dim 1"
+            raise UsageError(f"task '{name}': loss cross_entropy needs class scores (N, classes, ...) for labels "
+                             f"(N, ...); got outputs {tuple(out.shape)} for labels {tuple(y.shape)}; {fix}")
     elif out.numel() != y.numel():
         raise UsageError(f"task '{name}': loss mse needs one output per target; got outputs {tuple(out.shape)} "
                          f"for targets {tuple(y.shape)}")
 
 
 def run(spec: StudySpec, *, on_progress: dispatch.Progress | None = None,
-        figures: Figures | None = None, checked: Task | None = None, since: float | None = None,
+        figures: Figures | None = None, checked: Loaded | None = None, since: float | None = None,
         prepared: Prepared | None = None) -> Recommendation:
     """Run a validated spec end to end (see the module docstring). ``checked`` is the task
     ``preflight(spec)`` returned, where the caller ran it already; ``prepared`` what
@@ -210,13 +224,13 @@ class Prepared:
     and the portfolio enqueued)."""
 
     spec: StudySpec
-    task: Task
+    task: Loaded
     study: optuna.Study
     policy: PortfolioFirst
     start: _StartUp
 
 
-def prepare(spec: StudySpec, checked: Task | None = None) -> Prepared:
+def prepare(spec: StudySpec, checked: Loaded | None = None) -> Prepared:
     """Everything before Ray: the spec checked (``preflight``, unless ``checked`` is its task),
     the study opened (or resumed) with its prior, and, in the background, the MLflow parent run
     made and the portfolio enqueued. No trial is asked: that waits for a placed, warm worker.
@@ -227,7 +241,7 @@ def prepare(spec: StudySpec, checked: Task | None = None) -> Prepared:
     return Prepared(spec, task, study, policy, _StartUp(spec, study, storage_url, policy))
 
 
-def _opened(spec: StudySpec, task: Task, storage_url: str) -> tuple[optuna.Study, StudySpec, PortfolioFirst]:
+def _opened(spec: StudySpec, task: Loaded, storage_url: str) -> tuple[optuna.Study, StudySpec, PortfolioFirst]:
     """The study, opened (or resumed) with what it records of the task and of the earlier studies'
     prior (``autoopt.screen.prior``: a new study screens by it and records it); the spec (``--quick``: as
     many trials as the screen and the warm starts; without ``--trials``: the screen on top of the
@@ -284,7 +298,8 @@ def _searched(session: dispatch.RunSession, prepared: Prepared, *, budget: Budge
     pool = session.open_pool(spec.trials, concurrency=place.concurrency, cpus=place.cpus_per_trial,
                              gpus=place.gpus_per_trial)
     pool.warm(dispatch.warm_job(spec, storage_url, study.study_name,
-                                tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))), task=task)
+                                tracking.RunRef(tracking.local_tracking_uri(place.mlflow_uri))),
+              task=task if isinstance(task, Task) else None)  # a user's loop: each worker runs its setup
     tracker = session.tracker = start.opening.result()
     if auto_gpus is not None:
         tracker.set_tags({tracking.GPUS_TAG: auto_gpus})
@@ -323,6 +338,8 @@ def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> Effort:
     seconds = {"screen": round(screen_end - first, 2), "search": round(last - screen_end, 2)}
     if budget is not None:
         budget.phases.update(seconds)
+    if loop.setup_s:  # a user loop's setup, summed over the workers: its own phase, in no trial's cost
+        seconds["setup"] = round(loop.setup_s, 3)
     return Effort(epochs=dict(loop.epochs_run), seconds=seconds, trials=len(timeline),
                   first_trial_s=round(first - budget.since, 2) if budget is not None else None)
 
@@ -373,7 +390,7 @@ def _close_orphans(tracker: tracking.StudyRun, study: optuna.Study) -> None:
         log.warning("could not close orphaned MLflow runs: %s", exc)
 
 
-def finish(spec: StudySpec, study: optuna.Study, task: Task, tracker: tracking.StudyRun, pool: dispatch.WorkerPool,
+def finish(spec: StudySpec, study: optuna.Study, task: Loaded, tracker: tracking.StudyRun, pool: dispatch.WorkerPool,
            *, on_progress: dispatch.Progress | None = None, figures: Figures | None = None,
            budget: Budget | None = None, effort: Effort | None = None) -> Recommendation:
     """Pick (and, with ``spec.confirm``, confirm) the recommendation, then save it everywhere,
@@ -404,7 +421,7 @@ def finish(spec: StudySpec, study: optuna.Study, task: Task, tracker: tracking.S
     return rec
 
 
-def best_recommendation(spec: StudySpec, study: optuna.Study, task: Task) -> Recommendation:
+def best_recommendation(spec: StudySpec, study: optuna.Study, task: Loaded) -> Recommendation:
     """The study's best complete trial as a Recommendation (``source: study``). Where none
     completed (a short time budget spent on the screen), the screened trial that got furthest,
     best at that epoch, stands until the confirmation decides."""
@@ -477,7 +494,7 @@ def _log_figure(tracker: tracking.StudyRun, name: str, fig: Figure) -> None:
         plt.close(fig)  # figures are global in pyplot: a long-lived process would leak them
 
 
-def _save_best_so_far(spec: StudySpec, study: optuna.Study, task: Task, tracker: tracking.StudyRun,
+def _save_best_so_far(spec: StudySpec, study: optuna.Study, task: Loaded, tracker: tracking.StudyRun,
                       figures: Figures | None) -> None:
     try:
         save(spec, study, best_recommendation(spec, study, task), tracker, figures)

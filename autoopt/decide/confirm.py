@@ -56,13 +56,14 @@ from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
 from autoopt.study.record import record
+from autoopt.tasks.loop import UserLoop
 from autoopt.tracking import RunRef
 
 if TYPE_CHECKING:
     import optuna
 
     from autoopt.data import Split
-    from autoopt.tasks import Task
+    from autoopt.tasks import Loaded, Task
 
 log = logging.getLogger(__name__)
 
@@ -340,21 +341,27 @@ def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], run
 
 
 def _counts(split: Split | None, task: Task) -> int | None:
-    """How many examples an accuracy on ``split`` counts (None for a metric without counts)."""
-    return len(split) if split is not None and task.score == "accuracy" else None
+    """How many labels an accuracy on ``split`` counts (None for a metric without counts): one
+    per row, or several where a row holds several (a label per token)."""
+    return split.y.numel() if split is not None and task.score == "accuracy" else None
 
 
-def equivalence_margin(task: Task, pick_mean: float | None) -> float:
+def _split_counts(task: Loaded, split: str) -> int | None:
+    """``_counts`` of a task's split; None for a user's loop (autoopt does not see its data)."""
+    return None if isinstance(task, UserLoop) else _counts(getattr(task, split), task)
+
+
+def equivalence_margin(task: Loaded, pick_mean: float | None) -> float:
     """``EQUIVALENCE_POINTS`` of an accuracy, else ``EQUIVALENCE_RELATIVE`` of the pick's mean."""
     return margin_for(task.score, pick_mean, points=EQUIVALENCE_POINTS, relative=EQUIVALENCE_RELATIVE)
 
 
 def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: list[str],
-          bases: list[str], task: Task, max_slowdown: float | None) -> tuple[Table, Pick]:
+          bases: list[str], task: Loaded, max_slowdown: float | None) -> tuple[Table, Pick]:
     """The entries with their cost, ``time_to_baseline_s`` and paired comparison against the pick
     (with the equivalence margin and whether each is shown within it); and the pick."""
     table, _ = mark_cost(table, bases, max_slowdown)
-    n_val = _counts(task.val, task)
+    n_val = _split_counts(task, "val")
     pick = choose(table, candidates, bases, task.direction, n_val=n_val)
     target = table[pick.baseline].val.mean if pick.baseline else None
     margin = equivalence_margin(task, table[pick.winner].val.mean) if pick.winner else None
@@ -373,7 +380,7 @@ def judge(table: Table, results: dict[str, dict[int, JobResult]], candidates: li
     return out, pick
 
 
-def contenders(spec: StudySpec, study: optuna.Study, task: Task) -> list[Contender]:
+def contenders(spec: StudySpec, study: optuna.Study, task: Loaded) -> list[Contender]:
     """The race's contenders: the top tuned configs, then the baselines (none twice: a baseline's
     config is confirmed as the baseline); with the seconds per epoch the study measured for their
     families. Cost-aware: a family more than ``SLOW`` times the median family's seconds per
@@ -403,7 +410,7 @@ def family_speeds(study: optuna.Study) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in by.items()}
 
 
-def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, run: RunRef, rec: Recommendation,
+def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool, run: RunRef, rec: Recommendation,
             *, on_progress: Callable[[SearchProgress], None] | None = None, budget: Budget | None = None,
             search_s: float | None = None) -> Recommendation:
     """Race the top configs and the baselines over seeds (``autoopt.decide.race``); return the
@@ -415,7 +422,7 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, 
     # One seed decides nothing (autoopt.decide.verdict) and asks for no more: --confirm-seeds 1 is a look.
     max_seeds = min_seeds + EXTRA_SEEDS if min_seeds > 1 else min_seeds
     seeds = confirmation_seeds(spec.seed, max_seeds)
-    n_val = _counts(task.val, task)
+    n_val = _split_counts(task, "val")
     progress = SearchProgress(total=len(entrants) * min_seeds, last="confirming")
     race = Race(entrants, seeds, direction=task.direction, n_val=n_val,
                 margin=lambda mean: equivalence_margin(task, mean), min_seeds=min_seeds, max_seeds=max_seeds,
@@ -423,7 +430,7 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, 
                 submit=race_jobs(spec, study, run, pool, on_progress, progress), budget=budget,
                 allowance_s=max(search_s or 0.0, ALLOWANCE_FLOOR_S))
     race.run()
-    test_key = f"test_{task.score}" if task.test is not None else None
+    test_key = f"test_{task.score}" if task.reports_test else None
     table: Table = {c.name: entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key,
                                   baseline=c.baseline,
                                   race=RaceStatus(status=c.status, reason=c.reason) if c.status != "racing" else None)
@@ -439,7 +446,9 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, 
     log.info("confirmed: %s (val %.4f ± %.4f on %d seeds); best tuned %s, best baseline %s, verdict %s",
              pick.winner, w.val.mean, w.val.std, len(w.seeds), pick.tuned, pick.baseline,
              pick.paired.verdict if pick.paired else None)
-    metric = test_key or task.metric  # without a test split, validation stands in
+    # Without a test split (or a user's loop that never called run.report_test), validation stands in.
+    tested = test_key is not None and any(test_key in r.test for c in entrants for r in c.results.values())
+    metric = test_key if test_key is not None and tested else task.metric
     alternative, why = cheapest_equivalent(table, pick.winner)
     race_summary = RaceSummary(rounds=race.rounds, min_seeds=min_seeds, max_seeds=max_seeds,
                                runs=sum(len(c.results) for c in entrants),
@@ -456,6 +465,6 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Task, pool: WorkerPool, 
                           confirmation={n: table[n] for n in candidates},
                           baselines=tuple(b for n in bases if isinstance(b := table[n], Baseline)),
                           improvement=improvement(table, pick, task.direction, metric,
-                                                  n_test=_counts(task.test, task)),
+                                                  n_test=_split_counts(task, "test")),
                           cost=Cost(s_per_epoch=w.s_per_epoch, relative=w.relative),
                           cheapest_equivalent=alternative, race=race_summary)

@@ -50,6 +50,7 @@ class JobResult:
     pid: int | None = None
     node: str | None = None
     rss_mb: float | None = None  # the worker process's peak resident memory so far
+    setup_s: float = 0.0  # a user loop's setup, run on this worker before this job (its own phase)
 
     @property
     def s_per_epoch(self) -> float | None:

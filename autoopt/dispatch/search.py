@@ -31,8 +31,10 @@ from optuna.trial import FrozenTrial, TrialState
 from autoopt.budget import Budget
 from autoopt.dispatch.costs import SearchCosts
 from autoopt.dispatch.pool import Finished, InFlight, WorkerPool
+from autoopt.dispatch.results import JobResult, JobState
 from autoopt.dispatch.trials import TrialBook, interrupt_deferred
 from autoopt.dispatch.worker import Job, TrialRef
+from autoopt.errors import StudyStopped
 from autoopt.space import SearchSpace, TrialConfig, suggest_config
 from autoopt.study import (
     GRACE_S,
@@ -62,6 +64,9 @@ log = logging.getLogger(__name__)
 REFRESH_S = 0.5  # the progress display reads the study at most this often while trials run
 # No worker of ours placed for this long (env AUTOOPT_STARVED_S): say what was asked and what is free.
 STARVED_S = 60.0
+# The first trials this driver finishes all failed with this one error: the study stops (a user's
+# bug must not cost every trial of the study).
+SAME_ERROR_STOP = 3
 
 
 @dataclass
@@ -119,6 +124,25 @@ class Span:
     worker: int
     started: float
     ended: float
+
+
+@dataclass
+class FailureStreak:
+    """The failures among the first trials this driver finished: once ``SAME_ERROR_STOP`` of them
+    failed with one reason before any trial succeeded, ``add`` raises ``StudyStopped`` with it."""
+
+    reasons: list[str] = field(default_factory=list)
+    succeeded: bool = False
+
+    def add(self, result: JobResult) -> None:
+        if self.succeeded or result.state != JobState.FAILED:
+            self.succeeded = True
+            return
+        self.reasons.append(result.reason or "no reason given")
+        if len(self.reasons) >= SAME_ERROR_STOP and len(set(self.reasons)) == 1:
+            raise StudyStopped(f"the first {len(self.reasons)} trials all failed with the same error, so the study "
+                               f"stops here: {self.reasons[0]} (fix it and run the same command again; each "
+                               "trial's traceback is in MLflow)")
 
 
 @dataclass
@@ -181,6 +205,8 @@ class SearchLoop:
         self.last_beat = 0.0
         self.epochs_run: dict[str, int] = {"screen": 0, "search": 0}  # epochs trained here, by kind
         self.timeline: list[Span] = []  # per trial run here
+        self.setup_s = 0.0  # a user loop's setup on the workers (its own phase, no trial's cost)
+        self.failures = FailureStreak()
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -299,6 +325,7 @@ class SearchLoop:
         kind = "screen" if kind_of(trial.user_attrs) == "screen" else "search"
         self.timeline.append(Span(number, kind, item.worker, item.started, done.ended))
         self.epochs_run[kind] += len(result.history)
+        self.setup_s += result.setup_s
         self.costs.measured(item.job.config.optimizer, result.s_per_epoch)
         if done.lost:
             log.warning("worker died during trial %d: %s", number, (result.reason or "")[:200])
@@ -308,6 +335,7 @@ class SearchLoop:
         with_retry(lambda: self.book.tell(number, result), what="record a trial")
         self.progress.finished_here += 1
         self.notify(f"trial {number} {result.state.value.lower()}")
+        self.failures.add(result)
 
     # --- a trial, from ask to submit -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ trial's MLflow run, and returns a ``JobResult``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import importlib.metadata
@@ -26,8 +27,9 @@ import ray
 from autoopt.dispatch.results import JobResult, JobState
 from autoopt.space import Family, TrialConfig, family
 from autoopt.study import load_study, open_storage, redact_logs, with_retry
-from autoopt.tasks import Task, load_task
+from autoopt.tasks import Loaded, Task, UserLoop, load_task
 from autoopt.tracking import REASON_TAG, TRACEBACK_TAG, RunRef, TrialRecorder
+from autoopt.training.loop import LoopError, run_loop
 from autoopt.training.pruning import ReferenceTrials, TrialReporter, build_pruner
 from autoopt.training.train import TrialResult, train, warm_up
 
@@ -94,10 +96,11 @@ class TrialWorker:
         if self.device == "cuda" and 0 < gpu_fraction < 1:
             # Several trials share the GPU: bound this one's share of its memory.
             torch.cuda.set_per_process_memory_fraction(gpu_fraction)
-        self.tasks: dict[tuple, Task] = {}
+        self.tasks: dict[tuple, Loaded] = {}
         self.studies: dict[tuple, optuna.Study] = {}
         self.trials_run = 0
         self.task_loads = 0
+        self.setup_s = 0.0  # a user loop's setup run here, not yet handed back with a result
         redact_logs()  # this worker holds the storage and tracking URLs: keep their passwords out of its logs
         self.recorder = TrialRecorder()
         # Writes a trial's epoch reports to the study, off the training path.
@@ -114,15 +117,20 @@ class TrialWorker:
     def flush(self) -> None:
         self.recorder.flush()
 
-    def _task(self, job: Job, loaded: Task | None = None) -> Task:
+    def _task(self, job: Job, loaded: Task | None = None) -> Loaded:
         """``job``'s task on this worker's device, loaded once (or taken from ``loaded``, the
-        task as the driver loaded it)."""
+        task as the driver loaded it). A user's loop runs its setup here, once per worker: its
+        data serves every trial this worker runs."""
         key = (job.task, job.data_dir, job.batch_size)
         if key not in self.tasks:
-            task = (loaded if loaded is not None else load_task(job.task, job.data_dir)).to(self.device)
+            task = loaded if loaded is not None else load_task(job.task, job.data_dir)
+            if isinstance(task, UserLoop):
+                self.setup_s += task.setup_s
+            else:
+                task = task.to(self.device)
+                if job.batch_size:
+                    task.batch_size = job.batch_size
             self.task_loads += 1
-            if job.batch_size:
-                task.batch_size = job.batch_size
             self.tasks[key] = task
         return self.tasks[key]
 
@@ -145,10 +153,11 @@ class TrialWorker:
         trial that meets it reports it."""
         started = time.perf_counter()
         try:
-            task = self._task(job, task)
+            loaded = self._task(job, task)
             if job.trial is not None:
                 self._study(job.trial)
-            warm_up(task, job.config, family=job.family)
+            if isinstance(loaded, Task):  # a user's loop is warmed by its setup alone
+                warm_up(loaded, job.config, family=job.family)
         except Exception as exc:
             log.warning("warming up for %s failed: %s", job.task, str(exc)[:300])
         # What is loaded now lives as long as the worker: move it out of the collector's way.
@@ -168,18 +177,27 @@ class TrialWorker:
         self.trials_run += 1
         run = (self.recorder.start(job.tracking, run_name=job.run_name, params=job.config.flat_params(), tags=job.tags)
                if job.tracking is not None and job.tracking.parent_run_id else None)
-        where = {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+        where: dict[str, Any] = {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
         try:
             reporter = self._reporter(job)
             task = self._task(job)
-            trained = train(task, job.config, epochs=job.epochs, seed=job.seed, family=job.family,
-                            on_epoch=self._on_epoch(job, task.metric, run, reporter),
-                            evaluate_test=job.evaluate_test, compile_model=job.compile)
+            on_epoch = self._on_epoch(job, task.metric, run, reporter)
+            trained = (run_loop(task, job.config, epochs=job.epochs, seed=job.seed, device=self.device,
+                                on_epoch=on_epoch, evaluate_test=job.evaluate_test, family=job.family,
+                                number=job.trial.number if job.trial is not None else None)
+                       if isinstance(task, UserLoop) else
+                       train(task, job.config, epochs=job.epochs, seed=job.seed, family=job.family,
+                             on_epoch=on_epoch, evaluate_test=job.evaluate_test, compile_model=job.compile))
             if reporter is not None:
                 reporter.close()
             result = _result(trained, worker_s=time.perf_counter() - start, rss_mb=peak_rss_mb(), **where)
-        except Exception as exc:  # a bug in a user's task, out of memory, ...
+        except LoopError as exc:  # the user's loop broke the contract: the reason says how
+            result = JobResult.failed(str(exc), worker_s=time.perf_counter() - start, rss_mb=peak_rss_mb(), **where)
+        except Exception as exc:  # a bug in a user's task or loop, out of memory, ...
             result = JobResult.from_exception(exc, worker_s=time.perf_counter() - start, rss_mb=peak_rss_mb(), **where)
+        if self.setup_s:  # handed back once, with the first result after the setup ran
+            result = dataclasses.replace(result, setup_s=self.setup_s)
+            self.setup_s = 0.0
         if run is not None:
             tags = {REASON_TAG: result.reason} if result.reason else {}
             if result.traceback:

@@ -104,11 +104,13 @@ class TaskInfo:
         if task is None:
             metric, direction = CLASSIFICATION if _builtin(name) else (None, None)
             return cls(task=name, metric=metric, direction=direction)
-        n_params = None
-        with contextlib.suppress(Exception):  # a lazy module: its size is not known before a forward pass
-            n_params = sum(p.numel() for p in task.build_model().parameters())
+        n_params = n_train = None
+        if hasattr(task, "build_model"):  # a user's loop builds its model itself: its size is not known
+            with contextlib.suppress(Exception):  # a lazy module: its size is not known before a forward pass
+                n_params = sum(p.numel() for p in task.build_model().parameters())
+            n_train = len(task.train)
         return cls(task=name, metric=task.metric, direction=task.direction, n_params=n_params or None,
-                   n_train=len(task.train) or None)
+                   n_train=n_train or None)
 
 
 def _builtin(name: str) -> bool:
