@@ -244,7 +244,7 @@ def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, None if open_ended else spec.trials) as display:
         rec = run_study(spec, on_progress=display.update, prepared=prepared, since=_launched())
-    _print_recommendation(rec, f"{place.out}/{spec.name}.json")
+    _print_recommendation(rec, f"{place.out}/{spec.name.replace(':', '_')}.json")  # as Recommendation.save names it
 
 
 def _launched() -> float:
