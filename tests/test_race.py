@@ -9,7 +9,7 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState, create_trial
 
 from autoopt.budget import Budget, run_cost
-from autoopt.decide.race import Contender, Race
+from autoopt.decide.race import Contender, Race, compare
 from autoopt.dispatch import JobResult, JobState
 from autoopt.space import TrialConfig
 from autoopt.training.pruning import GuardedPruner, ScreenPruner, build_pruner, screen_rungs
@@ -205,12 +205,29 @@ def test_under_a_budget_the_slowest_are_left_out_first_and_the_essential_last(st
         assert slow_essential.status == "racing" and sorted(slow_essential.results) == [0, 1]
         assert all(sorted(c.results) == [0, 1] for c in fast)
     else:
-        # 44 s left: trial_1 alone (2 x 40.5 s) no longer fits; the fast ones went first, the
-        # essential last, and nothing ran.
-        assert rounds == [] and slow_essential.status == "unaffordable"
-        assert all(c.status == "unaffordable" for c in fast)
+        # 44 s left: trial_1 alone (2 x 40.5 s) no longer fits: it leaves on its own, essential as
+        # it is, and the fast ones get their seeds (2 x 2.5 s).
+        assert slow_essential.status == "unaffordable" and not slow_essential.results
+        assert [sorted(names) for names in rounds] == [["f0_default", "f1_default", "f2_default"]] * 2
+        assert all(c.status == "racing" and sorted(c.results) == [0, 1] for c in fast)
     assert clock.now <= budget.limit_s - budget.end_reserve()  # the race kept within the budget
     assert budget.used() == clock.now
+
+
+def test_one_unaffordable_contender_leaves_alone_and_the_cheap_ones_get_a_verdict() -> None:
+    clock = FakeClock()
+    budget = Budget(limit_s=100.0, since=0.0, clock=clock)  # 94 s for work
+    values = [0.9, 0.91, 0.9, 0.91, 0.9]
+    soap = contender("soap_default", [v + 0.05 for v in values], s_per_epoch=100.0, essential=True)  # 200.5 s
+    pick = contender("trial_1", [v + 0.02 for v in values], essential=True)
+    cheap = [contender(f"{n}_tutorial", values) for n in ("adam", "sgd")]
+    r, _ = race([soap, pick, *cheap], min_seeds=2, max_seeds=3, budget=budget, epochs=2, clock=clock)
+    assert soap.status == "unaffordable" and "do not fit" in (soap.reason or "") and not soap.results
+    assert any(note.startswith("soap_default: not confirmed") for note in budget.notes)
+    assert len(pick.results) >= 2 and all(len(c.results) >= 2 for c in cheap)
+    verdict = compare(pick, r.best(baseline=True), "maximize", N_VAL, r.noise())["verdict"]
+    assert verdict == "better"
+    assert clock.now <= budget.limit_s - budget.end_reserve()
 
 
 def test_under_a_budget_the_essential_one_stays_though_it_is_the_slowest() -> None:

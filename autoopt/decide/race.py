@@ -261,19 +261,28 @@ class Race:
         def kept(c: Contender) -> bool:
             return c.essential or id(c) in decisive
 
-        out = sorted(entrants, key=lambda c: (not kept(c), self.run_cost(c)))
         rounds = max(1, self.min_seeds - k)
         what = "the budget" if self.budget is not None else "the confirmation's allowance (the search's time)"
-        while out and rounds * self.makespan(out) > left:
-            if self.budget is None and kept(out[-1]):
-                break
-            c = out.pop()  # the slowest first, the essential ones last
+
+        def leave(c: Contender) -> None:
             if len(c.results) < self.min_seeds:
                 c.status = "unaffordable"
                 c.reason = (f"not confirmed: {rounds} more run(s) of {self.run_cost(c):.1f}s do not fit in "
                             f"the {max(0.0, left):.0f}s left of {what}")
                 if self.budget is not None:
                     self.budget.note(f"{c.name}: {c.reason}")
+
+        out = sorted(entrants, key=lambda c: (not kept(c), self.run_cost(c)))
+        if self.budget is not None:
+            # One the budget cannot afford even alone leaves on its own, essential or not: kept to
+            # the last, it would take every cheaper rival out before it, and the verdict with them.
+            for c in [c for c in out if rounds * self.run_cost(c) > left]:
+                out.remove(c)
+                leave(c)
+        while out and rounds * self.makespan(out) > left:
+            if self.budget is None and kept(out[-1]):
+                break
+            leave(out.pop())  # the slowest first, the essential ones last
         if k >= self.min_seeds and len(out) < 2:
             return []
         return out
