@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from autoopt.decide.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, noise_of, time_to
 from autoopt.decide.evidence import Entry, Stats
@@ -138,7 +139,8 @@ def test_max_slowdown_leaves_slow_configs_out_of_the_pick_but_shows_them() -> No
 
 
 def _judged(table: dict, candidates: list[str], bases: list[str]) -> dict:
-    task = SimpleNamespace(score="accuracy", val=[0] * N_VAL, direction="maximize", metric="val_accuracy")
+    val = SimpleNamespace(y=torch.zeros(N_VAL, dtype=torch.long))  # N_VAL labels
+    task = SimpleNamespace(score="accuracy", val=val, direction="maximize", metric="val_accuracy")
     results = {name: {} for name in table}
     table, pick = judge(table, results, candidates, bases, task, None)
     assert pick.winner == "soap_default"
