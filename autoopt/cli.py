@@ -274,6 +274,8 @@ def _print_recommendation(rec: Recommendation, path: str | None = None) -> None:
         table.add_row("cheaper, equivalent", escape(f"{alt.name} ({alt.optimizer}): "
                                                     f"{_cost(alt.s_per_epoch, alt.relative)}; within "
                                                     f"{margin or 0.0:.4g} of the pick"))
+    if rec.effort is not None and rec.effort.searched:
+        table.add_row("searched", escape(", ".join(rec.effort.searched) + " (the screen's best third)"))
     for left in rec.left_on_cost or ():
         times = f", {left.relative_to_pick:g}x the pick's s/epoch" if left.relative_to_pick else ""
         table.add_row("left on cost", escape(

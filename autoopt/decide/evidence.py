@@ -229,6 +229,7 @@ class Effort(Record):
     seconds: dict[str, float] = {}
     trials: int = 0  # the screen's and the search's
     first_trial_s: float | None = None  # from the start to the first trial, under a time budget
+    searched: dict[str, str] = {}  # the families the search tuned, and why (the screen's survivors)
 
 
 class LeftOnCost(Record):

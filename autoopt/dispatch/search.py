@@ -35,6 +35,7 @@ from autoopt.dispatch.results import JobResult, JobState
 from autoopt.dispatch.trials import TrialBook, interrupt_deferred
 from autoopt.dispatch.worker import Job, TrialRef
 from autoopt.errors import StudyStopped
+from autoopt.screen.focus import SearchFocus
 from autoopt.space import SearchSpace, TrialConfig, suggest_config
 from autoopt.study import (
     GRACE_S,
@@ -207,6 +208,7 @@ class SearchLoop:
         self.timeline: list[Span] = []  # per trial run here
         self.setup_s = 0.0  # a user loop's setup on the workers (its own phase, no trial's cost)
         self.failures = FailureStreak()
+        self.focus = SearchFocus(study.direction, lambda t: kind_of(t.user_attrs))  # the screen's survivors
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -327,6 +329,9 @@ class SearchLoop:
         self.epochs_run[kind] += len(result.history)
         self.setup_s += result.setup_s
         self.costs.measured(item.job.config.optimizer, result.s_per_epoch)
+        if not done.lost:
+            self.focus.observe(item.job.config.optimizer if kind == "search" else None,
+                               TrialState[result.state.value], result.value)
         if done.lost:
             log.warning("worker died during trial %d: %s", number, (result.reason or "")[:200])
             self.book.requeue(number, "worker died during the trial")
@@ -347,9 +352,11 @@ class SearchLoop:
             self.asked_all = not self.costs.spent
             return None
         trial, trials, unfinished = asked
+        # The search tunes the families the screen found (``autoopt.screen.focus``).
+        family = self.focus.family(trials) if kind_of(trial.user_attrs) == "search" else None
         # The read of the trials made under the ask lock serves the sampling too.
         with trials_snapshot(self.study, trials, unfinished):
-            config = with_retry(lambda: self.prepare(trial), what="store a trial's config")
+            config = with_retry(lambda: self.prepare(trial, family), what="store a trial's config")
         if self.budget is not None and self.costs.over(config.optimizer, len(self.pool.workers)):
             # its family, sampled now, is too slow for what is left
             self.book.skip(trial.number, "not started: its expected cost exceeds what is left of the time budget")
@@ -382,7 +389,7 @@ class SearchLoop:
                 self.book.ask(trial, worker)
         return trial, trials, unfinished
 
-    def prepare(self, trial: optuna.trial.Trial) -> TrialConfig:
+    def prepare(self, trial: optuna.trial.Trial, family: str | None = None) -> TrialConfig:
         """Sample ``trial``'s config and store it (idempotent: a retry gives the same config).
 
         Each trial is sampled by a sampler of its own seeded by --seed plus the trial's number
@@ -391,11 +398,14 @@ class SearchLoop:
         driver stays reproducible. The study's sampler is set here only when it is not that one
         yet (a study opened with another seed: once per driver); a trial asked before then is
         sampled by the new one all the same. A portfolio trial trains its family at its
-        published defaults, without a scheduler or clipping.
+        published defaults, without a scheduler or clipping. A search trial trains ``family``
+        where the focus gives one, its settings sampled as usual.
         """
         sampler = self.study.sampler
         if not (isinstance(sampler, TrialSeededSampler) and sampler.serves(self.spec.sampler, self.spec.seed)):
-            self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed)
+            sampler = self.study.sampler = build_sampler(self.spec.sampler, self.spec.seed)
+        if family is not None:
+            sampler.fix(self.study.study_name, trial.number, {"optimizer": family})
         with deferred_writes(self.study, trial):  # its params, config and first heartbeat: one transaction
             # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
             record_heartbeat(self.study, trial.number)

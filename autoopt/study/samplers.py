@@ -80,6 +80,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._open: OrderedDict[tuple[str, int], optuna.samplers.BaseSampler] = OrderedDict()
         self._reseeded = False
         self._groups: dict[str, SearchSpaceGroups] = {}  # per study name, shared by the trials' samplers
+        self._fixed: dict[tuple[str, int], dict[str, Any]] = {}  # values given, not sampled (``fix``)
 
     def serves(self, name: str, seed: int) -> bool:
         """Whether this is ``build_sampler(name, seed)``."""
@@ -97,6 +98,14 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
                 self._open.popitem(last=False)
         return sampler
 
+    def fix(self, study_name: str, number: int, params: dict[str, Any]) -> None:
+        """Trial ``number`` takes ``params`` as they are (the search's focus gives its family);
+        the sampler samples the rest, knowing them. Enqueued values (Optuna's fixed params) still
+        come first."""
+        self._fixed[(study_name, number)] = params
+        while len(self._fixed) > self.MAX_OPEN:
+            del self._fixed[next(iter(self._fixed))]
+
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.for_trial(study, trial).before_trial(study, trial)
 
@@ -105,16 +114,24 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> Any:
-        return self.for_trial(study, trial).sample_relative(study, trial, search_space)
+        sampled = self.for_trial(study, trial).sample_relative(study, trial, search_space)
+        fixed = self._fixed.get((study.study_name, trial.number))
+        if not fixed:
+            return sampled
+        return _Overlay(sampled, {k: v for k, v in fixed.items() if k in search_space})
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
+        fixed = self._fixed.get((study.study_name, trial.number), {})
+        if param_name in fixed:
+            return fixed[param_name]
         return self.for_trial(study, trial).sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         self.for_trial(study, trial).after_trial(study, trial, state, values)
         self._open.pop((study.study_name, trial.number), None)
+        self._fixed.pop((study.study_name, trial.number), None)
 
     def reseed_rng(self) -> None:
         """Draws no longer follow the seed (Optuna's ``optimize`` with ``n_jobs`` > 1): the
@@ -241,6 +258,27 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
 
     def reseed_rng(self) -> None:
         self.tpe.reseed_rng()
+
+
+class _Overlay(Mapping):
+    """Sampled relative parameters with some given instead (``TrialSeededSampler.fix``); the
+    sampled ones are read lazily, as ``_LazyGroups`` samples them."""
+
+    def __init__(self, sampled: Mapping[str, Any], given: dict[str, Any]) -> None:
+        self._sampled, self._given = sampled, given
+
+    def __getitem__(self, name: str) -> Any:
+        return self._given[name] if name in self._given else self._sampled[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._given or name in self._sampled
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._given
+        yield from (name for name in self._sampled if name not in self._given)
+
+    def __len__(self) -> int:
+        return len(set(self._given) | set(self._sampled))
 
 
 class _LazyGroups(Mapping):
