@@ -12,6 +12,7 @@ from autoopt.tasks import UserLoop, load_task
 from autoopt.training.loop import run_loop
 
 
+@pytest.mark.slow
 def test_the_char_lm_example_trains_and_reports_its_perplexity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     loop = load_task("char_lm:train")

@@ -244,6 +244,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     return work, result
 
 
+@pytest.mark.slow
 def test_a_user_loop_is_screened_searched_and_confirmed_with_a_paired_verdict(tuned: tuple[Path, Any]) -> None:
     work, result = tuned
     assert result.returncode == 0, result.stderr[-3000:]
@@ -260,6 +261,7 @@ def test_a_user_loop_is_screened_searched_and_confirmed_with_a_paired_verdict(tu
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 6
 
 
+@pytest.mark.slow
 def test_setup_runs_once_per_worker_process(tuned: tuple[Path, Any]) -> None:
     work, result = tuned
     assert result.returncode == 0, result.stderr[-3000:]
@@ -268,6 +270,7 @@ def test_setup_runs_once_per_worker_process(tuned: tuple[Path, Any]) -> None:
     assert counts and max(counts) == 1 and len(counts) <= 4, counts
 
 
+@pytest.mark.slow
 def test_every_reported_metric_is_a_curve_in_mlflow(tuned: tuple[Path, Any]) -> None:
     import mlflow
 
@@ -282,6 +285,7 @@ def test_every_reported_metric_is_a_curve_in_mlflow(tuned: tuple[Path, Any]) -> 
     assert len(client.get_metric_history(run_id, "train_huber")) == 3
 
 
+@pytest.mark.slow
 def test_recommend_reads_a_user_loop_by_its_module_function(tuned: tuple[Path, Any],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     work, result = tuned
@@ -291,6 +295,7 @@ def test_recommend_reads_a_user_loop_by_its_module_function(tuned: tuple[Path, A
     assert rec.metric == "val_mae" and rec.direction == "minimize"
 
 
+@pytest.mark.slow
 def test_a_loop_that_always_raises_stops_the_study_in_one_line(tmp_path: Path) -> None:
     result = run_cli("tune", "--task", "loop_user:broken", "--optimizers", "adam,sgd", "--trials", "12",
                      "--epochs", "2", cwd=tmp_path, env=_env(tmp_path))
