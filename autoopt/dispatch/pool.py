@@ -295,6 +295,7 @@ class WorkerPool:
         """Kill the workers and wait until they are gone: ray.kill returns at once, and a worker
         still alive could open an MLflow run after the driver closed the orphans."""
         alive = [w for w in self.workers if w is not None]
+        self.ready = [False] * len(self.workers)  # nothing to flush on them any more: they are gone
         for w in alive:
             with contextlib.suppress(Exception):
                 ray.kill(w)
