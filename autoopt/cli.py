@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # a task named module:train is not the :train: emoji
+err = Console(stderr=True, emoji=False)
 
 
 Sampler = StrEnum("Sampler", [(name, name) for name in SAMPLERS])  # type: ignore[misc]
