@@ -55,7 +55,7 @@ def test_the_bandit_favours_the_survivor_whose_trials_win() -> None:
 
 def test_a_small_screen_leaves_the_search_unfocused() -> None:
     trials = [_screened(f"f{i}", [0.5], i) for i in range(3)]
-    keeper = SearchFocus("maximize", lambda t: "screen" if t.user_attrs.get("portfolio") else "search")
+    keeper = SearchFocus("maximize")
     assert keeper.family(trials) is None and keeper.why() == {}
 
 

@@ -208,7 +208,7 @@ class SearchLoop:
         self.timeline: list[Span] = []  # per trial run here
         self.setup_s = 0.0  # a user loop's setup on the workers (its own phase, no trial's cost)
         self.failures = FailureStreak()
-        self.focus = SearchFocus(study.direction, lambda t: kind_of(t.user_attrs))  # the screen's survivors
+        self.focus = SearchFocus(study.direction)  # the screen's survivors
 
     # --- the loop ----------------------------------------------------------------------------
 

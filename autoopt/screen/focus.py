@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.direction import ordered, sign
+from autoopt.study.record import kind_of
 
 FOCUS_FAMILIES = 5  # the search tunes at most this many families
 MIN_SCREENED = 6  # a screen of fewer families narrows nothing worth narrowing: TPE sees them all
@@ -126,12 +127,9 @@ class Focus:
 
 def focus_of(trials: list[FrozenTrial], direction: object, screen_numbers: list[int]) -> Focus | None:
     """The focus of a study whose screen is ``screen_numbers`` (trial numbers, positions in
-    ``trials``), with its finished search trials observed; None when the screen is too small to
-    narrow or has reported nothing yet."""
-    screen = [trials[n] for n in screen_numbers if n < len(trials)]
-    if len({t.params.get("optimizer") for t in screen}) < MIN_SCREENED:
-        return None
-    found = survivors(screen, direction)
+    ``trials``), with its finished search trials observed; None when the screen has reported
+    nothing yet."""
+    found = survivors([trials[n] for n in screen_numbers if n < len(trials)], direction)
     if not found:
         return None
     focus = Focus(found, direction)
@@ -148,8 +146,8 @@ class SearchFocus:
     Its reads of the study are the driver's own (the view's trials); per trial it visits the
     screen's few trials only."""
 
-    def __init__(self, direction: object, kind_of: Callable[[FrozenTrial], str]) -> None:
-        self.direction, self.kind_of = direction, kind_of
+    def __init__(self, direction: object) -> None:
+        self.direction = direction
         self.screen: list[int] | None = None
         self.focus: Focus | None = None
         self.off = False  # the screen is too small to narrow: TPE sees every family
@@ -160,7 +158,7 @@ class SearchFocus:
         if self.off:
             return None
         if self.screen is None:
-            self.screen = [t.number for t in trials if self.kind_of(t) == "screen"]
+            self.screen = [t.number for t in trials if kind_of(t.user_attrs) == "screen"]
             if len({trials[n].params.get("optimizer") for n in self.screen}) < MIN_SCREENED:
                 self.off = True
                 return None
