@@ -231,7 +231,7 @@ def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_pa
     assert events[-1] == ("end", slow_worker, slow), events
     assert {w for kind, w, n in events if kind == "start" and n != slow} == {1 - slow_worker}, events
     # The timeline the loop keeps agrees: each trial once, on the worker it was sent to.
-    assert sorted((e.number, e.worker) for e in loop.timeline) == sorted(
+    assert sorted((e.number, e.worker) for e in loop.tally.timeline) == sorted(
         (n, w) for kind, w, n in events if kind == "start")
-    assert all(e.started <= e.ended for e in loop.timeline)
+    assert all(e.started <= e.ended for e in loop.tally.timeline)
     assert all(trials[n].user_attrs["s_per_epoch"] > 0 for n in trials)

@@ -329,19 +329,20 @@ def _close_budget(spec: StudySpec, study: optuna.Study, rec: Recommendation, bud
 def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> Effort:
     """What the screen and the search spent: epochs by phase and the seconds of each phase (the
     screen ends when its last trial does)."""
-    timeline = loop.timeline
+    tally = loop.tally
+    timeline = tally.timeline
     first = min((t.started for t in timeline), default=None)
     last = max((t.ended for t in timeline), default=None)
     screen_end = max((t.ended for t in timeline if t.kind == "screen"), default=first)
     searched = loop.focus.why()
     if first is None or last is None or screen_end is None:
-        return Effort(epochs=dict(loop.epochs_run), trials=len(timeline), searched=searched)
+        return Effort(epochs=dict(tally.epochs_run), trials=len(timeline), searched=searched)
     seconds = {"screen": round(screen_end - first, 2), "search": round(last - screen_end, 2)}
     if budget is not None:
         budget.phases.update(seconds)
-    if loop.setup_s:  # a user loop's setup, summed over the workers: its own phase, in no trial's cost
-        seconds["setup"] = round(loop.setup_s, 3)
-    return Effort(epochs=dict(loop.epochs_run), seconds=seconds, trials=len(timeline), searched=searched,
+    if tally.setup_s:  # a user loop's setup, summed over the workers: its own phase, in no trial's cost
+        seconds["setup"] = round(tally.setup_s, 3)
+    return Effort(epochs=dict(tally.epochs_run), seconds=seconds, trials=len(timeline), searched=searched,
                   first_trial_s=round(first - budget.since, 2) if budget is not None else None)
 
 

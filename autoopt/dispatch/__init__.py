@@ -9,7 +9,12 @@
 * ``trials``: ``TrialBook``, the one owner of a search trial's life in a driver (asked, placed,
   running, told, re-queued) and of every move between those states.
 * ``costs``: ``SearchCosts``, a trial's expected seconds and the budget's verdict on it.
-* ``search``: ``SearchLoop``, the ask/prepare/submit/tell loop of ``autoopt tune``.
+* ``search``: ``SearchLoop``, the ask/prepare/submit/tell loop of ``autoopt tune``, in parts:
+  ``asking`` (``TrialAsker``: a trial asked, sampled and made a job for a free worker),
+  ``jobs`` (``JobFactory``: what a worker is sent), ``upkeep`` (``Upkeep``: heartbeats, stale
+  trials, re-queues, workers released or placed again), ``display`` (``SearchDisplay``: the
+  progress and the starved driver's line), ``tally`` (``SearchTally``: what the search spent),
+  all reading one injected ``clock`` (``Clock``, ``Deadline``) and a ``Pool``.
 
 The names below are imported when first used: ``autoopt.dispatch.session`` (Ray's start, which
 the CLI begins before it loads torch) imports no more than Ray.
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autoopt.dispatch.gpus import GPU_PACK, gpus_per_trial, resolve_gpus
+    from autoopt.dispatch.jobs import warm_job
     from autoopt.dispatch.pool import InFlight, WorkerPool, default_concurrency, run_jobs
     from autoopt.dispatch.results import JobResult, JobState, compact_history
     from autoopt.dispatch.search import (
@@ -31,7 +37,6 @@ if TYPE_CHECKING:
         SearchProgress,
         SearchStart,
         begin_search,
-        warm_job,
     )
     from autoopt.dispatch.session import RunSession, start_ray, stop_ray
     from autoopt.dispatch.trials import Life, TrialBook
@@ -54,7 +59,7 @@ _WHERE = {
     "SearchProgress": "search",
     "SearchStart": "search",
     "begin_search": "search",
-    "warm_job": "search",
+    "warm_job": "jobs",
     "RunSession": "session",
     "start_ray": "session",
     "stop_ray": "session",

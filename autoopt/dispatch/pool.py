@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
@@ -107,6 +107,34 @@ class Finished:
     result: JobResult
     lost: bool = False
     ended: float = field(default_factory=time.time)
+
+
+class Pool(Protocol):
+    """What the search loop asks of a pool of workers (``WorkerPool``; a fake one in tests):
+    a free worker, a job sent to it, the jobs that ended, and the workers' upkeep."""
+
+    workers: list[Any]
+
+    @property
+    def warming(self) -> bool: ...
+
+    def warm(self, job: Job, task: Task | None = None) -> None: ...
+
+    def free(self) -> int | None: ...
+
+    def submit(self, index: int, job: Job, trial: optuna.trial.Trial | None = None) -> tuple[Any, InFlight]: ...
+
+    def collect(self, inflight: dict[Any, InFlight], timeout_s: float | None = None) -> list[Finished]: ...
+
+    def wait_ready(self, timeout_s: float) -> None: ...
+
+    def release(self) -> int: ...
+
+    def restore(self) -> None: ...
+
+    def describe_wait(self) -> str: ...
+
+    def shutdown(self) -> None: ...
 
 
 class WorkerPool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
@@ -34,11 +35,12 @@ class StudyView:
     best: tuple[int, float] | None = None  # the best complete trial: number, value
     open: dict[int, TrialState] = field(default_factory=dict)  # unfinished trials: number -> state
     _seen: int = 0  # trials[:_seen] were visited once
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # what read_at reads
 
     def read(self) -> list[FrozenTrial]:
         """Read the study (one incremental read) and update the counts."""
         trials = self.study.get_trials(deepcopy=False)
-        self.read_at = time.monotonic()
+        self.read_at = self.clock()
         if any(trials[i].number != i for i in (0, len(trials) - 1) if trials) or len(trials) < self._seen:
             self._reset()  # numbers are positions in a study Optuna keeps; anything else is counted afresh
         changed = [trials[n] for n in self.open if n < len(trials)] + trials[self._seen:]
@@ -50,7 +52,7 @@ class StudyView:
 
     def fresh(self, max_age_s: float) -> list[FrozenTrial]:
         """The trials, read again only when the last read is older than ``max_age_s``."""
-        if time.monotonic() - self.read_at >= max_age_s:
+        if self.clock() - self.read_at >= max_age_s:
             return self.read()
         return self.trials
 
