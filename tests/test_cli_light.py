@@ -19,7 +19,7 @@ from autoopt import catalog
 from autoopt.errors import UsageError
 from autoopt.recommendation import Recommendation, load_stored
 
-HEAVY = ("torch", "ray", "mlflow", "optuna", "sqlalchemy", "matplotlib")
+HEAVY = ("torch", "ray", "mlflow", "optuna", "sqlalchemy", "matplotlib", "scipy")
 
 # Runs the CLI in a fresh interpreter, then prints which heavy modules it imported.
 _PROBE = """

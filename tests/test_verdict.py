@@ -12,7 +12,7 @@ import torch
 
 from autoopt.decide.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, noise_of, time_to
 from autoopt.decide.evidence import Entry, Stats
-from autoopt.decide.verdict import Noise, interval, paired, t975
+from autoopt.decide.verdict import Noise, interval, paired
 from autoopt.dispatch import JobResult, JobState
 
 N_VAL = 2400
@@ -34,10 +34,13 @@ def test_paired_interval_on_hand_made_values() -> None:
     p = paired(tuned, base, "maximize")
     assert p["deltas"] == pytest.approx([0.02, 0.01, 0.03])
     assert p["mean"] == pytest.approx(0.02)
-    half = 4.303 * statistics.stdev([0.02, 0.01, 0.03]) / math.sqrt(3)
+    half = 4.302653 * statistics.stdev([0.02, 0.01, 0.03]) / math.sqrt(3)  # Student-t, 2 degrees of freedom
     assert p["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
     assert p["ci95"][0] < 0 < p["ci95"][1] and p["verdict"] == "tie"  # three seeds, too noisy to call
-    assert t975(2) == 4.303 and t975(100) == 1.96
+    # past 30 seeds too, the t quantile (1.984 for 100 degrees of freedom), not the normal's 1.96
+    wide = interval([0.0, 1.0] * 50 + [0.5])[1]
+    half = 1.983972 * statistics.stdev([0.0, 1.0] * 50 + [0.5]) / math.sqrt(101)
+    assert wide == pytest.approx([0.5 - half, 0.5 + half])
     # a minimized metric: positive still means the first one is better (baseline minus tuned)
     q = paired([0.30, 0.31, 0.29], [0.40, 0.42, 0.41], "minimize")
     assert q["deltas"] == pytest.approx([0.10, 0.11, 0.12]) and q["verdict"] == "better"
@@ -59,7 +62,7 @@ def test_identical_quantised_deltas_on_two_seeds_decide_nothing() -> None:
     p = paired([0.9425, 0.9450], [0.9450, 0.9475], "maximize", n_val=800)
     assert p["deltas"] == pytest.approx([-0.0025, -0.0025])
     assert p["ci95"][0] < p["ci95"][1] and p["verdict"] == "tie"
-    assert p["ci95"][1] - p["ci95"][0] >= 2 * 12.706 * (1 / 800) / math.sqrt(2) - 1e-12  # one example's floor
+    assert p["ci95"][1] - p["ci95"][0] >= 2 * 12.7062 * (1 / 800) / math.sqrt(2) - 1e-12  # one example's floor
 
 
 def test_one_seed_decides_nothing() -> None:

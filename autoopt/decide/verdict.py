@@ -46,21 +46,6 @@ from typing import Any
 from autoopt.direction import sign
 
 REL_TOL = 1e-6  # float32 carries ~7 significant digits; a reduction over a split loses about one
-# Student-t 0.975 quantiles by degrees of freedom (two-sided 95% interval); beyond 30, the normal's.
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
-
-
-def t975(df: int) -> float:
-    """The two-sided 95% Student-t quantile for ``df`` degrees of freedom.
-
-    >>> t975(2), t975(1000)
-    (4.303, 1.96)
-    """
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    return T975[df - 1] if df <= len(T975) else 1.96
 
 
 def resolution(n_val: int | None) -> float | None:
@@ -131,7 +116,9 @@ def interval(deltas: Sequence[float], *, noise: Noise | None = None,
     if n < 2:
         return mean, None
     sd = max(statistics.stdev(deltas), floor, noise.sd if noise is not None else 0.0)
-    half = t975(n - 1) * sd / math.sqrt(n)
+    from scipy import stats  # here, not at the top: importing scipy.stats takes about a second
+
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return mean, [round(mean - half, 12), round(mean + half, 12)]
 
 
