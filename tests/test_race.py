@@ -225,7 +225,7 @@ def test_one_unaffordable_contender_leaves_alone_and_the_cheap_ones_get_a_verdic
     assert soap.status == "unaffordable" and "do not fit" in (soap.reason or "") and not soap.results
     assert any(note.startswith("soap_default: not confirmed") for note in budget.notes)
     assert len(pick.results) >= 2 and all(len(c.results) >= 2 for c in cheap)
-    verdict = compare(pick, r.best(baseline=True), "maximize", N_VAL, r.noise())["verdict"]
+    verdict = compare(pick, r.best(baseline=True), "maximize", N_VAL, r.noise()).verdict
     assert verdict == "better"
     assert clock.now <= budget.limit_s - budget.end_reserve()
 

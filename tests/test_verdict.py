@@ -32,18 +32,18 @@ def _acc(counts: list[int]) -> list[float]:
 def test_paired_interval_on_hand_made_values() -> None:
     tuned, base = [0.80, 0.82, 0.85], [0.78, 0.81, 0.82]
     p = paired(tuned, base, "maximize")
-    assert p["deltas"] == pytest.approx([0.02, 0.01, 0.03])
-    assert p["mean"] == pytest.approx(0.02)
+    assert p.deltas == pytest.approx([0.02, 0.01, 0.03])
+    assert p.mean == pytest.approx(0.02)
     half = 4.302653 * statistics.stdev([0.02, 0.01, 0.03]) / math.sqrt(3)  # Student-t, 2 degrees of freedom
-    assert p["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
-    assert p["ci95"][0] < 0 < p["ci95"][1] and p["verdict"] == "tie"  # three seeds, too noisy to call
+    assert p.ci95 == pytest.approx([0.02 - half, 0.02 + half])
+    assert p.ci95[0] < 0 < p.ci95[1] and p.verdict == "tie"  # three seeds, too noisy to call
     # past 30 seeds too, the t quantile (1.984 for 100 degrees of freedom), not the normal's 1.96
     wide = interval([0.0, 1.0] * 50 + [0.5])[1]
     half = 1.983972 * statistics.stdev([0.0, 1.0] * 50 + [0.5]) / math.sqrt(101)
     assert wide == pytest.approx([0.5 - half, 0.5 + half])
     # a minimized metric: positive still means the first one is better (baseline minus tuned)
     q = paired([0.30, 0.31, 0.29], [0.40, 0.42, 0.41], "minimize")
-    assert q["deltas"] == pytest.approx([0.10, 0.11, 0.12]) and q["verdict"] == "better"
+    assert q.deltas == pytest.approx([0.10, 0.11, 0.12]) and q.verdict == "better"
 
 
 def test_equal_counts_are_an_exact_tie_whatever_the_float_noise() -> None:
@@ -51,7 +51,7 @@ def test_equal_counts_are_an_exact_tie_whatever_the_float_noise() -> None:
     tuned = [c + 2e-8 for c in _acc([2332, 2320, 2341])]
     base = _acc([2332, 2320, 2341])
     p = paired(tuned, base, "maximize", n_val=N_VAL)
-    assert p["deltas"] == [0.0, 0.0, 0.0] and p["verdict"] == "tie" and p["resolution"] == 1 / N_VAL
+    assert p.deltas == (0.0, 0.0, 0.0) and p.verdict == "tie" and p.resolution == 1 / N_VAL
     table = {"trial_1": _entry("adam_1", tuned), "prodigy_default": _entry("prodigy_default", base)}
     pick = choose(table, ["trial_1"], ["prodigy_default"], "maximize", n_val=N_VAL)
     assert (pick.tuned, pick.baseline, pick.winner) == ("trial_1", "prodigy_default", "prodigy_default")
@@ -60,15 +60,15 @@ def test_equal_counts_are_an_exact_tie_whatever_the_float_noise() -> None:
 def test_identical_quantised_deltas_on_two_seeds_decide_nothing() -> None:
     # Two seeds, each 2 examples of 800 behind: a standard deviation of 0 is no evidence.
     p = paired([0.9425, 0.9450], [0.9450, 0.9475], "maximize", n_val=800)
-    assert p["deltas"] == pytest.approx([-0.0025, -0.0025])
-    assert p["ci95"][0] < p["ci95"][1] and p["verdict"] == "tie"
-    assert p["ci95"][1] - p["ci95"][0] >= 2 * 12.7062 * (1 / 800) / math.sqrt(2) - 1e-12  # one example's floor
+    assert p.deltas == pytest.approx([-0.0025, -0.0025])
+    assert p.ci95[0] < p.ci95[1] and p.verdict == "tie"
+    assert p.ci95[1] - p.ci95[0] >= 2 * 12.7062 * (1 / 800) / math.sqrt(2) - 1e-12  # one example's floor
 
 
 def test_one_seed_decides_nothing() -> None:
     for a, b in (([0.95], [0.90]), ([0.90], [0.95])):
         p = paired(a, b, "maximize", n_val=1000)
-        assert p["ci95"] is None and p["verdict"] == "tie"
+        assert p.ci95 is None and p.verdict == "tie"
     table = {"trial_1": _entry("adam_1", _acc([2390])), "adam_tutorial": _entry("adam_tutorial", _acc([2000]))}
     assert choose(table, ["trial_1"], ["adam_tutorial"], "maximize", n_val=N_VAL).winner == "adam_tutorial"
 

@@ -138,7 +138,7 @@ def _row(task: str, target: float, direction: str, budget_s: float,
             "median_time_ratio": statistics.median(reach(a) / max(reach(b), 1e-9)
                                                   for a, b in zip(with_prior, without, strict=True)),
             "test": {"prior": test_a, "none": test_b},
-            "test_paired": {"mean": diff["mean"], "ci95": diff["ci95"], "verdict": diff["verdict"],
+            "test_paired": {"mean": diff.mean, "ci95": diff.ci95, "verdict": diff.verdict,
                             "sign": sign(direction)},
             "picks": {"prior": [r["optimizer"] for r in with_prior], "none": [r["optimizer"] for r in without]}}
 

@@ -233,7 +233,7 @@ def compare(a: Entry, b: Entry, direction: str, *, split: str = "val", n_val: in
             noise: Noise | None = None) -> Paired:
     """The paired comparison of ``a`` against ``b`` on ``split`` over their seeds, its spread
     never under ``noise`` (``noise_of``)."""
-    return Paired.model_validate(paired(*align(a, b, split), direction, n_val=n_val, noise=noise))
+    return paired(*align(a, b, split), direction, n_val=n_val, noise=noise)
 
 
 def noise_of(table: Table, split: str = "val", n_val: int | None = None) -> Noise | None:
@@ -245,7 +245,7 @@ def noise_of(table: Table, split: str = "val", n_val: int | None = None) -> Nois
     ref = max(table.values(), key=finished, default=None)
     if ref is None:
         return None
-    return Noise.pooled(paired(*align(e, ref, split), "maximize", n_val=n_val)["deltas"]
+    return Noise.pooled(paired(*align(e, ref, split), "maximize", n_val=n_val).deltas
                         for e in table.values() if e is not ref)
 
 

@@ -36,9 +36,10 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from autoopt.budget import Budget, run_cost
+from autoopt.decide.evidence import Paired
 from autoopt.decide.verdict import Noise, paired
 from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
@@ -104,7 +105,7 @@ def margin_for(score: str, pick_mean: float | None, *, points: float, relative: 
 
 
 def compare(a: Contender, b: Contender, direction: str, n_val: int | None,
-            noise: Noise | None = None) -> dict[str, Any]:
+            noise: Noise | None = None) -> Paired:
     """A against B on their common seeds (positive = A better), the spread moderated by ``noise``."""
     seeds = sorted(set(a.results) & set(b.results))
     return paired(a.values(seeds), b.values(seeds), direction, n_val=n_val, noise=noise)
@@ -183,7 +184,7 @@ class Race:
             if id(c) in keep:
                 continue
             cmp = compare(c, leader, self.direction, self.n_val, self.noise())
-            deltas, ci = cmp["deltas"], cmp["ci95"]
+            deltas, ci = cmp.deltas, cmp.ci95
             if not c.complete():
                 c.status, c.reason = "dropped", f"failed on a seed while {leader.name} completed every seed"
                 continue
@@ -194,13 +195,13 @@ class Race:
             if far or (ci is not None and ci[1] < 0):
                 c.status = "dropped"
                 c.reason = (f"beaten by {leader.name} after {len(deltas)} seeds "
-                            f"(mean {cmp['mean']:+.4g}, ci95 {_fmt(ci)})")
-            elif cmp["mean"] is not None and cmp["mean"] < -m:
+                            f"(mean {cmp.mean:+.4g}, ci95 {_fmt(ci)})")
+            elif cmp.mean is not None and cmp.mean < -m:
                 # Behind by more than the margin: on this evidence neither the pick nor a config
                 # equivalent to it; more seeds would go where the decision is not.
                 c.status = "dropped"
                 c.reason = (f"behind {leader.name} by more than the margin {m:.4g} after {len(deltas)} seeds "
-                            f"(mean {cmp['mean']:+.4g})")
+                            f"(mean {cmp.mean:+.4g})")
 
     def noise(self) -> Noise | None:
         """The seed-to-seed noise of a paired difference in this race (``Noise.pooled``): every
@@ -208,7 +209,7 @@ class Race:
         ref = max(self.contenders, key=lambda c: len(c.results), default=None)
         if ref is None:
             return None
-        return Noise.pooled(compare(c, ref, self.direction, self.n_val)["deltas"] for c in self.contenders
+        return Noise.pooled(compare(c, ref, self.direction, self.n_val).deltas for c in self.contenders
                             if c is not ref)
 
     def best(self, *, baseline: bool) -> Contender | None:
@@ -222,7 +223,7 @@ class Race:
         tuned, base = self.best(baseline=False), self.best(baseline=True)
         if tuned is None or base is None:
             return True  # nothing left to decide between
-        return compare(tuned, base, self.direction, self.n_val, self.noise())["verdict"] in ("better", "worse")
+        return compare(tuned, base, self.direction, self.n_val, self.noise()).verdict in ("better", "worse")
 
     # --- the budget --------------------------------------------------------------------------
 
@@ -288,7 +289,7 @@ class Race:
         return out
 
 
-def _fmt(ci: list[float] | None) -> str:
+def _fmt(ci: tuple[float, float] | None) -> str:
     return "none" if ci is None else f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"
 
 

@@ -27,11 +27,11 @@ The verdict is ``better`` when the whole interval is above 0, ``worse`` when it 
 decides nothing.
 
 >>> p = paired([0.95, 0.96, 0.97], [0.94, 0.95, 0.96], "maximize", n_val=1000)
->>> p["deltas"], p["verdict"]
-([0.01, 0.01, 0.01], 'better')
->>> paired([0.9450, 0.9450], [0.9475, 0.9475], "maximize", n_val=800)["verdict"]  # 2 examples behind, twice
+>>> p.deltas, p.verdict
+((0.01, 0.01, 0.01), 'better')
+>>> paired([0.9450, 0.9450], [0.9475, 0.9475], "maximize", n_val=800).verdict  # 2 examples behind, twice
 'tie'
->>> paired([0.9716, 0.9733], [0.97160001, 0.97329999], "maximize", n_val=2400)["verdict"]
+>>> paired([0.9716, 0.9733], [0.97160001, 0.97329999], "maximize", n_val=2400).verdict
 'tie'
 """
 
@@ -41,8 +41,8 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from autoopt.decide.evidence import Paired
 from autoopt.direction import sign
 
 REL_TOL = 1e-6  # float32 carries ~7 significant digits; a reduction over a split loses about one
@@ -97,7 +97,7 @@ class Noise:
 
 
 def interval(deltas: Sequence[float], *, noise: Noise | None = None,
-             floor: float = 0.0) -> tuple[float, list[float] | None]:
+             floor: float = 0.0) -> tuple[float, tuple[float, float] | None]:
     """The mean of ``deltas`` and its two-sided 95% t-interval (None with fewer than two); the
     standard deviation never under ``floor`` nor under ``noise`` (the other pairs').
 
@@ -105,7 +105,7 @@ def interval(deltas: Sequence[float], *, noise: Noise | None = None,
     >>> mean, [round(v, 3) for v in ci]
     (2.0, [-0.484, 4.484])
     >>> interval([-0.0025, -0.0025])[1]  # identical deltas, nothing known of the noise: no width
-    [-0.0025, -0.0025]
+    (-0.0025, -0.0025)
     >>> [round(v, 4) for v in interval([-0.0025, -0.0025], floor=1 / 800)[1]]  # one example of 800
     [-0.0137, 0.0087]
     >>> [round(v, 4) for v in interval([-0.0025, -0.0025, -0.0025], noise=Noise(0.003, 6))[1]]
@@ -119,10 +119,10 @@ def interval(deltas: Sequence[float], *, noise: Noise | None = None,
     from scipy import stats  # here, not at the top: importing scipy.stats takes about a second
 
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return mean, [round(mean - half, 12), round(mean + half, 12)]
+    return mean, (round(mean - half, 12), round(mean + half, 12))
 
 
-def decide(deltas: Sequence[float], ci95: list[float] | None) -> str:
+def decide(deltas: Sequence[float], ci95: tuple[float, float] | None) -> str:
     """``better`` when the interval lies above 0, ``worse`` below, ``tie`` otherwise; equal
     measurements on every seed are a tie, and so is one seed (no interval: it decides nothing)."""
     if all(d == 0 for d in deltas) or ci95 is None:
@@ -135,17 +135,15 @@ def decide(deltas: Sequence[float], ci95: list[float] | None) -> str:
 
 
 def paired(a: Sequence[float | None], b: Sequence[float | None], direction: str, *,
-           n_val: int | None = None, noise: Noise | None = None) -> dict[str, Any]:
-    """The paired comparison of A against B over their common seeds: ``deltas`` (per seed,
-    positive = A better), ``mean``, ``ci95`` (``[lo, hi]``, None with one seed), ``verdict``
-    (``better|tie|worse``, None when no seed finished for both), ``n`` and ``resolution``
-    (one example's worth of the metric, None without counts). ``noise``: the seed-to-seed noise
-    of the other pairs of the comparison (``Noise.pooled``): a floor of the spread."""
+           n_val: int | None = None, noise: Noise | None = None) -> Paired:
+    """The paired comparison of A against B over their common seeds (``Paired``): ``deltas`` (per
+    seed, positive = A better), ``mean``, ``ci95`` (None with one seed), ``verdict``
+    (``better|tie|worse``, None when no seed finished for both), ``n`` and ``resolution`` (one
+    example's worth of the metric, None without counts). ``noise``: the seed-to-seed noise of the
+    other pairs of the comparison (``Noise.pooled``): a floor of the spread."""
     deltas = signed_deltas(a, b, direction, n_val=n_val)
-    out: dict[str, Any] = {"deltas": deltas, "mean": None, "ci95": None, "verdict": None, "n": len(deltas),
-                           "resolution": resolution(n_val)}
     if not deltas:
-        return out
-    out["mean"], out["ci95"] = interval(deltas, noise=noise, floor=resolution(n_val) or 0.0)
-    out["verdict"] = decide(deltas, out["ci95"])
-    return out
+        return Paired(n=0, resolution=resolution(n_val))
+    mean, ci95 = interval(deltas, noise=noise, floor=resolution(n_val) or 0.0)
+    return Paired(deltas=tuple(deltas), mean=mean, ci95=ci95, verdict=decide(deltas, ci95), n=len(deltas),
+                  resolution=resolution(n_val))
