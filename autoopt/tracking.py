@@ -274,9 +274,6 @@ class StudyRun:
     def log_figure(self, figure: Figure, name: str) -> None:
         self.client.log_figure(self.run_id, figure, name)
 
-    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
-
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     )
     from autoopt.dispatch.session import RunSession, start_ray, stop_ray
     from autoopt.dispatch.trials import Life, TrialBook
-    from autoopt.dispatch.worker import Job, TrialRef, TrialWorker, shippable_family
+    from autoopt.dispatch.worker import Job, TrialRef, TrialWorker
 
 _WHERE = {
     "GPU_PACK": "gpus",
@@ -68,7 +68,6 @@ _WHERE = {
     "Job": "worker",
     "TrialRef": "worker",
     "TrialWorker": "worker",
-    "shippable_family": "worker",
 }
 
 __all__ = [
@@ -94,7 +93,6 @@ __all__ = [
     "gpus_per_trial",
     "resolve_gpus",
     "run_jobs",
-    "shippable_family",
     "start_ray",
     "stop_ray",
     "warm_job",

@@ -82,13 +82,6 @@ class JobResult:
         first = text.splitlines()[0] if text else ""
         return cls.failed(f"{type(exc).__name__}: {first}", tb_text=tb.format_exc(), **timings)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON): the fields and ``s_per_epoch``."""
-        return {"state": self.state.value, "value": self.value, "history": self.history, "test": self.test,
-                "reason": self.reason, "traceback": self.traceback, "train_s": self.train_s,
-                "worker_s": self.worker_s, "pid": self.pid, "node": self.node, "rss_mb": self.rss_mb,
-                "s_per_epoch": self.s_per_epoch}
-
 
 def compact_history(history: list[dict[str, float]]) -> list[dict[str, float]]:
     """Per-epoch losses, metrics and lr, rounded: small enough to keep as a trial attribute."""

@@ -293,13 +293,3 @@ def by_value_modules(fam: Family) -> list[str]:
                 and not _installed(module.partition(".")[0])):
             out.append(module)
     return out
-
-
-def shippable_family(name: str | Family) -> Family:
-    """Family ``name`` (a registered name, or a study's own ``Family``), ready to travel to a
-    worker: registers its user modules with Ray's pickler, by value (``by_value_modules``).
-    ``WorkerPool`` does this for the jobs it ships; this is for a family shipped another way."""
-    fam = name if isinstance(name, Family) else family(name)
-    for module in by_value_modules(fam):
-        ray.cloudpickle.register_pickle_by_value(sys.modules[module])
-    return fam

@@ -67,10 +67,6 @@ class TrialResult:
         """The validation metric after the last epoch trained."""
         return self.history[-1][self.metric] if self.history else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "metric": self.metric, "history": self.history,
-                "reason": self.reason, "train_s": self.train_s, "test": self.test, "value": self.value}
-
 
 def _loss_fn(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The task's loss of a batch, averaged over its targets. Cross-entropy takes class scores
