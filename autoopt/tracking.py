@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, text
 
 from autoopt.errors import UsageError
 from autoopt.redact import mask_url, redact
+from autoopt.retry import retried, tries
 from autoopt.study import absolute_sqlite, connect_timeout_s, sqlite_path
 
 if TYPE_CHECKING:
@@ -529,15 +530,11 @@ class TrialRecorder:
                        tags: list[Any], status: str | None) -> None:
         """``_write``, tried again on a failure (a store busy with other writers, as SQLite is
         under several workers): a run is dropped only when every try failed, with a warning."""
-        for attempt in range(WRITE_TRIES):
-            try:
-                self._write(run, created or run.run_id is not None, params, metrics, tags, status)
-                return
-            except Exception as exc:  # tracking must never fail a trial
-                if attempt == WRITE_TRIES - 1:
-                    log.warning("MLflow logging failed after %d tries: %s", WRITE_TRIES, exc)
-                else:
-                    time.sleep(0.5 * 2 ** attempt)
+        try:
+            retried(lambda: self._write(run, created or run.run_id is not None, params, metrics, tags, status),
+                    tries(WRITE_TRIES, wait=lambda n: 0.5 * 2 ** (n - 1)))
+        except Exception as exc:  # tracking must never fail a trial
+            log.warning("MLflow logging failed after %d tries: %s", WRITE_TRIES, exc)
 
     def _write(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
                tags: list[Any], status: str | None) -> None:

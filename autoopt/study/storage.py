@@ -9,9 +9,9 @@ waited for (``with_retry``: exponential backoff for ``AUTOOPT_STORAGE_RETRY_S`` 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.errors import StorageDown, UsageError
 from autoopt.redact import redact
+from autoopt.retry import retried, tries
 from autoopt.study.backends import FIX, Backend, backend_for, env_seconds
 
 log = logging.getLogger("autoopt.study")
@@ -66,14 +67,7 @@ def open_storage(url: str, *, pool_size: int = 2, heartbeat: bool = True, retry:
         # Drivers started together on an empty PostgreSQL database all create Optuna's tables;
         # the losers fail on a duplicate type or row. The tables are there then: opening again
         # finds them.
-        for attempt in range(5):
-            try:
-                return _open_once()
-            except Exception as exc:
-                if attempt == 4 or not _schema_race(exc):
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return retried(_open_once, tries(5, wait=lambda n: 0.2 * n, when=_schema_race))
 
     try:
         storage = with_retry(_open, what="open the storage") if retry else _open()
@@ -150,22 +144,20 @@ def with_retry(fn: Callable[[], T], *, what: str, budget_s: float | None = None)
     ``StorageDown``. A busy SQLite database (``is_busy``: other drivers write it) is no outage:
     it is waited for, quietly, up to ``BUSY_WAIT_S``. Other errors pass through at once."""
     budget = storage_retry_s() if budget_s is None else budget_s
-    delay, start = 0.5, time.monotonic()
-    while True:
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_unreachable(exc):
-                raise
-            waited = time.monotonic() - start
-            if is_busy(exc):
-                if waited >= max(budget, BUSY_WAIT_S):
-                    raise StorageDown(f"storage busy for {waited:.0f}s while trying to {what}") from None
-                log.info("storage busy (%s); retrying", what)
-                time.sleep(0.05 + 0.2 * random.random())
-                continue
-            if waited >= budget:
-                raise StorageDown(f"storage unreachable for {waited:.0f}s while trying to {what}") from None
-            log.warning("storage unreachable (%s); retrying in %.1fs", what, delay)
-            time.sleep(min(delay, max(0.1, budget - waited)))
-            delay = min(delay * 2, 8.0)
+    delays = (min(0.5 * 2 ** k, 8.0) for k in itertools.count())  # an outage's waits; a busy one's are short
+
+    def policy(exc: Exception, failures: int, waited: float) -> float | None:
+        if not is_unreachable(exc):
+            return None
+        if is_busy(exc):
+            if waited >= max(budget, BUSY_WAIT_S):
+                raise StorageDown(f"storage busy for {waited:.0f}s while trying to {what}") from None
+            log.info("storage busy (%s); retrying", what)
+            return 0.05 + 0.2 * random.random()
+        if waited >= budget:
+            raise StorageDown(f"storage unreachable for {waited:.0f}s while trying to {what}") from None
+        delay = next(delays)
+        log.warning("storage unreachable (%s); retrying in %.1fs", what, delay)
+        return min(delay, max(0.1, budget - waited))
+
+    return retried(fn, policy)
