@@ -11,9 +11,11 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
@@ -53,13 +55,13 @@ if TYPE_CHECKING:
 
 STUDY_ATTR = "recommendation"
 FOLDER = "recommendations"  # where tune writes <study>.json; AUTOOPT_RECOMMENDATIONS names another
-CORE_KEYS = ("task", "optimizer", "optimizer_params", "scheduler", "scheduler_params", "grad_clip_norm",
-             "metric", "direction", "value", "study_name", "trial_number", "created_at")
-# Where the answer comes from and how it was chosen: plain JSON keys, written where set. The
-# choice's keys (a confirmed recommendation's) are written together, null where unknown.
-ORIGIN_KEYS = ("source", "search_note")  # ``optimizer_class`` and ``train_eval_mode``: ``family_origin``
-CHOICE_KEYS = ("chosen", "chosen_kind", "search_value", "search_trial_number", "cheapest_equivalent_reason",
-               "equivalence_margin", "cheaper_factor", "max_slowdown")
+# The groups of plain JSON keys, each marked on its fields (``metadata``; ``keys_of`` lists them):
+# the config and its score, always written; where the answer comes from, written where set
+# (``optimizer_class`` and ``train_eval_mode`` are ``family_origin``'s); how a confirmed
+# recommendation was chosen, written together, null where unknown.
+CORE: Mapping[str, str] = MappingProxyType({"group": "core"})
+ORIGIN: Mapping[str, str] = MappingProxyType({"group": "origin"})
+CHOICE: Mapping[str, str] = MappingProxyType({"group": "choice"})
 # The JSON's layout. 1: the evidence (confirmation, baselines, improvement, cost, ...) is typed and
 # ``cheapest_tie`` is gone (``cheapest_equivalent``). A JSON without it is read as version 0.
 SCHEMA_VERSION = 1
@@ -84,30 +86,32 @@ class Recommendation:
     ('AdamW', 'SequentialLR')
     """
 
-    task: str
-    optimizer: str
-    optimizer_params: dict[str, Any]
-    scheduler: str = "none"
-    scheduler_params: dict[str, Any] = field(default_factory=dict)
-    grad_clip_norm: float | None = None
-    metric: str = "val_accuracy"
-    direction: str = "maximize"
-    value: float | None = None
-    study_name: str | None = None
-    trial_number: int | None = None
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    source: str | None = None  # study, prior or database (a zero-shot answer: ``zero_shot`` says which)
-    search_note: str | None = None  # why the search's pick is not a complete trial
+    task: str = field(metadata=CORE)
+    optimizer: str = field(metadata=CORE)
+    optimizer_params: dict[str, Any] = field(metadata=CORE)
+    scheduler: str = field(default="none", metadata=CORE)
+    scheduler_params: dict[str, Any] = field(default_factory=dict, metadata=CORE)
+    grad_clip_norm: float | None = field(default=None, metadata=CORE)
+    metric: str = field(default="val_accuracy", metadata=CORE)
+    direction: str = field(default="maximize", metadata=CORE)
+    value: float | None = field(default=None, metadata=CORE)
+    study_name: str | None = field(default=None, metadata=CORE)
+    trial_number: int | None = field(default=None, metadata=CORE)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            metadata=CORE)
+    # study, prior or database (a zero-shot answer: ``zero_shot`` says which)
+    source: str | None = field(default=None, metadata=ORIGIN)
+    search_note: str | None = field(default=None, metadata=ORIGIN)  # why the search's pick is not a complete trial
     optimizer_class: str | None = None  # a user family's import path, for recommend() in another process
     train_eval_mode: bool = False  # the family's protocol, for a family this process does not know
-    chosen: str | None = None  # the confirmed config's name: a tuned trial or a baseline
-    chosen_kind: str | None = None  # tuned or baseline
-    search_value: float | None = None  # the search's best before the confirmation
-    search_trial_number: int | None = None
-    cheapest_equivalent_reason: str | None = None  # why no cheaper config is named
-    equivalence_margin: float | None = None
-    cheaper_factor: float | None = None
-    max_slowdown: float | None = None
+    chosen: str | None = field(default=None, metadata=CHOICE)  # the confirmed config: a tuned trial or a baseline
+    chosen_kind: str | None = field(default=None, metadata=CHOICE)  # tuned or baseline
+    search_value: float | None = field(default=None, metadata=CHOICE)  # the search's best before the confirmation
+    search_trial_number: int | None = field(default=None, metadata=CHOICE)
+    cheapest_equivalent_reason: str | None = field(default=None, metadata=CHOICE)  # why no cheaper config is named
+    equivalence_margin: float | None = field(default=None, metadata=CHOICE)
+    cheaper_factor: float | None = field(default=None, metadata=CHOICE)
+    max_slowdown: float | None = field(default=None, metadata=CHOICE)
     held_out: float | None = None  # the pick's mean on the test split (JSON: ``held_out_key``)
     effort: Effort | None = None
     left_on_cost: tuple[LeftOnCost, ...] | None = None  # None: not measured (a budget, no pruner)
@@ -186,19 +190,15 @@ class Recommendation:
         origin = family_origin(fam) if fam else {"optimizer_class": self.optimizer_class,
                                                    "train_eval_mode": self.train_eval_mode}
         out: dict[str, Any] = {
-            "task": self.task, "optimizer": self.optimizer, "optimizer_params": self.optimizer_params,
-            "scheduler": self.scheduler, "scheduler_params": self.scheduler_params,
-            "grad_clip_norm": self.grad_clip_norm, "metric": self.metric, "direction": self.direction,
-            "value": self.value, "study_name": self.study_name, "trial_number": self.trial_number,
-            "created_at": self.created_at,
+            **{k: getattr(self, k) for k in keys_of(CORE)},
             "scheduler_step": "epoch" if schedule(self.scheduler).per_epoch else "batch",
             # where the class comes from: recommend() in another process rebuilds a user's own family
             **origin,
         }
         out.update({k: v for k, v in self.extra.items() if k not in out})
-        out.update({k: v for k in ORIGIN_KEYS if (v := getattr(self, k)) is not None})
+        out.update({k: v for k in keys_of(ORIGIN) if (v := getattr(self, k)) is not None})
         if self.chosen is not None:
-            out.update({k: getattr(self, k) for k in CHOICE_KEYS})
+            out.update({k: getattr(self, k) for k in keys_of(CHOICE)})
             out[self.held_out_key] = self.held_out
         if self.left_on_cost is not None:
             out["left_on_cost"] = [x.to_dict() for x in self.left_on_cost]
@@ -222,7 +222,7 @@ class Recommendation:
         version = data.get("schema_version", 0)
         if not isinstance(version, int) or isinstance(version, bool):
             raise UsageError(f"not a recommendation JSON: schema_version {version!r} is not an integer")
-        plain = (*CORE_KEYS, *ORIGIN_KEYS, "optimizer_class", *CHOICE_KEYS)
+        plain = (*keys_of(CORE), *keys_of(ORIGIN), "optimizer_class", *keys_of(CHOICE))
         evidence = ("confirmation", "baselines", "left_on_cost", *EVIDENCE)
         typed: dict[str, Any] = {k: data[k] for k in (*plain, *evidence) if data.get(k) is not None}
         typed["train_eval_mode"] = bool(data.get("train_eval_mode", False))
@@ -280,6 +280,16 @@ class Recommendation:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+def keys_of(group: Mapping[str, str]) -> tuple[str, ...]:
+    """The fields of ``group`` (``CORE``, ``ORIGIN`` or ``CHOICE``) in the order they are declared:
+    the plain JSON keys written and read together, so that a field is named in one place.
+
+    >>> keys_of(ORIGIN)
+    ('source', 'search_note')
+    """
+    return tuple(f.name for f in fields(Recommendation) if f.metadata == group)
 
 
 def held_out_key(improvement_metric: str | None, metric: str) -> str:
