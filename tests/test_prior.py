@@ -4,6 +4,7 @@ real SQLite Optuna storage (fast); one real study checks the whole path."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,17 @@ from autoopt.errors import UsageError
 from autoopt.recommendation import recommend
 from autoopt.screen import prior as prior_mod
 from autoopt.screen.portfolio import ENQUEUED, PortfolioFirst, config_params, portfolio_params, screening_order
-from autoopt.screen.prior import PRIOR_ATTR, WARMSTART, Prior, TaskInfo, build, check_sources, for_study
+from autoopt.screen.prior import (
+    PRIOR_ATTR,
+    WARMSTART,
+    Prior,
+    PriorRecord,
+    TaskInfo,
+    WarmStart,
+    build,
+    check_sources,
+    for_study,
+)
 from autoopt.space import SearchSpace, default_params, resolve_optimizers
 from autoopt.spec import load_spec
 from autoopt.study import open_storage, open_study
@@ -185,8 +196,8 @@ def test_warm_starts_are_fitted_into_the_space_and_skip_published_defaults(url: 
                pick=config("sgd"))  # the confirmed pick was a published default: the screen trains it
     space = SearchSpace(("adamw", "sgd", "adam"), ("none", "cosine"))
     warm = prior_of(url, TaskInfo()).warm_starts(space)
-    assert [w["config"]["optimizer"] for w in warm] == ["adamw", "sgd"]
-    params = config_params(warm[0]["config"], space)
+    assert [w.config["optimizer"] for w in warm] == ["adamw", "sgd"]
+    params = config_params(warm[0].config, space)
     assert params["optimizer"] == "adamw" and params["adamw.lr"] == space.family("adamw").space["lr"].high  # clamped
     assert params != portfolio_params("adamw", space)
     assert config_params(config("lion"), space) is None  # not in the space
@@ -194,19 +205,22 @@ def test_warm_starts_are_fitted_into_the_space_and_skip_published_defaults(url: 
 
 def test_the_screen_follows_the_prior_and_a_resumed_study_keeps_its_order(url: str) -> None:
     space = SearchSpace(("adamw", "sgd", "lion", "adam"))
-    record = {"studies": ["a"], "order": ["lion", "sgd", "adamw", "adam"],
-              "warmstart": [{"study": "a", "config": config("sgd", lr=0.2)},
-                            {"study": "a", "config": config("lion", lr=1e-4)}]}
+    kept = {"studies": ["a"], "order": ["lion", "sgd", "adamw", "adam"],
+            "warmstart": [{"study": "a", "config": config("sgd", lr=0.2)},
+                          {"study": "a", "config": config("lion", lr=1e-4)}]}
+    record = PriorRecord(("a",), ("lion", "sgd", "adamw", "adam"),
+                         (WarmStart("a", config("sgd", lr=0.2)), WarmStart("a", config("lion", lr=1e-4))))
     study = open_study(open_storage(url, heartbeat=False), "new", direction="maximize")
     PortfolioFirst(space, prior=record).start(study, url, trials=5)
-    assert study.user_attrs[PRIOR_ATTR] == record
+    assert study.user_attrs[PRIOR_ATTR] == kept  # the study attr's JSON, as before the record was typed
+    assert PriorRecord.of_attrs(study.user_attrs) == record
     queued = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     assert [t.system_attrs["fixed_params"]["optimizer"] for t in queued] == ["lion", "sgd", "adamw", "adam", "sgd"]
     assert queued[0].user_attrs["portfolio"] and queued[4].user_attrs[WARMSTART] == "a"
     # Resumed with a larger budget and another prior: no new order, nothing enqueued twice.
-    other = {**record, "order": ["adam", "adamw", "sgd", "lion"]}
+    other = dataclasses.replace(record, order=("adam", "adamw", "sgd", "lion"))
     PortfolioFirst(space, prior=other).start(study, url, trials=10)
-    assert study.user_attrs[PRIOR_ATTR] == record and study.user_attrs[ENQUEUED] == record["order"]
+    assert study.user_attrs[PRIOR_ATTR] == kept and study.user_attrs[ENQUEUED] == kept["order"]
     warm = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(WARMSTART)]
     assert [t.system_attrs["fixed_params"]["optimizer"] for t in warm] == ["sgd", "lion"]
     # --quick screens the first three families only.
@@ -237,7 +251,7 @@ def test_prior_none_and_an_empty_storage(url: str, caplog: pytest.LogCaptureFixt
     study3 = open_study(storage, "newer", direction="maximize")
     with caplog.at_level(logging.WARNING, logger="autoopt.screen.prior"):
         record = for_study(study3, storage, load_spec("digits", optimizers="adamw,sgd"), TaskInfo("digits", **ACC))
-    assert record["order"] == ["sgd", "adamw"] and "new" not in record["studies"] and "old" in record["studies"]
+    assert record.order == ("sgd", "adamw") and "new" not in record.studies and "old" in record.studies
     assert len(caplog.records) == 1 and "old" in caplog.records[0].getMessage()
 
 

@@ -28,7 +28,7 @@ from autoopt.plots import optimization_history
 from autoopt.recommendation import Recommendation, family_origin
 from autoopt.redact import mask_url, redact, redact_logs
 from autoopt.screen import prior as prior_mod
-from autoopt.screen.portfolio import PortfolioFirst, left_on_cost
+from autoopt.screen.portfolio import PortfolioFirst, PriorRecord, left_on_cost
 from autoopt.spec import StudySpec, load_spec
 from autoopt.study import (
     StorageDown,
@@ -255,7 +255,7 @@ def _opened(spec: StudySpec, task: Loaded, storage_url: str) -> tuple[optuna.Stu
     prior = with_retry(lambda: prior_mod.for_study(study, storage, spec, info), what="read the earlier studies")
     policy = PortfolioFirst(spec.search_space(), seed=spec.seed, prior=prior,
                             quick=prior_mod.QUICK_FAMILIES if spec.quick else None)
-    kept = study.user_attrs.get(prior_mod.PRIOR_ATTR) or prior
+    kept = PriorRecord.of_attrs(study.user_attrs) or prior
     screen = len(policy.plan(kept)) + len(policy.warm_starts(kept))
     if spec.quick:  # the screen and the warm starts, nothing else
         spec = spec.model_copy(update={"trials": screen, "screen_on_top": None})

@@ -29,6 +29,7 @@ import inspect
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -54,8 +55,53 @@ from autoopt.study import PORTFOLIO, WARMSTART, ask_lock, budget_used
 from autoopt.study.record import record
 
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
-PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (autoopt.screen.prior): {studies, order, warmstart}
+PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (PriorRecord.to_dict)
 WARM_ENQUEUED = "warmstart_enqueued"  # study user attr: how many of the prior's warm starts were enqueued
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A config the prior tries right after the screen: an earlier study's (a ``TrialConfig``
+    dict) and that study's name."""
+
+    study: str
+    config: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "config": dict(self.config)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WarmStart:
+        config = data.get("config")
+        return cls(str(data.get("study")), config if isinstance(config, Mapping) else {})
+
+
+@dataclass(frozen=True)
+class PriorRecord:
+    """The prior a new study screens by (``autoopt.screen.prior`` builds it): the earlier studies
+    it learned from, the screen's order and the warm starts. The study keeps it as its attr
+    ``prior`` (``to_dict``: ``{studies, order, warmstart}``), so a resumed study screens as it began."""
+
+    studies: tuple[str, ...] = ()
+    order: tuple[str, ...] = ()
+    warmstart: tuple[WarmStart, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"studies": list(self.studies), "order": list(self.order),
+                "warmstart": [w.to_dict() for w in self.warmstart]}
+
+    @classmethod
+    def of_attrs(cls, attrs: Mapping[str, Any]) -> PriorRecord | None:
+        """The record a study keeps in its user attrs, or None where it keeps none; parts missing
+        or of the wrong kind read as empty (an unknown family is left out where it is used)."""
+        data = attrs.get(PRIOR_ATTR)
+        if data is None:
+            return None
+        data = data if isinstance(data, Mapping) else {}
+        return cls(studies=tuple(str(n) for n in data.get("studies") or ()),
+                   order=tuple(n for n in data.get("order") or () if isinstance(n, str)),
+                   warmstart=tuple(WarmStart.from_dict(w) for w in data.get("warmstart") or ()
+                                   if isinstance(w, Mapping)))
 
 
 def screening_order(optimizers: Sequence[str]) -> list[str]:
@@ -164,28 +210,28 @@ def config_params(config: Mapping[str, Any], space: SearchSpace) -> dict[str, An
 class PortfolioFirst:
     """The search policy of ``autoopt tune`` (``autoopt.dispatch.SearchPolicy``)."""
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, prior: dict[str, Any] | None = None,
+    def __init__(self, space: SearchSpace, *, seed: int = 0, prior: PriorRecord | None = None,
                  quick: int | None = None) -> None:
-        """``prior``: the record of ``autoopt.screen.prior`` (``{studies, order, warmstart}``) a new study
-        screens by and keeps as its user attr ``prior`` (a study that has one keeps its own);
+        """``prior``: the record of ``autoopt.screen.prior`` a new study screens by and keeps as its
+        user attr ``prior`` (a study that has one keeps its own);
         ``quick``: screen only that many families, the first of the order (``tune --quick``)."""
         self.space, self.seed = space, seed
         self.prior, self.quick = prior, quick
 
-    def plan(self, prior: dict[str, Any] | None) -> list[str]:
+    def plan(self, prior: PriorRecord | None) -> list[str]:
         """The families to screen, in order: the prior's order (families of the space only), then
         the rest of the space in the built-in order; the first ``quick`` of them with ``quick``."""
-        first = [n for n in (prior or {}).get("order", []) if n in self.space.optimizers]
+        first = [n for n in (prior.order if prior else ()) if n in self.space.optimizers]
         plan = list(dict.fromkeys(first + screening_order(self.space.optimizers)))
         return plan[:self.quick] if self.quick else plan
 
-    def warm_starts(self, prior: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    def warm_starts(self, prior: PriorRecord | None) -> list[tuple[str, dict[str, Any]]]:
         """The prior's warm starts as ``(source study, params)``, those the space can hold."""
         out = []
-        for entry in (prior or {}).get("warmstart", []):
-            params = config_params(entry.get("config") or {}, self.space)
+        for entry in prior.warmstart if prior else ():
+            params = config_params(entry.config, self.space)
             if params is not None:
-                out.append((str(entry.get("study")), params))
+                out.append((entry.study, params))
         return out
 
     def start(self, study: optuna.Study, storage_url: str, trials: int) -> str | None:
@@ -196,10 +242,10 @@ class PortfolioFirst:
         with ask_lock(storage_url, study.study_name):
             attrs = study.user_attrs
             done = list(attrs.get(ENQUEUED, []))
-            prior = attrs.get(PRIOR_ATTR)
+            prior = PriorRecord.of_attrs(attrs)
             if prior is None and not done and self.prior is not None:
                 prior = self.prior
-                study.set_user_attr(PRIOR_ATTR, prior)
+                study.set_user_attr(PRIOR_ATTR, prior.to_dict())
             plan = self.plan(prior)
             room = trials - budget_used(study.get_trials(deepcopy=False))
             todo = [n for n in plan if n not in done][:max(0, room)]

@@ -49,6 +49,8 @@ from autoopt.screen.portfolio import (
     PRIOR_ATTR,
     WARM_ENQUEUED,
     WARMSTART,
+    PriorRecord,
+    WarmStart,
     config_params,
     screening_order,
 )
@@ -56,8 +58,8 @@ from autoopt.study import PORTFOLIO, aggregates
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRIOR_ATTR", "TASK_ATTR", "WARMSTART", "WARM_ENQUEUED", "Evidence", "Prior", "TaskInfo", "build",
-           "check_sources", "parse", "zero_shot"]
+__all__ = ["PRIOR_ATTR", "TASK_ATTR", "WARMSTART", "WARM_ENQUEUED", "Evidence", "Prior", "PriorRecord", "TaskInfo",
+           "WarmStart", "build", "check_sources", "parse", "zero_shot"]
 
 TASK_ATTR = "task_info"  # study user attr: what the prior compares tasks by (TaskInfo.to_dict())
 MAX_STUDIES = 200  # the most recent studies read (``--prior auto``)
@@ -211,25 +213,26 @@ class Prior:
                     seen.add(key)
                     yield e.name, config
 
-    def warm_starts(self, space: Any, k: int = WARM_STARTS) -> list[dict[str, Any]]:
+    def warm_starts(self, space: Any, k: int = WARM_STARTS) -> list[WarmStart]:
         """The first ``k`` configs the space holds that are not a published default the screen
-        trains anyway, as ``{"study", "config"}``."""
-        out: list[dict[str, Any]] = []
+        trains anyway."""
+        out: list[WarmStart] = []
         taken: list[dict[str, Any]] = []
         for study, config in self.configs():
             params = config_params(config, space)
             if params is None or params in taken or _published_default(config, space):
                 continue
             taken.append(params)
-            out.append({"study": study, "config": config})
+            out.append(WarmStart(study, config))
             if len(out) >= k:
                 break
         return out
 
-    def record(self, space: Any, *, warm: int = WARM_STARTS) -> dict[str, Any]:
-        """The study attr ``prior``: the source studies, the screen's order, the warm starts."""
-        return {"studies": self.studies, "order": self.order(list(space.optimizers)),
-                "warmstart": self.warm_starts(space, warm)}
+    def record(self, space: Any, *, warm: int = WARM_STARTS) -> PriorRecord:
+        """What a new study screens by and keeps (its attr ``prior``): the source studies, the
+        screen's order, the warm starts."""
+        return PriorRecord(tuple(self.studies), tuple(self.order(list(space.optimizers))),
+                           tuple(self.warm_starts(space, warm)))
 
     def line(self, order: Sequence[str]) -> str:
         """The one line ``tune`` prints."""
@@ -456,7 +459,7 @@ def summarise(study: Any) -> None:
 # --- the two uses: a new study's record, a zero-shot answer -------------------------------------
 
 
-def for_study(study: Any, storage: Any, spec: Any, target: TaskInfo) -> dict[str, Any] | None:
+def for_study(study: Any, storage: Any, spec: Any, target: TaskInfo) -> PriorRecord | None:
     """The prior a new study screens by (the record ``PortfolioFirst`` keeps as its attr
     ``prior``), and its one line logged; None with ``--prior none``, for a resumed study (it keeps
     the order it began with), and when the storage has nothing usable (the built-in order, said
@@ -475,7 +478,7 @@ def for_study(study: Any, storage: Any, spec: Any, target: TaskInfo) -> dict[str
                 "screening in the built-in order: %s no finished earlier study to learn from", where)
         return None
     record = prior.record(spec.search_space())
-    log.warning("%s", prior.line(record["order"]))
+    log.warning("%s", prior.line(record.order))
     return record
 
 
