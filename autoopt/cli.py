@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 # Light modules only (the standard library, typer, rich, yaml): each command imports what pulls
 # torch, Ray, MLflow or Optuna itself, so --help, --version, tasks and recommend answer at once.
@@ -451,11 +452,61 @@ def _print_comparison(result: Comparison) -> None:
 
 # --- bench -----------------------------------------------------------------------------------
 
+BENCH_DEFAULT = "speed"
+# The options of ``bench`` before its modes were commands: the command each belongs to now, and
+# its name there. The first two chose the mode; their values are the new command's.
+_MOVED_MODES = {"--scale": ("scale", "--sizes"), "--leave-one-out": ("prior", "--tasks")}
+_MOVED_OPTIONS = {"--earlier": "scale", "--storage": "scale", "--seeds": "prior", "--time-budget": "prior",
+                  "--out": "prior"}
 
-@app.command()
+
+class _BenchGroup(TyperGroup):
+    """``autoopt bench``: nothing, or options first, runs ``speed`` (as ``bench`` did before it had
+    commands, so ``autoopt bench --json`` still works); an option of another mode given to
+    ``speed`` is refused with the command it belongs to."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0].startswith("-") and args[0] not in ctx.help_option_names):
+            args = [BENCH_DEFAULT, *args]
+        if args[0] == BENCH_DEFAULT:
+            moved = _moved_option(args[1:])
+            if moved:
+                ctx.fail(moved)
+        return super().parse_args(ctx, args)
+
+
+def _moved_option(args: list[str]) -> str | None:
+    """The message for an option of ``scale`` or ``prior`` among ``speed``'s arguments, else None.
+    Only a mode's own value (sizes, task names) is quoted back: another may hold a password."""
+    args = args[:args.index("--")] if "--" in args else args
+    flags = [arg.partition("=")[0] for arg in args]
+    for i, flag in enumerate(flags):
+        if flag in _MOVED_MODES:
+            command, renamed = _MOVED_MODES[flag]
+            _, eq, value = args[i].partition("=")
+            if not eq:
+                value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else ""
+            return f"{flag} is a command of its own now: autoopt bench {command} {renamed} {value}".strip()
+    for flag in flags:
+        if flag in _MOVED_OPTIONS:
+            return f"{flag} belongs to autoopt bench {_MOVED_OPTIONS[flag]} now"
+    return None
+
+
+bench_app = typer.Typer(
+    cls=_BenchGroup, add_completion=False, pretty_exceptions_enable=False,
+    help="Measure autoopt: its speed against the tutorial's way (speed: what `autoopt bench` alone runs), "
+         "its cost as studies grow (scale), and what the prior buys on an unseen task (prior).",
+    short_help="Measure autoopt: speed (the default), scale, prior.")
+app.add_typer(bench_app, name="bench")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")]
+
+
+@bench_app.command("speed")
 @_errors
-def bench(
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
+def bench_speed(
+    as_json: JsonOpt = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     full_cifar: Annotated[bool, typer.Option("--full-cifar", help="train on all data images")] = False,
     data_images: Annotated[int, typer.Option(help="images per data epoch (CIFAR-10's 50,000)")] = 50_000,
@@ -478,31 +529,11 @@ def bench(
     ray_address: RayOpt = None,
     parts: Annotated[str, typer.Option(help="what to measure: data,train,overhead,digits (and packing "
                                             "on a GPU)")] = "data,train,overhead,digits",
-    leave_one_out: Annotated[str | None, typer.Option(
-        "--leave-one-out", help="instead: the prior's leave-one-task-out over these tasks (comma-separated), "
-                                "with and without it")] = None,
-    seeds: Annotated[int, typer.Option(help="--leave-one-out: whole studies per task and arm", min=1)] = 3,
-    time_budget: Annotated[str, typer.Option(help="--leave-one-out: each held-out study's time budget")] = "60s",
-    out_dir: Annotated[str, typer.Option("--out", help="--leave-one-out: its folder (storages, table)")] = "loto",
-    scale: Annotated[str | None, typer.Option(
-        "--scale", help="instead: the cost per trial at these study sizes (comma-separated, e.g. 1000,10000), "
-                        "the first trial and zero-shot answer beside --earlier studies, the report, memory")] = None,
-    earlier: Annotated[str, typer.Option(help="--scale: counts of earlier studies in the database")] = "0,500",
-    storage: Annotated[str | None, typer.Option(help="--scale: the storage it fills (PostgreSQL)")] = None,
 ) -> None:
-    """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way
-    (or, with --leave-one-out, what the prior from earlier studies buys on a task it has not seen)."""
+    """Measure the data pipeline, a training epoch and the per-trial overhead against the tutorial's way."""
     from autoopt.commands.bench import BenchOptions, run_bench
 
     _setup_logging()
-    if leave_one_out:
-        _bench_prior(leave_one_out, seeds, time_budget, out_dir, as_json)
-        return
-    if scale:
-        from autoopt.commands.scalebench import command
-
-        command(scale, earlier, storage, as_json=as_json, out=out, err=err)
-        return
     opts = BenchOptions(device=device, data_images=data_images,
                         train_images=data_images if full_cifar and train_images is None else train_images,
                         batch_size=batch_size, repeats=repeats, loader_workers=loader_workers,
@@ -516,6 +547,44 @@ def bench(
     _print_bench(result)
 
 
+@bench_app.command("scale")
+@_errors
+def bench_scale(
+    sizes: Annotated[str, typer.Option(help="study sizes, comma-separated: the cost per trial at each")
+                     ] = "1000,10000",
+    earlier: Annotated[str, typer.Option(help="counts of earlier studies in the database: the first trial "
+                                              "and the zero-shot answer beside each")] = "0,500",
+    storage: Annotated[str | None, typer.Option(help="the storage it fills (PostgreSQL)",
+                                                show_default="AUTOOPT_STORAGE")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure what a trial costs as a study and its database grow.
+
+    Also the first trial's and the zero-shot answer's latency beside earlier studies, the report's
+    time, and the memory of the driver and of a worker."""
+    from autoopt.commands.scalebench import command
+
+    _setup_logging()
+    command(sizes, earlier, storage, as_json=as_json, out=out, err=err)
+
+
+@bench_app.command("prior")
+@_errors
+def bench_prior(
+    tasks: Annotated[str, typer.Option(help="the tasks, comma-separated (two or more): each held out in turn")],
+    seeds: Annotated[int, typer.Option(help="whole studies per task and arm", min=1)] = 3,
+    time_budget: Annotated[str, typer.Option(help="each held-out study's time budget")] = "60s",
+    out_dir: Annotated[str, typer.Option("--out", help="its folder (storages, table)")] = "loto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure what the prior from earlier studies buys on a task it has not seen.
+
+    Each task is held out in turn: a new study of it runs with the prior of the other tasks' studies
+    and without one, on the same seeds and time budget."""
+    _setup_logging()
+    _bench_prior(tasks, seeds, time_budget, out_dir, as_json)
+
+
 def _bench_prior(tasks: str, seeds: int, time_budget: str, out_dir: str, as_json: bool) -> None:
     from pathlib import Path
 
@@ -524,7 +593,7 @@ def _bench_prior(tasks: str, seeds: int, time_budget: str, out_dir: str, as_json
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if len(names) < 2:
-        raise UsageError(f"--leave-one-out {tasks}: name at least two tasks, comma-separated")
+        raise UsageError(f"--tasks {tasks}: name at least two tasks, comma-separated")
     for name in names:
         check_task_name(name)
     rows = leave_one_task_out(names, seeds=seeds, budget_s=parse_duration(time_budget), folder=out_dir,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from conftest import refused
+from conftest import refused, run_main
 
 from autoopt import data
 from autoopt.cli import main
@@ -203,3 +203,50 @@ def test_bench_prints_one_json_object_with_both_pipelines_measured(workdir: Path
 
 def test_bench_refuses_an_unknown_part(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown bench part 'nope'" in refused(capsys, "bench", "--parts", "data,nope", folder=workdir)
+
+
+def test_bench_alone_or_with_options_first_runs_speed(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from autoopt.commands import bench
+
+    asked: list[bench.BenchOptions] = []
+
+    def measured(opts: bench.BenchOptions, on_step: object = None) -> dict[str, object]:
+        asked.append(opts)
+        return {"device": "cpu", "bench_s": 1.0, "load_before": 0.0, "load_after": 0.0}
+
+    monkeypatch.setattr(bench, "run_bench", measured)
+    for args in (["bench", "--json", "--parts", "data"], ["bench", "speed", "--json", "--parts", "data"]):
+        code, out, _ = run_main(capsys, *args)
+        assert code == 0 and json.loads(out)["device"] == "cpu"
+    code, out, _ = run_main(capsys, "bench")
+    assert code == 0 and "autoopt bench on cpu" in out
+    assert [o.parts for o in asked] == [("data",), ("data",), bench.DEFAULT_PARTS]
+
+
+@pytest.mark.parametrize(("command", "own", "others"), [
+    ("speed", ("--parts", "--data-images", "--json"), ("--sizes", "--tasks", "--storage", "--seeds")),
+    ("scale", ("--sizes", "--earlier", "--storage", "--json"), ("--parts", "--tasks", "--seeds")),
+    ("prior", ("--tasks", "--seeds", "--time-budget", "--out", "--json"), ("--parts", "--sizes", "--storage")),
+])
+def test_each_bench_command_shows_only_its_own_options(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch, command: str,
+                                                       own: tuple[str, ...], others: tuple[str, ...]) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    code, text, _ = run_main(capsys, "bench", command, "--help")
+    assert code == 0
+    assert all(name in text for name in own), text
+    assert not any(name in text for name in others), text
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--scale", "1000,10000"), "--scale is a command of its own now: autoopt bench scale --sizes 1000,10000"),
+    (("--leave-one-out=digits,mnist", "--seeds", "2"),
+     "--leave-one-out is a command of its own now: autoopt bench prior --tasks digits,mnist"),
+    (("--storage", "postgresql://me:secret@db/x"), "--storage belongs to autoopt bench scale now"),
+    (("speed", "--time-budget", "60s"), "--time-budget belongs to autoopt bench prior now"),
+])
+def test_the_old_bench_modes_name_their_command(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                                args: tuple[str, ...], says: str) -> None:
+    line = refused(capsys, "bench", *args, folder=workdir)
+    assert says in line and "secret" not in line

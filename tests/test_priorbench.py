@@ -1,5 +1,5 @@
 """The leave-one-task-out measurement's arithmetic, on hand-made studies and runs (the whole
-measurement is ``autoopt bench --leave-one-out``, minutes of real studies)."""
+measurement is ``autoopt bench prior``, minutes of real studies)."""
 
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ def test_a_text_file_as_storage_is_refused_and_left_unchanged(workdir: Path) -> 
 
 
 def test_checking_a_storage_this_process_holds_open_keeps_its_locks(workdir: Path) -> None:
-    """A second study in one process (a notebook, ``bench --leave-one-out``) checks the storage the
+    """A second study in one process (a notebook, ``bench prior``) checks the storage the
     first one holds open. The check must not drop this process's locks on the file (a plain
     ``open()``/``close()`` does: POSIX locks are per process), or another process, closing its
     connection, takes itself for the last one and deletes the WAL this process still writes to."""

@@ -1,7 +1,7 @@
-"""``autoopt bench --scale``: what the driver, the workers, the prior and the report cost as a
+"""``autoopt bench scale``: what the driver, the workers, the prior and the report cost as a
 study and its database grow.
 
-For each study size N (``--scale 1000,10000``) a study of N - ``probe`` trivial trials is
+For each study size N (``--sizes 1000,10000``) a study of N - ``probe`` trivial trials is
 filled straight into the storage (as ``tune`` records them: the config, its params), then
 ``tune`` runs the last ``probe`` trials on it (a linear model on 128 rows: a trial costs almost
 only overhead). Measured:
@@ -133,7 +133,7 @@ class EarlierRow:
 
 @dataclass(frozen=True)
 class ScaleResult:
-    """What ``autoopt bench --scale`` measured; ``to_dict`` is its ``--json``."""
+    """What ``autoopt bench scale`` measured; ``to_dict`` is its ``--json``."""
 
     storage_backend: str
     probe: int
@@ -254,7 +254,7 @@ def run_scale(opts: ScaleOptions, on_step: Callable[[str], None] | None = None) 
 
 
 def command(sizes: str, earlier: str, storage: str | None, *, as_json: bool, out: Any, err: Any) -> None:
-    """``autoopt bench --scale``: parse, run, print (a table, or one JSON object)."""
+    """``autoopt bench scale``: parse, run, print (a table, or one JSON object)."""
     import json
     import os
 
@@ -270,15 +270,15 @@ def command(sizes: str, earlier: str, storage: str | None, *, as_json: bool, out
 
     url = storage or os.environ.get("AUTOOPT_STORAGE")
     if not url:
-        raise UsageError("--scale fills a storage: give --storage postgresql+psycopg://... (or AUTOOPT_STORAGE)")
-    opts = ScaleOptions(storage=url, sizes=ints(sizes, "--scale"), earlier=ints(earlier, "--earlier"))
+        raise UsageError("bench scale fills a storage: give --storage postgresql+psycopg://... (or AUTOOPT_STORAGE)")
+    opts = ScaleOptions(storage=url, sizes=ints(sizes, "--sizes"), earlier=ints(earlier, "--earlier"))
     if min(opts.sizes, default=0) <= opts.probe:
-        raise UsageError(f"--scale: each study size must exceed the {opts.probe} trials it runs")
+        raise UsageError(f"--sizes: each study size must exceed the {opts.probe} trials it runs")
     result = run_scale(opts, on_step=lambda what: err.print(f"bench: {what} ...", highlight=False))
     if as_json:
         print(json.dumps(result.to_dict()))
         return
-    table = Table(title=f"autoopt bench --scale on {result.storage_backend}")
+    table = Table(title=f"autoopt bench scale on {result.storage_backend}")
     for col in ("trials", "ms per trial", "report (s)", "driver RSS (MiB)", "worker RSS (MiB)"):
         table.add_column(col, justify="right")
     for r in result.sizes:
