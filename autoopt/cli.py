@@ -123,38 +123,39 @@ def _options(
 # Defaults that come from the environment or a study file are spelt out as text (show_default):
 # the help shows them without rich reading brackets as markup.
 
-SEARCH, PLACE, CONFIRM = "Search", "Where to run", "Confirmation"
+# A command's --help lists its common options first (click's own panel, "Options"), then where
+# it runs and stores (CLUSTER), then what rarely needs changing (EXPERT).
+CLUSTER, EXPERT = "Storage and cluster", "Expert"
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="digits, mnist, cifar10, digits_lstm, mnist_lstm "
                                                            "or module:function")]
 OptionalTaskOpt = Annotated[str | None, typer.Option(
     "--task", "-t", help="digits, mnist, cifar10, digits_lstm, mnist_lstm or module:function",
-    show_default="the study file's task", rich_help_panel=SEARCH)]
+    show_default="the study file's task")]
 StorageOpt = Annotated[str | None, typer.Option(
     help="SQLAlchemy URL of the Optuna storage", show_default="AUTOOPT_STORAGE, else sqlite:///autoopt.db",
-    rich_help_panel=PLACE)]
+    rich_help_panel=CLUSTER)]
 StudyNameOpt = Annotated[str | None, typer.Option(
-    "--study", help="study name", show_default="the task name", rich_help_panel=PLACE)]
+    "--study", help="study name", show_default="the task name", rich_help_panel=CLUSTER)]
 MlflowOpt = Annotated[str | None, typer.Option(
-    help="MLflow tracking URI", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", rich_help_panel=PLACE)]
+    help="MLflow tracking URI", show_default="MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+    rich_help_panel=CLUSTER)]
 RayOpt = Annotated[str | None, typer.Option(
-    help="join this Ray cluster", show_default="RAY_ADDRESS, else a local Ray", rich_help_panel=PLACE)]
+    help="join this Ray cluster", show_default="RAY_ADDRESS, else a local Ray", rich_help_panel=CLUSTER)]
 GpusOpt = Annotated[float | None, typer.Option(
     help="GPUs per trial (0.25 packs four per GPU)", show_default="0.25 where Ray sees a GPU, else 0",
-    rich_help_panel=PLACE)]
-CpusOpt = Annotated[float | None, typer.Option(help="CPUs per trial", show_default="1", rich_help_panel=PLACE)]
+    rich_help_panel=CLUSTER)]
+CpusOpt = Annotated[float | None, typer.Option(help="CPUs per trial", show_default="1", rich_help_panel=CLUSTER)]
 ConcurrencyOpt = Annotated[int | None, typer.Option(
-    help="trials in flight", show_default="what the free CPUs or GPUs fit", rich_help_panel=PLACE)]
+    help="trials in flight", show_default="what the free CPUs or GPUs fit", rich_help_panel=CLUSTER)]
 BatchSizeOpt = Annotated[int | None, typer.Option(
-    help="override the task's batch size", show_default="the task's", rich_help_panel=SEARCH)]
+    help="override the task's batch size", show_default="the task's", rich_help_panel=EXPERT)]
 DataDirOpt = Annotated[str | None, typer.Option(
-    help="data folder", show_default="AUTOOPT_DATA, else ~/.cache/autoopt/data", rich_help_panel=PLACE)]
+    help="data folder", show_default="AUTOOPT_DATA, else ~/.cache/autoopt/data", rich_help_panel=CLUSTER)]
 CompileOpt = Annotated[bool | None, typer.Option(
-    "--compile/--no-compile", help="torch.compile the model", show_default="no", rich_help_panel=PLACE)]
-EpochsOpt = Annotated[int | None, typer.Option(
-    help="epochs per trial", show_default="5, or the study file's epochs", rich_help_panel=SEARCH)]
-SeedOpt = Annotated[int | None, typer.Option(help="seed of the sampler and the trials", show_default="0",
-                                             rich_help_panel=SEARCH)]
+    "--compile/--no-compile", help="torch.compile the model", show_default="no", rich_help_panel=EXPERT)]
+EpochsOpt = Annotated[int | None, typer.Option(help="epochs per trial", show_default="5, or the study file's epochs")]
+SeedOpt = Annotated[int | None, typer.Option(help="seed of the sampler and the trials", show_default="0")]
 
 
 # --- tune ------------------------------------------------------------------------------------
@@ -164,44 +165,23 @@ SeedOpt = Annotated[int | None, typer.Option(help="seed of the sampler and the t
 @_errors
 def tune(
     task: OptionalTaskOpt = None,
-    study_file: Annotated[str | None, typer.Option(help="a study YAML file", show_default="studies/<task>.yaml",
-                                                   rich_help_panel=SEARCH)] = None,
+    study_file: Annotated[str | None, typer.Option(help="a study YAML file", show_default="studies/<task>.yaml")
+                          ] = None,
     trials: Annotated[int | None, typer.Option(help="the study's trials in all; not given, the search gets these "
                                                "and the screen of published defaults comes on top",
-                                               show_default="20, or the study file's trials",
-                                               rich_help_panel=SEARCH)] = None,
+                                               show_default="20, or the study file's trials")] = None,
     epochs: EpochsOpt = None,
     time_budget: Annotated[str | None, typer.Option(
         help="the whole command, launch to exit, ends within this (90s, 20m, 2h) with a confirmed pick",
-        show_default="none", rich_help_panel=SEARCH)] = None,
-    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds",
-                                                  show_default="none", rich_help_panel=SEARCH)] = None,
-    prior: Annotated[str | None, typer.Option(
-        help="order the screen and warm-start from the storage's earlier studies: auto, none or STUDY,STUDY",
-        show_default="auto", rich_help_panel=SEARCH)] = None,
+        show_default="none")] = None,
     quick: Annotated[bool | None, typer.Option(
         "--quick", help="screen the prior's first 3 families and its warm starts, confirm; no search",
-        show_default="no", rich_help_panel=SEARCH)] = None,
+        show_default="no")] = None,
     optimizers: Annotated[str | None, typer.Option(help="families (sgd,adam) or a preset: all, classic, modern",
-                                                   show_default="all", rich_help_panel=SEARCH)] = None,
-    schedulers: Annotated[str | None, typer.Option(help="e.g. none,cosine,onecycle", show_default="all six",
-                                                   rich_help_panel=SEARCH)] = None,
-    sampler: Annotated[Sampler | None, typer.Option(help="Optuna sampler", show_default="tpe",
-                                                    rich_help_panel=SEARCH)] = None,
-    pruner: Annotated[Pruner | None, typer.Option(help="Optuna pruner", show_default="median",
-                                                  rich_help_panel=SEARCH)] = None,
+                                                   show_default="all")] = None,
     seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
-    max_slowdown: Annotated[float | None, typer.Option(
-        help="leave configs slower per epoch than R x the fastest baseline out of the pick", metavar="R",
-        show_default="no limit", rich_help_panel=CONFIRM)] = None,
-    confirm: Annotated[bool | None, typer.Option("--confirm/--no-confirm", show_default="confirm",
-                                                 help="retrain the best configs and baselines on seeds",
-                                                 rich_help_panel=CONFIRM)] = None,
-    confirm_top: Annotated[int | None, typer.Option(help="configs to confirm", show_default="3",
-                                                    rich_help_panel=CONFIRM)] = None,
-    confirm_seeds: Annotated[int | None, typer.Option(help="seeds per confirmed config", show_default="3",
-                                                      rich_help_panel=CONFIRM)] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="where <study>.json goes",
+                                                show_default="recommendations")] = None,
     storage: StorageOpt = None,
     study: StudyNameOpt = None,
     mlflow_uri: MlflowOpt = None,
@@ -210,8 +190,28 @@ def tune(
     cpus_per_trial: CpusOpt = None,
     concurrency: ConcurrencyOpt = None,
     data_dir: DataDirOpt = None,
-    out_dir: Annotated[str | None, typer.Option("--out", help="where <study>.json goes",
-                                                show_default="recommendations", rich_help_panel=PLACE)] = None,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds",
+                                                  show_default="none", rich_help_panel=EXPERT)] = None,
+    prior: Annotated[str | None, typer.Option(
+        help="order the screen and warm-start from the storage's earlier studies: auto, none or STUDY,STUDY",
+        show_default="auto", rich_help_panel=EXPERT)] = None,
+    schedulers: Annotated[str | None, typer.Option(help="e.g. none,cosine,onecycle", show_default="all six",
+                                                   rich_help_panel=EXPERT)] = None,
+    sampler: Annotated[Sampler | None, typer.Option(help="Optuna sampler", show_default="tpe",
+                                                    rich_help_panel=EXPERT)] = None,
+    pruner: Annotated[Pruner | None, typer.Option(help="Optuna pruner", show_default="median",
+                                                  rich_help_panel=EXPERT)] = None,
+    batch_size: BatchSizeOpt = None,
+    max_slowdown: Annotated[float | None, typer.Option(
+        help="leave configs slower per epoch than R x the fastest baseline out of the pick", metavar="R",
+        show_default="no limit", rich_help_panel=EXPERT)] = None,
+    confirm: Annotated[bool | None, typer.Option("--confirm/--no-confirm", show_default="confirm",
+                                                 help="retrain the best configs and baselines on seeds",
+                                                 rich_help_panel=EXPERT)] = None,
+    confirm_top: Annotated[int | None, typer.Option(help="configs to confirm", show_default="3",
+                                                    rich_help_panel=EXPERT)] = None,
+    confirm_seeds: Annotated[int | None, typer.Option(help="seeds per confirmed config", show_default="3",
+                                                      rich_help_panel=EXPERT)] = None,
     compile_model: CompileOpt = None,
 ) -> None:
     """Run (or resume) the study for a task and write its recommendation."""
@@ -384,15 +384,15 @@ def compare(
     seeds: Annotated[int, typer.Option(help="seeds per row (mean ± std)")] = 3,
     epochs: EpochsOpt = None,
     seed: SeedOpt = None,
+    out_dir: Annotated[str, typer.Option("--out", help="where <task>.png and <task>.json go")] = "compare",
     mlflow_uri: MlflowOpt = None,
     ray_address: RayOpt = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per run (0.25 packs four per GPU)",
-                                                         show_default="0", rich_help_panel=PLACE)] = None,
+                                                         show_default="0", rich_help_panel=CLUSTER)] = None,
     cpus_per_trial: CpusOpt = None,
     concurrency: ConcurrencyOpt = None,
-    batch_size: BatchSizeOpt = None,
     data_dir: DataDirOpt = None,
-    out_dir: Annotated[str, typer.Option("--out", help="where <task>.png and <task>.json go")] = "compare",
+    batch_size: BatchSizeOpt = None,
 ) -> None:
     """Compare optimizers at fixed settings (no search), as the tutorial does: a table and loss curves."""
     from autoopt.commands.compare import parse_lrs, plan_compare, run_compare

@@ -213,3 +213,34 @@ def test_help_shows_every_default(capsys: pytest.CaptureFixture[str], monkeypatc
         assert shown in text, shown
     assert max(len(line) for line in text.splitlines()) <= 200
     assert sys.modules["autoopt.cli"].main is main
+
+
+HELP_PANELS = {
+    "tune": {"Options": ("--task", "--study-file", "--trials", "--epochs", "--time-budget", "--quick", "--optimizers",
+                         "--seed", "--out"),
+             "Storage and cluster": ("--storage", "--study", "--mlflow-uri", "--ray-address", "--gpus-per-trial",
+                                     "--cpus-per-trial", "--concurrency", "--data-dir"),
+             "Expert": ("--timeout", "--prior", "--schedulers", "--sampler", "--pruner", "--batch-size",
+                        "--max-slowdown", "--confirm", "--no-confirm", "--confirm-top", "--confirm-seeds", "--compile",
+                        "--no-compile")},
+    "compare": {"Options": ("--task", "--optimizers", "--lrs", "--seeds", "--epochs", "--seed", "--out"),
+                "Storage and cluster": ("--mlflow-uri", "--ray-address", "--gpus-per-trial", "--cpus-per-trial",
+                                        "--concurrency", "--data-dir"),
+                "Expert": ("--batch-size",)},
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_PANELS))
+def test_help_lists_the_common_options_then_the_cluster_then_the_expert(
+        command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0
+    starts = [text.index(f"─ {panel} ─") for panel in HELP_PANELS[command]]
+    assert starts == sorted(starts)
+    shown = {}
+    for panel, start, end in zip(HELP_PANELS[command], starts, [*starts[1:], len(text)], strict=True):
+        shown[panel] = {word for word in text[start:end].split() if word.startswith("--") and word != "--help"}
+    assert shown == {panel: set(names) for panel, names in HELP_PANELS[command].items()}
