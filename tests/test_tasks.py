@@ -100,6 +100,17 @@ def test_simple_cnn_is_the_tutorials() -> None:
     assert shapes == [(32, 3, 3, 3), (32,), (64, 32, 3, 3), (64,), (512, 4096), (512,), (10, 512), (10,)]
 
 
+def test_digits_reads_scikit_learns_file_as_load_digits_does() -> None:
+    from sklearn.datasets import load_digits
+
+    from autoopt.tasks.digits import bundled
+
+    images, target = bundled()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+    assert images.shape == (1797, 8, 8) and sorted(set(target.tolist())) == list(range(10))
+
+
 def test_digits_is_offline_and_held_out() -> None:
     task = load_task("digits")
     assert (len(task.train), len(task.val), len(task.test)) == (1150, 288, 359)
