@@ -151,8 +151,10 @@ class WorkerPool:
 
     def __init__(self, size: int, *, cpus: float, gpus: float | None) -> None:
         self.cpus, self.gpus = cpus, gpus if gpus is not None else gpus_per_trial(None)
+        # No task events: Ray's task list (its dashboard's) is not read here, and the driver would
+        # keep a buffer of them that grows with the trials run (5 MB over the first 3,000).
         self._remote = ray.remote(TrialWorker).options(num_cpus=cpus, num_gpus=self.gpus, max_restarts=0,
-                                                       max_concurrency=1)
+                                                       max_concurrency=1, enable_task_events=False)
         self.workers: list[Any] = [None] * size
         self.load = [0] * size
         self.ready = [False] * size
