@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from autoopt.decide.evidence import BudgetUse
 from autoopt.errors import UsageError
+from autoopt.evidence import BudgetUse
 
 MIN_BUDGET_S = 30.0  # start-up (about 10 s here) plus one config confirmed on two seeds, at the least
 CONFIRM_SHARE = 0.3  # of the budget left after start-up, kept for the confirmation at the least

@@ -34,7 +34,7 @@ from autoopt.space import PRUNERS, SAMPLERS
 if TYPE_CHECKING:
     from autoopt.commands.compare import Comparison
     from autoopt.commands.tuning import Prepared
-    from autoopt.decide.evidence import Stats
+    from autoopt.evidence import Stats
     from autoopt.recommendation import Recommendation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -19,7 +19,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
-from autoopt.decide.evidence import (
+from autoopt.errors import UsageError
+from autoopt.evidence import (
     EVIDENCE,
     Alternative,
     Baseline,
@@ -33,7 +34,6 @@ from autoopt.decide.evidence import (
     Record,
     ZeroShot,
 )
-from autoopt.errors import UsageError
 from autoopt.redact import mask_url
 from autoopt.space import (
     Family,
@@ -75,7 +75,7 @@ PRIOR = TrialConfig("adamw", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1
 @dataclass(frozen=True)
 class Recommendation:
     """A recommended optimizer config for one task, with the evidence that chose it (typed
-    records, ``autoopt.decide.evidence``; empty for a recommendation that was not confirmed).
+    records, ``autoopt.evidence``; empty for a recommendation that was not confirmed).
 
     >>> import torch
     >>> rec = Recommendation.prior("digits")

@@ -20,8 +20,8 @@ from autoopt.decide.confirm import (
     confirmation_seeds,
     improvement,
 )
-from autoopt.decide.evidence import Entry, Stats
 from autoopt.errors import UsageError
+from autoopt.evidence import Entry, Stats
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params
 
 # --- the rules, on hand-made tables ---------------------------------------------------------------

@@ -11,8 +11,8 @@ import pydantic
 import pytest
 
 from autoopt import Recommendation
-from autoopt.decide.evidence import Baseline, Entry, Improvement, Paired, Stats
 from autoopt.errors import UsageError
+from autoopt.evidence import Baseline, Entry, Improvement, Paired, Stats
 from autoopt.recommendation import SCHEMA_VERSION
 
 OLD = Path(__file__).parent / "data" / "digits-v0.json"

@@ -19,7 +19,7 @@ from PIL import Image
 
 from autoopt import tracking
 from autoopt.commands import report
-from autoopt.decide.evidence import Stats
+from autoopt.evidence import Stats
 from autoopt.recommendation import Recommendation
 from autoopt.space import TrialConfig
 

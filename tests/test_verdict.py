@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from autoopt.decide.confirm import cheapest_equivalent, choose, improvement, judge, mark_cost, noise_of, time_to
-from autoopt.decide.evidence import Entry, Stats
 from autoopt.decide.verdict import Noise, interval, paired
 from autoopt.dispatch import JobResult, JobState
+from autoopt.evidence import Entry, Stats
 
 N_VAL = 2400
 

@@ -27,9 +27,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from autoopt import dispatch
-from autoopt.decide.evidence import Stats
 from autoopt.dispatch import Job, JobResult, JobState
 from autoopt.errors import UsageError
+from autoopt.evidence import Stats
 from autoopt.plots import comparison_curves, save_figure
 from autoopt.space import TrialConfig, default_params, resolve_optimizers
 from autoopt.spec import Placement, StudySpec, builtin_study_file, flag_of, read_study_file

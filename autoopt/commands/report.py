@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoopt import tracking
-from autoopt.decide.evidence import Entry, Improvement, Stats
 from autoopt.direction import better
 from autoopt.errors import UsageError
+from autoopt.evidence import Entry, Improvement, Stats
 from autoopt.plots import DPI, FIGSIZE, comparison_curves, optimization_history, save_figure
 from autoopt.plots import figure as _figure
 from autoopt.plots import integer_ticks as _integer_ticks

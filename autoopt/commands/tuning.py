@@ -21,9 +21,9 @@ from autoopt import dispatch, tracking
 from autoopt import recommendation as recommend_mod
 from autoopt.budget import Budget
 from autoopt.decide.confirm import confirm
-from autoopt.decide.evidence import BudgetUse, Effort
 from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
+from autoopt.evidence import BudgetUse, Effort
 from autoopt.plots import optimization_history
 from autoopt.recommendation import Recommendation, family_origin
 from autoopt.redact import mask_url, redact, redact_logs

@@ -1,4 +1,5 @@
 """After the search: the race between the best configs (``race``), the verdict on their
-paired seeds (``verdict``), the confirmation that runs both (``confirm``) and the typed
-records of that evidence (``evidence``).
+paired seeds (``verdict``) and the confirmation that runs both (``confirm``). The typed
+records of that evidence are ``autoopt.evidence``, below the screen and the budget that write
+some of them too.
 """

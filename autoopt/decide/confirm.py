@@ -36,7 +36,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autoopt.budget import MIN_SEEDS, Budget
-from autoopt.decide.evidence import (
+from autoopt.decide.race import SLOW, Contender, Race, margin_for, race_jobs
+from autoopt.decide.verdict import Noise, paired
+from autoopt.direction import ordered
+from autoopt.dispatch import JobResult, JobState, SearchProgress, WorkerPool
+from autoopt.evidence import (
     Alternative,
     Baseline,
     Cost,
@@ -48,10 +52,6 @@ from autoopt.decide.evidence import (
     Stats,
     VersusPick,
 )
-from autoopt.decide.race import SLOW, Contender, Race, margin_for, race_jobs
-from autoopt.decide.verdict import Noise, paired
-from autoopt.direction import ordered
-from autoopt.dispatch import JobResult, JobState, SearchProgress, WorkerPool
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec

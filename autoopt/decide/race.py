@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from autoopt.budget import Budget, run_cost
-from autoopt.decide.evidence import Paired
 from autoopt.decide.verdict import Noise, paired
 from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
+from autoopt.evidence import Paired
 from autoopt.space import TrialConfig, family
 from autoopt.tracking import (
     CANDIDATE_TAG,

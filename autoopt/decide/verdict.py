@@ -42,8 +42,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from autoopt.decide.evidence import Paired
 from autoopt.direction import sign
+from autoopt.evidence import Paired
 
 REL_TOL = 1e-6  # float32 carries ~7 significant digits; a reduction over a split loses about one
 

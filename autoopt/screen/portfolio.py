@@ -35,8 +35,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoopt.decide.evidence import LeftOnCost
 from autoopt.errors import UsageError
+from autoopt.evidence import LeftOnCost
 from autoopt.space import (
     GRAD_CLIP,
     PORTFOLIO_PRIOR,

@@ -4,7 +4,9 @@ baselines, the paired verdict, the cost, the time budget, the effort by phase.
 Each record is immutable (a function that refines one returns a new one, ``model_copy``) and
 keeps any key it does not name (``extra="allow"``), so a JSON written by a later release still
 loads. ``to_dict`` is the JSON form; the recommendation writes and reads it in one place
-(``autoopt.recommendation``).
+(``autoopt.recommendation``). Plain records, importing nothing of autoopt: the screen
+(``LeftOnCost``) and the budget (``BudgetUse``) fill some before the search, the confirmation
+(``autoopt.decide``) the rest after it.
 
 >>> s = Stats.of([0.5, None, 0.7])
 >>> s.mean, s.complete, s.values
