@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "autoopt"
+TABLES = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(?:studies|study_\w+|trials|trial_\w+)\b|optuna\.storages\._rdb")
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,12 @@ def test_no_import_cycle() -> None:
     for module in sorted(graph):
         visit(module, [])
 
+
+def test_only_the_modules_the_readme_names_query_optunas_tables() -> None:
+    """SQL naming Optuna's tables, or Optuna's table models, only in the modules of ``study/``
+    that the README's table names as querying them."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = re.search(r"only ((?:`\w+`(?:, | and )?)+) query the tables", text)
+    assert named, "the README's study/ row no longer names the modules that query Optuna's tables"
+    owners = {m for m, path in modules().items() if TABLES.search(path.read_text(encoding="utf-8"))}
+    assert owners == {f"autoopt.study.{name}" for name in re.findall(r"`(\w+)`", named[1])}

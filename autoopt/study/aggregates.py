@@ -1,13 +1,20 @@
-"""Aggregate reads of Optuna's tables: the one door through which autoopt queries them.
+"""Aggregate reads of Optuna's tables across studies, and the schema every hand-written query
+of autoopt assumes.
 
-The prior (``autoopt.screen.prior``) and ``recommend`` read hundreds of studies at once; Optuna's API
-would load every trial of each. These queries read what they need in bounded rows instead: per
-study one row of each attribute asked for, per study and family one aggregate row, a few
-trials per study. They name Optuna's tables and columns (``studies``, ``study_directions``,
-``study_user_attributes``, ``trials``, ``trial_values``, ``trial_params``,
-``trial_user_attributes``, ``trial_intermediate_values``), which Optuna versions through its
-Alembic migrations; ``tests/test_storage.py`` checks every column used here against the
-installed Optuna (``SCHEMA``), at the lowest and highest versions CI installs.
+The prior (``autoopt.screen.prior``) and ``recommend`` read hundreds of studies at once, and the
+pruners a whole rung (``rung``); Optuna's API would load every trial of each. These
+queries read what they need in bounded rows instead: per study one row of each attribute asked
+for, per study and family one aggregate row, a few trials per study. They name Optuna's tables
+and columns (``studies``, ``study_directions``, ``study_user_attributes``, ``trials``,
+``trial_values``, ``trial_params``, ``trial_user_attributes``, ``trial_intermediate_values``),
+which Optuna versions through its Alembic migrations.
+
+Three other modules query those tables, each for one job: ``reads`` (a study's changed trials,
+in one statement), ``stale`` (RUNNING trials that never got a heartbeat) and ``writes`` (a
+step's writes to a trial, through Optuna's own table models); no module outside
+``autoopt.study`` does (``tests/test_house.py``). ``SCHEMA`` lists every column the SQL here, in
+``reads`` and in ``stale`` uses; ``tests/test_scale.py`` checks it against the installed Optuna,
+at the lowest and highest versions CI installs.
 """
 
 from __future__ import annotations
