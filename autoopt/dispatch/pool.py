@@ -52,8 +52,11 @@ def slots(free: float, need: float) -> int:
 
 
 def _count(n: float, what: str) -> str:
-    """>>> _count(1, "CPU"), _count(0.5, "GPU"), _count(2, "CPU")
-    ('1 CPU', '0.5 GPU', '2 CPUs')"""
+    """``n`` CPUs or GPUs in words, for the messages of ``check_fits``.
+
+    >>> _count(1, "CPU"), _count(0.5, "GPU"), _count(2, "CPU")
+    ('1 CPU', '0.5 GPU', '2 CPUs')
+    """
     return f"{n:g} {what}{'s' if n > 1 else ''}"
 
 
