@@ -129,8 +129,10 @@ def similarity(target: TaskInfo, source: TaskInfo) -> float:
     """How much a study of ``source`` says about ``target`` (1: as much as any; see the module).
 
     >>> a = TaskInfo("digits", "val_accuracy", "maximize", 10_000, 1_000)
-    >>> similarity(a, a), similarity(a, TaskInfo("x", "val_rmse", "minimize"))
+    >>> similarity(a, a), similarity(a, TaskInfo("x", "val_rmse", "minimize", 10_000, 1_000))
     (2.0, 0.25)
+    >>> round(similarity(a, TaskInfo("x", "val_rmse", "minimize")), 3)  # and neither size recorded: / 1.5 / 1.5
+    0.111
     >>> round(similarity(a, TaskInfo("y", "val_accuracy", "maximize", 100_000, 1_000)), 3)
     0.5
     """
