@@ -17,7 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "autoopt"
-TABLES = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(?:studies|study_\w+|trials|trial_\w+)\b|optuna\.storages\._rdb")
+# SQL naming Optuna's tables, or Optuna's classes of them (``models.TrialModel``, ...: the models
+# that ``autoopt.study.optuna_private`` hands out).
+TABLES = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(?:studies|study_\w+|trials|trial_\w+)\b|\bmodels\.\w+Model\b")
 
 
 @dataclass(frozen=True)

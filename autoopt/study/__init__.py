@@ -5,6 +5,8 @@ Modules, low to high:
 * ``backends``: the storage-backend seam (SQLite, PostgreSQL), chosen once from the URL: engine
   options, URL normalisation, the ask and creation locks, the preflight ``check``;
 * ``storage``: ``open_storage``, and ``with_retry`` for a database that went away;
+* ``optuna_private``: Optuna's private names (a trial's id, ``RDBStorage``'s read and session
+  scope, the classes of its tables), the one module that touches them;
 * ``writes``: a trial's writes of one step, made in one transaction (``TrialWrites``, ``flush``);
 * ``snapshot``: ``SnapshotStorage``, a ``BaseStorage`` wrapper serving one read of the trials
   per decision (``trials_snapshot``) and making a step's writes to a trial at once

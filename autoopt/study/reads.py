@@ -54,7 +54,7 @@ SELECT 6, trial_id, step, CAST(intermediate_value_type AS VARCHAR(16)), intermed
 def read_trials(base: RDBStorage, study_id: int, after: int, ids: Collection[int]) -> list[FrozenTrial]:
     """The trials of study ``study_id`` whose id is above ``after`` or in ``ids``, by id, as
     ``RDBStorage._get_trials`` reads them; a ``KeyError`` for a study that does not exist."""
-    from optuna.storages._rdb import models
+    from autoopt.study.optuna_private import models
 
     # On PostgreSQL, the picked ids as one array: each table is then read through its index on
     # trial_id whatever the planner guesses of the study (a semi-join, on tables it has no

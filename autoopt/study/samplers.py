@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.errors import UsageError
 from autoopt.space import SAMPLERS
+from autoopt.study.optuna_private import study_trials
 from autoopt.study.window import FINISHED, TailWindow
 
 # TPE's model reads the newest this many finished trials, beside the best ones (``tpe_window``).
@@ -351,6 +352,8 @@ class _WindowedStudy:
 
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=False, use_cache=use_cache)  # the snapshot, unfiltered
+        """The study's trials through the window: Optuna's samplers read them by calling this
+        method by its private name (``Study._get_trials``; ``optuna_private.OVERRIDES``)."""
+        trials = study_trials(self._study, use_cache=use_cache)  # the snapshot, unfiltered
         window = self._window.of(trials, states)
         return copy.deepcopy(window) if deepcopy else window

@@ -30,6 +30,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
+from autoopt.study.optuna_private import frozen_of, id_of, rdb_trials, set_frozen
 from autoopt.study.pgstats import Refresher, refresh
 from autoopt.study.reads import read_trials
 from autoopt.study.window import FINISHED
@@ -58,11 +59,12 @@ class _Trials:
             else:  # numbers with a gap (not seen in a study Optuna keeps): sorted afresh
                 by_number = {x.number: x for x in self.trials} | {t.number: t}
                 self.trials = [by_number[n] for n in sorted(by_number)]
+            tid = id_of(t)
             if t.state.is_finished():
-                self.unfinished.pop(t._trial_id, None)
-                self.last_finished = max(self.last_finished, t._trial_id)
+                self.unfinished.pop(tid, None)
+                self.last_finished = max(self.last_finished, tid)
             else:
-                self.unfinished[t._trial_id] = t.number
+                self.unfinished[tid] = t.number
 
 
 @dataclass(frozen=True)
@@ -169,10 +171,10 @@ class SnapshotStorage(BaseStorage):
             if self.base.engine.name in ("sqlite", "postgresql"):  # one statement (``read_trials``)
                 known.merge(read_trials(self.base, study_id, known.last_finished, known.unfinished))
             else:
-                known.merge(self.base._get_trials(study_id, states=None, included_trial_ids=set(known.unfinished),
-                                                  trial_id_greater_than=known.last_finished))
+                known.merge(rdb_trials(self.base, study_id, included=set(known.unfinished),
+                                       after=known.last_finished))
             if known.trials:
-                self._newest[study_id] = max(self._newest.get(study_id, 0), known.trials[-1]._trial_id)
+                self._newest[study_id] = max(self._newest.get(study_id, 0), id_of(known.trials[-1]))
             return _Read(list(known.trials), sorted(known.unfinished.values()))
 
     def trial_id(self, study_id: int, number: int) -> int:
@@ -232,10 +234,11 @@ class SnapshotStorage(BaseStorage):
         # spares that read (a round trip of six queries); it is numbered after the newest trial
         # read here, not by counting the study's trials (``create_trial``).
         created = create_trial(self.base, study_id, self._newest.get(study_id, 0))
-        self._newest[study_id] = max(self._newest.get(study_id, 0), created._trial_id)
-        self._created = {created._trial_id: created}
-        self._ids[(study_id, created.number)] = created._trial_id
-        return created._trial_id
+        created_id = id_of(created)
+        self._newest[study_id] = max(self._newest.get(study_id, 0), created_id)
+        self._created = {created_id: created}
+        self._ids[(study_id, created.number)] = created_id
+        return created_id
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: BaseDistribution) -> None:
@@ -373,10 +376,10 @@ def deferred_writes(study: optuna.Study, trial: optuna.trial.Trial, *, read: boo
     if not isinstance(study, SnapshotStudy):
         yield
         return
-    before = copy.deepcopy(trial._cached_frozen_trial)
+    before = copy.deepcopy(frozen_of(trial))
     try:
-        with study.snapshot_storage.deferred(trial._trial_id, None if read else copy.deepcopy(before)):
+        with study.snapshot_storage.deferred(id_of(trial), None if read else copy.deepcopy(before)):
             yield
     except BaseException:
-        trial._cached_frozen_trial = before
+        set_frozen(trial, before)
         raise

@@ -32,6 +32,8 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func
 
+from autoopt.study.optuna_private import scoped_session
+
 
 @dataclass
 class TrialWrites:
@@ -80,7 +82,7 @@ def flush(base: BaseStorage, inner: BaseStorage, trial_id: int, writes: TrialWri
     if not isinstance(base, RDBStorage) or base.engine.name not in ("sqlite", "postgresql"):
         _one_by_one(inner, trial_id, writes)
         return
-    from optuna.storages._rdb import models
+    from autoopt.study.optuna_private import models
     with _transaction(base) as session:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         base.check_trial_is_updatable(trial_id, cast(TrialState, trial.state))
@@ -127,8 +129,9 @@ def create_trial(base: RDBStorage, study_id: int, since: int = 0) -> FrozenTrial
     numbered so, and the numbers follow the ids from 0. With none from ``since`` on, the trials
     are counted. The range is on the primary key alone (the study is tested per row), so the
     database reads the few trials made since, however many the study holds."""
-    from optuna.storages._rdb import models
     from sqlalchemy import case, insert, select
+
+    from autoopt.study.optuna_private import models
 
     trials = models.TrialModel.__table__
     newest = select(func.max(case((trials.c.study_id == study_id, trials.c.number)))).where(
@@ -147,12 +150,10 @@ def create_trial(base: RDBStorage, study_id: int, since: int = 0) -> FrozenTrial
 
 @contextlib.contextmanager
 def _transaction(base: RDBStorage) -> Iterator[Any]:
-    """Optuna's session scope (``_create_scoped_session``), rolled back on any exception too:
-    a Ctrl-C in the middle of the writes must not leave the session's transaction open (on
+    """Optuna's session scope (``optuna_private.scoped_session``), rolled back on any exception
+    too: a Ctrl-C in the middle of the writes must not leave the session's transaction open (on
     SQLite, holding the database's write lock against the interrupt's own writes)."""
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    with _create_scoped_session(base.scoped_session) as session:
+    with scoped_session(base) as session:
         try:
             yield session
         except BaseException:
