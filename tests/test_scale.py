@@ -213,7 +213,8 @@ def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     from autoopt.screen import prior
-    from autoopt.study import PORTFOLIO, load_study, open_storage
+    from autoopt.study import SCREEN, load_study, open_storage
+    from autoopt.study.record import OLD_SCREEN
 
     url = f"sqlite:///{tmp_path / 'prior.db'}"
     storage = open_storage(url, heartbeat=False)
@@ -225,7 +226,8 @@ def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists, value=value,
             user_attrs={"config": {"optimizer": name, "optimizer_params": {"lr": params["lr"]}},
-                        **({PORTFOLIO: True} if i < 3 else {})}))
+                        # the first one as a study written before the screen's mark was named so
+                        **({OLD_SCREEN if i == 0 else SCREEN: True} if i < 3 else {})}))
     target = prior.TaskInfo("new", "val_accuracy", "maximize")
     unfinished = prior.build(storage, target)
     assert prior.SUMMARY_ATTR not in load_study(storage, "earlier").user_attrs  # still running: read from trials
@@ -247,37 +249,44 @@ def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path
 def test_the_trial_record_reads_what_the_driver_wrote() -> None:
     from optuna.trial import create_trial
 
-    from autoopt.study import PORTFOLIO, WARMSTART, TrialRecord
+    from autoopt.study import SCREEN, WARMSTART, TrialRecord
+    from autoopt.study.record import OLD_SCREEN, TrialKind
 
     config = {"optimizer": "adamw", "optimizer_params": {"lr": 0.003}, "scheduler": "none", "scheduler_params": {},
               "grad_clip_norm": None}
     screened = TrialRecord.of(create_trial(value=0.9, intermediate_values={1: 0.5, 2: 0.9}, user_attrs={
-        "config": config, "s_per_epoch": 0.25, "train_s": 0.5, PORTFOLIO: True,
+        "config": config, "s_per_epoch": 0.25, "train_s": 0.5, SCREEN: True,
         "worker": {"pid": 7, "node": "n", "rss_mb": 900.0}}))
     assert (screened.kind, screened.family, screened.lr, screened.epochs) == ("screen", "adamw", 0.003, 2)
     assert (screened.s_per_epoch, screened.worker["rss_mb"], screened.value) == (0.25, 900.0, 0.9)
     warm = TrialRecord.of(create_trial(state=TrialState.PRUNED, user_attrs={WARMSTART: "earlier", "reason": "r"}))
     assert (warm.kind, warm.source, warm.family, warm.value, warm.reason) == ("warmstart", "earlier", None, None, "r")
     assert TrialRecord.of(create_trial(value=1.0)).kind == "search"
+    assert TrialRecord.of(create_trial(value=1.0, user_attrs={OLD_SCREEN: True})).kind == TrialKind.SCREEN
 
 
 def test_a_workers_pruning_read_holds_its_rung_only_and_decides_as_a_full_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from autoopt.study import PORTFOLIO, open_storage, study_id_of
+    from autoopt.study import SCREEN, open_storage, study_id_of
+    from autoopt.study.record import OLD_SCREEN
     from autoopt.training.pruning import build_pruner, rung_trials
 
     storage = open_storage(f"sqlite:///{tmp_path / 'rung.db'}", heartbeat=False)
     study = open_study(storage, "rung", direction="maximize", pruner=build_pruner("median", epochs=6, warmup=0.0))
+
+    def mark(i: int) -> str:  # every other one as a study written before the screen's mark was named so
+        return SCREEN if i % 2 else OLD_SCREEN
+
     for i in range(12):
         curve = {s: (0.1 + 0.07 * i) * s / 6 for s in range(1, 7 if i % 3 else 3)}  # every third stopped at 2
         study.add_trial(optuna.trial.create_trial(
             value=curve.get(6), intermediate_values=curve,
             state=TrialState.COMPLETE if 6 in curve else TrialState.PRUNED,
-            user_attrs={PORTFOLIO: True, "s_per_epoch": 0.5, "history": [{"epoch": s} for s in curve]}))
+            user_attrs={mark(i): True, "s_per_epoch": 0.5, "history": [{"epoch": s} for s in curve]}))
     rung = rung_trials(storage, study_id_of(study), 4)
     full = [t for t in study.trials if 4 in t.intermediate_values]
     assert [t.number for t in rung] == [t.number for t in full]  # the stopped ones never reported at 4
     assert all(set(t.intermediate_values) == {4} and "history" not in t.user_attrs for t in rung)
-    assert all(t.user_attrs == {PORTFOLIO: True, "s_per_epoch": 0.5} for t in rung)
+    assert all(t.user_attrs == {mark(t.number): True, "s_per_epoch": 0.5} for t in rung)
     assert [t.value for t in rung] == [t.value for t in full]
     from autoopt.study import trials_snapshot
 

@@ -39,7 +39,7 @@ from autoopt.study import (
     sqlite_path,
     with_retry,
 )
-from autoopt.study.record import record
+from autoopt.study.record import TrialKind, record
 from autoopt.tasks import BUILTIN, Loaded, Task, UserLoop, load_task
 
 if TYPE_CHECKING:
@@ -333,11 +333,12 @@ def effort_of(loop: dispatch.SearchLoop, budget: Budget | None) -> Effort:
     timeline = tally.timeline
     first = min((t.started for t in timeline), default=None)
     last = max((t.ended for t in timeline), default=None)
-    screen_end = max((t.ended for t in timeline if t.kind == "screen"), default=first)
+    screen_end = max((t.ended for t in timeline if t.kind == TrialKind.SCREEN), default=first)
     searched = loop.focus.why()
     if first is None or last is None or screen_end is None:
         return Effort(epochs=dict(tally.epochs_run), trials=len(timeline), searched=searched)
-    seconds = {"screen": round(screen_end - first, 2), "search": round(last - screen_end, 2)}
+    seconds: dict[str, float] = {TrialKind.SCREEN: round(screen_end - first, 2),
+                                 TrialKind.SEARCH: round(last - screen_end, 2)}
     if budget is not None:
         budget.phases.update(seconds)
     if tally.setup_s:  # a user loop's setup, summed over the workers: its own phase, in no trial's cost
@@ -402,7 +403,7 @@ def finish(spec: StudySpec, study: optuna.Study, task: Loaded, tracker: tracking
     if spec.confirm:
         seconds = effort.seconds if effort else {}
         rec = confirm(spec, study, task, pool, tracker.ref, rec, on_progress=on_progress, budget=budget,
-                      search_s=seconds.get("screen", 0.0) + seconds.get("search", 0.0))
+                      search_s=seconds.get(TrialKind.SCREEN, 0.0) + seconds.get(TrialKind.SEARCH, 0.0))
     effort = effort or Effort()
     effort = effort.model_copy(update={
         "epochs": {**effort.epochs, "confirm": rec.race.epochs if rec.race else 0},

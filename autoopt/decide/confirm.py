@@ -55,7 +55,7 @@ from autoopt.evidence import (
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
-from autoopt.study.record import record
+from autoopt.study.record import TrialKind, record
 from autoopt.tasks.loop import UserLoop
 from autoopt.tracking import RunRef
 
@@ -93,14 +93,14 @@ def _available(name: str) -> bool:
 
 
 def screened(study: optuna.Study, direction: str) -> list[TrialConfig]:
-    """The study's portfolio configs (trials with user attr ``portfolio``), one per family, best
+    """The study's screened configs (``TrialKind.SCREEN``), one per family, best
     screened first: complete trials by value, then pruned ones by the rung they reached (the
     screen's successive halving), then by their value there."""
     complete: list[tuple[float, dict[str, Any]]] = []
     pruned: dict[int, list[tuple[float, dict[str, Any]]]] = {}
     for t in study.get_trials(deepcopy=False):
         rec = record(t)
-        if rec.kind != "screen" or rec.config is None:
+        if rec.kind != TrialKind.SCREEN or rec.config is None:
             continue
         if t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value):
             complete.append((t.value, rec.config))

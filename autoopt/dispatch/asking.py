@@ -32,7 +32,7 @@ from autoopt.study import (
     trials_snapshot,
     with_retry,
 )
-from autoopt.study.record import kind_of
+from autoopt.study.record import TrialKind, kind_of
 from autoopt.study.samplers import TrialSeededSampler
 from autoopt.study.view import StudyView
 
@@ -66,7 +66,7 @@ class TrialAsker:
         trial, trials, unfinished = asked
         kind = kind_of(trial.user_attrs)
         # The search tunes the families the screen found (``autoopt.screen.focus``).
-        family = self.focus.family(trials) if kind == "search" else None
+        family = self.focus.family(trials) if kind == TrialKind.SEARCH else None
         # The read of the trials made under the ask lock serves the sampling too.
         with trials_snapshot(self.study, trials, unfinished):
             config = with_retry(lambda: self.prepare(trial, family), what="store a trial's config")
@@ -124,7 +124,7 @@ class TrialAsker:
             # At once: a trial without any heartbeat is only failed after 2 x GRACE_S.
             record_heartbeat(self.study, trial.number)
             config = suggest_config(trial, space)
-            if kind_of(trial.user_attrs) == "screen":
+            if kind_of(trial.user_attrs) == TrialKind.SCREEN:
                 config = TrialConfig(config.optimizer, space.default_params(config.optimizer))
             trial.set_user_attr("config", config.to_dict())
             if trial.user_attrs.get("reason") and "failed_trial" in storage_of(self.study).get_trial_system_attrs(

@@ -12,7 +12,9 @@ from autoopt.budget import Budget
 from autoopt.dispatch.clock import SYSTEM, Clock
 from autoopt.dispatch.worker import Job, TrialRef
 from autoopt.space import SearchSpace, TrialConfig
+from autoopt.study.record import TrialKind
 from autoopt.tracking import FAMILY_TAG, KIND_TAG, STATE_TAG, STUDY_TAG, TRIAL_TAG, RunRef
+from autoopt.training.pruning import RANK_PRUNER, SCREEN_PRUNER
 
 if TYPE_CHECKING:
     from autoopt.spec import StudySpec
@@ -33,17 +35,16 @@ class JobFactory:
     race_s: Callable[[], float] = lambda: 0.0
     clock: Clock = SYSTEM
 
-    def job(self, number: int, trial_id: int, config: TrialConfig, kind: str) -> Job:
-        """The job of trial ``number`` (``kind``: screen or search) training ``config``."""
+    def job(self, number: int, trial_id: int, config: TrialConfig, kind: TrialKind) -> Job:
+        """The job of trial ``number`` (of ``kind``) training ``config``."""
         spec = self.spec
-        portfolio = kind == "screen"
         tags = {STUDY_TAG: self.study_name, TRIAL_TAG: number, FAMILY_TAG: config.optimizer,
-                KIND_TAG: "portfolio" if portfolio else kind, STATE_TAG: "RUNNING"}  # the screen's name in MLflow
-        # The portfolio is screened by successive halving (autoopt.training.pruning): cost-aware
+                KIND_TAG: kind, STATE_TAG: "RUNNING"}
+        # The screen is pruned by successive halving (autoopt.training.pruning): cost-aware
         # without a budget; under one, by rank alone, the deadline stopping what the budget
         # cannot afford.
-        pruner = (None if not portfolio or spec.pruner == "none" else
-                  "screen" if self.budget is None else "screen_rank")
+        pruner = (None if kind != TrialKind.SCREEN or spec.pruner == "none" else
+                  SCREEN_PRUNER if self.budget is None else RANK_PRUNER)
         return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
                    spec.placement.compile, trial=self._ref(trial_id, number, pruner),
                    tracking=self.tracking, run_name=f"trial-{number}", tags=tags,

@@ -46,7 +46,7 @@ from autoopt.errors import StudyStopped
 from autoopt.screen.focus import SearchFocus
 from autoopt.study import HEARTBEAT_S, StorageDown, with_retry
 from autoopt.study.backends import env_seconds
-from autoopt.study.record import kind_of, record
+from autoopt.study.record import TrialKind, kind_of, record
 from autoopt.study.view import StudyView
 from autoopt.tracking import RunRef
 
@@ -241,7 +241,7 @@ class SearchLoop:
         item, result, trial = done.item, done.result, done.item.trial
         assert trial is not None, "a search job is submitted with its trial"
         number = trial.number
-        kind = "screen" if kind_of(trial.user_attrs) == "screen" else "search"
+        kind = TrialKind.SCREEN if kind_of(trial.user_attrs) == TrialKind.SCREEN else TrialKind.SEARCH
         self.tally.add(Span(number, kind, item.worker, item.started, done.ended), result)
         self.costs.measured(item.job.config.optimizer, result.s_per_epoch)
         if done.lost:
@@ -249,7 +249,7 @@ class SearchLoop:
             self.book.requeue(number, "worker died during the trial")
             self.notify(f"trial {number} lost its worker; re-queued")
             return
-        self.focus.observe(item.job.config.optimizer if kind == "search" else None,
+        self.focus.observe(item.job.config.optimizer if kind == TrialKind.SEARCH else None,
                            TrialState[result.state.value], result.value)
         with_retry(lambda: self.book.tell(number, result), what="record a trial")
         self.progress.finished_here += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from autoopt.dispatch.results import JobResult
+from autoopt.study.record import TrialKind
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,7 @@ class Span:
     end (wall-clock seconds)."""
 
     number: int
-    kind: str
+    kind: TrialKind
     worker: int
     started: float
     ended: float
@@ -27,10 +28,11 @@ class SearchTally:
     >>> tally = SearchTally()
     >>> tally.add(Span(0, "screen", 0, 10.0, 12.0), JobResult.failed("boom"))
     >>> tally.timeline[0].kind, tally.epochs_run
-    ('screen', {'screen': 0, 'search': 0})
+    ('screen', {<TrialKind.SCREEN: 'screen'>: 0, <TrialKind.SEARCH: 'search'>: 0})
     """
 
-    epochs_run: dict[str, int] = field(default_factory=lambda: {"screen": 0, "search": 0})
+    epochs_run: dict[TrialKind, int] = field(default_factory=lambda: dict.fromkeys(
+        (TrialKind.SCREEN, TrialKind.SEARCH), 0))
     timeline: list[Span] = field(default_factory=list)
     setup_s: float = 0.0  # a user loop's setup on the workers (its own phase, no trial's cost)
 

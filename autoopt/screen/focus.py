@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.direction import ordered, sign
-from autoopt.study.record import kind_of
+from autoopt.study.record import TrialKind, kind_of
 
 FOCUS_FAMILIES = 5  # the search tunes at most this many families
 MIN_SCREENED = 6  # a screen of fewer families narrows nothing worth narrowing: TPE sees them all
@@ -158,7 +158,7 @@ class SearchFocus:
         if self.off:
             return None
         if self.screen is None:
-            self.screen = [t.number for t in trials if kind_of(t.user_attrs) == "screen"]
+            self.screen = [t.number for t in trials if kind_of(t.user_attrs) == TrialKind.SCREEN]
             if len({trials[n].params.get("optimizer") for n in self.screen}) < MIN_SCREENED:
                 self.off = True
                 return None

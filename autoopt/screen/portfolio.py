@@ -3,7 +3,7 @@
 A study begins with one trial per family of its space, at the defaults ``autoopt compare``
 uses (``autoopt.space.default_params``), enqueued before the sampler proposes anything.
 They are ordinary trials (pruned, tracked, seen by the sampler) with the user attribute
-``portfolio: True``. Each family is enqueued once per study, under the study's ask lock,
+``screen: True``. Each family is enqueued once per study, under the study's ask lock,
 recorded in the study attribute ``portfolio_enqueued``: two drivers starting together, or a
 resumed study, enqueue nothing twice. A ``--trials`` smaller than the portfolio screens the
 families most likely to win first (``PORTFOLIO_PRIOR``), and says so.
@@ -51,8 +51,8 @@ from autoopt.space import (
     Uniform,
     schedule,
 )
-from autoopt.study import PORTFOLIO, WARMSTART, ask_lock, budget_used
-from autoopt.study.record import record
+from autoopt.study import SCREEN, WARMSTART, ask_lock, budget_used
+from autoopt.study.record import TrialKind, record
 
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
 PRIOR_ATTR = "prior"  # study user attr: the prior it screened by (PriorRecord.to_dict)
@@ -250,7 +250,7 @@ class PortfolioFirst:
             room = trials - budget_used(study.get_trials(deepcopy=False))
             todo = [n for n in plan if n not in done][:max(0, room)]
             for name in todo:
-                study.enqueue_trial(portfolio_params(name, self.space), user_attrs={PORTFOLIO: True})
+                study.enqueue_trial(portfolio_params(name, self.space), user_attrs={SCREEN: True})
             if todo:
                 study.set_user_attr(ENQUEUED, done + todo)
             if all(n in done + todo for n in plan):
@@ -277,7 +277,7 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
     from autoopt.training.pruning import SCREEN_ETA
 
     trials = study.get_trials(deepcopy=False)
-    screen = [t for t in trials if record(t).kind == "screen"]
+    screen = [t for t in trials if record(t).kind == TrialKind.SCREEN]
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     out = []
     for t in screen:

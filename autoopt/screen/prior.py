@@ -28,7 +28,7 @@ default the screen trains anyway) are the warm starts, and the first of them is 
 
 **Bounded reads.** A handful of SQL queries on Optuna's tables (the same on SQLite and
 PostgreSQL), in chunks of ``CHUNK`` studies: per study and family one aggregate row (the best
-complete value), the few portfolio trials (and their intermediate values), three study attrs;
+complete value), the few screened trials (and their intermediate values), three study attrs;
 the best trials' configs only for the few closest studies. No trial list is loaded: a storage of
 hundreds of studies and tens of thousands of trials is read in well under a second.
 """
@@ -54,7 +54,8 @@ from autoopt.screen.portfolio import (
     config_params,
     screening_order,
 )
-from autoopt.study import PORTFOLIO, aggregates
+from autoopt.study import aggregates
+from autoopt.study.record import SCREEN_MARKS
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ def _read_trials(conn: Any, studies: dict[int, Evidence]) -> None:
     # The portfolio's trials (a few per study) and the rungs its pruned ones reached.
     screen: dict[int, list[tuple[tuple[float, ...], str]]] = {i: [] for i in ids}
     pruned: dict[int, tuple[int, str]] = {}
-    for study_id, trial_id, state, final, pvalue, dist in aggregates.marked_trials(conn, ids, PORTFOLIO):
+    for study_id, trial_id, state, final, pvalue, dist in aggregates.marked_trials(conn, ids, SCREEN_MARKS):
         name = decode(pvalue, dist)
         if name is None:
             continue

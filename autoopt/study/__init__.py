@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time, ``__getattr__`` bel
         sqlite_path,
     )
     from autoopt.study.record import (
-        PORTFOLIO,
+        SCREEN,
         WARMSTART,
         TrialRecord,
     )
@@ -99,7 +99,7 @@ _EXPORTS: dict[str, str] = {
     "GroupTPESampler": "autoopt.study.samplers",
     "HEARTBEAT_S": "autoopt.study.storage",
     "MAX_RETRY": "autoopt.study.storage",
-    "PORTFOLIO": "autoopt.study.record",
+    "SCREEN": "autoopt.study.record",
     "TrialRecord": "autoopt.study.record",
     "PostgresBackend": "autoopt.study.backends",
     "SQLiteBackend": "autoopt.study.backends",
@@ -158,7 +158,7 @@ __all__ = [
     "GRACE_S",
     "HEARTBEAT_S",
     "MAX_RETRY",
-    "PORTFOLIO",
+    "SCREEN",
     "STORAGE_RETRY_S",
     "WARMSTART",
     "Backend",

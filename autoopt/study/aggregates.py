@@ -107,18 +107,18 @@ def family_bests(conn: Any, ids: Sequence[int], param: str = "optimizer"
             "GROUP BY t.study_id, p.param_value, p.distribution_json", "ids"), {"ids": chunk, "param": param})
 
 
-def marked_trials(conn: Any, ids: Sequence[int], mark: str, param: str = "optimizer"
+def marked_trials(conn: Any, ids: Sequence[int], marks: Sequence[str], param: str = "optimizer"
                   ) -> Iterator[tuple[int, int, str, float | None, float, str]]:
-    """The finished (complete, pruned) trials of the studies ``ids`` with the user attr ``mark``:
-    ``(study_id, trial_id, state, value, param_value, distribution_json)``."""
+    """The finished (complete, pruned) trials of the studies ``ids`` with one of the user attrs
+    ``marks`` (once each): ``(study_id, trial_id, state, value, param_value, distribution_json)``."""
     for chunk in chunks(list(ids)):
         for study_id, trial_id, state, value, pvalue, dist in conn.execute(_text(
                 "SELECT t.study_id, t.trial_id, t.state, v.value, p.param_value, p.distribution_json FROM trials t "
-                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :mark "
                 "JOIN trial_params p ON p.trial_id = t.trial_id AND p.param_name = :param "
                 "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-                "WHERE t.study_id IN :ids AND t.state IN ('COMPLETE', 'PRUNED')", "ids"),
-                {"ids": chunk, "mark": mark, "param": param}):
+                "WHERE t.study_id IN :ids AND t.state IN ('COMPLETE', 'PRUNED') AND EXISTS (SELECT 1 FROM "
+                "trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key IN :marks)", "ids", "marks"),
+                {"ids": chunk, "marks": list(marks), "param": param}):
             yield int(study_id), int(trial_id), str(getattr(state, "name", state)), value, pvalue, dist
 
 

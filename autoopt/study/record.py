@@ -7,14 +7,16 @@ The user attrs a trial carries (the driver writes them: ``prepare`` the config, 
 * ``s_per_epoch``, ``train_s``: its measured seconds per epoch and in all;
 * ``history``: per epoch, its losses, metric, learning rate and seconds (compacted);
 * ``reason``: why it failed or was pruned; ``worker``: the node, pid and peak memory that ran it;
-* ``portfolio`` or ``warmstart``: a screened family at its published defaults, or a warm start
-  from an earlier study (its name); neither: a trial the sampler proposed.
+* ``screen`` or ``warmstart``: a screened family at its published defaults, or a warm start
+  from an earlier study (its name); neither: a trial the sampler proposed (``TrialKind``). The
+  screen's mark was ``portfolio`` in studies written before it had one name; it is read as well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -25,12 +27,22 @@ TRAIN_S = "train_s"
 HISTORY = "history"
 REASON = "reason"
 WORKER = "worker"
-# The screen's trials (autoopt.screen.portfolio enqueues them): a family's published defaults,
-# and a warm start (the earlier study it comes from).
-PORTFOLIO = "portfolio"
-WARMSTART = "warmstart"
 
-KINDS = ("screen", "warmstart", "search")  # what a trial of a study is; the confirmation's runs are not trials
+
+class TrialKind(StrEnum):
+    """What a trial of a study is (the confirmation's runs are not trials); also the MLflow tag
+    ``autoopt.kind`` of its nested run."""
+
+    SCREEN = "screen"  # a family at its published defaults (autoopt.screen.portfolio enqueues them)
+    WARMSTART = "warmstart"  # a warm start from an earlier study
+    SEARCH = "search"  # proposed by the sampler
+
+
+# The marks of the enqueued kinds: ``screen: True``, ``warmstart: <the earlier study>``.
+SCREEN = TrialKind.SCREEN.value
+WARMSTART = TrialKind.WARMSTART.value
+OLD_SCREEN = "portfolio"  # the screen's mark in studies written before it was named so
+SCREEN_MARKS = (SCREEN, OLD_SCREEN)  # what marks a screened trial, read from any study
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class TrialRecord:
     state: TrialState
     value: float | None
     config: dict[str, Any] | None = None  # None: not sampled yet (a waiting trial)
-    kind: str = "search"  # one of KINDS
+    kind: TrialKind = TrialKind.SEARCH
     s_per_epoch: float | None = None
     train_s: float | None = None
     reason: str | None = None
@@ -80,9 +92,11 @@ class TrialRecord:
         return float(lr) if isinstance(lr, int | float) else None
 
 
-def kind_of(attrs: Mapping[str, Any]) -> str:
-    """The kind (one of ``KINDS``) of a trial with these user attrs (a live trial's, say)."""
-    return "screen" if attrs.get(PORTFOLIO) else "warmstart" if attrs.get(WARMSTART) else "search"
+def kind_of(attrs: Mapping[str, Any]) -> TrialKind:
+    """The kind of a trial with these user attrs (a live trial's, say)."""
+    if any(attrs.get(mark) for mark in SCREEN_MARKS):
+        return TrialKind.SCREEN
+    return TrialKind.WARMSTART if attrs.get(WARMSTART) else TrialKind.SEARCH
 
 
 def record(trial: FrozenTrial) -> TrialRecord:

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.direction import Direction
 from autoopt.errors import UsageError
-from autoopt.study.record import PORTFOLIO, WARMSTART  # noqa: F401  (re-exported)
+from autoopt.study.record import SCREEN, WARMSTART  # noqa: F401  (re-exported)
 from autoopt.study.samplers import build_sampler
 from autoopt.study.snapshot import SnapshotStorage, SnapshotStudy
 from autoopt.study.storage import with_retry

@@ -34,13 +34,15 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.study import aggregates, storage_of, study_id_of, trials_snapshot
-from autoopt.study.record import PORTFOLIO, S_PER_EPOCH, record
+from autoopt.study.record import S_PER_EPOCH, SCREEN_MARKS, TrialKind, record
 
 REFERENCE_MAX_AGE_S = 1.0  # how stale the finished trials a worker prunes against may be
 COMEBACK_QUANTILE = 0.25  # "among the best": the top quarter of the finished trials' final values
 MEDIAN_STARTUP_TRIALS = 4
 SCREEN_ETA = 3  # the screen keeps a third of the families at each rung
-SCREENS = ("screen", "screen_rank")  # the screen's pruners: cost-aware, and by rank alone (under a budget)
+SCREEN_PRUNER = "screen"  # the screen's pruner: cost-aware successive halving
+RANK_PRUNER = "screen_rank"  # the same by rank alone (under a budget)
+SCREENS = (SCREEN_PRUNER, RANK_PRUNER)
 
 
 class GuardedPruner(BasePruner):
@@ -139,7 +141,7 @@ class ReferenceTrials:
         return trials
 
 
-RUNG_ATTRS = (PORTFOLIO, S_PER_EPOCH)  # the user attrs the pruners read (the screen's)
+RUNG_ATTRS = (*SCREEN_MARKS, S_PER_EPOCH)  # the user attrs the pruners read (the screen's)
 
 
 def rung_trials(storage: RDBStorage, study_id: int, step: int) -> list[FrozenTrial]:
@@ -276,7 +278,7 @@ class ScreenPruner(BasePruner):
         if value is None or not math.isfinite(value):
             return True
         peers = [t for t in study.get_trials(deepcopy=False)
-                 if record(t).kind == "screen" and t.number != trial.number
+                 if record(t).kind == TrialKind.SCREEN and t.number != trial.number
                  and math.isfinite(t.intermediate_values.get(step, math.nan))]
         mine = record(trial).s_per_epoch
         speeds = [s for t in peers if (s := record(t).s_per_epoch)]
@@ -296,7 +298,7 @@ def build_pruner(name: str, *, epochs: int, warmup: float) -> BasePruner:
     warmup_steps = math.floor(warmup * epochs)
     if name in SCREENS and epochs >= 2:
         rungs = screen_rungs(epochs)
-        return GuardedPruner(ScreenPruner(rungs, cost_aware=name == "screen"), warmup_steps=0, max_steps=epochs,
+        return GuardedPruner(ScreenPruner(rungs, cost_aware=name == SCREEN_PRUNER), warmup_steps=0, max_steps=epochs,
                              steps=rungs)
     if name == "none" or name in SCREENS or epochs < 2:
         return NopPruner()
