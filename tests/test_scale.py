@@ -265,6 +265,23 @@ def test_the_trial_record_reads_what_the_driver_wrote() -> None:
     assert TrialRecord.of(create_trial(value=1.0, user_attrs={OLD_SCREEN: True})).kind == TrialKind.SCREEN
 
 
+def test_the_trial_record_reads_what_it_writes() -> None:
+    from autoopt.study import TrialRecord
+    from autoopt.study.record import write_config, write_reason, write_run
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    write_config(trial, {"optimizer": "sgd", "optimizer_params": {"lr": 0.1}})
+    write_reason(trial, "inherited")
+    write_reason(trial, None)
+    write_run(trial, train_s=1.23456, s_per_epoch=0.6172839, history=[{"epoch": 1.0}, {"epoch": 2.0}],
+              node="n", pid=7, rss_mb=512.0)
+    study.tell(trial, 0.5)
+    rec = TrialRecord.of(study.trials[0])
+    assert (rec.family, rec.lr, rec.reason, rec.train_s, rec.s_per_epoch) == ("sgd", 0.1, None, 1.2346, 0.617284)
+    assert rec.history == [{"epoch": 1.0}, {"epoch": 2.0}] and rec.worker == {"node": "n", "pid": 7, "rss_mb": 512.0}
+
+
 def test_a_workers_pruning_read_holds_its_rung_only_and_decides_as_a_full_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from autoopt.study import SCREEN, open_storage, study_id_of
     from autoopt.study.record import OLD_SCREEN

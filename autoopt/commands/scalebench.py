@@ -93,6 +93,7 @@ def fill(opts: ScaleOptions, name: str, n: int, seed: int = 0) -> None:
 
     from autoopt.space import suggest_config
     from autoopt.study import open_storage, open_study
+    from autoopt.study.record import S_PER_EPOCH, write_config
 
     spec = _spec(opts, name, n, Path(tempfile.gettempdir()))
     space = spec.search_space()
@@ -101,8 +102,8 @@ def fill(opts: ScaleOptions, name: str, n: int, seed: int = 0) -> None:
     for _ in range(n):
         trial = scratch.ask()
         config = suggest_config(trial, space)
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("s_per_epoch", 0.01)
+        write_config(trial, config.to_dict())
+        trial.set_user_attr(S_PER_EPOCH, 0.01)
         scratch.tell(trial, 0.5 + 0.5 * rng.random())
     storage = open_storage(opts.storage, heartbeat=False)
     _fresh(storage, name)

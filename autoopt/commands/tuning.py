@@ -39,7 +39,7 @@ from autoopt.study import (
     sqlite_path,
     with_retry,
 )
-from autoopt.study.record import TrialKind, record
+from autoopt.study.record import CONFIG, TrialKind, record
 from autoopt.tasks import BUILTIN, Loaded, Task, UserLoop, load_task
 
 if TYPE_CHECKING:
@@ -430,12 +430,12 @@ def best_recommendation(spec: StudySpec, study: optuna.Study, task: Loaded) -> R
     best at that epoch, stands until the confirmation decides."""
     trials = study.get_trials(deepcopy=False)
     done = [(t.value, t) for t in trials
-            if t.state.name == "COMPLETE" and t.value is not None and "config" in t.user_attrs]
+            if t.state.name == "COMPLETE" and t.value is not None and CONFIG in t.user_attrs]
     note = None
     if done:
         value, best = best_by(done, key=lambda d: d[0], direction=task.direction)
     else:
-        screened = [t for t in trials if t.state.name == "PRUNED" and "config" in t.user_attrs
+        screened = [t for t in trials if t.state.name == "PRUNED" and CONFIG in t.user_attrs
                     and t.intermediate_values]
         if not screened:
             if any(t.state.name != "WAITING" for t in trials):

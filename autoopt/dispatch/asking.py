@@ -32,7 +32,7 @@ from autoopt.study import (
     trials_snapshot,
     with_retry,
 )
-from autoopt.study.record import TrialKind, kind_of
+from autoopt.study.record import REASON, TrialKind, kind_of, write_config, write_reason
 from autoopt.study.samplers import TrialSeededSampler
 from autoopt.study.view import StudyView
 
@@ -126,8 +126,8 @@ class TrialAsker:
             config = suggest_config(trial, space)
             if kind_of(trial.user_attrs) == TrialKind.SCREEN:
                 config = TrialConfig(config.optimizer, space.default_params(config.optimizer))
-            trial.set_user_attr("config", config.to_dict())
-            if trial.user_attrs.get("reason") and "failed_trial" in storage_of(self.study).get_trial_system_attrs(
+            write_config(trial, config.to_dict())
+            if trial.user_attrs.get(REASON) and "failed_trial" in storage_of(self.study).get_trial_system_attrs(
                     trial_id_of(self.study, trial.number)):
-                trial.set_user_attr("reason", None)  # inherited from the failed attempt it retries
+                write_reason(trial, None)  # inherited from the failed attempt it retries
         return config

@@ -52,6 +52,7 @@ from autoopt.study import (
     trial_id_of,
     with_retry,
 )
+from autoopt.study.record import write_reason, write_run
 
 if TYPE_CHECKING:
     from autoopt.dispatch.worker import Job
@@ -172,14 +173,9 @@ class TrialBook:
             # The tell is one transaction, all or nothing. A trial of one epoch is as its handle
             # knows it (its worker left its one report to the tell); a longer one is read again.
             with deferred_writes(self.study, trial, read=len(result.history) > 1):
-                if result.reason:
-                    trial.set_user_attr("reason", result.reason)
-                trial.set_user_attr("train_s", round(result.train_s, 4))
-                if result.s_per_epoch is not None:
-                    trial.set_user_attr("s_per_epoch", round(result.s_per_epoch, 6))
-                if result.pid:  # which worker ran it: for a crash, find its node's logs
-                    trial.set_user_attr("worker", {"node": result.node, "pid": result.pid, "rss_mb": result.rss_mb})
-                trial.set_user_attr("history", compact_history(result.history))  # for reports
+                write_run(trial, train_s=result.train_s, s_per_epoch=result.s_per_epoch,
+                          history=compact_history(result.history), reason=result.reason,
+                          node=result.node, pid=result.pid, rss_mb=result.rss_mb)
                 if result.state == JobState.COMPLETE and result.value is not None:
                     # The worker leaves the last epoch's report to this tell: it spares the trial a
                     # round trip at its end, and no pruner acts on the last epoch. (A complete run
@@ -201,7 +197,7 @@ class TrialBook:
     def skip(self, number: int, reason: str) -> None:
         """A trial asked but not started: failed with ``reason`` (not re-queued)."""
         trial = self._check(number, "skip").trial
-        with_retry(lambda: trial.set_user_attr("reason", reason), what="record a trial")
+        with_retry(lambda: write_reason(trial, reason), what="record a trial")
         with_retry(lambda: self._fail(trial), what="record a trial")
         self._leave(number, Life.TOLD)
 
@@ -211,7 +207,7 @@ class TrialBook:
         trial = self._check(number, "requeue").trial
 
         def fail_and_queue() -> None:
-            trial.set_user_attr("reason", reason)
+            write_reason(trial, reason)
             if self._fail(trial):
                 retry_trial(self.study, number)
 

@@ -1,7 +1,8 @@
 """The trial record: what autoopt keeps of a trial in Optuna's user attrs, typed and read in one
 place (``TrialRecord.of``), as Optuna's ``FrozenTrial`` is the record of its own fields.
 
-The user attrs a trial carries (the driver writes them: ``prepare`` the config, ``tell`` the rest):
+The user attrs a trial carries (the driver writes them through this module's ``write_*``:
+``prepare`` the config, ``tell`` the rest):
 
 * ``config``: the ``TrialConfig`` it trained (``TrialConfig.to_dict()``);
 * ``s_per_epoch``, ``train_s``: its measured seconds per epoch and in all;
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -102,3 +103,35 @@ def kind_of(attrs: Mapping[str, Any]) -> TrialKind:
 def record(trial: FrozenTrial) -> TrialRecord:
     """``TrialRecord.of(trial)``."""
     return TrialRecord.of(trial)
+
+
+class Writable(Protocol):
+    """What a record is written to: a live trial (``optuna.trial.Trial``)."""
+
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+def write_config(trial: Writable, config: Mapping[str, Any]) -> None:
+    """The config the trial trains (``TrialConfig.to_dict()``)."""
+    trial.set_user_attr(CONFIG, dict(config))
+
+
+def write_reason(trial: Writable, reason: str | None) -> None:
+    """Why it failed or was pruned; None clears a reason (one a retry inherited)."""
+    trial.set_user_attr(REASON, reason)
+
+
+def write_run(trial: Writable, *, train_s: float, s_per_epoch: float | None, history: list[dict[str, float]],
+              reason: str | None = None, node: str | None = None, pid: int | None = None,
+              rss_mb: float | None = None) -> None:
+    """What its run measured: its seconds in all and per epoch (rounded), its (compacted)
+    ``history``, its ``reason`` if any, and the worker that ran it (``pid`` set: for a crash,
+    its node's logs)."""
+    if reason:
+        trial.set_user_attr(REASON, reason)
+    trial.set_user_attr(TRAIN_S, round(train_s, 4))
+    if s_per_epoch is not None:
+        trial.set_user_attr(S_PER_EPOCH, round(s_per_epoch, 6))
+    if pid:
+        trial.set_user_attr(WORKER, {"node": node, "pid": pid, "rss_mb": rss_mb})
+    trial.set_user_attr(HISTORY, history)
