@@ -368,14 +368,19 @@ def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir:
 
 
 def test_progress_stays_readable_at_80_columns() -> None:
-    p = SimpleNamespace(last="trial", running=4, pruned=12, failed=1, best=0.98765, best_trial=137,
-                        eta_s=lambda: 1234.0, done=200, total=200)
-    buf = io.StringIO()
-    with TuneDisplay(Console(file=buf, width=80), 200) as display:
-        display.update(p)
-    line = buf.getvalue().strip().splitlines()[-1]
+    def shown(**counts: int) -> str:
+        p = SimpleNamespace(last="trial", running=4, pruned=12, failed=1, best=0.98765, best_trial=137,
+                            eta_s=lambda: 1234.0, done=200, total=200, **counts)
+        buf = io.StringIO()
+        with TuneDisplay(Console(file=buf, width=80), 200) as display:
+            display.update(p)
+        return buf.getvalue().strip().splitlines()[-1]
+
+    line = shown(skipped=0)
     assert "200/200" in line and "best 0.9877 #137" in line and "ETA 1234s" in line, line
-    assert len(line) <= 80
+    assert "skipped" not in line and len(line) <= 80
+    line = shown(skipped=3)  # the budget could not afford a trial: no more start, no ETA
+    assert "failed 1  skipped 3  best 0.9877 #137" in line and "ETA" not in line and len(line) <= 80, line
 
 
 # The ``autoopt`` command with an audit hook: every connection it opens and every program it

@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autoopt.budget import Budget
+from autoopt.commands.progress import describe
 from autoopt.dispatch.clock import ManualClock
 from autoopt.dispatch.pool import Finished, InFlight
 from autoopt.dispatch.results import JobResult, JobState
@@ -30,12 +31,13 @@ from autoopt.study import open_storage, open_study
 @dataclass
 class FakePool:
     """``size`` workers, placed after ``placed_at`` seconds of the fake clock (never: None); a job
-    runs ``s_per_epoch`` seconds per epoch; the jobs whose numbers are in ``lose`` lose their
-    worker (once each)."""
+    runs ``s_per_epoch`` seconds per epoch (its family's in ``speeds``, where it has one); the jobs
+    whose numbers are in ``lose`` lose their worker (once each)."""
 
     clock: ManualClock
     size: int = 2
     s_per_epoch: float = 1.0
+    speeds: dict[str, float] = field(default_factory=dict)
     placed_at: float | None = 0.0
     lose: set[int] = field(default_factory=set)
     workers: list[Any] = field(default_factory=list)
@@ -65,7 +67,7 @@ class FakePool:
 
     def submit(self, index: int, job: Job, trial: Any = None) -> tuple[Any, InFlight]:
         assert index not in self.busy
-        self.busy[index] = (self.clock.monotonic() + job.epochs * self.s_per_epoch, job, trial.number)
+        self.busy[index] = (self.clock.monotonic() + job.epochs * self.speed(job), job, trial.number)
         self.submitted.append((self.clock.monotonic(), trial.number))
         return next(self.refs), InFlight(index, job, trial, submitted=self.clock.monotonic(),
                                          started=self.clock.time())
@@ -85,11 +87,14 @@ class FakePool:
                 self.lose.discard(number)
                 out.append(Finished(item, JobResult.failed("worker died"), lost=True, ended=self.clock.time()))
                 continue
-            history = [{"epoch": e + 1, "val_accuracy": 0.5 + 0.01 * number, "epoch_s": self.s_per_epoch}
+            history = [{"epoch": e + 1, "val_accuracy": 0.5 + 0.01 * number, "epoch_s": self.speed(job)}
                        for e in range(job.epochs)]
             out.append(Finished(item, JobResult(JobState.COMPLETE, history[-1]["val_accuracy"], history),
                                 ended=self.clock.time()))
         return out
+
+    def speed(self, job: Job) -> float:
+        return self.speeds.get(job.config.optimizer, self.s_per_epoch)
 
     def wait_ready(self, timeout_s: float) -> None:
         self.clock.advance(timeout_s)
@@ -159,6 +164,20 @@ def test_the_budget_stops_the_search_before_its_reserve(tmp_path: Path) -> None:
     assert budget.used() <= budget.limit_s - budget.end_reserve() - reserve + 1e-6
     finished = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     assert 4 <= len(finished) < 100
+
+
+def test_a_trial_the_budget_cannot_afford_shows_as_skipped_not_failed(tmp_path: Path) -> None:
+    clock = ManualClock()
+    budget = Budget(limit_s=300, since=clock.time(), clock=clock.time)
+    pool = FakePool(clock, size=2, s_per_epoch=1.0, speeds={"sgd": 20.0})
+    loop, study = loop_on(tmp_path, pool, trials=200, epochs=2, budget=budget)
+    progress = loop.run()
+    skipped = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+    assert skipped and all(t.user_attrs.get("skipped") for t in skipped), [t.user_attrs for t in skipped]
+    assert "expected cost exceeds" in skipped[0].user_attrs["reason"]
+    assert (progress.failed, progress.skipped) == (0, len(skipped))
+    line = describe(progress, eta=False)
+    assert f"failed 0  skipped {len(skipped)}" in line, line
 
 
 def test_a_trial_whose_worker_died_is_run_again(tmp_path: Path) -> None:

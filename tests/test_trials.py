@@ -110,6 +110,7 @@ def test_a_skipped_trial_is_failed_with_its_reason_and_not_requeued(study: optun
     book.ask(trial, worker=0)
     book.skip(trial.number, "not started: over budget")
     assert states(study) == ["FAIL"] and study.trials[0].user_attrs["reason"] == "not started: over budget"
+    assert study.trials[0].user_attrs["skipped"] is True  # shown as skipped, not failed
     assert len(book) == 0 and book.history[-1] == (0, Life.TOLD)
 
 

@@ -1,5 +1,5 @@
 """The live progress display of ``autoopt tune`` (rich): trials done / running / pruned /
-failed, best so far and ETA, then the confirmation runs."""
+failed / skipped, best so far and ETA, then the confirmation runs."""
 
 from __future__ import annotations
 
@@ -68,14 +68,16 @@ class TuneDisplay:
 
 
 def describe(p: SearchProgress, *, eta: bool = True) -> str:
-    """The search's details in at most ~50 characters: running, pruned, failed, best, ETA (not
-    for a search its time budget bounds).
+    """The search's details in at most ~50 characters: running, pruned, failed, skipped (once
+    any: not started, the time budget not affording them), best, ETA (not for a search its time
+    budget bounds, nor once a trial was skipped: the search starts no more).
 
     >>> from types import SimpleNamespace as N
-    >>> describe(N(running=4, pruned=1, failed=0, best=0.9512, best_trial=7, eta_s=lambda: 42.0))
+    >>> describe(N(running=4, pruned=1, failed=0, skipped=0, best=0.9512, best_trial=7, eta_s=lambda: 42.0))
     'run 4  pruned 1  failed 0  best 0.9512 #7  ETA 42s'
     """
     best = f"best {p.best:.4f} #{p.best_trial}" if p.best is not None else "best -"
-    left = p.eta_s() if eta else None
-    return (f"run {p.running}  pruned {p.pruned}  failed {p.failed}  {best}"
+    left = p.eta_s() if eta and not p.skipped else None
+    skipped = f"  skipped {p.skipped}" if p.skipped else ""
+    return (f"run {p.running}  pruned {p.pruned}  failed {p.failed}{skipped}  {best}"
             + (f"  ETA {left:.0f}s" if left is not None else ""))

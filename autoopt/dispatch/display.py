@@ -31,6 +31,7 @@ class SearchProgress:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
+    skipped: int = 0  # not started: the time budget could not afford them
     running: int = 0
     best: float | None = None
     best_trial: int | None = None
@@ -42,7 +43,7 @@ class SearchProgress:
 
     @property
     def done(self) -> int:
-        return self.complete + self.pruned + self.failed
+        return self.complete + self.pruned + self.failed + self.skipped
 
     def eta_s(self) -> float | None:
         """Seconds left at this driver's pace so far (None before its first trial ends).
@@ -60,6 +61,7 @@ class SearchProgress:
         """Counts and best trial, from the study as ``view`` last read it."""
         self.complete, self.pruned = view.count(TrialState.COMPLETE), view.count(TrialState.PRUNED)
         self.running, self.failed = view.count(TrialState.RUNNING), view.count(TrialState.FAIL)
+        self.skipped = view.skipped
         if view.best is not None:
             self.best_trial, self.best = view.best
 

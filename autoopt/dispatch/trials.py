@@ -52,7 +52,7 @@ from autoopt.study import (
     trial_id_of,
     with_retry,
 )
-from autoopt.study.record import write_reason, write_run
+from autoopt.study.record import write_reason, write_run, write_skipped
 
 if TYPE_CHECKING:
     from autoopt.dispatch.worker import Job
@@ -195,9 +195,9 @@ class TrialBook:
         return True
 
     def skip(self, number: int, reason: str) -> None:
-        """A trial asked but not started: failed with ``reason`` (not re-queued)."""
+        """A trial asked but not started: failed with ``reason``, marked skipped (not re-queued)."""
         trial = self._check(number, "skip").trial
-        with_retry(lambda: write_reason(trial, reason), what="record a trial")
+        with_retry(lambda: write_skipped(trial, reason), what="record a trial")
         with_retry(lambda: self._fail(trial), what="record a trial")
         self._leave(number, Life.TOLD)
 

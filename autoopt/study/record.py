@@ -8,6 +8,7 @@ The user attrs a trial carries (the driver writes them through this module's ``w
 * ``s_per_epoch``, ``train_s``: its measured seconds per epoch and in all;
 * ``history``: per epoch, its losses, metric, learning rate and seconds (compacted);
 * ``reason``: why it failed or was pruned; ``worker``: the node, pid and peak memory that ran it;
+* ``skipped``: failed before it started, the time budget not affording it (``write_skipped``);
 * ``screen`` or ``warmstart``: a screened family at its published defaults, or a warm start
   from an earlier study (its name); neither: a trial the sampler proposed (``TrialKind``). The
   screen's mark was ``portfolio`` in studies written before it had one name; it is read as well.
@@ -28,6 +29,7 @@ TRAIN_S = "train_s"
 HISTORY = "history"
 REASON = "reason"
 WORKER = "worker"
+SKIPPED = "skipped"
 
 
 class TrialKind(StrEnum):
@@ -60,6 +62,7 @@ class TrialRecord:
     reason: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     worker: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False  # failed before it started: the time budget could not afford it
     source: str | None = None  # a warm start's earlier study
     intermediate: dict[int, float] = field(default_factory=dict)
 
@@ -73,7 +76,7 @@ class TrialRecord:
                    config=config if isinstance(config, dict) else None, kind=kind,
                    s_per_epoch=float(spe) if spe else None, train_s=float(train_s) if train_s else None,
                    reason=attrs.get(REASON), history=list(attrs.get(HISTORY) or []),
-                   worker=dict(attrs.get(WORKER) or {}),
+                   worker=dict(attrs.get(WORKER) or {}), skipped=bool(attrs.get(SKIPPED)),
                    source=str(attrs[WARMSTART]) if attrs.get(WARMSTART) else None,
                    intermediate=dict(trial.intermediate_values))
 
@@ -119,6 +122,12 @@ def write_config(trial: Writable, config: Mapping[str, Any]) -> None:
 def write_reason(trial: Writable, reason: str | None) -> None:
     """Why it failed or was pruned; None clears a reason (one a retry inherited)."""
     trial.set_user_attr(REASON, reason)
+
+
+def write_skipped(trial: Writable, reason: str) -> None:
+    """Not started, and why (the time budget could not afford it): it fails as skipped."""
+    trial.set_user_attr(REASON, reason)
+    trial.set_user_attr(SKIPPED, True)
 
 
 def write_run(trial: Writable, *, train_s: float, s_per_epoch: float | None, history: list[dict[str, float]],

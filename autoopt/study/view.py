@@ -2,8 +2,8 @@
 
 Each ``read`` is one incremental read of the storage (Optuna's trial cache fetches only the
 trials that changed since the last read: the unfinished ones and the new ones). The counts the
-driver needs per trial (the budget used against ``--trials``, trials by state, the best value,
-the waiting queue) are then updated from those trials only: a finished trial never changes, so
+driver needs per trial (the budget used against ``--trials``, trials by state, the skipped ones,
+the best value, the waiting queue) are then updated from those trials only: a finished trial never changes, so
 it is counted once. A driver's cost per trial stays flat as its study grows.
 """
 
@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.direction import better
+from autoopt.study.record import SKIPPED
 
 
 @dataclass
@@ -32,6 +33,7 @@ class StudyView:
     finished: Counter[str] = field(default_factory=Counter)  # finished trials by state name
     retried: set[int] = field(default_factory=set)  # failed trials whose retry was queued
     failed_retried: int = 0  # ... of which failed (they count neither as failed nor against --trials)
+    skipped: int = 0  # failed before they started, the time budget not affording them (not counted as failed)
     best: tuple[int, float] | None = None  # the best complete trial: number, value
     open: dict[int, TrialState] = field(default_factory=dict)  # unfinished trials: number -> state
     _seen: int = 0  # trials[:_seen] were visited once
@@ -57,7 +59,7 @@ class StudyView:
         return self.trials
 
     def _reset(self) -> None:
-        self.finished, self.retried, self.failed_retried = Counter(), set(), 0
+        self.finished, self.retried, self.failed_retried, self.skipped = Counter(), set(), 0, 0
         self.best, self.open, self._seen = None, {}, 0
 
     def _visit(self, t: FrozenTrial) -> None:
@@ -71,6 +73,9 @@ class StudyView:
             self.open[t.number] = t.state
             return
         self.open.pop(t.number, None)
+        if t.state == TrialState.FAIL and t.user_attrs.get(SKIPPED):
+            self.skipped += 1
+            return
         self.finished[t.state.name.lower()] += 1
         if t.state == TrialState.COMPLETE and t.value is not None and (
                 self.best is None or better(t.value, self.best[1], self.study.direction)):
