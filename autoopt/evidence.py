@@ -81,7 +81,7 @@ class VersusPick(Record):
 
 
 class RaceStatus(Record):
-    """Why a contender left the race unconfirmed (``dropped`` or ``unaffordable``)."""
+    """Why a contender left the race unconfirmed (its ``race.Standing``: dropped or unaffordable)."""
 
     status: str
     reason: str | None = None

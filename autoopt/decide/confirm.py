@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autoopt.budget import MIN_SEEDS, Budget
-from autoopt.decide.race import SLOW, Contender, Race, margin_for, race_jobs
+from autoopt.decide.race import SLOW, Contender, Race, Standing, margin_for, race_jobs
 from autoopt.decide.verdict import Noise, paired
 from autoopt.direction import ordered
 from autoopt.dispatch import JobResult, JobState, SearchProgress, WorkerPool
@@ -432,8 +432,8 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool
     race.run()
     test_key = f"test_{task.score}" if task.reports_test else None
     table: Table = {c.name: entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key,
-                                  baseline=c.baseline,
-                                  race=RaceStatus(status=c.status, reason=c.reason) if c.status != "racing" else None)
+                                  baseline=c.baseline, race=RaceStatus(status=c.status, reason=c.reason)
+                                  if c.status != Standing.RACING else None)
                     for c in entrants}  # those left out unconfirmed too, marked so
     results = {c.name: c.results for c in entrants}
     candidates = [c.name for c in entrants if not c.baseline]
@@ -453,7 +453,7 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool
     race_summary = RaceSummary(rounds=race.rounds, min_seeds=min_seeds, max_seeds=max_seeds,
                                runs=sum(len(c.results) for c in entrants),
                                epochs=sum(len(r.history) for c in entrants for r in c.results.values()),
-                               left_out={c.name: c.reason for c in entrants if c.status != "racing"})
+                               left_out={c.name: c.reason for c in entrants if c.status != Standing.RACING})
     return Recommendation(task=rec.task, **w.config(), metric=rec.metric, direction=rec.direction,
                           value=w.val.mean, study_name=rec.study_name, trial_number=w.trial_number,
                           source="study", search_note=rec.search_note, optimizer_class=rec.optimizer_class,

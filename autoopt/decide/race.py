@@ -36,6 +36,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from autoopt.budget import Budget, run_cost
@@ -63,6 +64,14 @@ DROP_AFTER = 3  # seeds before an interval or a mean may drop a contender (2 see
 SLOW = 3.0  # more than this many times the cheapest contender per epoch: fewer extra seeds
 
 
+class Standing(StrEnum):
+    """Where a contender stands in the race (the recommendation's ``race.status`` of one that left)."""
+
+    RACING = "racing"
+    DROPPED = "dropped"  # clearly beaten, or failed on a seed the leader completed
+    UNAFFORDABLE = "unaffordable"  # its next runs do not fit in what is left of the time
+
+
 @dataclass
 class Contender:
     """One config in the race: a tuned trial's (``number``) or a baseline's (``number`` None)."""
@@ -73,7 +82,7 @@ class Contender:
     s_per_epoch: float | None = None  # expected, from the study; measured once it ran
     essential: bool = False  # the search's best config or the best-screened default: left out last
     results: dict[int, JobResult] = field(default_factory=dict)
-    status: str = "racing"  # racing | dropped | unaffordable
+    status: Standing = Standing.RACING
     reason: str | None = None
 
     @property
@@ -146,7 +155,7 @@ class Race:
         return self.contenders
 
     def racing(self) -> list[Contender]:
-        return [c for c in self.contenders if c.status == "racing"]
+        return [c for c in self.contenders if c.status == Standing.RACING]
 
     def entrants(self, k: int) -> list[Contender]:
         """Who runs round ``k``: everyone racing until ``min_seeds``; then, while their verdict is
@@ -186,20 +195,20 @@ class Race:
             cmp = compare(c, leader, self.direction, self.n_val, self.noise())
             deltas, ci = cmp.deltas, cmp.ci95
             if not c.complete():
-                c.status, c.reason = "dropped", f"failed on a seed while {leader.name} completed every seed"
+                c.status, c.reason = Standing.DROPPED, f"failed on a seed while {leader.name} completed every seed"
                 continue
             m = self.margin(leader.mean())
             far = len(deltas) >= 2 and all(d < -2 * m for d in deltas)
             if len(deltas) < DROP_AFTER and not far:
                 continue  # too few seeds to drop on an interval or a mean
             if far or (ci is not None and ci[1] < 0):
-                c.status = "dropped"
+                c.status = Standing.DROPPED
                 c.reason = (f"beaten by {leader.name} after {len(deltas)} seeds "
                             f"(mean {cmp.mean:+.4g}, ci95 {_fmt(ci)})")
             elif cmp.mean is not None and cmp.mean < -m:
                 # Behind by more than the margin: on this evidence neither the pick nor a config
                 # equivalent to it; more seeds would go where the decision is not.
-                c.status = "dropped"
+                c.status = Standing.DROPPED
                 c.reason = (f"behind {leader.name} by more than the margin {m:.4g} after {len(deltas)} seeds "
                             f"(mean {cmp.mean:+.4g})")
 
@@ -267,7 +276,7 @@ class Race:
 
         def leave(c: Contender) -> None:
             if len(c.results) < self.min_seeds:
-                c.status = "unaffordable"
+                c.status = Standing.UNAFFORDABLE
                 c.reason = (f"not confirmed: {rounds} more run(s) of {self.run_cost(c):.1f}s do not fit in "
                             f"the {max(0.0, left):.0f}s left of {what}")
                 if self.budget is not None:
