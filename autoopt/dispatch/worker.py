@@ -31,11 +31,11 @@ from autoopt.tasks import Loaded, Task, UserLoop, load_task
 from autoopt.tracking import REASON_TAG, TRACEBACK_TAG, RunRef, TrialRecorder
 from autoopt.training.loop import LoopError, run_loop
 from autoopt.training.pruning import ReferenceTrials, TrialReporter, build_pruner
-from autoopt.training.train import TrialResult, train, warm_up
+from autoopt.training.train import Ending, TrialResult, train, warm_up
 
 log = logging.getLogger(__name__)
 
-_STATES = {"complete": JobState.COMPLETE, "pruned": JobState.PRUNED, "diverged": JobState.PRUNED}
+_STATES = {Ending.COMPLETE: JobState.COMPLETE, Ending.PRUNED: JobState.PRUNED, Ending.DIVERGED: JobState.PRUNED}
 
 
 @dataclass

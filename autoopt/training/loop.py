@@ -17,7 +17,7 @@ there, by raising ``TrialEnded`` through the user's loop; the user writes no han
 >>> loop = UserLoop("m:fit", fit, Trainable("val_mae", "minimize"))
 >>> result = run_loop(loop, TrialConfig("adam", {"lr": 1e-3}), epochs=2, seed=0)
 >>> result.status, [h["val_mae"] for h in result.history]
-('complete', [1.0, 0.5])
+(<Ending.COMPLETE: 'complete'>, [1.0, 0.5])
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ import torch
 from autoopt.space import Family, TrialConfig, build_optimizer, build_scheduler, schedule
 from autoopt.space import family as registered
 from autoopt.tasks.loop import UserLoop
-from autoopt.training.train import OnEpoch, TrialResult, release_memory
+from autoopt.training.train import Ending, OnEpoch, TrialResult, release_memory
 
 
 class TrialEnded(BaseException):
     """Raised by ``Run.report`` to end the user's loop where it reported: pruned, diverged, or a
-    report without the declared metric (``status`` says which). A ``BaseException``, so that a
-    loop's own ``except Exception`` does not swallow it."""
+    report without the declared metric (``status`` None: the trial fails with ``LoopError``). A
+    ``BaseException``, so that a loop's own ``except Exception`` does not swallow it."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: Ending | None, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
@@ -148,7 +148,7 @@ class Run:
         declared = self._loop.metric
         if declared not in metrics:
             got = ", ".join(sorted(metrics)) or "nothing"
-            raise TrialEnded("failed", f"run.report got {got} at epoch {epoch}, but the trainable declared "
+            raise TrialEnded(None, f"run.report got {got} at epoch {epoch}, but the trainable declared "
                                        f"metric {declared}: report {declared}=... every epoch")
         row = {k: _number(k, v) for k, v in metrics.items()}
         if self._optimizers and "lr" not in row:
@@ -157,12 +157,12 @@ class Run:
         self.history.append(row)
         value = row[declared]
         if not math.isfinite(value):
-            raise TrialEnded("diverged", f"{declared} is {value} at epoch {epoch}")
+            raise TrialEnded(Ending.DIVERGED, f"{declared} is {value} at epoch {epoch}")
         for cadence in self._plateaus:
             cadence.scheduler.step(value)
         stop = self._on_epoch(epoch, row) if self._on_epoch is not None else False
         if stop:
-            raise TrialEnded("pruned", stop if isinstance(stop, str) else f"pruned at epoch {epoch}")
+            raise TrialEnded(Ending.PRUNED, stop if isinstance(stop, str) else f"pruned at epoch {epoch}")
         self._mark = time.perf_counter()  # the report's own work is not the next epoch's
 
     def report_test(self, value: float | None = None, **metrics: float) -> None:
@@ -209,14 +209,14 @@ def run_loop(loop: UserLoop, config: TrialConfig, *, epochs: int, seed: int = 0,
     run = Run(loop, config, epochs=epochs, seed=seed, device=torch.device(device),
               family=family or registered(config.optimizer), on_epoch=on_epoch, testing=evaluate_test,
               number=number)
-    result = TrialResult("complete", loop.metric)
+    result = TrialResult(Ending.COMPLETE, loop.metric)
     try:
         if loop.mark.setup is not None:
             loop.fn(run, loop.data)
         else:
             loop.fn(run)
     except TrialEnded as ended:
-        if ended.status == "failed":
+        if ended.status is None:
             raise LoopError(ended.reason) from None
         result.status, result.reason = ended.status, ended.reason
     finally:

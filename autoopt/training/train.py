@@ -7,7 +7,7 @@ all observe it through ``on_epoch(epoch, metrics) -> stop``.
 >>> from autoopt.space import TrialConfig
 >>> result = train(load_task("digits"), TrialConfig("adam", {"lr": 1e-3}), epochs=1, seed=0)
 >>> result.status, len(result.history)
-('complete', 1)
+(<Ending.COMPLETE: 'complete'>, 1)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -51,11 +52,19 @@ def _modes(optimizer: torch.optim.Optimizer, fam: Family) -> TrainEvalOptimizer 
     return optimizer
 
 
+class Ending(StrEnum):
+    """How a training run ended (``TrialResult.status``); the worker maps it to a ``JobState``."""
+
+    COMPLETE = "complete"  # every epoch trained
+    PRUNED = "pruned"  # ``on_epoch`` said stop (the pruner, the screen's rung, the time budget)
+    DIVERGED = "diverged"  # a loss or the metric went non-finite
+
+
 @dataclass
 class TrialResult:
-    """What one training run produced. ``status`` is ``complete``, ``pruned`` or ``diverged``."""
+    """What one training run produced, and how it ended (``status``)."""
 
-    status: str
+    status: Ending
     metric: str
     history: list[dict[str, float]] = field(default_factory=list)
     reason: str | None = None
@@ -160,7 +169,7 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
     prep = task.preprocess
     own = isinstance(prep, Preprocess)
     augment = prep.augment if own and prep.augments else None
-    result = TrialResult("complete", task.metric)
+    result = TrialResult(Ending.COMPLETE, task.metric)
     try:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
@@ -197,14 +206,14 @@ def train(task: Task, config: TrialConfig, *, epochs: int, seed: int = 0,
             result.history.append(metrics)
             bad = [k for k in ("train_loss", "val_loss") if not math.isfinite(metrics[k])]
             if bad:
-                result.status = "diverged"
+                result.status = Ending.DIVERGED
                 result.reason = f"{bad[0]} is {metrics[bad[0]]} at epoch {epoch}"
                 return result
             if scheduler is not None and sched.per_epoch:
                 scheduler.step(metrics["val_loss"])
             stop = on_epoch(epoch, metrics) if on_epoch is not None else False
             if stop:
-                result.status = "pruned"
+                result.status = Ending.PRUNED
                 result.reason = stop if isinstance(stop, str) else f"pruned at epoch {epoch}"
                 return result
         if evaluate_test and task.test is not None:
