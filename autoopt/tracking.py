@@ -23,12 +23,14 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, text
 
+from autoopt.dispatch.results import JobState
 from autoopt.errors import UsageError
 from autoopt.redact import mask_url, redact
 from autoopt.retry import retried, tries
@@ -59,6 +61,26 @@ RECOMMENDED_TAG = "autoopt.recommended"
 WRITE_TRIES = 5  # a failed write is tried again after 0.5, 1, 2 and 4 s
 WRITE_EVERY_S = 2.0  # a running trial's params and metrics reach MLflow at most this late
 CREATE_LOCK_S = 600.0  # how long a driver waits for another one creating the same SQLite tracking store
+RUNNING = "RUNNING"  # the tag autoopt.state of a trial's run until it ends with its JobState
+
+
+class RunStatus(StrEnum):
+    """An MLflow run's status, as MLflow names it."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+class RunKind(StrEnum):
+    """The tag ``autoopt.kind`` of the runs that are no study's trials (a trial's run carries its
+    ``TrialKind``)."""
+
+    STUDY = "study"  # a tune's parent run
+    COMPARE = "compare"  # autoopt compare's parent run and its runs
+    CONFIRM = "confirm"  # a tuned config's run in the confirmation's race
+    BASELINE = "baseline"  # a baseline's run in that race
 
 
 def experiment_name(task: str) -> str:
@@ -253,7 +275,7 @@ class StudyRun:
     """The parent run of one ``tune`` invocation."""
 
     def __init__(self, uri: str, task: str, study_name: str, params: dict[str, Any], *,
-                 kind: str = "study", run_name: str | None = None) -> None:
+                 kind: RunKind = RunKind.STUDY, run_name: str | None = None) -> None:
         from mlflow.entities import Param
 
         self.uri = local_tracking_uri(uri)
@@ -287,7 +309,7 @@ class StudyRun:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
                                                     if v is not None and math.isfinite(v)])
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: RunStatus = RunStatus.FINISHED) -> None:
         self.client.set_terminated(self.run_id, status=status)
 
     def close_orphans(self, study_name: str, states: Mapping[int, str]) -> int:
@@ -301,26 +323,26 @@ class StudyRun:
         closed = 0
         dead_parents: set[str] = set()
         runs = search_all(self.client, self.experiment_id,
-                          f"tags.`{STUDY_TAG}` = '{study_name}' and attributes.status = 'RUNNING'")
+                          f"tags.`{STUDY_TAG}` = '{study_name}' and attributes.status = '{RunStatus.RUNNING}'")
         for run in runs:
             number = run.data.tags.get(TRIAL_TAG)
             if run.info.run_id == self.run_id or number is None:
                 continue
             state = states.get(int(number))
-            if state is not None and state != "FAIL":
-                if run.data.tags.get(PARENT_TAG) == self.run_id and state in ("COMPLETE", "PRUNED"):
+            if state is not None and state != JobState.FAILED:
+                if run.data.tags.get(PARENT_TAG) == self.run_id and state in (JobState.COMPLETE, JobState.PRUNED):
                     self.client.set_tag(run.info.run_id, STATE_TAG, state)
-                    self.client.set_terminated(run.info.run_id, status="FINISHED")
+                    self.client.set_terminated(run.info.run_id, status=RunStatus.FINISHED)
                     closed += 1
                 continue
-            self.client.set_tag(run.info.run_id, STATE_TAG, "FAIL")
-            self.client.set_terminated(run.info.run_id, status="FAILED")
+            self.client.set_tag(run.info.run_id, STATE_TAG, JobState.FAILED)
+            self.client.set_terminated(run.info.run_id, status=RunStatus.FAILED)
             closed += 1
             dead_parents.add(run.data.tags.get(PARENT_TAG, self.run_id))
         for run_id in dead_parents - {self.run_id}:
             # Its trial went stale: the driver that owned this parent run is gone.
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self.client.set_terminated(run_id, status="KILLED")
+            if self.client.get_run(run_id).info.status == RunStatus.RUNNING:
+                self.client.set_terminated(run_id, status=RunStatus.KILLED)
         return closed
 
 
@@ -346,7 +368,7 @@ def latest_study_run(uri: str, task: str, study_name: str) -> str | None:
     exp = client.get_experiment_by_name(experiment_name(task))
     if exp is None:
         return None
-    where = f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{KIND_TAG}` = 'study'"
+    where = f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{KIND_TAG}` = '{RunKind.STUDY}'"
     runs = client.search_runs([exp.experiment_id], filter_string=where,
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
@@ -399,7 +421,7 @@ class _PendingRun:
     params: list[Any] = field(default_factory=list)
     metrics: list[Any] = field(default_factory=list)
     final_tags: list[Any] = field(default_factory=list)
-    status: str | None = None
+    status: RunStatus | None = None
     run_id: str | None = None  # set by the writer thread once the run exists
 
     def pending(self) -> bool:
@@ -470,7 +492,7 @@ class TrialRecorder:
             if run is not None:
                 run.metrics.extend(batch)
 
-    def finish(self, key: int, *, state: str, tags: dict[str, Any],
+    def finish(self, key: int, *, state: JobState, tags: dict[str, Any],
                metrics: dict[str, float] | None = None) -> None:
         """Set the final tags (and metrics) and end the run: FINISHED, or FAILED for a failed trial."""
         now = int(time.time() * 1000)
@@ -481,10 +503,10 @@ class TrialRecorder:
             run.metrics.extend((k, float(v), now, 0) for k, v in (metrics or {}).items()
                                if v is not None and math.isfinite(v))
             run.final_tags += [(STATE_TAG, state), *((k, _param_value(v)) for k, v in tags.items())]
-            if state == "PRUNED":
+            if state == JobState.PRUNED:
                 # The runs table shows it by name; filter with tags.autoopt.pruned = 'true'.
                 run.final_tags += [(PRUNED_TAG, "true"), ("mlflow.runName", f"{run.run_name} (pruned)")]
-            run.status = "FAILED" if state == "FAIL" else "FINISHED"
+            run.status = RunStatus.FAILED if state == JobState.FAILED else RunStatus.FINISHED
             run.due = time.monotonic()
             self._cond.notify()
 
@@ -506,7 +528,7 @@ class TrialRecorder:
                         break
                     waits = [r.due - now for r in self._runs.values() if r.pending()]
                     self._cond.wait(timeout=min(waits) if waits else None)
-                work: list[tuple[_PendingRun, bool, list[Any], list[Any], list[Any], str | None]] = []
+                work: list[tuple[_PendingRun, bool, list[Any], list[Any], list[Any], RunStatus | None]] = []
                 for key, run in due:
                     if not run.created and run.status is None:
                         # Create it now; its params go with its first metrics, or its end.
@@ -527,7 +549,7 @@ class TrialRecorder:
                 self._cond.notify_all()
 
     def _write_retried(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
-                       tags: list[Any], status: str | None) -> None:
+                       tags: list[Any], status: RunStatus | None) -> None:
         """``_write``, tried again on a failure (a store busy with other writers, as SQLite is
         under several workers): a run is dropped only when every try failed, with a warning."""
         try:
@@ -537,7 +559,7 @@ class TrialRecorder:
             log.warning("MLflow logging failed after %d tries: %s", WRITE_TRIES, exc)
 
     def _write(self, run: _PendingRun, created: bool, params: list[Any], metrics: list[Any],
-               tags: list[Any], status: str | None) -> None:
+               tags: list[Any], status: RunStatus | None) -> None:
         # The client first: it imports MLflow under the recorder's lock. Two threads importing
         # MLflow at once (this one and ``warm``'s) deadlock in its module locks, and every write
         # then fails with a half-imported module.

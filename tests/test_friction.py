@@ -349,6 +349,21 @@ def test_runs_left_running_are_closed_by_their_trials_state(workdir: Path, mlflo
     assert runs["trial-2"].info.status == "RUNNING"
 
 
+def test_a_sessions_parent_run_ends_as_its_body_ended() -> None:
+    from autoopt.dispatch.session import RunSession
+
+    def ended(kind: type[BaseException] | None, *, finished: bool = False) -> str:
+        session, seen = RunSession(None), []
+        session.tracker = SimpleNamespace(finish=seen.append)  # type: ignore[assignment]
+        if finished:
+            session.status = tracking.RunStatus.FINISHED
+        session.__exit__(kind, None, None)
+        return seen[0]
+
+    assert ended(None, finished=True) == "FINISHED" and ended(None) == "FAILED"
+    assert ended(KeyboardInterrupt, finished=True) == "KILLED" and ended(RuntimeError, finished=True) == "FAILED"
+
+
 def test_the_parent_run_carries_the_best_value_the_pick_and_the_verdict(workdir: Path, mlflow_template: Path) -> None:
     _mlflow_db(mlflow_template, workdir / "mlflow.db")
     study = optuna.create_study(direction="maximize")

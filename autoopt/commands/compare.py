@@ -34,7 +34,7 @@ from autoopt.plots import comparison_curves, save_figure
 from autoopt.space import TrialConfig, default_params, resolve_optimizers
 from autoopt.spec import Placement, StudySpec, builtin_study_file, flag_of, read_study_file
 from autoopt.tasks import check_task_name, load_task
-from autoopt.tracking import CANDIDATE_TAG, FAMILY_TAG, KIND_TAG, LR_TAG, SEED_TAG, RunRef, StudyRun
+from autoopt.tracking import CANDIDATE_TAG, FAMILY_TAG, KIND_TAG, LR_TAG, SEED_TAG, RunKind, RunRef, RunStatus, StudyRun
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def compare_jobs(plan: ComparePlan, run: RunRef) -> list[Job]:
     jobs = []
     for label, cfg in plan.configs:
         for s in plan.seeds:
-            tags = {KIND_TAG: "compare", CANDIDATE_TAG: label, FAMILY_TAG: cfg.optimizer,
+            tags = {KIND_TAG: RunKind.COMPARE, CANDIDATE_TAG: label, FAMILY_TAG: cfg.optimizer,
                     SEED_TAG: s, LR_TAG: cfg.optimizer_params.get("lr")}
             jobs.append(Job(plan.task, plan.placement.data_dir, cfg, plan.epochs, s, plan.batch_size,
                             plan.placement.compile, evaluate_test=plan.test_metric is not None, tracking=run,
@@ -274,14 +274,14 @@ def run_compare(task: str | ComparePlan, optimizers: str | Sequence[str] = "sgd,
     n_seeds = len(plan.seeds)
     params = {"task": plan.task, "optimizers": ",".join(names), "lrs": ",".join(map(str, plan.lrs or [])),
               "seeds": n_seeds, "epochs": plan.epochs}
-    tracker = StudyRun(plan.placement.mlflow_uri, plan.task, "compare", params, kind="compare",
+    tracker = StudyRun(plan.placement.mlflow_uri, plan.task, "compare", params, kind=RunKind.COMPARE,
                        run_name=f"compare-{','.join(names)}")
     t0 = time.monotonic()
     with dispatch.RunSession(plan.placement.ray_address) as session:
         session.tracker = tracker  # ended FAILED or KILLED if this does not finish
         results = execute(plan, compare_jobs(plan, tracker.ref), session, on_progress)
         cmp = _compared(plan, results, tracker, out, t0)
-        session.status = "FINISHED"
+        session.status = RunStatus.FINISHED
     return cmp
 
 

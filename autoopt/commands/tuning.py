@@ -310,7 +310,7 @@ def _searched(session: dispatch.RunSession, prepared: Prepared, *, budget: Budge
     rec = finish(spec, study, task, tracker, pool, on_progress=on_progress, figures=figures,
                  budget=budget, effort=effort_of(loop, budget))
     tracker.log_metrics({"search_s": time.monotonic() - t0, "trials_here": loop.progress.finished_here})
-    session.status = "FINISHED"
+    session.status = tracking.RunStatus.FINISHED
     return rec
 
 

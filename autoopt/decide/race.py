@@ -52,6 +52,7 @@ from autoopt.tracking import (
     SEED_TAG,
     SOURCE_TRIAL_TAG,
     STUDY_TAG,
+    RunKind,
     RunRef,
 )
 
@@ -312,7 +313,7 @@ def race_jobs(spec: StudySpec, study: optuna.Study, run: RunRef, pool: WorkerPoo
     def submit(batch: list[tuple[Contender, int]]) -> None:
         jobs, owner = [], {}
         for c, seed in batch:
-            kind = "baseline" if c.baseline else "confirm"
+            kind = RunKind.BASELINE if c.baseline else RunKind.CONFIRM
             fam = space.families.get(c.cfg.optimizer) or family(c.cfg.optimizer)
             tags = {STUDY_TAG: study.study_name, KIND_TAG: kind, CANDIDATE_TAG: c.name,
                     FAMILY_TAG: c.cfg.optimizer, SEED_TAG: seed}

@@ -17,7 +17,7 @@ from autoopt.errors import UsageError
 
 if TYPE_CHECKING:
     from autoopt.dispatch.pool import WorkerPool
-    from autoopt.tracking import StudyRun
+    from autoopt.tracking import RunStatus, StudyRun
 
 
 # What a local Ray's worker processes import as they start, before they are given an actor.
@@ -85,7 +85,7 @@ class RunSession:
         self.started_ray = False
         self.pool: WorkerPool | None = None
         self.tracker: StudyRun | None = None
-        self.status = "FAILED"
+        self.status: RunStatus | None = None  # FINISHED where the body says so
         self.flush_pool = True
         self.on_close: list[Callable[[], None]] = []
 
@@ -106,10 +106,6 @@ class RunSession:
         return self.pool
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if kind is not None and issubclass(kind, KeyboardInterrupt):
-            self.status = "KILLED"
-        elif kind is not None:
-            self.status = "FAILED"
         try:
             if self.pool is not None:
                 if self.flush_pool:
@@ -118,10 +114,19 @@ class RunSession:
             for close in self.on_close:
                 close()
             if self.tracker is not None:
-                self.tracker.finish(self.status)
+                self.tracker.finish(self._ending(kind))
         finally:
             if self.started_ray:
                 stop_ray()
+
+    def _ending(self, kind: type[BaseException] | None) -> RunStatus:
+        """The parent run's status: KILLED on Ctrl-C, FAILED on another exception or where the
+        body did not say FINISHED."""
+        from autoopt.tracking import RunStatus  # here: this module imports no more than Ray
+
+        if kind is not None:
+            return RunStatus.KILLED if issubclass(kind, KeyboardInterrupt) else RunStatus.FAILED
+        return self.status or RunStatus.FAILED
 
 
 def _token_auth_for(address: str) -> None:

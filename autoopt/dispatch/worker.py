@@ -202,7 +202,7 @@ class TrialWorker:
             tags = {REASON_TAG: result.reason} if result.reason else {}
             if result.traceback:
                 tags[TRACEBACK_TAG] = result.traceback[-3000:]  # the failure, readable in the UI
-            self.recorder.finish(run, state=result.state.value, tags=tags, metrics=result.test)
+            self.recorder.finish(run, state=result.state, tags=tags, metrics=result.test)
         return result
 
     def _reporter(self, job: Job) -> TrialReporter | None:
