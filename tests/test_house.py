@@ -48,6 +48,8 @@ def modules() -> dict[str, Path]:
     """Every module of the package, dotted (a package by its own name)."""
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "conftest.py":
+            continue  # pytest's (what the doctests' collection skips), never imported by the package
         parts = path.relative_to(ROOT).with_suffix("").parts
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found

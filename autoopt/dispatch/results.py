@@ -13,19 +13,11 @@ from __future__ import annotations
 
 import traceback as tb
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from autoopt.direction import better
+from autoopt.states import JobState
 from autoopt.study import redact
-
-
-class JobState(StrEnum):
-    """How a job ended, in Optuna's trial-state names."""
-
-    COMPLETE = "COMPLETE"
-    PRUNED = "PRUNED"  # stopped by the pruner, or diverged (``reason`` says which)
-    FAILED = "FAIL"
 
 
 @dataclass(frozen=True)
