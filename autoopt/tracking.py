@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, text
 
-from autoopt.dispatch.results import JobState
+from autoopt.background import give_way
 from autoopt.errors import UsageError
 from autoopt.redact import mask_url, redact
 from autoopt.retry import retried, tries
+from autoopt.states import JobState
 from autoopt.study import absolute_sqlite, connect_timeout_s, sqlite_path
 
 if TYPE_CHECKING:
@@ -460,6 +461,7 @@ class TrialRecorder:
         database store): the training path never imports MLflow (what it records goes as plain
         data to the writer thread), so a worker's first trial need not wait for it."""
         def _open() -> None:
+            give_way()  # the worker's first trial, and the other workers' warm-up, come first
             try:
                 self._client(uri)
             except Exception as exc:  # tracking must never fail a trial
