@@ -24,11 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
+from autoopt.base.redact import mask_url, redact
+
 # Light modules only (the standard library, typer, rich, yaml): each command imports what pulls
 # torch, Ray, MLflow or Optuna itself, so --help, --version, tasks and recommend answer at once.
 from autoopt.catalog import SOURCES, check_task_name
 from autoopt.errors import StorageDown, StudyStopped, UsageError
-from autoopt.redact import mask_url, redact
 from autoopt.space import PRUNERS, SAMPLERS
 
 if TYPE_CHECKING:

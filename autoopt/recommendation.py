@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from autoopt.base.redact import mask_url
 from autoopt.catalog import BUILTIN, DEFAULT_STORAGE
 from autoopt.errors import UsageError
 from autoopt.evidence import (
@@ -34,7 +35,6 @@ from autoopt.evidence import (
     Record,
     ZeroShot,
 )
-from autoopt.redact import mask_url
 from autoopt.space import (
     Family,
     Fixed,

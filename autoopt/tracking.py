@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, text
 
-from autoopt.background import give_way
+from autoopt.base.background import give_way
+from autoopt.base.redact import mask_url, redact
+from autoopt.base.retry import retried, tries
+from autoopt.base.states import JobState
 from autoopt.errors import UsageError
-from autoopt.redact import mask_url, redact
-from autoopt.retry import retried, tries
-from autoopt.states import JobState
 from autoopt.study import absolute_sqlite, connect_timeout_s, sqlite_path
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from autoopt.retry import retried, tries
+from autoopt.base.retry import retried, tries
 
 
 class Flaky:

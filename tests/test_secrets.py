@@ -32,7 +32,7 @@ from services import (
     shared_mlflow,
 )
 
-from autoopt.redact import mask_url, redact, redact_logs
+from autoopt.base.redact import mask_url, redact, redact_logs
 
 PG_PASSWORD = f"Pg-s3cret-{uuid.uuid4().hex[:8]}"
 ML_PASSWORD = f"Ml-s3cret-{uuid.uuid4().hex[:8]}"

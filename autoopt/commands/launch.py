@@ -78,7 +78,7 @@ def checked_spec(options: dict[str, Any], ray_up: threading.Event, address: str 
     """The spec from the command's options, checked (``preflight``: the task, GPUs, storage and
     MLflow; then, once Ray is up, that the cluster can hold its trials), before anything is
     created; then its study opened and MLflow's parent run begun (``prepare``)."""
-    from autoopt.background import give_way
+    from autoopt.base.background import give_way
     from autoopt.commands.tuning import check_placement, preflight, prepare
     from autoopt.spec import load_spec
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoopt.base.direction import better, sign
 from autoopt.decide.verdict import paired
-from autoopt.direction import better, sign
 
 if TYPE_CHECKING:
     from autoopt.recommendation import Recommendation

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoopt import tracking
-from autoopt.direction import better
+from autoopt.base.direction import better
+from autoopt.base.redact import mask_url
 from autoopt.errors import UsageError
 from autoopt.evidence import Entry, Improvement, Stats
 from autoopt.plots import DPI, FIGSIZE, comparison_curves, optimization_history, save_figure
@@ -29,7 +30,6 @@ from autoopt.plots import integer_ticks as _integer_ticks
 from autoopt.plots import note as _note
 from autoopt.plots import pyplot as _pyplot
 from autoopt.recommendation import STUDY_ATTR, Recommendation
-from autoopt.redact import mask_url
 from autoopt.spec import DEFAULT_STORAGE, DEFAULT_TRACKING
 from autoopt.study import absolute_sqlite, counts, load_existing_study, open_storage, sqlite_path
 from autoopt.study.record import record

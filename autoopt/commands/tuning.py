@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from autoopt import dispatch, tracking
 from autoopt import recommendation as recommend_mod
+from autoopt.base.direction import best as best_by
+from autoopt.base.redact import mask_url, redact, redact_logs
 from autoopt.budget import Budget
 from autoopt.decide.confirm import confirm
-from autoopt.direction import best as best_by
 from autoopt.errors import UsageError
 from autoopt.evidence import BudgetUse, Effort
 from autoopt.plots import optimization_history
 from autoopt.recommendation import Recommendation, family_origin
-from autoopt.redact import mask_url, redact, redact_logs
 from autoopt.screen import prior as prior_mod
 from autoopt.screen.portfolio import PortfolioFirst, PriorRecord, left_on_cost
 from autoopt.spec import StudySpec, load_spec

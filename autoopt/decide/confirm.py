@@ -35,10 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autoopt.base.direction import ordered
 from autoopt.budget import MIN_SEEDS, Budget
 from autoopt.decide.race import SLOW, Contender, Race, Standing, margin_for, race_jobs
 from autoopt.decide.verdict import Noise, paired
-from autoopt.direction import ordered
 from autoopt.dispatch import JobResult, JobState, SearchProgress, WorkerPool
 from autoopt.evidence import (
     Alternative,

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from autoopt.base.direction import sign
 from autoopt.budget import Budget, run_cost
 from autoopt.decide.verdict import Noise, paired
-from autoopt.direction import sign
 from autoopt.dispatch import Job, JobResult, JobState, SearchProgress, WorkerPool, run_jobs
 from autoopt.evidence import Paired
 from autoopt.space import TrialConfig, family

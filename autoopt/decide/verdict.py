@@ -42,7 +42,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from autoopt.direction import sign
+from autoopt.base.direction import sign
 from autoopt.evidence import Paired
 
 REL_TOL = 1e-6  # float32 carries ~7 significant digits; a reduction over a split loses about one

@@ -15,8 +15,8 @@ import traceback as tb
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoopt.direction import better
-from autoopt.states import JobState
+from autoopt.base.direction import better
+from autoopt.base.states import JobState
 from autoopt.study import redact
 
 

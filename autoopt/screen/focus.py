@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from optuna.trial import FrozenTrial, TrialState
 
-from autoopt.direction import ordered, sign
+from autoopt.base.direction import ordered, sign
 from autoopt.study.record import TrialKind, kind_of
 
 FOCUS_FAMILIES = 5  # the search tunes at most this many families

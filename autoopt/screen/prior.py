@@ -269,7 +269,7 @@ def parse(value: str | None) -> str | list[str]:
 
 def check_sources(url: str, names: Sequence[str]) -> None:
     """A ``UsageError`` naming the studies of ``--prior`` that are not in the storage at ``url``."""
-    from autoopt.redact import mask_url
+    from autoopt.base.redact import mask_url
     from autoopt.study import open_storage, sqlite_path
 
     path = sqlite_path(url)

@@ -21,7 +21,7 @@ Modules, low to high:
 Names are imported from their module on first use (PEP 562), so that ``autoopt.study.aggregates``
 reads a SQLite file without importing Optuna or SQLAlchemy (``recommend`` stays light).
 
-Passwords in URLs are masked by ``autoopt.redact`` (re-exported here).
+Passwords in URLs are masked by ``autoopt.base.redact`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what mypy and readers see; at run time, ``__getattr__`` below
-    from autoopt.redact import (
+    from autoopt.base.redact import (
         mask_url,
         redact,
         redact_logs,
@@ -123,12 +123,12 @@ _EXPORTS: dict[str, str] = {
     "is_unreachable": "autoopt.study.storage",
     "load_existing_study": "autoopt.study.studies",
     "load_study": "autoopt.study.studies",
-    "mask_url": "autoopt.redact",
+    "mask_url": "autoopt.base.redact",
     "open_storage": "autoopt.study.storage",
     "open_study": "autoopt.study.studies",
     "record_heartbeat": "autoopt.study.stale",
-    "redact": "autoopt.redact",
-    "redact_logs": "autoopt.redact",
+    "redact": "autoopt.base.redact",
+    "redact_logs": "autoopt.base.redact",
     "retry_trial": "autoopt.study.stale",
     "sqlite_path": "autoopt.study.backends",
     "storage_of": "autoopt.study.snapshot",

@@ -37,8 +37,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.pool import NullPool
 
+from autoopt.base.redact import mask_url, redact
 from autoopt.errors import UsageError
-from autoopt.redact import mask_url, redact
 
 CONNECT_TIMEOUT_S = 10  # a host that does not answer fails one connection attempt, then we retry
 PREFLIGHT_TIMEOUT_S = 15.0  # default of AUTOOPT_CONNECT_TIMEOUT_S: a driver's first contact

@@ -20,9 +20,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
+from autoopt.base.redact import redact
+from autoopt.base.retry import retried, tries
 from autoopt.errors import StorageDown, UsageError
-from autoopt.redact import redact
-from autoopt.retry import retried, tries
 from autoopt.study.backends import FIX, Backend, backend_for, env_seconds
 
 log = logging.getLogger("autoopt.study")

@@ -12,7 +12,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
-from autoopt.direction import Direction
+from autoopt.base.direction import Direction
 from autoopt.errors import UsageError
 from autoopt.study.record import SCREEN, WARMSTART  # noqa: F401  (re-exported)
 from autoopt.study.samplers import build_sampler

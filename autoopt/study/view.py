@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
-from autoopt.direction import better
+from autoopt.base.direction import better
 from autoopt.study.record import SKIPPED
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from autoopt.base.direction import Direction
 from autoopt.data import Preprocess, Split
-from autoopt.direction import Direction
 from autoopt.errors import UsageError
 
 # Each loss's usual score (the metric's stem) and its direction.

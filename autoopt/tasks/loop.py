@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from autoopt.base.direction import Direction, normalize
 from autoopt.catalog import one_line
-from autoopt.direction import Direction, normalize
 from autoopt.errors import UsageError
 from autoopt.mark import Trainable
 

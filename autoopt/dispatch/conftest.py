@@ -3,6 +3,6 @@ addopts), which imports every module to find them: a module whose import is its 
 Not imported by autoopt itself.
 """
 
-# Ray's workers import dispatch/preload.py as they start: the import trains a throw-away model and
+# Ray's workers import preload.py as they start: the import trains a throw-away model and
 # freezes the garbage collector, which a test process must not do. It holds no examples.
-collect_ignore = ["dispatch/preload.py"]
+collect_ignore = ["preload.py"]
