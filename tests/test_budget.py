@@ -111,7 +111,7 @@ def test_a_budgeted_study_ends_within_it_records_its_phases_and_confirms_on_two_
     assert data["effort"]["epochs"]["confirm"] > 0 and data["race"]["min_seeds"] == 2
     assert rec.budget is not None and rec.budget.limit_s == LIMIT_S
     # the portfolio was screened by successive halving: some defaults stopped at a rung (epoch 1)
-    screen = [t for t in trials if t.user_attrs.get("screen")]
+    screen = [t for t in trials if t.user_attrs.get("portfolio")]
     assert len(screen) == 3 and any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen)
 
 
@@ -128,7 +128,7 @@ def test_with_no_complete_trial_the_screened_default_that_got_furthest_stands() 
         config = {"optimizer": name, "optimizer_params": {}, "scheduler": "none", "scheduler_params": {},
                   "grad_clip_norm": None}
         study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values=values,
-                                     user_attrs={"config": config, "screen": True}))
+                                     user_attrs={"config": config, "portfolio": True}))
     task = SimpleNamespace(metric="val_accuracy", direction="maximize")
     rec = best_recommendation(spec, study, task)
     assert rec.optimizer == "nadam" and rec.value == 0.85

@@ -90,7 +90,7 @@ def _portfolio_study(values: dict[str, float]) -> optuna.Study:
         config = TrialConfig(name, default_params(name)).to_dict()
         st.add_trial(optuna.trial.create_trial(
             params={"optimizer": name}, distributions={"optimizer": CategoricalDistribution(sorted(values))},
-            value=value, user_attrs={"config": config, "screen": True}))
+            value=value, user_attrs={"config": config, "portfolio": True}))
     return st
 
 

@@ -19,7 +19,7 @@ def _screened(family: str, values: list[float], number: int = 0, complete: bool 
     t = create_trial(state=TrialState.COMPLETE if complete else TrialState.PRUNED,
                      value=values[-1] if complete else None, params={"optimizer": family},
                      distributions={"optimizer": CategoricalDistribution(FAMILIES)},
-                     intermediate_values=dict(enumerate(values, 1)), user_attrs={"screen": True})
+                     intermediate_values=dict(enumerate(values, 1)), user_attrs={"portfolio": True})
     t.number = number
     return t
 

@@ -48,7 +48,7 @@ def test_every_family_trains_at_its_published_defaults_first(tmp_path: Path) -> 
     assert PortfolioFirst(space).start(study, url, trials=100) is None
     queued = waiting(study)
     assert [fam(t) for t in queued] == screening_order(ALL)
-    assert all(t.user_attrs["screen"] is True for t in queued)
+    assert all(t.user_attrs["portfolio"] is True for t in queued)
     for _ in ALL:  # what the search's suggest calls give for them: the defaults, no scheduler, no clipping
         trial = study.ask()
         config = suggest_config(trial, space)
@@ -123,7 +123,7 @@ def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path, local_
     run(spec)
     storage = open_storage(spec.placement.storage, heartbeat=False)
     trials = optuna.load_study(study_name="digits", storage=storage).trials
-    screen = [t for t in trials if t.user_attrs.get("screen")]
+    screen = [t for t in trials if t.user_attrs.get("portfolio")]
     assert [t.number for t in screen] == [0, 1, 2]  # before anything the sampler proposed
     assert [t.user_attrs["config"]["optimizer"] for t in screen] == ["adamw", "nadam", "sgd"]
     for t in screen:
@@ -135,7 +135,7 @@ def test_a_study_screens_the_portfolio_first_then_searches(workdir: Path, local_
     runs = client.search_runs([client.get_experiment_by_name("autoopt/digits").experiment_id], max_results=100)
     kinds = {int(r.data.tags["autoopt.trial_number"]): r.data.tags["autoopt.kind"] for r in runs
              if "autoopt.trial_number" in r.data.tags}
-    assert kinds == {0: "screen", 1: "screen", 2: "screen", 3: "search", 4: "search"}
+    assert kinds == {0: "portfolio", 1: "portfolio", 2: "portfolio", 3: "search", 4: "search"}
 
 
 def test_a_family_the_screen_left_on_cost_alone_is_named_with_what_would_train_it() -> None:
@@ -151,7 +151,7 @@ def test_a_family_the_screen_left_on_cost_alone_is_named_with_what_would_train_i
     def screened(name: str, at1: float, spe: float, state: TrialState, value: float | None = None) -> None:
         study.add_trial(create_trial(state=state, value=value, params={"optimizer": name}, distributions=dist,
                                      intermediate_values={1: at1}, user_attrs={
-                                         "screen": True, "s_per_epoch": spe, "config": {"optimizer": name}}))
+                                         "portfolio": True, "s_per_epoch": spe, "config": {"optimizer": name}}))
 
     for name, v in zip("abcdef", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], strict=True):
         screened(name, v, 1.0, TrialState.COMPLETE if v >= 0.9 else TrialState.PRUNED, v)

@@ -60,11 +60,11 @@ def make_study(url: str, name: str, *, screen: dict[str, float], pruned: dict[st
     dists = {"optimizer": CategoricalDistribution(ALL)}
     for fam, value in screen.items():
         study.add_trial(create_trial(params={"optimizer": fam}, distributions=dists, value=value,
-                                     user_attrs={"screen": True, "config": config(fam)}))
+                                     user_attrs={"portfolio": True, "config": config(fam)}))
     for fam, (step, value) in (pruned or {}).items():
         study.add_trial(create_trial(state=TrialState.PRUNED, params={"optimizer": fam}, distributions=dists,
                                      intermediate_values={step: value},
-                                     user_attrs={"screen": True, "config": config(fam)}))
+                                     user_attrs={"portfolio": True, "config": config(fam)}))
     for cfg, value in tuned:
         name_ = cfg["optimizer"]
         study.add_trial(create_trial(
@@ -216,7 +216,7 @@ def test_the_screen_follows_the_prior_and_a_resumed_study_keeps_its_order(url: s
     assert PriorRecord.of_attrs(study.user_attrs) == record
     queued = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     assert [t.system_attrs["fixed_params"]["optimizer"] for t in queued] == ["lion", "sgd", "adamw", "adam", "sgd"]
-    assert queued[0].user_attrs["screen"] and queued[4].user_attrs[WARMSTART] == "a"
+    assert queued[0].user_attrs["portfolio"] and queued[4].user_attrs[WARMSTART] == "a"
     # Resumed with a larger budget and another prior: no new order, nothing enqueued twice.
     other = dataclasses.replace(record, order=("adam", "adamw", "sgd", "lion"))
     PortfolioFirst(space, prior=other).start(study, url, trials=10)
@@ -308,7 +308,7 @@ def test_a_new_study_screens_by_the_prior_and_records_it(workdir: Path, local_ra
     study = optuna.load_study(study_name="new", storage=url)
     prior = study.user_attrs[PRIOR_ATTR]
     assert prior["studies"] == ["earlier"] and prior["order"][0] == "sgd" and prior["order"][-1] == "adamw"
-    first = min((t for t in study.trials if t.user_attrs.get("screen")), key=lambda t: t.number)
+    first = min((t for t in study.trials if t.user_attrs.get("portfolio")), key=lambda t: t.number)
     assert first.params["optimizer"] == prior["order"][0]
     assert study.user_attrs["task_info"]["n_params"] > 0
     # A trial budget smaller than the portfolio plus warm starts: no trial beyond --trials.

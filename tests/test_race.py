@@ -257,7 +257,7 @@ def _portfolio_study(values_at_1: list[float], speeds: list[float]) -> optuna.St
     study = optuna.create_study(storage=InMemoryStorage(), direction="maximize")
     for v, s in zip(values_at_1, speeds, strict=True):
         study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: v},
-                                     user_attrs={"screen": True, "s_per_epoch": s}))
+                                     user_attrs={"portfolio": True, "s_per_epoch": s}))
     return study
 
 

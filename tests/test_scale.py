@@ -214,7 +214,6 @@ def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path
 
     from autoopt.screen import prior
     from autoopt.study import SCREEN, load_study, open_storage
-    from autoopt.study.record import OLD_SCREEN
 
     url = f"sqlite:///{tmp_path / 'prior.db'}"
     storage = open_storage(url, heartbeat=False)
@@ -226,8 +225,7 @@ def test_a_finished_study_is_summarised_once_then_read_from_its_one_row(tmp_path
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=dists, value=value,
             user_attrs={"config": {"optimizer": name, "optimizer_params": {"lr": params["lr"]}},
-                        # the first one as a study written before the screen's mark was named so
-                        **({OLD_SCREEN if i == 0 else SCREEN: True} if i < 3 else {})}))
+                        **({SCREEN: True} if i < 3 else {})}))
     target = prior.TaskInfo("new", "val_accuracy", "maximize")
     unfinished = prior.build(storage, target)
     assert prior.SUMMARY_ATTR not in load_study(storage, "earlier").user_attrs  # still running: read from trials
@@ -250,7 +248,7 @@ def test_the_trial_record_reads_what_the_driver_wrote() -> None:
     from optuna.trial import create_trial
 
     from autoopt.study import SCREEN, WARMSTART, TrialRecord
-    from autoopt.study.record import OLD_SCREEN, TrialKind
+    from autoopt.study.record import TrialKind
 
     config = {"optimizer": "adamw", "optimizer_params": {"lr": 0.003}, "scheduler": "none", "scheduler_params": {},
               "grad_clip_norm": None}
@@ -262,7 +260,8 @@ def test_the_trial_record_reads_what_the_driver_wrote() -> None:
     warm = TrialRecord.of(create_trial(state=TrialState.PRUNED, user_attrs={WARMSTART: "earlier", "reason": "r"}))
     assert (warm.kind, warm.source, warm.family, warm.value, warm.reason) == ("warmstart", "earlier", None, None, "r")
     assert TrialRecord.of(create_trial(value=1.0)).kind == "search"
-    assert TrialRecord.of(create_trial(value=1.0, user_attrs={OLD_SCREEN: True})).kind == TrialKind.SCREEN
+    assert SCREEN == "portfolio"  # the screen's mark, as studies have always carried it
+    assert TrialRecord.of(create_trial(value=1.0, user_attrs={SCREEN: True})).kind == TrialKind.SCREEN
 
 
 def test_the_trial_record_reads_what_it_writes() -> None:
@@ -284,14 +283,13 @@ def test_the_trial_record_reads_what_it_writes() -> None:
 
 def test_a_workers_pruning_read_holds_its_rung_only_and_decides_as_a_full_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from autoopt.study import SCREEN, open_storage, study_id_of
-    from autoopt.study.record import OLD_SCREEN
     from autoopt.training.pruning import build_pruner, rung_trials
 
     storage = open_storage(f"sqlite:///{tmp_path / 'rung.db'}", heartbeat=False)
     study = open_study(storage, "rung", direction="maximize", pruner=build_pruner("median", epochs=6, warmup=0.0))
 
-    def mark(i: int) -> str:  # every other one as a study written before the screen's mark was named so
-        return SCREEN if i % 2 else OLD_SCREEN
+    def mark(i: int) -> str:
+        return SCREEN
 
     for i in range(12):
         curve = {s: (0.1 + 0.07 * i) * s / 6 for s in range(1, 7 if i % 3 else 3)}  # every third stopped at 2

@@ -12,7 +12,7 @@ from autoopt.budget import Budget
 from autoopt.dispatch.clock import SYSTEM, Clock
 from autoopt.dispatch.worker import Job, TrialRef
 from autoopt.space import SearchSpace, TrialConfig
-from autoopt.study.record import TrialKind
+from autoopt.study.record import SCREEN, TrialKind
 from autoopt.tracking import FAMILY_TAG, KIND_TAG, RUNNING, STATE_TAG, STUDY_TAG, TRIAL_TAG, RunRef
 from autoopt.training.pruning import RANK_PRUNER, SCREEN_PRUNER
 
@@ -39,7 +39,7 @@ class JobFactory:
         """The job of trial ``number`` (of ``kind``) training ``config``."""
         spec = self.spec
         tags = {STUDY_TAG: self.study_name, TRIAL_TAG: number, FAMILY_TAG: config.optimizer,
-                KIND_TAG: kind, STATE_TAG: RUNNING}
+                KIND_TAG: SCREEN if kind == TrialKind.SCREEN else kind, STATE_TAG: RUNNING}
         # The screen is pruned by successive halving (autoopt.training.pruning): cost-aware
         # without a budget; under one, by rank alone, the deadline stopping what the budget
         # cannot afford.

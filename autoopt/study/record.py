@@ -9,9 +9,8 @@ The user attrs a trial carries (the driver writes them through this module's ``w
 * ``history``: per epoch, its losses, metric, learning rate and seconds (compacted);
 * ``reason``: why it failed or was pruned; ``worker``: the node, pid and peak memory that ran it;
 * ``skipped``: failed before it started, the time budget not affording it (``write_skipped``);
-* ``screen`` or ``warmstart``: a screened family at its published defaults, or a warm start
-  from an earlier study (its name); neither: a trial the sampler proposed (``TrialKind``). The
-  screen's mark was ``portfolio`` in studies written before it had one name; it is read as well.
+* ``portfolio`` or ``warmstart``: a screened family at its published defaults, or a warm start
+  from an earlier study (its name); neither: a trial the sampler proposed (``TrialKind``).
 """
 
 from __future__ import annotations
@@ -41,11 +40,12 @@ class TrialKind(StrEnum):
     SEARCH = "search"  # proposed by the sampler
 
 
-# The marks of the enqueued kinds: ``screen: True``, ``warmstart: <the earlier study>``.
-SCREEN = TrialKind.SCREEN.value
+# The marks of the enqueued kinds: ``portfolio: True``, ``warmstart: <the earlier study>``. The
+# screen's mark, and the MLflow kind tag of its runs, is ``portfolio``: the name every study and
+# run has carried, which users' queries and dashboards read (the code's kind is TrialKind.SCREEN).
+SCREEN = "portfolio"
 WARMSTART = TrialKind.WARMSTART.value
-OLD_SCREEN = "portfolio"  # the screen's mark in studies written before it was named so
-SCREEN_MARKS = (SCREEN, OLD_SCREEN)  # what marks a screened trial, read from any study
+SCREEN_MARKS = (SCREEN,)  # what marks a screened trial
 
 
 @dataclass(frozen=True)
