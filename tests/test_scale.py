@@ -177,6 +177,7 @@ def test_child_runs_reads_every_page(tmp_path, monkeypatch) -> None:  # type: ig
 
 def test_a_large_study_ranks_importance_by_ped_anova_and_counts_retries_and_waiting_apart() -> None:
     from autoopt.commands import report
+    from autoopt.study.record import write_skipped
 
     assert report.importance_methods(report.FANOVA_MAX_TRIALS) == ("Fanova", "PedAnova")
     assert report.importance_methods(report.FANOVA_MAX_TRIALS + 1) == ("PedAnova",)
@@ -190,10 +191,14 @@ def test_a_large_study_ranks_importance_by_ped_anova_and_counts_retries_and_wait
     retry_trial(study, failed.number)  # failed, then queued again: waiting, not failed
     retried = study.ask()  # the retry, which fails again
     study.tell(retried, state=TrialState.FAIL)
+    unaffordable = study.ask()  # asked, then skipped: the budget could not afford it
+    write_skipped(unaffordable, "not started: its expected cost exceeds what is left of the time budget")
+    study.tell(unaffordable, state=TrialState.FAIL)
     study.enqueue_trial({"x": 0.5})
     text = report.summary_markdown(study, None, {"x": 1.0}, {})
     n = report.FANOVA_MAX_TRIALS + 5
-    assert f"{n + 2} trials: {n} complete, 0 pruned, 1 failed (1 more failed and ran again), 1 waiting" in text
+    assert (f"{n + 3} trials: {n} complete, 0 pruned, 1 failed (1 more failed and ran again), 1 skipped "
+            "(the time budget could not afford them), 1 waiting") in text
     assert "PED-ANOVA" in text
 
 

@@ -472,13 +472,16 @@ def summary_markdown(study: optuna.Study, rec: Recommendation | None, importance
     trials = study.get_trials(deepcopy=False)
     c = counts(trials)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    failed = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried)
+    ended = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
+    skipped = sum(1 for t in ended if record(t).skipped)  # never started: the time budget could not afford them
     metric = _metric(study)
     lines = [f"# autoopt report: {study.study_name}", ""]
     open_ = "".join(f", {c[k]} {k}" for k in ("running", "waiting") if c[k])
     again = f" ({len(retried)} more failed and ran again)" if retried else ""
+    skip = f", {skipped} skipped (the time budget could not afford them)" if skipped else ""
     lines.append(f"{len(trials) - len(retried)} trials: {c['complete']} complete, {c['pruned']} pruned, "
-                 f"{failed} failed{again}{open_}; metric `{metric}` ({study.direction.name.lower()}).")
+                 f"{len(ended) - skipped} failed{again}{skip}{open_}; "
+                 f"metric `{metric}` ({study.direction.name.lower()}).")
     lines.append("")
     if rec is None:
         lines += ["No recommendation is stored with this study yet: run `autoopt tune` to the end.", ""]
