@@ -110,9 +110,16 @@ def test_a_budgeted_study_ends_within_it_records_its_phases_and_confirms_on_two_
     assert len(imp["paired"]["deltas"]) >= 2 and all(d < -0.2 for d in imp["paired"]["deltas"]), imp
     assert data["effort"]["epochs"]["confirm"] > 0 and data["race"]["min_seeds"] == 2
     assert rec.budget is not None and rec.budget.limit_s == LIMIT_S
-    # the portfolio was screened by successive halving: some defaults stopped at a rung (epoch 1)
+    # the portfolio was screened by successive halving: with all three defaults at the first rung,
+    # some stopped there (epoch 1). On a loaded machine the budget may not afford the last one:
+    # it is then skipped before it starts, and the rung holds no decision to check.
     screen = [t for t in trials if t.user_attrs.get("portfolio")]
-    assert len(screen) == 3 and any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen)
+    assert len(screen) == 3
+    skipped = [t for t in screen if t.user_attrs.get("skipped")]
+    assert all(t.state.name == "FAIL" and not t.intermediate_values for t in skipped)
+    if not skipped:
+        assert any(t.state.name == "PRUNED" and max(t.intermediate_values) == 1 for t in screen), [
+            (t.number, t.state.name, t.intermediate_values, t.user_attrs.get("reason")) for t in screen]
 
 
 def test_with_no_complete_trial_the_screened_default_that_got_furthest_stands() -> None:
