@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
-from autoopt.budget import Budget
 from autoopt.dispatch.costs import SearchCosts
 from autoopt.dispatch.jobs import JobFactory
 from autoopt.dispatch.trials import TrialBook, interrupt_deferred
@@ -48,13 +47,12 @@ class Pending:
 class TrialAsker:
     """Asks ``study`` for trials for this driver's workers (``workers``: how many it has) and
     prepares their jobs (``jobs``); each trial's life is kept by ``book``, its expected cost
-    checked against ``budget`` by ``costs``."""
+    checked against the time budget by ``costs`` (which holds it, if any)."""
 
     def __init__(self, study: optuna.Study, spec: StudySpec, *, book: TrialBook, view: StudyView,
-                 costs: SearchCosts, jobs: JobFactory, workers: Callable[[], int],
-                 budget: Budget | None = None) -> None:
+                 costs: SearchCosts, jobs: JobFactory, workers: Callable[[], int]) -> None:
         self.study, self.spec, self.book, self.view = study, spec, book, view
-        self.costs, self.jobs, self.workers, self.budget = costs, jobs, workers, budget
+        self.costs, self.jobs, self.workers = costs, jobs, workers
         self.focus = SearchFocus(study.direction)  # the screen's survivors
 
     def next(self, worker: int) -> Pending | None:
@@ -70,7 +68,7 @@ class TrialAsker:
         # The read of the trials made under the ask lock serves the sampling too.
         with trials_snapshot(self.study, trials, unfinished):
             config = with_retry(lambda: self.prepare(trial, family), what="store a trial's config")
-        if self.budget is not None and self.costs.over(config.optimizer, self.workers()):
+        if self.costs.budget is not None and self.costs.over(config.optimizer, self.workers()):
             # its family, sampled now, is too slow for what is left
             self.book.skip(trial.number, "not started: its expected cost exceeds what is left of the time budget")
             return None
@@ -88,8 +86,8 @@ class TrialAsker:
             upcoming = self.view.first_waiting()
             if upcoming is None and self.view.used >= self.spec.trials:
                 return None
-            if self.budget is not None:
-                self.budget.mark_search_start()
+            if (budget := self.costs.budget) is not None:
+                budget.mark_search_start()
                 # An enqueued trial (the screen, a retry) holds its family in its fixed params.
                 family = (upcoming.system_attrs.get("fixed_params", {}).get("optimizer")
                           if upcoming is not None else None)

@@ -134,8 +134,7 @@ class SearchLoop:
         workers = lambda: len(pool.workers)  # noqa: E731
         jobs = JobFactory(spec, study.study_name, storage_url, tracking, spec.search_space(), budget,
                           race_s=lambda: costs.race(workers()), clock=clock)
-        self.asker = TrialAsker(study, spec, book=self.book, view=view, costs=costs, jobs=jobs, workers=workers,
-                                budget=budget)
+        self.asker = TrialAsker(study, spec, book=self.book, view=view, costs=costs, jobs=jobs, workers=workers)
         self.upkeep = Upkeep(study, self.book, pool, clock=clock)
         self.display = SearchDisplay(view, spec.trials, on_progress, clock=clock,
                                      starving=Starving(env_seconds("AUTOOPT_STARVED_S", STARVED_S), clock))
