@@ -1,7 +1,9 @@
 """Work that can wait gives way: a background thread lowers its own CPU priority, so that on a
 small machine what the user waits for (Ray's start, a worker's warm-up, the first trial) is
 scheduled first, and the background work (the checks and the MLflow parent run while Ray
-starts, a worker opening its MLflow store) takes the cycles left over. Standard library only.
+starts, a worker opening its MLflow store) takes the cycles left over; and the first of the
+processes that warm up together on a small machine goes alone (``first_alone``). Standard
+library only.
 
 >>> import threading
 >>> t = threading.Thread(target=give_way); t.start(); t.join()  # the thread's own nice value
@@ -11,9 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import threading
+from collections.abc import Iterator
 
 NICENESS = 10  # how far below the rest a background thread runs (0: as the rest; 19: last)
+FIRST_ALONE_CPUS = 4  # machines this small let the first warm-up go alone
+GATE = os.path.join(tempfile.gettempdir(), "autoopt-warmup.lock")
 
 
 def give_way(niceness: int = NICENESS) -> None:
@@ -21,3 +27,40 @@ def give_way(niceness: int = NICENESS) -> None:
     nice value; threads it starts inherit it). Elsewhere, or where refused, nothing."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+
+
+@contextlib.contextmanager
+def first_alone(path: str = GATE, cpus: int | None = None) -> Iterator[bool]:
+    """Run the body alone when no other process of this machine is inside it now (yields True),
+    else once that one has left, beside any others (yields False): on a small machine, the first
+    of several processes warming up at once is ready as soon as it would be alone, instead of
+    all of them together, late. A file lock (``flock`` on ``path``, let go with the process,
+    however it ends); no gate on more than ``FIRST_ALONE_CPUS`` cores (``cpus``, this machine's
+    by default), or where there is no such lock.
+
+    >>> import pathlib
+    >>> with first_alone(str(pathlib.Path(tempfile.mkdtemp()) / "gate"), cpus=2) as alone:
+    ...     alone
+    True
+    """
+    if (cpus or os.cpu_count() or 1) > FIRST_ALONE_CPUS:
+        yield False
+        return
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError:  # one is inside: wait until it leaves, then go in beside the others
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            alone = False
+        yield alone
+    finally:
+        os.close(fd)  # lets go of the lock

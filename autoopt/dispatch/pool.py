@@ -204,7 +204,11 @@ class WorkerPool:
         ``timeout_s`` for one when none is ready yet)."""
         if not self._pings:
             return
-        done, _ = ray.wait(list(self._pings), num_returns=len(self._pings), timeout=timeout_s)
+        # Wake at the first worker ready (not once all are, or at the timeout), then take the
+        # others that are ready too.
+        done, _ = ray.wait(list(self._pings), num_returns=1, timeout=timeout_s)
+        if done and len(self._pings) > 1:
+            done, _ = ray.wait(list(self._pings), num_returns=len(self._pings), timeout=0)
         for ref in done:
             index, actor = self._pings.pop(ref)
             if self.workers[index] is not actor:

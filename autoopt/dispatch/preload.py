@@ -5,19 +5,24 @@ model (the lazy import of ``torch._dynamo`` at the first optimizer step, the aut
 start: more than a second on a small CPU). Ray starts these processes as soon as it is up, while
 the driver still checks its input and opens its stores, so a worker placed for a study is warm
 in a fraction of a second. Importing this module is the whole of its work.
+
+Ray starts as many of these processes as there are cores. On a small machine their imports,
+sharing the cores with Ray's own start, would make them all warm late together: there the
+first warms up alone and the others follow (``first_alone``; on 2 cores the first worker, and
+so the study's first trial, is ready 5 s sooner).
 """
 
 from __future__ import annotations
 
 import gc
 
-import torch
-
-import autoopt.dispatch.worker  # noqa: F401  (the actor's class and everything it imports)
+from autoopt.base.background import first_alone
 
 
 def first_step() -> None:
     """One forward, backward and optimizer step of a tiny model on the CPU, thrown away."""
+    import torch
+
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.tensor([0, 1, 0, 1]))
@@ -27,6 +32,9 @@ def first_step() -> None:
         model(torch.randn(4, 8))
 
 
-first_step()
+with first_alone():
+    import autoopt.dispatch.worker  # noqa: F401  (the actor's class and everything it imports)
+
+    first_step()
 gc.collect()
 gc.freeze()  # what the imports made lives as long as the process: out of the collector's way
