@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import forget_family, run_cli
 
 import autoopt
 from autoopt.errors import UsageError
-from autoopt.space import FAMILIES, REGISTRY, Fixed, LogUniform, Uniform, build_optimizer
+from autoopt.space import FAMILIES, Fixed, LogUniform, Uniform, build_optimizer
 from autoopt.spec import load_spec
 
 
@@ -91,7 +91,7 @@ def signmom(tmp_path: Path):
                                      {"lr": LogUniform(3e-3, 3e-2), "beta": Uniform(0.8, 0.95),
                                       "marker": Fixed(str(marks))})
     yield fam
-    REGISTRY.unregister("signmom")
+    forget_family("signmom")
 
 
 def test_registering_never_replaces_a_family_silently() -> None:
@@ -106,7 +106,7 @@ def test_registering_never_replaces_a_family_silently() -> None:
                                          replace=True)
         assert autoopt.space.family("signmom_tmp") is fam
     finally:
-        REGISTRY.unregister("signmom_tmp")
+        forget_family("signmom_tmp")
     with pytest.raises(UsageError, match=r"not a torch\.optim\.Optimizer"):
         autoopt.register_optimizer("dictopt", dict, {"lr": 1e-3})
     assert "dictopt" not in FAMILIES

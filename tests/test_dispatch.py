@@ -12,10 +12,11 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from conftest import forget_family
 
 from autoopt.dispatch import Job, JobResult, JobState, SearchLoop, SearchProgress, WorkerPool, run_jobs
 from autoopt.dispatch.session import _token_auth_for
-from autoopt.space import REGISTRY, TrialConfig, register_optimizer
+from autoopt.space import TrialConfig, register_optimizer
 from autoopt.spec import load_spec
 from autoopt.study import open_storage, open_study
 
@@ -86,7 +87,7 @@ def gated(tmp_path: Path) -> Iterator[Path]:
     try:
         yield gate
     finally:
-        REGISTRY.unregister("gated_sgd")  # later tests see the built-in families alone
+        forget_family("gated_sgd")  # later tests see the built-in families alone
     assert not Path(f"{gate}.timed-out").exists(), "the gated job waited for its gate until wait_s"
 
 

@@ -15,9 +15,10 @@ import optuna
 import pytest
 import ray
 import torch
+from conftest import forget_family
 
 from autoopt.dispatch import Job, WorkerPool
-from autoopt.space import REGISTRY, TrialConfig, register_optimizer
+from autoopt.space import TrialConfig, register_optimizer
 from autoopt.study import backends, fail_stale, open_storage, open_study, storage_of, trials_snapshot
 
 # --- the study and its wrapper ----------------------------------------------------------------
@@ -105,7 +106,7 @@ def pickler_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     try:
         yield calls
     finally:
-        REGISTRY.unregister("local_sgd")
+        forget_family("local_sgd")
 
 
 class _Actor:

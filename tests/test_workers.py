@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -47,6 +48,11 @@ def wait_ready(pool: WorkerPool, timeout_s: float = 180.0) -> None:
 
 
 @pytest.mark.slow
+def infos(pool: WorkerPool) -> list[dict[str, Any]]:
+    """What each of the pool's workers says of itself (``TrialWorker.info``)."""
+    return ray.get([w.info.remote() for w in pool.workers if w is not None])
+
+
 def test_a_study_runs_its_trials_on_concurrency_workers(cluster: None, workdir: Path) -> None:
     spec = load_spec("digits", trials=4, epochs=1, concurrency=2, confirm=False,
                      storage=f"sqlite:///{workdir / 'autoopt.db'}",
@@ -67,12 +73,12 @@ def test_warm_workers_load_the_dataset_once_and_take_trial_after_trial(cluster: 
     try:
         pool.warm(digits_job(0))
         wait_ready(pool)
-        assert [w["task_loads"] for w in pool.info()] == [1, 1]  # loaded while warming, before any trial
+        assert [w["task_loads"] for w in infos(pool)] == [1, 1]  # loaded while warming, before any trial
         results: list[JobResult] = []
         run_jobs(pool, [digits_job(seed) for seed in range(6)], lambda _job, result: results.append(result))
         assert [r.state for r in results] == [JobState.COMPLETE] * 6
         assert all(r.s_per_epoch and r.s_per_epoch > 0 for r in results)
-        info = pool.info()
+        info = infos(pool)
         assert {r.pid for r in results} == {w["pid"] for w in info}
         assert sum(w["trials_run"] for w in info) == 6 and all(w["trials_run"] >= 2 for w in info)
         assert [w["task_loads"] for w in info] == [1, 1]  # still once per worker
@@ -87,7 +93,7 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(cluster: None) -> 
     extra = None
     try:
         wait_ready(pool)
-        info = pool.info()
+        info = infos(pool)
         assert len({w["pid"] for w in info}) == 4
         assert all(len(w["gpu_ids"]) == 1 for w in info) and len({str(w["gpu_ids"][0]) for w in info}) == 1
         assert ray.available_resources().get("GPU", 0.0) == pytest.approx(0.0)  # the GPU is full

@@ -325,9 +325,6 @@ class WorkerPool:
         except Exception as exc:
             log.warning("could not flush a worker's tracking: %s", exc)
 
-    def info(self) -> list[dict[str, Any]]:
-        return ray.get([w.info.remote() for w in self.workers if w is not None])
-
     def shutdown(self) -> None:
         """Kill the workers and wait until they are gone: ray.kill returns at once, and a worker
         still alive could open an MLflow run after the driver closed the orphans."""

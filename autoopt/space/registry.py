@@ -46,12 +46,6 @@ class Registry:
         """Build (``make_family``) and register a family; see ``register_optimizer``."""
         return self.add(make_family(name, optimizer_class, space, **protocol), replace=replace)
 
-    def unregister(self, name: str) -> None:
-        """Remove a family a user registered; the built-ins stay."""
-        if name in BUILTIN:
-            raise UsageError(f"optimizer '{name}' is built in and cannot be removed")
-        self._families.pop(name, None)
-
     def get(self, name: str) -> Family:
         """The family called ``name``; an unknown name is a ``UsageError`` listing the known ones."""
         try:
