@@ -78,7 +78,7 @@ def test_a_clearly_beaten_contender_leaves_after_two_seeds_and_a_decided_race_st
 
 def made(c: Contender, seed: int, trial: int = 7) -> Contender:
     """``c`` with the study's run of its config on ``seed`` (what it would measure there) counted."""
-    c.reuse(seed, trial, JobResult(JobState.COMPLETE, c.truth[seed],  # type: ignore[attr-defined]
+    c.offer(seed, trial, JobResult(JobState.COMPLETE, c.truth[seed],  # type: ignore[attr-defined]
                                    [{"epoch": 1, "epoch_s": c.s_per_epoch or 1.0}]))
     return c
 
@@ -102,14 +102,22 @@ def test_a_run_already_made_is_a_seed_without_a_new_run() -> None:
 
 
 def test_only_seeds_both_ran_are_paired() -> None:
-    """A run on a seed the rival has not run pairs with nothing: it is not compared."""
-    a = made(contender("trial_1", [0.9, 0.9, 0.9, 0.0]), 3)
+    """A run on a seed the rival has not run pairs with nothing: it is not compared, and a run
+    made already on a seed the race never plays is not counted at all."""
+    a = contender("trial_1", [0.9, 0.9, 0.9, 0.0])
     b = contender("adam_default", [0.8, 0.8, 0.8, 0.8])
     for c in (a, b):
         for seed in (0, 1):
             c.results[seed] = JobResult(JobState.COMPLETE, c.truth[seed], [])  # type: ignore[attr-defined]
+    a.results[3] = JobResult(JobState.COMPLETE, 0.0, [])
     cmp = compare(a, b, "maximize", N_VAL)
     assert cmp.n == 2 and cmp.deltas == (0.1, 0.1)
+    # the race stops at two seeds, decided: trial_1's run on the third (made already) is left unplayed
+    tuned = made(contender("trial_1", [0.95, 0.96, 0.10]), 2)
+    base = contender("adam_default", [0.80, 0.81, 0.80])
+    _, rounds = race([tuned, base], min_seeds=2, max_seeds=3)
+    assert rounds == [["trial_1", "adam_default"]] * 2
+    assert sorted(tuned.results) == [0, 1] and tuned.made == {} and tuned.mean() == pytest.approx(0.955)
 
 
 @pytest.mark.parametrize("reused", [False, True])

@@ -512,10 +512,10 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool
     seeds = race_seeds(spec.seed, list(made.values()), max_seeds)
     for c in entrants:
         if (m := made.get(c.name)) is not None and m.seed in seeds:
-            c.reuse(m.seed, m.trial, m.result)
+            c.offer(m.seed, m.trial, m.result)
     n_val = _split_counts(task, "val")
-    reused = sum(len(c.made) for c in entrants)
-    progress = SearchProgress(total=max(0, len(entrants) * min_seeds - reused), last="confirming")
+    offered = sum(s in seeds[:min_seeds] for c in entrants for s in c.offered)
+    progress = SearchProgress(total=max(0, len(entrants) * min_seeds - offered), last="confirming")
     race = Race(entrants, seeds, direction=task.direction, n_val=n_val,
                 margin=lambda mean: equivalence_margin(task, mean), min_seeds=min_seeds, max_seeds=max_seeds,
                 workers=len(pool.workers), epochs=spec.epochs,
@@ -543,7 +543,8 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool
     alternative, why = cheapest_equivalent(table, pick.winner)
     own = [r for c in entrants for s, r in c.results.items() if s not in c.made]  # the race's runs
     race_summary = RaceSummary(rounds=race.rounds, min_seeds=min_seeds, max_seeds=max_seeds,
-                               runs=len(own), epochs=sum(len(r.history) for r in own), reused=reused,
+                               runs=len(own), epochs=sum(len(r.history) for r in own),
+                               reused=sum(len(c.made) for c in entrants),
                                left_out={c.name: c.reason for c in entrants if c.status != Standing.RACING})
     return Recommendation(task=rec.task, **w.config(), metric=rec.metric, direction=rec.direction,
                           value=w.val.mean, study_name=rec.study_name, trial_number=w.trial_number,

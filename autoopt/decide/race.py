@@ -3,10 +3,10 @@ Hoeffding races).
 
 Every contender (the top tuned configs and the baselines) starts on the same seeds, one round
 of seeds at a time, so every comparison stays paired. A run the study already made of a
-contender's config on one of those seeds (``Contender.reuse``: a complete screen or search trial
-at the race's epochs) is that contender's run of the round: common random numbers, the race
-adds seeds rather than repeating them, and a round runs only those that have none. Comparisons
-are over the seeds both contenders have. After each round from the second on:
+contender's config on one of those seeds (``Contender.offer``: a complete screen or search trial
+at the race's epochs) is that contender's run of the round, once the round is played: common
+random numbers, the race adds seeds rather than repeating them, and a round runs only those that
+have none. Comparisons are over the seeds both contenders have. After each round from the second on:
 
 * **dropped**: a contender clearly beaten by the leader (the best mean so far among those that
   completed every seed) leaves the race: after 2 seeds only when it was worse on every seed by
@@ -90,14 +90,24 @@ class Contender:
     results: dict[int, JobResult] = field(default_factory=dict)
     status: Standing = Standing.RACING
     reason: str | None = None
-    made: dict[int, int] = field(default_factory=dict)  # seed -> the study's trial whose run it is
+    offered: dict[int, tuple[int, JobResult]] = field(default_factory=dict)  # seed -> (trial, its run)
+    made: dict[int, int] = field(default_factory=dict)  # the offered runs the race counted: seed -> trial
 
-    def reuse(self, seed: int, trial: int, result: JobResult) -> None:
-        """Count trial ``trial``'s run (``result``, on ``seed``) as this contender's run of ``seed``."""
-        self.results[seed] = result
-        self.made[seed] = trial
-        if result.s_per_epoch:
-            self.s_per_epoch = result.s_per_epoch
+    def offer(self, seed: int, trial: int, result: JobResult) -> None:
+        """Trial ``trial``'s run of this config (``result``, on ``seed``): this contender's run of
+        ``seed`` if the race plays that seed with it (a seed no rival ran pairs with nothing)."""
+        self.offered[seed] = (trial, result)
+        if result.s_per_epoch and not self.results:
+            self.s_per_epoch = result.s_per_epoch  # measured on this config, not its family
+
+    def has(self, seed: int) -> bool:
+        """Whether it ran ``seed`` or has a run of it made already."""
+        return seed in self.results or seed in self.offered
+
+    def take(self, seed: int) -> None:
+        """Count the run made already on ``seed``, if any, as its run of the round."""
+        if seed in self.offered and seed not in self.results:
+            self.made[seed], self.results[seed] = self.offered[seed]
 
     @property
     def baseline(self) -> bool:
@@ -160,7 +170,9 @@ class Race:
             entrants = self.affordable(entrants, k)
             if not entrants:
                 break
-            batch = [(c, seed) for c in entrants if seed not in c.results]  # a run made already counts
+            for c in entrants:
+                c.take(seed)  # a run made already counts
+            batch = [(c, seed) for c in entrants if seed not in c.results]
             if batch:
                 self.submit(batch)
             self.rounds = k + 1
@@ -264,12 +276,12 @@ class Race:
 
     def runs_ahead(self, c: Contender, k: int) -> int:
         """How many of those ``c`` must still run: a seed whose run was made already costs nothing."""
-        return sum(s not in c.results for s in self.ahead(k))
+        return sum(not c.has(s) for s in self.ahead(k))
 
     def cost_ahead(self, entrants: list[Contender], k: int) -> float:
         """Seconds the rounds from ``k`` take with ``entrants``: each round's makespan over those
         that run it."""
-        return sum(self.makespan([c for c in entrants if s not in c.results]) for s in self.ahead(k))
+        return sum(self.makespan([c for c in entrants if not c.has(s)]) for s in self.ahead(k))
 
     def makespan(self, entrants: list[Contender]) -> float:
         """Seconds a round of ``entrants`` takes on the workers (longest run first, each to the
