@@ -87,8 +87,17 @@ class RaceStatus(Record):
     reason: str | None = None
 
 
+class Reused(Record):
+    """A seed of an entry whose run the study had made already: trial ``trial``'s (a complete
+    screen or search run of the same config at the same epochs), counted rather than repeated."""
+
+    seed: int
+    trial: int
+
+
 class Entry(Record):
-    """One confirmed config (a tuned trial's, ``trial_number`` set) or baseline."""
+    """One confirmed config (a tuned trial's, ``trial_number`` set) or baseline. ``reused``: the
+    seeds (of ``seeds``) whose run is a trial the study made already, not a run of the race."""
 
     name: str
     trial_number: int | None = None
@@ -107,6 +116,7 @@ class Entry(Record):
     versus_pick: VersusPick | None = None
     excluded: str | None = None
     race: RaceStatus | None = None
+    reused: tuple[Reused, ...] = ()
 
     def config(self) -> dict[str, Any]:
         """The config's five keys, as ``TrialConfig.from_dict`` takes them."""
@@ -213,13 +223,15 @@ class BudgetUse(Record):
 
 
 class RaceSummary(Record):
-    """How the confirmation race went: rounds, seeds, runs, epochs, and who left unconfirmed."""
+    """How the confirmation race went: rounds, seeds, the runs it made and their epochs, the runs
+    the study had made already that it counted as seeds (``reused``), and who left unconfirmed."""
 
     rounds: int = 0
     min_seeds: int | None = None
     max_seeds: int | None = None
     runs: int = 0
     epochs: int = 0
+    reused: int = 0
     left_out: dict[str, str | None] = {}
 
 

@@ -14,15 +14,21 @@ from autoopt import Recommendation, recommend
 from autoopt.decide.confirm import (
     BASELINES,
     MODERN,
+    Made,
     Pick,
     baselines,
     choose,
     confirmation_seeds,
     improvement,
+    made_runs,
+    race_seeds,
 )
+from autoopt.decide.race import Contender
 from autoopt.errors import UsageError
-from autoopt.evidence import Entry, Stats
+from autoopt.evidence import Entry, Reused, Stats
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params
+from autoopt.spec import StudySpec
+from autoopt.study.record import TrialKind, trial_seed
 
 # --- the rules, on hand-made tables ---------------------------------------------------------------
 
@@ -73,6 +79,82 @@ def test_improvement_is_recommended_minus_best_baseline_with_the_larger_spread()
     assert imp.spread == pytest.approx(max(statistics.pstdev([0.95, 0.97]),
                                               statistics.pstdev([0.90, 0.94])))
     assert improvement(table, Pick("trial_1", "trial_1", None, None), "maximize", "test_accuracy") is None
+
+
+# --- runs already made count as seeds --------------------------------------------------------------
+
+TUNED = TrialConfig("adam", {"lr": 3e-3}, "cosine", {"eta_min_ratio": 0.01})
+ADAM = BASELINES["adam_tutorial"]
+
+
+def _made_study(*trials: dict) -> optuna.Study:
+    """A study of finished trials: ``config``, ``value``, ``epochs`` run, and optionally ``state``,
+    ``seed``, ``test``, ``batch_size``, ``portfolio``."""
+    from optuna.distributions import FloatDistribution
+
+    st = optuna.create_study(direction="maximize")
+    for t in trials:
+        epochs, state = t.get("epochs", 3), t.get("state", optuna.trial.TrialState.COMPLETE)
+        attrs = {"config": t["config"].to_dict(), "history": [{"epoch": e, "val_accuracy": t["value"],
+                                                               "epoch_s": 0.5} for e in range(1, epochs + 1)],
+                 "s_per_epoch": 0.5, "train_s": 0.5 * epochs, "test": t.get("test", {"test_accuracy": 0.5})}
+        attrs |= {k: t[k] for k in ("seed", "batch_size", "portfolio") if k in t}
+        st.add_trial(optuna.trial.create_trial(
+            state=state, value=t["value"] if state == optuna.trial.TrialState.COMPLETE else None,
+            params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, user_attrs=attrs,
+            intermediate_values={e: t["value"] for e in range(1, epochs + 1)}))
+    return st
+
+
+def test_a_complete_run_at_the_races_epochs_is_a_seed_and_a_pruned_or_shorter_one_is_not() -> None:
+    spec = StudySpec(task="digits", epochs=3)
+    pruned = optuna.trial.TrialState.PRUNED
+    st = _made_study(
+        {"config": ADAM, "value": 0.80, "seed": 10_000, "portfolio": True},  # 0: the screen's run of adam
+        {"config": TUNED, "value": 0.90, "seed": 1},  # 1: the search's run of the tuned config
+        {"config": TUNED, "value": 0.91, "seed": 2},  # 2: the same config again (its own trial is preferred)
+        {"config": BASELINES["sgd_tutorial"], "value": 0.7, "seed": 10_000, "state": pruned},  # 3: pruned
+        {"config": BASELINES["rmsprop_tutorial"], "value": 0.7, "seed": 10_000, "epochs": 2},  # 4: shorter
+        {"config": TrialConfig("nadam", default_params("nadam")), "value": 0.7},  # 5: no seed recorded
+        {"config": TrialConfig("lion", default_params("lion")), "value": 0.7, "seed": 10_000, "batch_size": 7},
+        {"config": TrialConfig("radam", default_params("radam")), "value": 0.7, "seed": 10_000, "test": {}},
+    )
+    defaults = {f"{f}_default": TrialConfig(f, default_params(f)) for f in ("nadam", "lion", "radam")}
+    entrants = [Contender("trial_2", 2, TUNED), *(Contender(n, None, c) for n, c in {**BASELINES, **defaults}.items())]
+    made = made_runs(st, entrants, spec, "test_accuracy")
+    assert {n: (m.seed, m.trial) for n, m in made.items()} == {"trial_2": (2, 2), "adam_tutorial": (10_000, 0)}
+    run = made["adam_tutorial"].result
+    assert run.value == 0.80 and run.test == {"test_accuracy": 0.5} and run.s_per_epoch == 0.5
+    assert len(run.history) == 3 and run.time_to(0.8, "val_accuracy", "maximize") == 0.5
+    # a race of 2 epochs counts the 2-epoch run, and not the 3-epoch ones
+    short = made_runs(st, entrants, StudySpec(task="digits", epochs=2), "test_accuracy")
+    assert {n: m.trial for n, m in short.items()} == {"rmsprop_tutorial": 4}
+    # the race's seeds: those of runs made, in the contenders' order (the tuned config's own first)
+    # unless more share one (the screen's); then fresh ones
+    assert race_seeds(0, list(made.values()), 4) == [2, 10_000, 10_001, 10_002]
+    assert race_seeds(0, list(made.values()), 1) == [2]
+    screen = [Made(10_000, n, run) for n in (4, 5)]
+    assert race_seeds(0, [made["trial_2"], *screen], 3) == [10_000, 2, 10_001]
+
+
+def test_the_screen_trains_on_the_races_first_seed_and_the_search_apart() -> None:
+    assert trial_seed(5, 3, TrialKind.SCREEN) == trial_seed(5, 9, TrialKind.SCREEN) == confirmation_seeds(5, 1)[0]
+    assert trial_seed(5, 3, TrialKind.SEARCH) == 8 and trial_seed(5, 4, TrialKind.WARMSTART) == 9
+
+
+def test_a_tuned_config_is_not_better_on_its_own_search_run_alone() -> None:
+    """Its search run on seed 7 is the only seed it shares with the baseline: however far ahead,
+    that is the run it won on, not evidence; with a seed the race ran for it, the verdict stands."""
+    def e(seeds: tuple[int, ...], val: list[float | None], reused: tuple[Reused, ...] = ()) -> Entry:
+        return Entry(name="e", optimizer="adam", seeds=seeds, val=Stats.of(val), test=Stats.of(val), reused=reused)
+
+    base = e((7, 8, 9), [0.80, 0.81, 0.80])
+    alone = e((7, 10), [0.95, 0.95], (Reused(seed=7, trial=7),))
+    pick = choose({"trial_7": alone, "adam_tutorial": base}, ["trial_7"], ["adam_tutorial"], "maximize")
+    assert pick.paired.n == 1 and pick.paired.verdict == "tie" and pick.winner == "adam_tutorial"
+    both = e((7, 8, 9), [0.95, 0.96, 0.95], (Reused(seed=7, trial=7),))
+    pick = choose({"trial_7": both, "adam_tutorial": base}, ["trial_7"], ["adam_tutorial"], "maximize")
+    assert pick.paired.verdict == "better" and pick.winner == "trial_7"
 
 
 def test_baselines_are_the_tutorials_defaults() -> None:
@@ -195,24 +277,33 @@ def test_confirmation_numbers_are_the_runs_numbers(poor: Path) -> None:
     import mlflow
 
     rec = _rec(poor)
-    seeds = confirmation_seeds(0, 2)
     entries = {**rec["confirmation"], **{b["name"]: b for b in rec["baselines"]}}
     assert len(rec["confirmation"]) == 2 and set(BASELINES) <= {b["name"] for b in rec["baselines"]}
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{poor / 'mlflow.db'}")
     exp = client.get_experiment_by_name("autoopt/digits")
-    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
-            if r.data.tags.get("autoopt.kind") in ("confirm", "baseline")]
-    assert len(runs) == len(entries) * 2
+    every = client.search_runs([exp.experiment_id], max_results=1000)
+    runs = [r for r in every if r.data.tags.get("autoopt.kind") in ("confirm", "baseline")]
     by_key = {(r.data.tags["autoopt.candidate"], int(r.data.tags["autoopt.seed"])): r for r in runs}
+    trial_runs = {int(r.data.tags["autoopt.trial_number"]): r for r in every if "autoopt.trial_number" in r.data.tags}
+    # The search's trials are the tuned configs' first seeds: each tuned config counts its own
+    # trial's run, and every other contender runs that seed.
+    tuned_seeds = {e["trial_number"] for e in rec["confirmation"].values()}  # base seed 0 + trial number
+    for e in rec["confirmation"].values():
+        assert {"seed": e["trial_number"], "trial": e["trial_number"]} in e["reused"]
+    assert rec["race"]["reused"] == sum(len(e["reused"]) for e in entries.values()) >= 2
+    assert len(runs) == rec["race"]["runs"] == sum(len(e["seeds"]) - len(e["reused"]) for e in entries.values())
     for name, entry in entries.items():
+        assert len(entry["reused"]) <= 1  # one run made already at most: the rest are the race's
+        assert tuned_seeds <= set(entry["seeds"])
         for key in ("val", "test"):
             stats = entry[key]
             assert len(stats["values"]) == 2 and None not in stats["values"]
             assert stats["mean"] == pytest.approx(statistics.fmean(stats["values"]))
             assert stats["std"] == pytest.approx(statistics.pstdev(stats["values"]))
-        for seed, val, test in zip(seeds, entry["val"]["values"], entry["test"]["values"], strict=True):
-            run = by_key[(name, seed)]
-            assert run.info.status == "FINISHED"
+        made = {r["seed"]: r["trial"] for r in entry["reused"]}
+        for seed, val, test in zip(entry["seeds"], entry["val"]["values"], entry["test"]["values"], strict=True):
+            run = trial_runs[made[seed]] if seed in made else by_key[(name, seed)]
+            assert run.info.status == "FINISHED" and int(run.data.tags["autoopt.seed"]) == seed
             assert run.data.metrics["val_accuracy"] == pytest.approx(val)
             assert run.data.metrics["test_accuracy"] == pytest.approx(test)
     # The confirmed configs are the study's best trials, and the search's pick is kept for reference.

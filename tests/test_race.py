@@ -76,6 +76,72 @@ def test_a_clearly_beaten_contender_leaves_after_two_seeds_and_a_decided_race_st
     assert r.rounds == 3
 
 
+def made(c: Contender, seed: int, trial: int = 7) -> Contender:
+    """``c`` with the study's run of its config on ``seed`` (what it would measure there) counted."""
+    c.offer(seed, trial, JobResult(JobState.COMPLETE, c.truth[seed],  # type: ignore[attr-defined]
+                                   [{"epoch": 1, "epoch_s": c.s_per_epoch or 1.0}]))
+    return c
+
+
+def test_a_run_already_made_is_a_seed_without_a_new_run() -> None:
+    """The same race as above, with the tuned config's search run on seed 0 and the default's
+    screen run on seed 1 counted: the same decisions, two runs fewer."""
+    tuned = made(contender("trial_1", [0.95, 0.96, 0.95, 0.96, 0.95]), 0, trial=1)
+    base = made(contender("adam_default", [0.90, 0.91, 0.90, 0.91, 0.90]), 1, trial=3)
+    worse = contender("rmsprop_tutorial", [0.85, 0.86, 0.99, 0.99, 0.99])
+    hopeless = contender("sgd_tutorial", [0.60, 0.62, 0.99, 0.99, 0.99])
+    r, rounds = race([tuned, base, worse, hopeless])
+    assert rounds[0] == ["adam_default", "rmsprop_tutorial", "sgd_tutorial"]
+    assert rounds[1] == ["trial_1", "rmsprop_tutorial", "sgd_tutorial"]
+    assert rounds[2] == ["trial_1", "adam_default"] and len(rounds) == 3
+    assert sum(map(len, rounds)) == 8  # 10 without the two runs made already
+    assert hopeless.status == worse.status == "dropped" and base.status == "racing"
+    assert sorted(tuned.results) == sorted(base.results) == [0, 1, 2] and r.rounds == 3
+    assert tuned.made == {0: 1} and base.made == {1: 3}
+    assert compare(tuned, base, "maximize", N_VAL).verdict == "better"
+
+
+def test_only_seeds_both_ran_are_paired() -> None:
+    """A run on a seed the rival has not run pairs with nothing: it is not compared, and a run
+    made already on a seed the race never plays is not counted at all."""
+    a = contender("trial_1", [0.9, 0.9, 0.9, 0.0])
+    b = contender("adam_default", [0.8, 0.8, 0.8, 0.8])
+    for c in (a, b):
+        for seed in (0, 1):
+            c.results[seed] = JobResult(JobState.COMPLETE, c.truth[seed], [])  # type: ignore[attr-defined]
+    a.results[3] = JobResult(JobState.COMPLETE, 0.0, [])
+    cmp = compare(a, b, "maximize", N_VAL)
+    assert cmp.n == 2 and cmp.deltas == (0.1, 0.1)
+    # the race stops at two seeds, decided: trial_1's run on the third (made already) is left unplayed
+    tuned = made(contender("trial_1", [0.95, 0.96, 0.10]), 2)
+    base = contender("adam_default", [0.80, 0.81, 0.80])
+    _, rounds = race([tuned, base], min_seeds=2, max_seeds=3)
+    assert rounds == [["trial_1", "adam_default"]] * 2
+    assert sorted(tuned.results) == [0, 1] and tuned.made == {} and tuned.mean() == pytest.approx(0.955)
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_under_a_budget_a_run_already_made_costs_nothing(reused: bool) -> None:
+    """49 s of a 100 s budget left: trial_1's two runs of 40.5 s do not fit, one does once its
+    search run counts as its first seed."""
+    clock = FakeClock(45.0)
+    budget = Budget(limit_s=100.0, since=0.0, clock=clock)
+    values = [0.9, 0.91, 0.9]
+    fast = [contender(f"f{i}_default", values, s_per_epoch=1.0) for i in range(3)]
+    best = contender("trial_1", [v + 0.05 for v in values], s_per_epoch=20.0, essential=True)
+    if reused:
+        made(best, 0)
+    _, rounds = race([*fast, best], min_seeds=2, max_seeds=2, budget=budget, epochs=2, clock=clock)
+    if reused:
+        assert best.status == "racing" and sorted(best.results) == [0, 1] and best.made == {0: 7}
+        assert [sorted(names) for names in rounds] == [["f0_default", "f1_default", "f2_default"],
+                                                       ["f0_default", "f1_default", "f2_default", "trial_1"]]
+    else:
+        assert best.status == "unaffordable" and "2 more run(s)" in best.reason and not best.results
+    assert all(c.status != "unaffordable" and sorted(c.results) == [0, 1] for c in fast)
+    assert clock.now <= budget.limit_s - budget.end_reserve()
+
+
 def test_an_undecided_verdict_gets_more_seeds_for_close_contenders_up_to_the_cap() -> None:
     noisy = [0.90, 0.93, 0.89, 0.94, 0.91, 0.92]
     tuned = contender("trial_1", noisy)

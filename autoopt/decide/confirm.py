@@ -3,9 +3,26 @@
 The best trial of a search won once, on one seed. Here the top-k distinct configs and the
 baselines are retrained at the full epoch budget on the same seeds, as a race
 (``autoopt.decide.race``: clearly beaten configs leave early, seeds go to close ones while the verdict
-is undecided), scored on validation and test. The baselines are the tutorial's three defaults (SGD, Adam, RMSprop)
-plus the published defaults that screened best in the study's portfolio trials, at least
-two of them modern families.
+is undecided), scored on validation and test. The baselines are the tutorial's three defaults
+(SGD, Adam, RMSprop) plus the published defaults that screened best in the study's portfolio
+trials, at least two of them modern families.
+
+A run already made counts as a seed (common random numbers: the race adds seeds rather than
+repeating them). A contender's complete screen or search trial of exactly its config, at the
+race's epochs and batch size, with its seed and test score recorded (``made_runs``), is its run
+on that seed; the race's seeds start with those (``race_seeds``: the screen's one seed first,
+which every published default screened to the end shares, then each tuned config's own
+trial's, best first), and its rivals run them, so each pairs. The race makes fewer runs for the
+same evidence: every seed it plays is paired as before, and only seeds both contenders have are
+compared.
+
+The rule on selection: a tuned config's own trial won the search on its seed, a screened
+default's screen run placed it among the baselines, so that run is biased in its favour. It
+counts, but a contender counts at most one run already made: with two seeds or more (every
+verdict needs two) each contender is scored on at least one run the race made itself, and a
+``better`` verdict needs the tuned config to have one on a seed it is compared on (``choose``).
+The JSON says which seeds came from which trial (each entry's ``reused``; ``race.reused`` counts
+them, apart from the race's own ``runs`` and ``epochs``).
 
 The best tuned config is compared with the best baseline seed by seed on validation (see
 ``autoopt.decide.verdict``): only a ``better`` verdict makes it the recommendation; on a ``tie`` or
@@ -49,13 +66,14 @@ from autoopt.evidence import (
     Paired,
     RaceStatus,
     RaceSummary,
+    Reused,
     Stats,
     VersusPick,
 )
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
-from autoopt.study.record import TrialKind, record
+from autoopt.study.record import CONFIRM_OFFSET, TrialKind, TrialRecord, record
 from autoopt.tasks.loop import UserLoop
 from autoopt.tracking import RunRef
 
@@ -170,9 +188,59 @@ def top_configs(study: optuna.Study, k: int, direction: str, exclude: set[str] |
 
 
 def confirmation_seeds(base_seed: int, n: int) -> list[int]:
-    """The seeds confirmation runs use: the same for every config and baseline, and apart from
-    the search's seeds (``base_seed + trial number``), so no config is scored on the seed it won on."""
-    return [base_seed + 10_000 + i for i in range(n)]
+    """The confirmation's fresh seeds: the same for every config and baseline, and apart from the
+    search's seeds (``base_seed + trial number``). The screen trains every published default on
+    the first (``autoopt.study.record.trial_seed``)."""
+    return [base_seed + CONFIRM_OFFSET + i for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Made:
+    """A run the study made already of a contender's config: trial ``trial``'s, on ``seed``."""
+
+    seed: int
+    trial: int
+    result: JobResult
+
+
+def _stands_in(rec: TrialRecord, spec: StudySpec, test_key: str | None) -> bool:
+    """Whether ``rec`` is a run the race would make: complete on every one of its epochs (not
+    pruned, failed nor cut short), at its batch size, its seed recorded, and its test score
+    where the race's runs report one."""
+    return (rec.state.name == "COMPLETE" and rec.config is not None and rec.seed is not None
+            and rec.value is not None and math.isfinite(rec.value) and len(rec.history) == spec.epochs
+            and max(rec.intermediate, default=0) == spec.epochs and rec.batch_size == spec.batch_size
+            and (test_key is None or test_key in rec.test))
+
+
+def made_runs(study: optuna.Study, entrants: list[Contender], spec: StudySpec, test_key: str | None
+              ) -> dict[str, Made]:
+    """Per contender, the run the study made already of exactly its config that stands in for a
+    race run (``_stands_in``): its own trial's first, else the earliest (the screen's). One at
+    most: the module's rule on selection."""
+    by_key: dict[str, list[TrialRecord]] = {}
+    for t in study.get_trials(deepcopy=False):
+        rec = record(t)
+        if rec.config is not None and _stands_in(rec, spec, test_key):
+            by_key.setdefault(_key(TrialConfig(**rec.config)), []).append(rec)
+    out: dict[str, Made] = {}
+    for c in entrants:
+        runs = sorted(by_key.get(_key(c.cfg), []), key=lambda r: (r.number != c.number, r.number))
+        if runs and (r := runs[0]).seed is not None and r.value is not None:
+            out[c.name] = Made(r.seed, r.number, JobResult(JobState.COMPLETE, r.value, list(r.history),
+                                                           dict(r.test), train_s=r.train_s or 0.0))
+    return out
+
+
+def race_seeds(base_seed: int, made: list[Made], n: int) -> list[int]:
+    """The race's ``n`` seeds: first those of runs already made, the most shared first (the
+    screen's), then in the contenders' order (the best tuned config's own trial first); then
+    fresh ones (``confirmation_seeds``). Each costs the contenders without a run on it what a
+    fresh seed would, and spares the one with."""
+    seeds = [m.seed for m in made]
+    out = sorted(set(seeds), key=lambda s: (-seeds.count(s), seeds.index(s)))[:n]
+    fresh = [s for s in confirmation_seeds(base_seed, n + len(out)) if s not in out]
+    return out + fresh[:n - len(out)]
 
 
 def rank_key(entry: Entry, direction: str, *, baseline: bool = False) -> tuple:
@@ -249,11 +317,23 @@ def noise_of(table: Table, split: str = "val", n_val: int | None = None) -> Nois
                         for e in table.values() if e is not ref)
 
 
+def fresh_paired(tuned: Entry, base: Entry) -> list[int]:
+    """The seeds both completed on which the tuned config's run is the race's own, not a trial
+    the study made already (which may be the run it won the search on)."""
+    made = {r.seed for r in tuned.reused}
+
+    def done(e: Entry) -> set[int]:
+        return {s for s, v in zip(e.seeds or range(len(e.val.values)), e.val.values, strict=True) if v is not None}
+
+    return sorted((done(tuned) & done(base)) - made)
+
+
 def choose(table: Table, candidates: list[str], bases: list[str], direction: str, *,
            n_val: int | None = None) -> Pick:
     """The best tuned config and the best baseline by mean validation metric (entries marked
     ``excluded`` left out), compared seed by seed; the tuned one is the recommendation only
-    when the verdict is ``better``."""
+    when the verdict is ``better``, which needs a seed of the comparison on which the tuned
+    config ran in the race (its search run alone is no evidence for it)."""
     def best(names: list[str], baseline: bool) -> str | None:
         ok = [n for n in names if table[n].val.mean is not None and not table[n].excluded]
         return min(ok, key=lambda n: rank_key(table[n], direction, baseline=baseline), default=None)
@@ -264,6 +344,8 @@ def choose(table: Table, candidates: list[str], bases: list[str], direction: str
     comparison = compare(table[tuned], table[base], direction, n_val=n_val, noise=noise_of(table, n_val=n_val))
     if not table[tuned].val.all_complete and comparison.verdict == "better":
         # it failed on a seed: not better than a baseline that did not
+        comparison = comparison.model_copy(update={"verdict": "tie"})
+    if comparison.verdict == "better" and not fresh_paired(table[tuned], table[base]):
         comparison = comparison.model_copy(update={"verdict": "tie"})
     return Pick(tuned if comparison.verdict == "better" else base, tuned, base, comparison)
 
@@ -326,8 +408,10 @@ def cheapest_equivalent(table: Table, winner: str) -> tuple[Alternative | None, 
 
 
 def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], runs: dict[int, JobResult],
-          test_key: str | None, *, baseline: bool = False, race: RaceStatus | None = None) -> Entry:
-    """One confirmed config or baseline: per-seed val and test, failures, seconds per epoch."""
+          test_key: str | None, *, baseline: bool = False, race: RaceStatus | None = None,
+          made: dict[int, int] | None = None) -> Entry:
+    """One confirmed config or baseline: per-seed val and test, failures, seconds per epoch, and
+    the seeds whose run is a trial the study made already (``made``: seed -> trial)."""
     per_seed = [runs.get(s) for s in seeds]
     done = [r if r is not None and r.state == JobState.COMPLETE else None for r in per_seed]
     val = [r.value if r else None for r in done]
@@ -337,7 +421,8 @@ def entry(name: str, number: int | None, cfg: TrialConfig, seeds: list[int], run
     return record(name=name, trial_number=number, **cfg.to_dict(), seeds=tuple(seeds), val=Stats.of(val),
                   test=Stats.of(test), s_per_epoch=statistics.fmean(speeds) if speeds else None,
                   failed=tuple((r.reason if r else None) or "no result" for r in per_seed
-                               if r is None or r.state != JobState.COMPLETE), race=race)
+                               if r is None or r.state != JobState.COMPLETE), race=race,
+                  reused=tuple(Reused(seed=s, trial=t) for s, t in sorted((made or {}).items()) if s in seeds))
 
 
 def _counts(split: Split | None, task: Task) -> int | None:
@@ -421,19 +506,25 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool
     min_seeds = MIN_SEEDS if budget is not None else spec.confirm_seeds
     # One seed decides nothing (autoopt.decide.verdict) and asks for no more: --confirm-seeds 1 is a look.
     max_seeds = min_seeds + EXTRA_SEEDS if min_seeds > 1 else min_seeds
-    seeds = confirmation_seeds(spec.seed, max_seeds)
+    test_key = f"test_{task.score}" if task.reports_test else None
+    # A user's loop that never reports a test score makes no race run with one either.
+    made = made_runs(study, entrants, spec, None if isinstance(task, UserLoop) else test_key)
+    seeds = race_seeds(spec.seed, list(made.values()), max_seeds)
+    for c in entrants:
+        if (m := made.get(c.name)) is not None and m.seed in seeds:
+            c.offer(m.seed, m.trial, m.result)
     n_val = _split_counts(task, "val")
-    progress = SearchProgress(total=len(entrants) * min_seeds, last="confirming")
+    offered = sum(s in seeds[:min_seeds] for c in entrants for s in c.offered)
+    progress = SearchProgress(total=max(0, len(entrants) * min_seeds - offered), last="confirming")
     race = Race(entrants, seeds, direction=task.direction, n_val=n_val,
                 margin=lambda mean: equivalence_margin(task, mean), min_seeds=min_seeds, max_seeds=max_seeds,
                 workers=len(pool.workers), epochs=spec.epochs,
                 submit=race_jobs(spec, study, run, pool, on_progress, progress), budget=budget,
                 allowance_s=max(search_s or 0.0, ALLOWANCE_FLOOR_S))
     race.run()
-    test_key = f"test_{task.score}" if task.reports_test else None
     table: Table = {c.name: entry(c.name, c.number, c.cfg, sorted(c.results), c.results, test_key,
                                   baseline=c.baseline, race=RaceStatus(status=c.status, reason=c.reason)
-                                  if c.status != Standing.RACING else None)
+                                  if c.status != Standing.RACING else None, made=c.made)
                     for c in entrants}  # those left out unconfirmed too, marked so
     results = {c.name: c.results for c in entrants}
     candidates = [c.name for c in entrants if not c.baseline]
@@ -450,9 +541,10 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool
     tested = test_key is not None and any(test_key in r.test for c in entrants for r in c.results.values())
     metric = test_key if test_key is not None and tested else task.metric
     alternative, why = cheapest_equivalent(table, pick.winner)
+    own = [r for c in entrants for s, r in c.results.items() if s not in c.made]  # the race's runs
     race_summary = RaceSummary(rounds=race.rounds, min_seeds=min_seeds, max_seeds=max_seeds,
-                               runs=sum(len(c.results) for c in entrants),
-                               epochs=sum(len(r.history) for c in entrants for r in c.results.values()),
+                               runs=len(own), epochs=sum(len(r.history) for r in own),
+                               reused=sum(len(c.made) for c in entrants),
                                left_out={c.name: c.reason for c in entrants if c.status != Standing.RACING})
     return Recommendation(task=rec.task, **w.config(), metric=rec.metric, direction=rec.direction,
                           value=w.val.mean, study_name=rec.study_name, trial_number=w.trial_number,

@@ -2,7 +2,11 @@
 Hoeffding races).
 
 Every contender (the top tuned configs and the baselines) starts on the same seeds, one round
-of seeds at a time, so every comparison stays paired. After each round from the second on:
+of seeds at a time, so every comparison stays paired. A run the study already made of a
+contender's config on one of those seeds (``Contender.offer``: a complete screen or search trial
+at the race's epochs) is that contender's run of the round, once the round is played: common
+random numbers, the race adds seeds rather than repeating them, and a round runs only those that
+have none. Comparisons are over the seeds both contenders have. After each round from the second on:
 
 * **dropped**: a contender clearly beaten by the leader (the best mean so far among those that
   completed every seed) leaves the race: after 2 seeds only when it was worse on every seed by
@@ -24,7 +28,8 @@ decisive contenders (the search's best config, the best-screened default) always
 seeds.
 
 Under a time budget a round starts only with the contenders whose runs fit in what is left (the
-rounds still needed to reach ``min_seeds`` counted in); the slowest are left out first (the
+runs still needed to reach ``min_seeds`` counted in, those already made not); the costliest are
+left out first (the
 search's best config and the best-screened published default last), and the JSON says which
 were not confirmed and why.
 """
@@ -85,6 +90,24 @@ class Contender:
     results: dict[int, JobResult] = field(default_factory=dict)
     status: Standing = Standing.RACING
     reason: str | None = None
+    offered: dict[int, tuple[int, JobResult]] = field(default_factory=dict)  # seed -> (trial, its run)
+    made: dict[int, int] = field(default_factory=dict)  # the offered runs the race counted: seed -> trial
+
+    def offer(self, seed: int, trial: int, result: JobResult) -> None:
+        """Trial ``trial``'s run of this config (``result``, on ``seed``): this contender's run of
+        ``seed`` if the race plays that seed with it (a seed no rival ran pairs with nothing)."""
+        self.offered[seed] = (trial, result)
+        if result.s_per_epoch and not self.results:
+            self.s_per_epoch = result.s_per_epoch  # measured on this config, not its family
+
+    def has(self, seed: int) -> bool:
+        """Whether it ran ``seed`` or has a run of it made already."""
+        return seed in self.results or seed in self.offered
+
+    def take(self, seed: int) -> None:
+        """Count the run made already on ``seed``, if any, as its run of the round."""
+        if seed in self.offered and seed not in self.results:
+            self.made[seed], self.results[seed] = self.offered[seed]
 
     @property
     def baseline(self) -> bool:
@@ -147,7 +170,11 @@ class Race:
             entrants = self.affordable(entrants, k)
             if not entrants:
                 break
-            self.submit([(c, seed) for c in entrants])
+            for c in entrants:
+                c.take(seed)  # a run made already counts
+            batch = [(c, seed) for c in entrants if seed not in c.results]
+            if batch:
+                self.submit(batch)
             self.rounds = k + 1
             if k + 1 >= 2:
                 self.drop_beaten()
@@ -243,6 +270,19 @@ class Race:
         speed = c.s_per_epoch or (statistics.median(known) if known else 0.0)
         return run_cost(self.epochs, speed)
 
+    def ahead(self, k: int) -> list[int]:
+        """The seeds of the rounds from ``k`` until every contender has ``min_seeds`` (at least round ``k``'s)."""
+        return self.seeds[k:max(k + 1, self.min_seeds)]
+
+    def runs_ahead(self, c: Contender, k: int) -> int:
+        """How many of those ``c`` must still run: a seed whose run was made already costs nothing."""
+        return sum(not c.has(s) for s in self.ahead(k))
+
+    def cost_ahead(self, entrants: list[Contender], k: int) -> float:
+        """Seconds the rounds from ``k`` take with ``entrants``: each round's makespan over those
+        that run it."""
+        return sum(self.makespan([c for c in entrants if not c.has(s)]) for s in self.ahead(k))
+
     def makespan(self, entrants: list[Contender]) -> float:
         """Seconds a round of ``entrants`` takes on the workers (longest run first, each to the
         least loaded worker)."""
@@ -260,10 +300,10 @@ class Race:
         return None
 
     def affordable(self, entrants: list[Contender], k: int) -> list[Contender]:
-        """``entrants`` less the slowest, until the rounds still needed fit in what is left. The
-        essential contenders (the search's best config, the best-screened default) and the two the
-        verdict is between so far (the best tuned config, the best baseline) leave last, and a soft
-        allowance never leaves them out."""
+        """``entrants`` less the costliest (the seconds of the runs each still needs), until the
+        rounds still needed fit in what is left. The essential contenders (the search's best
+        config, the best-screened default) and the two the verdict is between so far (the best
+        tuned config, the best baseline) leave last, and a soft allowance never leaves them out."""
         left = self.left()
         if left is None:
             return entrants
@@ -272,28 +312,27 @@ class Race:
         def kept(c: Contender) -> bool:
             return c.essential or id(c) in decisive
 
-        rounds = max(1, self.min_seeds - k)
         what = "the budget" if self.budget is not None else "the confirmation's allowance (the search's time)"
 
         def leave(c: Contender) -> None:
             if len(c.results) < self.min_seeds:
                 c.status = Standing.UNAFFORDABLE
-                c.reason = (f"not confirmed: {rounds} more run(s) of {self.run_cost(c):.1f}s do not fit in "
-                            f"the {max(0.0, left):.0f}s left of {what}")
+                c.reason = (f"not confirmed: {self.runs_ahead(c, k)} more run(s) of {self.run_cost(c):.1f}s do "
+                            f"not fit in the {max(0.0, left):.0f}s left of {what}")
                 if self.budget is not None:
                     self.budget.note(f"{c.name}: {c.reason}")
 
-        out = sorted(entrants, key=lambda c: (not kept(c), self.run_cost(c)))
+        out = sorted(entrants, key=lambda c: (not kept(c), self.runs_ahead(c, k) * self.run_cost(c)))
         if self.budget is not None:
             # One the budget cannot afford even alone leaves on its own, essential or not: kept to
             # the last, it would take every cheaper rival out before it, and the verdict with them.
-            for c in [c for c in out if rounds * self.run_cost(c) > left]:
+            for c in [c for c in out if self.runs_ahead(c, k) * self.run_cost(c) > left]:
                 out.remove(c)
                 leave(c)
-        while out and rounds * self.makespan(out) > left:
+        while out and self.cost_ahead(out, k) > left:
             if self.budget is None and kept(out[-1]):
                 break
-            leave(out.pop())  # the slowest first, the essential ones last
+            leave(out.pop())  # the costliest first, the essential ones last
         if k >= self.min_seeds and len(out) < 2:
             return []
         return out

@@ -12,8 +12,8 @@ from autoopt.budget import Budget
 from autoopt.dispatch.clock import SYSTEM, Clock
 from autoopt.dispatch.worker import Job, TrialRef
 from autoopt.space import SearchSpace, TrialConfig
-from autoopt.study.record import SCREEN, TrialKind
-from autoopt.tracking import FAMILY_TAG, KIND_TAG, RUNNING, STATE_TAG, STUDY_TAG, TRIAL_TAG, RunRef
+from autoopt.study.record import SCREEN, TrialKind, trial_seed
+from autoopt.tracking import FAMILY_TAG, KIND_TAG, RUNNING, SEED_TAG, STATE_TAG, STUDY_TAG, TRIAL_TAG, RunRef
 from autoopt.training.pruning import RANK_PRUNER, SCREEN_PRUNER
 
 if TYPE_CHECKING:
@@ -38,15 +38,19 @@ class JobFactory:
     def job(self, number: int, trial_id: int, config: TrialConfig, kind: TrialKind) -> Job:
         """The job of trial ``number`` (of ``kind``) training ``config``."""
         spec = self.spec
+        seed = trial_seed(spec.seed, number, kind)
         tags = {STUDY_TAG: self.study_name, TRIAL_TAG: number, FAMILY_TAG: config.optimizer,
-                KIND_TAG: SCREEN if kind == TrialKind.SCREEN else kind, STATE_TAG: RUNNING}
+                KIND_TAG: SCREEN if kind == TrialKind.SCREEN else kind, STATE_TAG: RUNNING, SEED_TAG: seed}
         # The screen is pruned by successive halving (autoopt.training.pruning): cost-aware
         # without a budget; under one, by rank alone, the deadline stopping what the budget
         # cannot afford.
         pruner = (None if kind != TrialKind.SCREEN or spec.pruner == "none" else
                   SCREEN_PRUNER if self.budget is None else RANK_PRUNER)
-        return Job(spec.task, spec.placement.data_dir, config, spec.epochs, spec.seed + number, spec.batch_size,
-                   spec.placement.compile, trial=self._ref(trial_id, number, pruner),
+        # A complete run scores the test split too (once, after its last epoch): it may count as a
+        # seed of the confirmation's race (``autoopt.decide.confirm.made_runs``), which reports
+        # the test split of every seed; no choice reads a trial's test score.
+        return Job(spec.task, spec.placement.data_dir, config, spec.epochs, seed, spec.batch_size,
+                   spec.placement.compile, evaluate_test=True, trial=self._ref(trial_id, number, pruner),
                    tracking=self.tracking, run_name=f"trial-{number}", tags=tags,
                    family=self.space.family(config.optimizer))
 

@@ -76,5 +76,7 @@ class JobResult:
 
 
 def compact_history(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    """Per-epoch losses, metrics and lr, rounded: small enough to keep as a trial attribute."""
-    return [{k: round(float(v), 6) for k, v in h.items() if k != "epoch_s"} for h in history]
+    """Per-epoch losses, metrics, lr and seconds, rounded: small enough to keep as a trial
+    attribute, and whole enough that a complete trial's run stands for a race's run of its config
+    (``time_to`` reads the seconds)."""
+    return [{k: round(float(v), 6) for k, v in h.items()} for h in history]

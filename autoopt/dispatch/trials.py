@@ -175,7 +175,9 @@ class TrialBook:
             with deferred_writes(self.study, trial, read=len(result.history) > 1):
                 write_run(trial, train_s=result.train_s, s_per_epoch=result.s_per_epoch,
                           history=compact_history(result.history), reason=result.reason,
-                          node=result.node, pid=result.pid, rss_mb=result.rss_mb)
+                          node=result.node, pid=result.pid, rss_mb=result.rss_mb,
+                          seed=held.job.seed if held.job is not None else None,
+                          batch_size=held.job.batch_size if held.job is not None else None, test=result.test)
                 if result.state == JobState.COMPLETE and result.value is not None:
                     # The worker leaves the last epoch's report to this tell: it spares the trial a
                     # round trip at its end, and no pruner acts on the last epoch. (A complete run

@@ -6,6 +6,10 @@ The user attrs a trial carries (the driver writes them through this module's ``w
 
 * ``config``: the ``TrialConfig`` it trained (``TrialConfig.to_dict()``);
 * ``s_per_epoch``, ``train_s``: its measured seconds per epoch and in all;
+* ``seed`` and ``batch_size``: the seed it trained with (``trial_seed``) and its batch size (None:
+  the task's); ``test``: its test metrics, when it ran every epoch. A complete run at the race's
+  epochs and batch size is a seed of the confirmation's race (``autoopt.decide.confirm.made_runs``),
+  which reports the test split of every seed it counts;
 * ``history``: per epoch, its losses, metric, learning rate and seconds (compacted);
 * ``reason``: why it failed or was pruned; ``worker``: the node, pid and peak memory that ran it;
 * ``skipped``: failed before it started, the time budget not affording it (``write_skipped``);
@@ -29,6 +33,12 @@ HISTORY = "history"
 REASON = "reason"
 WORKER = "worker"
 SKIPPED = "skipped"
+SEED = "seed"
+BATCH_SIZE = "batch_size"
+TEST = "test"
+# Where the confirmation's seeds start (``base_seed + CONFIRM_OFFSET + i``), apart from the
+# search's (``base_seed + trial number``); the screen's runs all train on the first of them.
+CONFIRM_OFFSET = 10_000
 
 
 class TrialKind(StrEnum):
@@ -65,6 +75,9 @@ class TrialRecord:
     skipped: bool = False  # failed before it started: the time budget could not afford it
     source: str | None = None  # a warm start's earlier study
     intermediate: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None  # None: a trial recorded before seeds were
+    batch_size: int | None = None  # None: the task's
+    test: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -78,7 +91,10 @@ class TrialRecord:
                    reason=attrs.get(REASON), history=list(attrs.get(HISTORY) or []),
                    worker=dict(attrs.get(WORKER) or {}), skipped=bool(attrs.get(SKIPPED)),
                    source=str(attrs[WARMSTART]) if attrs.get(WARMSTART) else None,
-                   intermediate=dict(trial.intermediate_values))
+                   intermediate=dict(trial.intermediate_values),
+                   seed=attrs[SEED] if isinstance(attrs.get(SEED), int) else None,
+                   batch_size=attrs[BATCH_SIZE] if isinstance(attrs.get(BATCH_SIZE), int) else None,
+                   test={k: float(v) for k, v in (attrs.get(TEST) or {}).items()})
 
     @property
     def family(self) -> str | None:
@@ -101,6 +117,15 @@ def kind_of(attrs: Mapping[str, Any]) -> TrialKind:
     if any(attrs.get(mark) for mark in SCREEN_MARKS):
         return TrialKind.SCREEN
     return TrialKind.WARMSTART if attrs.get(WARMSTART) else TrialKind.SEARCH
+
+
+def trial_seed(base_seed: int, number: int, kind: TrialKind) -> int:
+    """The seed trial ``number`` of ``kind`` trains with: ``base_seed + number``, apart for each
+    trial; the screen's, every family's published defaults, on one seed, the confirmation's first
+    (``base_seed + CONFIRM_OFFSET``). Common random numbers: the families are screened on the same
+    initial weights and batch order, and a complete screen run of a default is that baseline's
+    first seed in the race, paired with every other contender's run on it."""
+    return base_seed + CONFIRM_OFFSET if kind == TrialKind.SCREEN else base_seed + number
 
 
 def record(trial: FrozenTrial) -> TrialRecord:
@@ -132,12 +157,20 @@ def write_skipped(trial: Writable, reason: str) -> None:
 
 def write_run(trial: Writable, *, train_s: float, s_per_epoch: float | None, history: list[dict[str, float]],
               reason: str | None = None, node: str | None = None, pid: int | None = None,
-              rss_mb: float | None = None) -> None:
+              rss_mb: float | None = None, seed: int | None = None, batch_size: int | None = None,
+              test: Mapping[str, float] | None = None) -> None:
     """What its run measured: its seconds in all and per epoch (rounded), its (compacted)
-    ``history``, its ``reason`` if any, and the worker that ran it (``pid`` set: for a crash,
-    its node's logs)."""
+    ``history``, its ``reason`` if any, the worker that ran it (``pid`` set: for a crash, its
+    node's logs), the ``seed`` and ``batch_size`` it trained with and its ``test`` metrics (a
+    complete run's)."""
     if reason:
         trial.set_user_attr(REASON, reason)
+    if seed is not None:
+        trial.set_user_attr(SEED, seed)
+        if batch_size is not None:
+            trial.set_user_attr(BATCH_SIZE, batch_size)
+    if test:
+        trial.set_user_attr(TEST, {k: float(v) for k, v in test.items()})
     trial.set_user_attr(TRAIN_S, round(train_s, 4))
     if s_per_epoch is not None:
         trial.set_user_attr(S_PER_EPOCH, round(s_per_epoch, 6))

@@ -46,8 +46,8 @@ class UserLoop:
 
     @property
     def reports_test(self) -> bool:
-        """Whether a confirmation run may report a test score (``run.report_test``): the loop
-        says so only by calling it."""
+        """Whether a run may report a test score (``run.report_test``, read from confirmation
+        runs and the complete trials that count as theirs): the loop says so only by calling it."""
         return True
 
     def facts(self) -> UserLoop:

@@ -167,7 +167,8 @@ class Run:
 
     def report_test(self, value: float | None = None, **metrics: float) -> None:
         """The declared metric on the test split (``value``), and any other test metrics: recorded
-        for confirmation runs (``testing``), where the recommendation's test score comes from."""
+        where ``testing`` (the trials and the confirmation's runs, whose complete runs give the
+        recommendation's test score; no choice reads it)."""
         if not self.testing:
             return
         if value is not None:
