@@ -53,6 +53,28 @@ def test_the_bandit_favours_the_survivor_whose_trials_win() -> None:
     assert picks.most_common(1)[0][0] == "f1" and set(picks) <= set(focus.names)
 
 
+def test_the_searched_families_stay_within_five_however_the_screen_reorders_its_best() -> None:
+    """The search starts while the screen's last trials still run: a family given a search trial
+    stays searched when the screen's last results push it out of the best third, and the search's
+    trials never span more than ``FOCUS_FAMILIES`` families."""
+    from autoopt.screen.focus import Survivor
+
+    def ranked(names: list[str]) -> list[Survivor]:
+        return [Survivor(n, 2, i + 1, 14) for i, n in enumerate(names)]
+
+    focus = Focus(ranked(["a", "b", "c", "d", "e"]), "maximize")
+    picked = {focus.choose() for _ in range(2)}
+    focus.update(ranked(["f", "g", "h", "i", "j"]))  # the screen's last results: five others lead
+    # the new leaders first, in rank order, then the families already searched
+    assert focus.names == ["f", "g", "h", "i", "j"][:FOCUS_FAMILIES - len(picked)] + sorted(picked)
+    searched = set(picked)
+    for _ in range(40):
+        fam = focus.choose()
+        searched.add(fam)
+        focus.observe(fam, TrialState.PRUNED, None)
+    assert len(searched) <= FOCUS_FAMILIES, searched
+
+
 def test_a_small_screen_leaves_the_search_unfocused() -> None:
     trials = [_screened(f"f{i}", [0.5], i) for i in range(3)]
     keeper = SearchFocus("maximize")

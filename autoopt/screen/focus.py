@@ -78,15 +78,25 @@ class Focus:
     pulls: dict[str, int] = field(default_factory=dict)
     rewards: dict[str, float] = field(default_factory=dict)
     _complete: list[float] = field(default_factory=list)  # the complete results, sign-adjusted, sorted
+    chosen: set[str] = field(default_factory=set)  # the families given a search trial so far
 
     def __post_init__(self) -> None:
         self.update(self.families)
 
-    def update(self, families: list[Survivor]) -> None:
+    def update(self, families: list[Survivor], k: int = FOCUS_FAMILIES) -> None:
         """The survivors as the screen now ranks them (it may still be running): a new one starts
-        with one pull worth its rank; the pulls of the others are kept."""
-        self.families = families
-        for s in families:
+        with one pull worth its rank; the pulls of the others are kept. A family already given a
+        search trial stays searched, the others in rank order filling the rest of the ``k``
+        places: the search's trials span ``k`` families at most, however the screen's last
+        results reorder its best third (ties at its edge are common on a small validation set).
+        """
+        now = {s.family for s in families}
+        kept = [s for s in self.families if s.family in self.chosen and s.family not in now]
+        fresh = [s for s in families if s.family in self.chosen]
+        room = max(0, k - len(kept) - len(fresh))
+        rest = [s for s in families if s.family not in self.chosen][:room]
+        self.families = [s for s in families if s in fresh or s in rest] + kept
+        for s in self.families:
             if s.family not in self.pulls:
                 self.pulls[s.family] = 1
                 self.rewards[s.family] = 1.0 - (s.rank - 1) / max(1, s.of)
@@ -110,6 +120,7 @@ class Focus:
             ties = bisect.bisect_left(self._complete, score) + bisect.bisect_right(self._complete, score)
             reward = ties / (2 * len(self._complete))
         if family is not None and family in self.pulls:
+            self.chosen.add(family)
             self.pulls[family] += 1
             self.rewards[family] += reward
 
@@ -122,7 +133,9 @@ class Focus:
             n = self.pulls[name]
             return self.rewards[name] / n + math.sqrt(2 * math.log(total) / n)
 
-        return max(self.names, key=ucb)
+        best = max(self.names, key=ucb)
+        self.chosen.add(best)
+        return best
 
 
 def focus_of(trials: list[FrozenTrial], direction: object, screen_numbers: list[int]) -> Focus | None:
