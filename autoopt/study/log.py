@@ -7,10 +7,10 @@ report (TPE ranks pruned trials by it, the history plot shows it), and a few att
 counts: skipped, retried; the screen's mark and cost). Optuna's ``FrozenTrial`` also carries the
 trial's config, history, worker and MLflow ids, and every epoch's report: about 9 KB a trial,
 held for every trial of the study, which made the driver's memory grow with it. With ``slim``
-the log keeps a finished trial as ``slim_trial`` makes it, and the distributions, shared by the
-trials of one space, once; a study of 10,000 trials then costs the driver a few MB. Whoever needs
-a whole trial reads it from the storage when needed (``snapshot.full_trials``). Unfinished trials
-are kept whole: they change, and Optuna's ask reads a waiting one's fixed params and attrs.
+the log keeps a finished trial as ``slim_trial`` makes it (under 2 KB), and the distributions of
+each space once, in a dict the trials of that space share. Whoever needs a whole trial reads it
+from the storage when needed (``snapshot.full_trials``). Unfinished trials are kept whole: they
+change, and Optuna's ask reads a waiting one's fixed params and attrs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from optuna.trial import FrozenTrial
 from autoopt.study.optuna_private import id_of
 from autoopt.study.pgstats import Refresher
 from autoopt.study.record import S_PER_EPOCH, SCREEN_MARKS, SKIPPED, WARMSTART
+
+Space = tuple[tuple[str, BaseDistribution], ...]  # a trial's distributions, in its order
 
 # What a slim trial keeps of its attrs: the view counts skipped and retried trials, the screen's
 # readers find its trials and their cost; Optuna's TPE reads a trial's constraints.
@@ -45,7 +47,7 @@ class TrialLog:
         self.slim = slim
         self.lock = threading.Lock()
         self.statistics = Refresher()  # when to check PostgreSQL's statistics of the tables again
-        self._shared: dict[tuple[str, BaseDistribution], BaseDistribution] = {}  # one of each
+        self._shared: dict[Space, dict[str, BaseDistribution]] = {}  # one distributions dict per space
 
     def merge(self, read: list[FrozenTrial]) -> None:
         """Take in the trials just read: each replaces its number's entry, or extends the list."""
@@ -67,11 +69,10 @@ class TrialLog:
                 self.trials = [by_number[n] for n in sorted(by_number)]
 
 
-def slim_trial(t: FrozenTrial, shared: dict[tuple[str, BaseDistribution], BaseDistribution] | None = None
-               ) -> FrozenTrial:
+def slim_trial(t: FrozenTrial, shared: dict[Space, dict[str, BaseDistribution]] | None = None) -> FrozenTrial:
     """What the driver keeps of finished trial ``t``: its number, id, state, values and times,
-    params and distributions (each distribution the one in ``shared`` equal to it), the attrs
-    named in ``KEPT_USER_ATTRS`` and ``KEPT_SYSTEM_ATTRS``, and its last report (a screened
+    params and distributions (the dict in ``shared`` of the same space, read-only as Optuna's
+    readers treat it), the attrs named in ``KEPT_USER_ATTRS`` and ``KEPT_SYSTEM_ATTRS``, and its last report (a screened
     trial's every report: the screen's readers compare its trials at each rung).
 
     >>> from optuna.distributions import FloatDistribution
@@ -83,7 +84,10 @@ def slim_trial(t: FrozenTrial, shared: dict[tuple[str, BaseDistribution], BaseDi
     (1.0, {'lr': 0.1}, {'skipped': False}, {1: 2.0})
     """
     shared = {} if shared is None else shared
-    distributions = {sys.intern(n): shared.setdefault((n, d), d) for n, d in t.distributions.items()}
+    space = tuple(t.distributions.items())
+    distributions = shared.get(space)
+    if distributions is None:  # the first trial of its space: the trials of one space share one dict
+        distributions = shared[space] = {sys.intern(n): d for n, d in space}
     reports = t.intermediate_values
     if reports and not any(t.user_attrs.get(mark) for mark in SCREEN_MARKS):
         last = max(reports)
