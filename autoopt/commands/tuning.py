@@ -34,8 +34,10 @@ from autoopt.study import (
     StorageDown,
     absolute_sqlite,
     check_storage,
+    full_trials,
     open_storage,
     open_study,
+    slim_log,
     sqlite_path,
     with_retry,
 )
@@ -249,6 +251,7 @@ def _opened(spec: StudySpec, task: Loaded, storage_url: str) -> tuple[optuna.Stu
     storage = open_storage(storage_url)
     study = open_study(storage, spec.name, direction=task.direction, metric=task.metric,
                        sampler=spec.sampler, seed=spec.seed)
+    slim_log(study)  # the driver keeps a finished trial's few fields: its memory stays flat as the study grows
     with_retry(lambda: study.set_user_attr("metric", task.metric), what="open the study")
     info = prior_mod.TaskInfo.of_task(spec.task, task)
     with_retry(lambda: study.set_user_attr(prior_mod.TASK_ATTR, info.to_dict()), what="open the study")
@@ -428,15 +431,18 @@ def best_recommendation(spec: StudySpec, study: optuna.Study, task: Loaded) -> R
     """The study's best complete trial as a Recommendation (``source: study``). Where none
     completed (a short time budget spent on the screen), the screened trial that got furthest,
     best at that epoch, stands until the confirmation decides."""
-    trials = study.get_trials(deepcopy=False)
-    done = [(t.value, t) for t in trials
-            if t.state.name == "COMPLETE" and t.value is not None and CONFIG in t.user_attrs]
+    trials = study.get_trials(deepcopy=False)  # finished ones slim in the driver: no config (``slim_log``)
+    done = [(t.value, t) for t in trials if t.state.name == "COMPLETE" and t.value is not None]
     note = None
-    if done:
-        value, best = best_by(done, key=lambda d: d[0], direction=task.direction)
-    else:
-        screened = [t for t in trials if t.state.name == "PRUNED" and CONFIG in t.user_attrs
-                    and t.intermediate_values]
+    best: optuna.trial.FrozenTrial | None = None
+    while done and best is None:  # the best complete trial that has a config, read whole
+        value, candidate = best_by(done, key=lambda d: d[0], direction=task.direction)
+        whole = next(full_trials(study, [candidate]))
+        best = whole if CONFIG in whole.user_attrs else None
+        done = [d for d in done if d[1] is not candidate]
+    if best is None:
+        pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
+        screened = [t for t in full_trials(study, pruned) if CONFIG in t.user_attrs]
         if not screened:
             if any(t.state.name != "WAITING" for t in trials):
                 raise RuntimeError(f"study '{study.study_name}' has no complete trial to recommend from; "

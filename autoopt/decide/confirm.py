@@ -73,6 +73,7 @@ from autoopt.evidence import (
 from autoopt.recommendation import Recommendation
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params, family, preset
 from autoopt.spec import StudySpec
+from autoopt.study import full_trials
 from autoopt.study.record import CONFIRM_OFFSET, TrialKind, TrialRecord, record
 from autoopt.tasks.loop import UserLoop
 from autoopt.tracking import RunRef
@@ -116,7 +117,8 @@ def screened(study: optuna.Study, direction: str) -> list[TrialConfig]:
     screen's successive halving), then by their value there."""
     complete: list[tuple[float, dict[str, Any]]] = []
     pruned: dict[int, list[tuple[float, dict[str, Any]]]] = {}
-    for t in study.get_trials(deepcopy=False):
+    screen = [t for t in study.get_trials(deepcopy=False) if record(t).kind == TrialKind.SCREEN]
+    for t in full_trials(study, screen):  # whole: their configs
         rec = record(t)
         if rec.kind != TrialKind.SCREEN or rec.config is None:
             continue
@@ -173,8 +175,9 @@ def top_configs(study: optuna.Study, k: int, direction: str, exclude: set[str] |
                 ) -> list[tuple[int, TrialConfig]]:
     """The ``k`` best complete trials with distinct configs, best first; configs whose key is in
     ``exclude`` (the baselines: they are confirmed as such) are skipped."""
-    done = [(t.value, t.number, config) for t in study.get_trials(deepcopy=False)
-            if t.state.name == "COMPLETE" and t.value is not None and (config := record(t).config) is not None]
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
+    done = [(value, t.number, config) for t in full_trials(study, complete)  # whole: their configs
+            if (value := t.value) is not None and (config := record(t).config) is not None]
     seen: set[str] = set(exclude)
     out = []
     for _, number, config in ordered(done, lambda d: d[0], direction):
@@ -219,7 +222,8 @@ def made_runs(study: optuna.Study, entrants: list[Contender], spec: StudySpec, t
     race run (``_stands_in``): its own trial's first, else the earliest (the screen's). One at
     most: the module's rule on selection."""
     by_key: dict[str, list[TrialRecord]] = {}
-    for t in study.get_trials(deepcopy=False):
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    for t in full_trials(study, complete):  # whole: their configs, seeds and histories
         rec = record(t)
         if rec.config is not None and _stands_in(rec, spec, test_key):
             by_key.setdefault(_key(TrialConfig(**rec.config)), []).append(rec)
@@ -488,7 +492,7 @@ def contenders(spec: StudySpec, study: optuna.Study, task: Loaded) -> list[Conte
 def family_speeds(study: optuna.Study) -> dict[str, float]:
     """Median seconds per epoch each family took in the study's trials."""
     by: dict[str, list[float]] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in full_trials(study):  # whole, a chunk at a time: their configs name the family
         rec = record(t)
         if rec.s_per_epoch and rec.family:
             by.setdefault(rec.family, []).append(rec.s_per_epoch)

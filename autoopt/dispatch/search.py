@@ -44,7 +44,7 @@ from autoopt.dispatch.trials import TrialBook
 from autoopt.dispatch.upkeep import Upkeep
 from autoopt.errors import StudyStopped
 from autoopt.screen.focus import SearchFocus
-from autoopt.study import HEARTBEAT_S, StorageDown, with_retry
+from autoopt.study import HEARTBEAT_S, StorageDown, full_trials, with_retry
 from autoopt.study.backends import env_seconds
 from autoopt.study.record import TrialKind, kind_of, record
 from autoopt.study.view import StudyView
@@ -103,7 +103,7 @@ def begin_search(study: optuna.Study, storage_url: str, trials: int, policy: Sea
     """What needs no worker, done once per driver (``tune`` does it while Ray starts): a resumed
     study's costs read, the policy's trials enqueued. Asks no trial."""
     out = SearchStart()
-    for t in with_retry(lambda: study.get_trials(deepcopy=False), what="read the study"):
+    for t in with_retry(lambda: list(full_trials(study)), what="read the study"):  # a resumed study's, whole
         rec = record(t)
         if rec.s_per_epoch and rec.family:  # a resumed study's costs
             out.speeds.setdefault(rec.family, []).append(rec.s_per_epoch)

@@ -51,7 +51,7 @@ from autoopt.space import (
     Uniform,
     schedule,
 )
-from autoopt.study import SCREEN, WARMSTART, ask_lock, budget_used
+from autoopt.study import SCREEN, WARMSTART, ask_lock, budget_used, full_trials
 from autoopt.study.record import TrialKind, record
 
 ENQUEUED = "portfolio_enqueued"  # study user attr: the families enqueued so far, in order
@@ -276,8 +276,8 @@ def left_on_cost(study: optuna.Study, *, epochs: int, pick_s_per_epoch: float | 
     whole minutes)."""
     from autoopt.training.pruning import SCREEN_ETA
 
-    trials = study.get_trials(deepcopy=False)
-    screen = [t for t in trials if record(t).kind == TrialKind.SCREEN]
+    trials = study.get_trials(deepcopy=False)  # the screened ones, whole: their configs (``full_trials``)
+    screen = list(full_trials(study, [t for t in trials if record(t).kind == TrialKind.SCREEN]))
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     out = []
     for t in screen:

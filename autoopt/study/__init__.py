@@ -8,9 +8,11 @@ Modules, low to high:
 * ``optuna_private``: Optuna's private names (a trial's id, ``RDBStorage``'s read and session
   scope, the classes of its tables), the one module that touches them;
 * ``writes``: a trial's writes of one step, made in one transaction (``TrialWrites``, ``flush``);
+* ``log``: ``TrialLog``, a study's trials as the driver keeps them, finished ones slim;
 * ``snapshot``: ``SnapshotStorage``, a ``BaseStorage`` wrapper serving one read of the trials
-  per decision (``trials_snapshot``) and making a step's writes to a trial at once
-  (``deferred_writes``), and ``SnapshotStudy``, a study that names its wrapper;
+  per decision (``trials_snapshot``) from each study's log (``slim_log``: whole trials read again
+  with ``full_trials``) and making a step's writes to a trial at once (``deferred_writes``), and
+  ``SnapshotStudy``, a study that names its wrapper;
 * ``samplers``: ``build_sampler`` and ``GroupTPESampler``;
 * ``stale``: heartbeats and stale trials (``fail_stale``, ``retry_trial``);
 * ``studies``: ``open_study``, ``load_study``, ``budget_used``;
@@ -60,6 +62,8 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time, ``__getattr__`` bel
         SnapshotStorage,
         SnapshotStudy,
         deferred_writes,
+        full_trials,
+        slim_log,
         storage_of,
         study_id_of,
         trial_id_of,
@@ -129,8 +133,10 @@ _EXPORTS: dict[str, str] = {
     "record_heartbeat": "autoopt.study.stale",
     "redact": "autoopt.base.redact",
     "redact_logs": "autoopt.base.redact",
+    "full_trials": "autoopt.study.snapshot",
     "retry_trial": "autoopt.study.stale",
     "sqlite_path": "autoopt.study.backends",
+    "slim_log": "autoopt.study.snapshot",
     "storage_of": "autoopt.study.snapshot",
     "storage_retry_s": "autoopt.study.storage",
     "study_id_of": "autoopt.study.snapshot",
@@ -180,6 +186,7 @@ __all__ = [
     "creation_lock",
     "deferred_writes",
     "fail_stale",
+    "full_trials",
     "is_busy",
     "is_unreachable",
     "load_existing_study",
@@ -191,6 +198,7 @@ __all__ = [
     "redact",
     "redact_logs",
     "retry_trial",
+    "slim_log",
     "sqlite_path",
     "storage_of",
     "storage_retry_s",

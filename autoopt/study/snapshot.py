@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-from collections.abc import Collection, Container, Iterator, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,41 +30,12 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
+from autoopt.study.log import TrialLog
 from autoopt.study.optuna_private import frozen_of, id_of, rdb_trials, set_frozen
-from autoopt.study.pgstats import Refresher, refresh
+from autoopt.study.pgstats import refresh
 from autoopt.study.reads import read_trials
 from autoopt.study.window import FINISHED
 from autoopt.study.writes import TrialWrites, create_trial, flush
-
-
-class _Trials:
-    """A study's trials as read so far, by number, and where the next read starts (Optuna's
-    cached storage's bookkeeping): the trials unfinished at the last read, by id, and the
-    highest id of a finished one."""
-
-    def __init__(self) -> None:
-        self.trials: list[FrozenTrial] = []
-        self.unfinished: dict[int, int] = {}  # id -> number
-        self.last_finished = -1
-        self.lock = threading.Lock()
-        self.statistics = Refresher()  # when to check PostgreSQL's statistics of the tables again
-
-    def merge(self, read: list[FrozenTrial]) -> None:
-        """Take in the trials just read: each replaces its number's entry, or extends the list."""
-        for t in sorted(read, key=lambda t: t.number):
-            if t.number < len(self.trials) and self.trials[t.number].number == t.number:
-                self.trials[t.number] = t
-            elif t.number == len(self.trials):
-                self.trials.append(t)
-            else:  # numbers with a gap (not seen in a study Optuna keeps): sorted afresh
-                by_number = {x.number: x for x in self.trials} | {t.number: t}
-                self.trials = [by_number[n] for n in sorted(by_number)]
-            tid = id_of(t)
-            if t.state.is_finished():
-                self.unfinished.pop(tid, None)
-                self.last_finished = max(self.last_finished, tid)
-            else:
-                self.unfinished[tid] = t.number
 
 
 @dataclass(frozen=True)
@@ -86,6 +57,9 @@ class _Read:
 
 
 
+_NO_ID = 2**31 - 1  # above every trial id: a read of the ids named alone
+
+
 class SnapshotStorage(BaseStorage):
     """Delegates to ``inner`` (an ``RDBStorage``, wrapped in Optuna's own trial cache);
     ``get_all_trials`` is served from a snapshot while one is taken (``snapshot``)."""
@@ -100,7 +74,8 @@ class SnapshotStorage(BaseStorage):
         self._pending: dict[int, TrialWrites] = {}  # the writes kept by ``deferred``, by trial id
         self._known: dict[tuple[int, str], BaseDistribution] = {}  # (study id, param): as first written here
         self._created: dict[int, FrozenTrial] = {}  # the trial this process created last, until read
-        self._read: dict[int, _Trials] = {}  # each study's trials as read so far (``_all_trials``)
+        self._read: dict[int, TrialLog] = {}  # each study's trials as read so far (``_all_trials``)
+        self.slim = False  # the logs keep finished trials slim (``TrialLog``): a driver's storage
         self._newest: dict[int, int] = {}  # each study's highest trial id read or created here
 
     @contextlib.contextmanager
@@ -164,7 +139,7 @@ class SnapshotStorage(BaseStorage):
         but kept in number order as they come: no sort of every trial per read."""
         if not isinstance(self.base, RDBStorage):
             return _Read(self.inner.get_all_trials(study_id, deepcopy=False), None)
-        known = self._read.setdefault(study_id, _Trials())
+        known = self._read.setdefault(study_id, TrialLog(slim=self.slim))
         with known.lock:
             if known.statistics.due(len(known.trials)):
                 refresh(self.base.engine)  # PostgreSQL's alone
@@ -176,6 +151,24 @@ class SnapshotStorage(BaseStorage):
             if known.trials:
                 self._newest[study_id] = max(self._newest.get(study_id, 0), id_of(known.trials[-1]))
             return _Read(list(known.trials), sorted(known.unfinished.values()))
+
+    def keep_slim(self) -> None:
+        """The logs keep finished trials slim from their next read on (``slim_log``)."""
+        self.slim = True
+        for log in self._read.values():
+            with log.lock:
+                log.slim = True
+
+    def full(self, study_id: int, ids: Collection[int]) -> list[FrozenTrial]:
+        """The trials of ``ids`` as stored, whole, by id; read now and kept nowhere (the log keeps
+        a finished trial slim)."""
+        if not ids:
+            return []
+        if not isinstance(self.base, RDBStorage):
+            return sorted((self.inner.get_trial(i) for i in ids), key=id_of)
+        if self.base.engine.name in ("sqlite", "postgresql"):
+            return read_trials(self.base, study_id, _NO_ID, ids)
+        return rdb_trials(self.base, study_id, included=set(ids), after=_NO_ID)
 
     def trial_id(self, study_id: int, number: int) -> int:
         """The storage id of trial ``number`` (cached: ids never change)."""
@@ -363,6 +356,40 @@ def trials_snapshot(study: optuna.Study, trials: list[FrozenTrial] | None = None
         return
     with study.snapshot_storage.snapshot(study_id_of(study), trials, unfinished):
         yield
+
+
+def slim_log(study: optuna.Study) -> None:
+    """From now on, ``study``'s log keeps its finished trials slim (``TrialLog``): the driver's
+    memory no longer grows with the study. Its readers of whole finished trials read them with
+    ``full_trials``. A study not opened by ``autoopt.study`` is left as it is."""
+    if isinstance(study, SnapshotStudy):
+        study.snapshot_storage.keep_slim()
+
+
+def full_trials(study: optuna.Study, trials: Iterable[FrozenTrial] | None = None, *,
+                chunk: int = 256) -> Iterator[FrozenTrial]:
+    """``trials`` (the study's, as ``get_trials`` gives them, by default) whole, in their order:
+    where the log keeps finished trials slim (``slim_log``), read again from the storage,
+    ``chunk`` at a time, so that a pass over the study holds no more than that many whole trials."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    if not isinstance(study, SnapshotStudy) or not study.snapshot_storage.slim:
+        yield from trials
+        return
+    storage, sid = study.snapshot_storage, study_id_of(study)
+    batch: list[FrozenTrial] = []
+    for t in trials:
+        batch.append(t)
+        if len(batch) >= chunk:
+            yield from _whole(storage, sid, batch)
+            batch = []
+    yield from _whole(storage, sid, batch)
+
+
+def _whole(storage: SnapshotStorage, study_id: int, batch: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``batch`` whole, in its order: the finished trials read again, the unfinished ones as they are."""
+    read = {id_of(t): t for t in storage.full(study_id, [id_of(t) for t in batch if t.state.is_finished()])}
+    return [read.get(id_of(t), t) for t in batch]
 
 
 @contextlib.contextmanager
