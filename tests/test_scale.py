@@ -3,14 +3,42 @@ sampler's per-trial work stops growing with the study (groups kept, TPE's window
 
 from __future__ import annotations
 
+import heapq
+import math
+
 import optuna
 import pytest
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.study import budget_used, build_sampler, counts, open_study, retry_trial
-from autoopt.study.samplers import GroupTPESampler, tpe_window
+from autoopt.study.samplers import TPE_BEST, GroupTPESampler
 from autoopt.study.view import StudyView
+from autoopt.study.window import FINISHED
+
+
+def tpe_window(trials: list[FrozenTrial], window: int, *, maximize: bool,
+               best: int = TPE_BEST) -> list[FrozenTrial]:
+    """The window ``TailWindow`` keeps, the plain way (one pass over every trial, per call): the
+    reference it is checked against.
+
+    >>> from optuna.trial import create_trial
+    >>> ts = [create_trial(value=float(v)) for v in [9, 1, 2, 3, 4]]
+    >>> for i, t in enumerate(ts):
+    ...     t.number = i
+    >>> [t.value for t in tpe_window(ts, 2, maximize=True, best=1)]
+    [9.0, 3.0, 4.0]
+    """
+    finished = [t for t in trials if t.state in FINISHED]
+    if len(finished) <= window:
+        return trials
+    old = finished[:-window]
+    sign = 1.0 if maximize else -1.0
+    scored = [(sign * v, i) for i, t in enumerate(old)
+              if t.state == TrialState.COMPLETE and (v := t.value) is not None and math.isfinite(v)]
+    keep = {old[i].number for _, i in heapq.nlargest(best, scored)}
+    keep.update(t.number for t in finished[-window:])
+    return [t for t in trials if t.state not in FINISHED or t.number in keep]
 
 
 def _full(study: optuna.Study) -> dict[str, object]:

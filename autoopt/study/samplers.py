@@ -9,7 +9,7 @@ search space into groups of parameters that always appear together (the decompos
 one group at a time, only when the trial asks for one of its parameters.
 
 Flat at scale: the groups are kept per study for the driver's life (each finished trial is
-added once), and TPE's model reads a window of the study (``tpe_window``): the best trials,
+added once), and TPE's model reads a window of the study (``TailWindow``): the best trials,
 which make its "good" model exactly as on the whole study, and the newest ``TPE_WINDOW``
 others, so that sampling a trial costs the same at the 10,000th trial as at the 250th.
 """
@@ -17,8 +17,6 @@ others, so that sampling a trial costs the same at the 10,000th trial as at the 
 from __future__ import annotations
 
 import copy
-import heapq
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from typing import Any
@@ -31,9 +29,9 @@ import autoopt.study.quiet  # noqa: F401  (Optuna quietened first)
 from autoopt.errors import UsageError
 from autoopt.space import SAMPLERS
 from autoopt.study.optuna_private import study_trials
-from autoopt.study.window import FINISHED, TailWindow
+from autoopt.study.window import TailWindow
 
-# TPE's model reads the newest this many finished trials, beside the best ones (``tpe_window``).
+# TPE's model reads the newest this many finished trials, beside the best ones (``TailWindow``).
 TPE_WINDOW = 200
 # The best complete trials always in the window: Optuna's TPE takes at most 25 for its "good"
 # model (its default gamma), so these keep that model exactly as on the whole study.
@@ -203,7 +201,7 @@ class GroupTPESampler(optuna.samplers.BaseSampler):
     its schedule's, clipping), so most of that work was thrown away. Same model, same kind of
     proposals for the groups a trial uses; about a quarter of the sampling time. Takes
     ``TPESampler``'s arguments (``group`` and ``multivariate`` are implied), plus ``groups`` (the
-    per-study groups, shared with other samplers) and ``window`` (``tpe_window``).
+    per-study groups, shared with other samplers) and ``window`` (``TailWindow``'s size).
     """
 
     def __init__(self, *, groups: dict[str, SearchSpaceGroups] | None = None, window: int = TPE_WINDOW,
@@ -313,36 +311,9 @@ class _LazyGroups(Mapping):
         return sum(len(self._group(i)) for i in range(len(self._groups)))
 
 
-def tpe_window(trials: list[FrozenTrial], window: int, *, maximize: bool,
-               best: int = TPE_BEST) -> list[FrozenTrial]:
-    """The trials TPE's model reads: all of them up to ``window`` finished ones; beyond, the
-    ``best`` complete trials (TPE's "good" model: at most 25 trials, so it is the whole study's),
-    the newest ``window`` finished ones (Optuna weighs older trials less already), and every
-    unfinished one (the constant liar's). Order kept. One pass over the trials.
-
-    >>> from optuna.trial import create_trial
-    >>> ts = [create_trial(value=float(v)) for v in [9, 1, 2, 3, 4]]
-    >>> for i, t in enumerate(ts):
-    ...     t.number = i
-    >>> [t.value for t in tpe_window(ts, 2, maximize=True, best=1)]
-    [9.0, 3.0, 4.0]
-    """
-    finished = [t for t in trials if t.state in FINISHED]
-    if len(finished) <= window:
-        return trials
-    old = finished[:-window]
-    sign = 1.0 if maximize else -1.0
-    scored = [(sign * v, i) for i, t in enumerate(old)
-              if t.state == TrialState.COMPLETE and (v := t.value) is not None and math.isfinite(v)]
-    keep = {old[i].number for _, i in heapq.nlargest(best, scored)}
-    keep.update(t.number for t in finished[-window:])
-    return [t for t in trials if t.state not in FINISHED or t.number in keep]
-
-
-
 class _WindowedStudy:
     """The study as TPE reads it: every attribute the study's, its trials through its window
-    (``TailWindow``: what ``tpe_window`` gives, without reading every trial)."""
+    (``TailWindow``)."""
 
     def __init__(self, study: optuna.Study, window: TailWindow) -> None:
         self._study, self._window = study, window

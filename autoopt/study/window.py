@@ -1,8 +1,10 @@
-"""TPE's window kept as the study grows: ``TailWindow`` gives what ``tpe_window`` gives, at a cost
-that does not grow with the study.
+"""TPE's window kept as the study grows, at a cost that does not grow with the study: every
+trial up to ``window`` finished ones; beyond, the ``best`` complete trials (TPE's "good" model:
+at most 25 trials, so it is the whole study's), the newest ``window`` finished ones (Optuna
+weighs older trials less already), and every unfinished one (the constant liar's), in order.
 
-``tpe_window`` reads every trial (one pass, per call, per set of states). ``TailWindow`` keeps,
-per study and set of states, where the window starts and the best complete trials before it:
+``TailWindow`` keeps, per study and set of states, where the window starts and the best
+complete trials before it, instead of reading every trial per call:
 
 - the window (the newest ``window`` finished trials in the states asked for, and every
   unfinished one after its start) is found walking back from the newest trial;
