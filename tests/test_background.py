@@ -64,3 +64,16 @@ def test_no_gate_on_a_larger_machine(tmp_path: Path) -> None:
             assert alone is False  # not kept waiting: 16 cores hold every warm-up at once
     finally:
         os.close(fd)
+
+
+def test_one_stuck_inside_keeps_no_one_waiting_past_the_limit(tmp_path: Path) -> None:
+    gate = str(tmp_path / "gate")
+    fd = os.open(gate, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # inside, and never leaving
+    try:
+        started = time.monotonic()
+        with first_alone(gate, cpus=2, wait_s=0.5) as alone:
+            waited = time.monotonic() - started
+        assert alone is False and 0.4 < waited < 3.0, waited
+    finally:
+        os.close(fd)

@@ -15,10 +15,12 @@ import contextlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 
 NICENESS = 10  # how far below the rest a background thread runs (0: as the rest; 19: last)
 FIRST_ALONE_CPUS = 4  # machines this small let the first warm-up go alone
+POLL_S = 0.05  # how often a process waiting at the gate looks again
 GATE = os.path.join(tempfile.gettempdir(), "autoopt-warmup.lock")
 
 
@@ -30,13 +32,14 @@ def give_way(niceness: int = NICENESS) -> None:
 
 
 @contextlib.contextmanager
-def first_alone(path: str = GATE, cpus: int | None = None) -> Iterator[bool]:
+def first_alone(path: str = GATE, cpus: int | None = None, wait_s: float = 60.0) -> Iterator[bool]:
     """Run the body alone when no other process of this machine is inside it now (yields True),
     else once that one has left, beside any others (yields False): on a small machine, the first
     of several processes warming up at once is ready as soon as it would be alone, instead of
     all of them together, late. A file lock (``flock`` on ``path``, let go with the process,
     however it ends); no gate on more than ``FIRST_ALONE_CPUS`` cores (``cpus``, this machine's
-    by default), or where there is no such lock.
+    by default), or where there is no such lock. One inside for longer than ``wait_s`` (stuck)
+    keeps no one waiting past it.
 
     >>> import pathlib
     >>> with first_alone(str(pathlib.Path(tempfile.mkdtemp()) / "gate"), cpus=2) as alone:
@@ -58,8 +61,15 @@ def first_alone(path: str = GATE, cpus: int | None = None) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True
         except OSError:  # one is inside: wait until it leaves, then go in beside the others
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            waited = 0.0
+            while waited < wait_s:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    break
+                except OSError:
+                    time.sleep(POLL_S)
+                    waited += POLL_S
             alone = False
         yield alone
     finally:
