@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from autoopt.base.background import first_alone
+import pytest
+
+from autoopt.base.background import GATE_ENV, first_alone, new_gate
 
 
 def test_the_first_goes_alone_and_the_next_waits_until_it_has_left(tmp_path: Path) -> None:
@@ -77,3 +79,16 @@ def test_one_stuck_inside_keeps_no_one_waiting_past_the_limit(tmp_path: Path) ->
         assert alone is False and 0.4 < waited < 3.0, waited
     finally:
         os.close(fd)
+
+
+def test_no_gate_where_none_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process Ray started without a gate (a cluster joined, not started here) waits for none."""
+    monkeypatch.delenv(GATE_ENV, raising=False)
+    with first_alone(cpus=2) as alone:
+        assert alone is False
+
+
+def test_each_ray_started_here_has_its_own_gate() -> None:
+    """Two Rays started on one machine (two commands, the suite's two workers) never wait for
+    each other's warm-up: ``start_ray`` names a fresh gate for each."""
+    assert new_gate() != new_gate()

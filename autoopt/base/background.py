@@ -21,7 +21,7 @@ from collections.abc import Iterator
 NICENESS = 10  # how far below the rest a background thread runs (0: as the rest; 19: last)
 FIRST_ALONE_CPUS = 4  # machines this small let the first warm-up go alone
 POLL_S = 0.05  # how often a process waiting at the gate looks again
-GATE = os.path.join(tempfile.gettempdir(), "autoopt-warmup.lock")
+GATE_ENV = "AUTOOPT_WARMUP_GATE"  # the gate of the processes that warm up together (a file's path)
 
 
 def give_way(niceness: int = NICENESS) -> None:
@@ -31,14 +31,22 @@ def give_way(niceness: int = NICENESS) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
+def new_gate() -> str:
+    """A fresh gate's path (the file is made by the first process at it)."""
+    fd, path = tempfile.mkstemp(prefix="autoopt-warmup-", suffix=".lock")
+    os.close(fd)
+    return path
+
+
 @contextlib.contextmanager
-def first_alone(path: str = GATE, cpus: int | None = None, wait_s: float = 60.0) -> Iterator[bool]:
+def first_alone(path: str | None = None, cpus: int | None = None, wait_s: float = 60.0) -> Iterator[bool]:
     """Run the body alone when no other process of this machine is inside it now (yields True),
     else once that one has left, beside any others (yields False): on a small machine, the first
     of several processes warming up at once is ready as soon as it would be alone, instead of
-    all of them together, late. A file lock (``flock`` on ``path``, let go with the process,
-    however it ends); no gate on more than ``FIRST_ALONE_CPUS`` cores (``cpus``, this machine's
-    by default), or where there is no such lock. One inside for longer than ``wait_s`` (stuck)
+    all of them together, late. A file lock (``flock`` on ``path``, by default the one named by
+    ``GATE_ENV``; let go with the process, however it ends); no gate without a path, on more than
+    ``FIRST_ALONE_CPUS`` cores (``cpus``, this machine's by default), or where there is no such
+    lock. One inside for longer than ``wait_s`` (stuck)
     keeps no one waiting past it.
 
     >>> import pathlib
@@ -46,7 +54,8 @@ def first_alone(path: str = GATE, cpus: int | None = None, wait_s: float = 60.0)
     ...     alone
     True
     """
-    if (cpus or os.cpu_count() or 1) > FIRST_ALONE_CPUS:
+    path = path or os.environ.get(GATE_ENV)
+    if not path or (cpus or os.cpu_count() or 1) > FIRST_ALONE_CPUS:
         yield False
         return
     try:

@@ -8,8 +8,8 @@ in a fraction of a second. Importing this module is the whole of its work.
 
 Ray starts as many of these processes as there are cores. On a small machine their imports,
 sharing the cores with Ray's own start, would make them all warm late together: there the
-first warms up alone and the others follow (``first_alone``; on 2 cores the first worker, and
-so the study's first trial, is ready 5 s sooner).
+first warms up alone and the others follow (``first_alone``, at the gate ``start_ray`` made for
+this Ray; on 2 cores the first worker, and so the study's first trial, is ready 5 s sooner).
 """
 
 from __future__ import annotations

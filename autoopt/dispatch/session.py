@@ -4,6 +4,7 @@ together, in order, whatever ends the work."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from autoopt.base.background import GATE_ENV, new_gate
 from autoopt.errors import UsageError
 
 if TYPE_CHECKING:
@@ -47,6 +49,9 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = path
+    # The gate this Ray's worker processes warm up at (``first_alone``): this cluster's own.
+    _gates.append(new_gate())
+    os.environ[GATE_ENV] = _gates[-1]
     try:
         # address="local": always a fresh in-process cluster, never one some `ray start` left
         # running. Its prestarted worker processes import the worker's modules (torch, Optuna)
@@ -54,6 +59,7 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
                  _system_config={"preload_python_modules": list(PRELOADED)}, **kwargs)
     finally:
+        os.environ.pop(GATE_ENV, None)
         if before is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -61,8 +67,14 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: int
     return True
 
 
+_gates: list[str] = []  # the warm-up gates of the Rays this process started
+
+
 def stop_ray() -> None:
     ray.shutdown()
+    while _gates:
+        with contextlib.suppress(OSError):
+            os.remove(_gates.pop())
 
 
 class RunSession:
