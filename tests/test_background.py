@@ -91,4 +91,9 @@ def test_no_gate_where_none_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_each_ray_started_here_has_its_own_gate() -> None:
     """Two Rays started on one machine (two commands, the suite's two workers) never wait for
     each other's warm-up: ``start_ray`` names a fresh gate for each."""
-    assert new_gate() != new_gate()
+    gates = [new_gate(), new_gate()]
+    try:
+        assert gates[0] != gates[1] and all(os.path.exists(g) for g in gates)
+    finally:
+        for g in gates:
+            os.remove(g)
