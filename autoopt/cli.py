@@ -29,14 +29,12 @@ from autoopt.base.redact import mask_url, redact
 # Light modules only (the standard library, typer, rich, yaml): each command imports what pulls
 # torch, Ray, MLflow or Optuna itself, so --help, --version, tasks and recommend answer at once.
 from autoopt.catalog import SOURCES, check_task_name
+from autoopt.commands.progress import print_comparison, print_recommendation
 from autoopt.errors import StorageDown, StudyStopped, UsageError
 from autoopt.space import PRUNERS, SAMPLERS
 
 if TYPE_CHECKING:
-    from autoopt.commands.compare import Comparison
     from autoopt.commands.tuning import Prepared
-    from autoopt.evidence import Stats
-    from autoopt.recommendation import Recommendation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pick the optimizer, its settings and its schedule for a PyTorch task.")
@@ -246,7 +244,7 @@ def _tune(prepared: Prepared, *, restart_ray: bool) -> None:
               f"{escape(mask_url(place.storage))}, MLflow {escape(mask_url(place.mlflow_uri))}", highlight=False)
     with TuneDisplay(err, None if open_ended else spec.trials) as display:
         rec = run_study(spec, on_progress=display.update, prepared=prepared, since=_launched())
-    _print_recommendation(rec, f"{place.out}/{spec.name.replace(':', '_')}.json")  # as Recommendation.save names it
+    print_recommendation(rec, out, f"{place.out}/{spec.name.replace(':', '_')}.json")  # as Recommendation.save names it
 
 
 def _launched() -> float:
@@ -254,57 +252,6 @@ def _launched() -> float:
     from autoopt.budget import launch_time
 
     return launch_time()
-
-
-def _print_recommendation(rec: Recommendation, path: str | None = None) -> None:
-    table = Table(title=f"recommendation for {escape(rec.task)}", show_header=False)
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")
-    table.add_row("optimizer", escape(f"{rec.optimizer} {json.dumps(rec.optimizer_params)}"))
-    table.add_row("scheduler", escape(f"{rec.scheduler} {json.dumps(rec.scheduler_params)}"))
-    table.add_row("grad clip", str(rec.grad_clip_norm))
-    if rec.value is not None:
-        table.add_row(rec.metric, f"{rec.value:.4f}")
-    imp = rec.improvement
-    if imp is not None:
-        table.add_row("decided", escape(imp.says()))
-    if rec.cost is not None and rec.cost.s_per_epoch is not None:
-        table.add_row("cost", _cost(rec.cost.s_per_epoch, rec.cost.relative))
-    alt = rec.cheapest_equivalent
-    if alt is not None and alt.s_per_epoch is not None:
-        margin = alt.versus_pick.margin if alt.versus_pick else None
-        table.add_row("cheaper, equivalent", escape(f"{alt.name} ({alt.optimizer}): "
-                                                    f"{_cost(alt.s_per_epoch, alt.relative)}; within "
-                                                    f"{margin or 0.0:.4g} of the pick"))
-    if rec.effort is not None and rec.effort.searched:
-        table.add_row("searched", escape(", ".join(rec.effort.searched) + " (the screen's best third)"))
-    for left in rec.left_on_cost or ():
-        times = f", {left.relative_to_pick:g}x the pick's s/epoch" if left.relative_to_pick else ""
-        table.add_row("left on cost", escape(
-            f"{left.family}: {_ordinal(left.rank)} of {left.of} at epoch {left.epoch}{times}; "
-            f"--time-budget {left.time_budget_s // 60}m would train it"))
-    if rec.budget is not None:
-        table.add_row("time budget", f"{rec.budget.used_s:.0f}s of {rec.budget.limit_s:g}s")
-    out.print(table)
-    if path:
-        out.print(f"written to {escape(path)}; load it with "
-                  f"`from autoopt import recommend; {_recommend_call(rec.to_dict())}`", highlight=False)
-
-
-def _ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
-
-
-def _recommend_call(data: dict[str, Any]) -> str:
-    """The call that loads this recommendation: its study's name when that is not the task's."""
-    study = data.get("study_name")
-    named = f", study={study!r}" if study and study != data["task"] else ""
-    return f"recommend({data['task']!r}{named})"
-
-
-def _cost(s_per_epoch: float, relative: float | None) -> str:
-    rel = f", {relative:.2f}x the fastest baseline" if relative is not None else ""
-    return f"{s_per_epoch:.3f} s/epoch{rel}"
 
 
 # --- recommend, tasks, report ---------------------------------------------------------------
@@ -412,43 +359,7 @@ def compare(
             bar.update(job, completed=done, total=total, info=what)
 
         result = run_compare(plan, out=out_dir, on_progress=progress)
-    _print_comparison(result)
-
-
-def _mean_std(stats: Stats, digits: int = 4) -> str:
-    if stats.mean is None:
-        return "-"
-    return f"{stats.mean:.{digits}f}±{stats.std or 0.0:.{digits}f}"  # compact: fits 80 columns
-
-
-def _print_comparison(result: Comparison) -> None:
-    n_seeds = len(result.rows[0].seeds) if result.rows else 0
-    table = Table(title=f"{result.task}: {result.epochs} epochs, constant lr; at the last epoch, "
-                        f"mean±std over {n_seeds} seed(s)")
-    # The label names the family: never wrap or cut it. Settings get their own column only
-    # where the terminal is wide; otherwise they are listed under the table.
-    wide = out.width >= 140
-    width = max((len(r.label) for r in result.rows), default=9)
-    table.add_column("optimizer", no_wrap=True, min_width=width)
-    if wide:
-        table.add_column("settings", overflow="fold")
-    for name in (result.metric, "train_loss", result.test_metric):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("ok", justify="right", no_wrap=True)
-    settings = {row.label: ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in row.config.optimizer_params.items()) for row in result.rows}
-    for row in result.rows:
-        cells = [_mean_std(row.val), _mean_std(row.train_loss), _mean_std(row.test),
-                 f"{row.val.complete}/{len(row.seeds)}"]
-        table.add_row(row.label, *([settings[row.label]] if wide else []), *cells)
-    out.print(table)
-    if not wide:
-        for row in result.rows:
-            out.print(f"  {row.label:<{width}}  {escape(settings[row.label])}", highlight=False)
-    for row in result.rows:
-        for reason in row.failed:
-            out.print(f"[yellow]{escape(row.label)}[/yellow] {escape(reason)}", highlight=False)
-    out.print(f"loss curves: {result.plot}; table: {result.json_path}", highlight=False)
+    print_comparison(result, out)
 
 
 # --- bench -----------------------------------------------------------------------------------

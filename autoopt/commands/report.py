@@ -95,7 +95,6 @@ def best_per_family(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 # --- figures ------------------------------------------------------------------------------------
 
-
 def importance_study(study: optuna.Study) -> optuna.Study:
     """An in-memory study over what every trial has, whatever its family: ``optimizer``, ``lr``,
     ``scheduler`` and ``grad_clip``. The study's own parameters are conditional
@@ -372,7 +371,6 @@ def pareto_plot(rec: Recommendation | None) -> Any:
 
 # --- the summary -------------------------------------------------------------------------------
 
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
@@ -509,7 +507,6 @@ def summary_markdown(study: optuna.Study, rec: Recommendation | None, importance
 
 
 # --- the report folder ----------------------------------------------------------------------------
-
 
 @dataclass
 class Report:
