@@ -18,6 +18,7 @@ from autoopt.base.background import GATE_ENV, first_alone, new_gate
 
 def test_the_first_goes_alone_and_the_next_waits_until_it_has_left(tmp_path: Path) -> None:
     gate = str(tmp_path / "gate")
+    Path(gate).touch()  # as new_gate makes it
     # Another process inside the gate, for 1.5 s.
     inside = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from autoopt.base.background import first_alone\n"
@@ -86,6 +87,15 @@ def test_no_gate_where_none_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(GATE_ENV, raising=False)
     with first_alone(cpus=2) as alone:
         assert alone is False
+
+
+def test_a_removed_gate_is_not_made_again(tmp_path: Path) -> None:
+    """A worker process Ray starts after ``stop_ray`` removed its gate (a late restart) waits for
+    none and leaves no file behind."""
+    gate = tmp_path / "gate"
+    with first_alone(str(gate), cpus=2) as alone:
+        assert alone is False
+    assert not gate.exists()
 
 
 def test_each_ray_started_here_has_its_own_gate() -> None:

@@ -44,15 +44,20 @@ def first_alone(path: str | None = None, cpus: int | None = None, wait_s: float 
     else once that one has left, beside any others (yields False): on a small machine, the first
     of several processes warming up at once is ready as soon as it would be alone, instead of
     all of them together, late. A file lock (``flock`` on ``path``, by default the one named by
-    ``GATE_ENV``; let go with the process, however it ends); no gate without a path, on more than
-    ``FIRST_ALONE_CPUS`` cores (``cpus``, this machine's by default), or where there is no such
-    lock. One inside for longer than ``wait_s`` (stuck)
+    ``GATE_ENV``; let go with the process, however it ends); no gate without a path, without its
+    file (``new_gate`` makes it; a process that starts after its Ray stopped and removed it
+    makes none again), on more than ``FIRST_ALONE_CPUS`` cores (``cpus``, this machine's by
+    default), or where there is no such lock. One inside for longer than ``wait_s`` (stuck)
     keeps no one waiting past it.
 
-    >>> import pathlib
-    >>> with first_alone(str(pathlib.Path(tempfile.mkdtemp()) / "gate"), cpus=2) as alone:
+    >>> gate = new_gate()
+    >>> with first_alone(gate, cpus=2) as alone:
     ...     alone
     True
+    >>> os.remove(gate)
+    >>> with first_alone(gate, cpus=2) as alone:
+    ...     alone
+    False
     """
     path = path or os.environ.get(GATE_ENV)
     if not path or (cpus or os.cpu_count() or 1) > FIRST_ALONE_CPUS:
@@ -61,7 +66,7 @@ def first_alone(path: str | None = None, cpus: int | None = None, wait_s: float 
     try:
         import fcntl
 
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDONLY)
     except (ImportError, OSError):
         yield False
         return

@@ -71,10 +71,12 @@ _gates: list[str] = []  # the warm-up gates of the Rays this process started
 
 
 def stop_ray() -> None:
-    ray.shutdown()
-    while _gates:
-        with contextlib.suppress(OSError):
-            os.remove(_gates.pop())
+    try:
+        ray.shutdown()
+    finally:
+        while _gates:
+            with contextlib.suppress(OSError):
+                os.remove(_gates.pop())
 
 
 class RunSession:
