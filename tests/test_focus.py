@@ -53,6 +53,23 @@ def test_the_bandit_favours_the_survivor_whose_trials_win() -> None:
     assert picks.most_common(1)[0][0] == "f1" and set(picks) <= set(focus.names)
 
 
+def test_the_bandit_spends_by_gain_per_second() -> None:
+    """Two survivors whose trials rank alike: the one four times slower per epoch (measured in the
+    screen) gets far fewer trials; its cost shows in why it is searched."""
+    from autoopt.screen.focus import Survivor
+
+    focus = Focus([Survivor("slow", 2, 1, 14, s_per_epoch=2.0), Survivor("fast", 2, 2, 14, s_per_epoch=0.5)],
+                  "maximize")
+    picks: Counter[str] = Counter()
+    for i in range(30):
+        fam = focus.choose()
+        picks[fam] += 1
+        focus.observe(fam, TrialState.COMPLETE, 0.9 + 0.001 * (i % 3))
+    assert picks["fast"] >= 3 * picks["slow"], picks
+    assert focus.cost("slow") == 4.0 and "4.0x the fastest's seconds per epoch" in focus.why()["slow"]
+    assert "x the fastest" not in focus.why()["fast"]
+
+
 def test_the_searched_families_stay_within_five_however_the_screen_reorders_its_best() -> None:
     """The search starts while the screen's last trials still run: a family given a search trial
     stays searched when the screen's last results push it out of the best third, and the search's

@@ -4,9 +4,12 @@ The screen trains every family at its published defaults, by successive halving;
 it reported, a family ranked in its best third or did not. The families that did, ordered by the
 deepest epoch at which they did (then by their rank there), are the survivors: the first
 ``FOCUS_FAMILIES`` of them. Each search trial's family is then chosen among the survivors by a
-bandit (UCB1 on how each trial ranks among the study's complete results), and TPE tunes that
-family's settings (learning rate, betas, weight decay, schedule) from that family's trials. A
-family outside the survivors gets no search trial: the screen's evidence says it will not win.
+bandit (UCB1 on how each trial ranks among the study's complete results), per second: a
+family's score is divided by its seconds per epoch in the screen over the fastest survivor's, so
+the search's time goes where the expected gain per second is highest (a family five times slower
+per epoch must promise five times as much to get the trial). TPE tunes that family's settings
+(learning rate, betas, weight decay, schedule) from that family's trials. A family outside the
+survivors gets no search trial: the screen's evidence says it will not win.
 
 >>> from optuna.trial import create_trial
 >>> from optuna.distributions import CategoricalDistribution
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from optuna.trial import FrozenTrial, TrialState
 
 from autoopt.base.direction import ordered, sign
-from autoopt.study.record import TrialKind, kind_of
+from autoopt.study.record import TrialKind, kind_of, record
 
 FOCUS_FAMILIES = 5  # the search tunes at most this many families
 MIN_SCREENED = 6  # a screen of fewer families narrows nothing worth narrowing: TPE sees them all
@@ -44,6 +47,7 @@ class Survivor:
     epoch: int
     rank: int
     of: int
+    s_per_epoch: float | None = None  # its seconds per epoch in the screen (None: not measured)
 
     @property
     def why(self) -> str:
@@ -53,6 +57,7 @@ class Survivor:
 def survivors(screen: Iterable[FrozenTrial], direction: object, k: int = FOCUS_FAMILIES) -> list[Survivor]:
     """The screen's survivors (see the module's docstring), at most ``k``, best first."""
     trials = [t for t in screen if isinstance(t.params.get("optimizer"), str)]
+    speed = {t.params["optimizer"]: record(t).s_per_epoch for t in trials}
     deepest: dict[str, Survivor] = {}
     for epoch in sorted({s for t in trials for s in t.intermediate_values}):
         at = [(v, t.params["optimizer"]) for t in trials
@@ -60,7 +65,7 @@ def survivors(screen: Iterable[FrozenTrial], direction: object, k: int = FOCUS_F
         ranked = ordered(at, key=lambda pair: pair[0], direction=direction)
         third = max(1, math.ceil(len(ranked) / 3))
         for i, (_, fam) in enumerate(ranked[:third]):
-            deepest[fam] = Survivor(fam, epoch, i + 1, len(ranked))
+            deepest[fam] = Survivor(fam, epoch, i + 1, len(ranked), speed.get(fam))
     return sorted(deepest.values(), key=lambda s: (-s.epoch, s.rank))[:k]
 
 
@@ -70,7 +75,8 @@ class Focus:
 
     A trial's reward is its mid-rank among the study's complete results (1 for a new best; 0 for
     a pruned, diverged or failed trial), so it does not depend on the metric's scale; each survivor starts
-    with one pull worth its screen rank. ``choose`` gives the family with the highest UCB1 score.
+    with one pull worth its screen rank. ``choose`` gives the family with the highest UCB1 score
+    per second (over its cost: its seconds per epoch over the fastest survivor's).
     """
 
     families: list[Survivor]
@@ -106,8 +112,10 @@ class Focus:
         return [s.family for s in self.families]
 
     def why(self) -> dict[str, str]:
-        """Each searched family and why it is searched (the JSON's ``effort.searched``)."""
-        return {s.family: s.why for s in self.families}
+        """Each searched family and why it is searched (the JSON's ``effort.searched``), with its
+        cost where it is much slower per epoch than the fastest survivor."""
+        return {s.family: s.why + (f"; {c:.1f}x the fastest's seconds per epoch" if (c := self.cost(s.family)) >= 1.5
+                                   else "") for s in self.families}
 
     def observe(self, family: str | None, state: TrialState, value: float | None) -> None:
         """A finished trial: its result joins the study's, and a search trial of a survivor is
@@ -124,16 +132,22 @@ class Focus:
             self.pulls[family] += 1
             self.rewards[family] += reward
 
+    def cost(self, name: str) -> float:
+        """Family ``name``'s seconds per epoch over the fastest survivor's (1 where not measured)."""
+        speeds = {s.family: s.s_per_epoch for s in self.families if s.s_per_epoch}
+        fastest = min(speeds.values(), default=None)
+        return max(1.0, speeds[name] / fastest) if fastest and name in speeds else 1.0
+
     def choose(self) -> str:
-        """The next search trial's family: the survivor with the highest UCB1 score (the first,
-        best screened, on ties)."""
+        """The next search trial's family: the survivor with the highest UCB1 score per second
+        (the first, best screened, on ties)."""
         total = sum(self.pulls[name] for name in self.names)
 
-        def ucb(name: str) -> float:
+        def per_second(name: str) -> float:
             n = self.pulls[name]
-            return self.rewards[name] / n + math.sqrt(2 * math.log(total) / n)
+            return (self.rewards[name] / n + math.sqrt(2 * math.log(total) / n)) / self.cost(name)
 
-        best = max(self.names, key=ucb)
+        best = max(self.names, key=per_second)
         self.chosen.add(best)
         return best
 
