@@ -21,11 +21,6 @@ from autoopt.spec import load_spec
 from autoopt.study import open_storage, open_study
 
 
-@pytest.fixture()
-def cluster(local_ray: None) -> None:
-    """The session's local Ray (two workers of one CPU each fit on any machine that runs the tests)."""
-
-
 def test_job_result_times_and_failures() -> None:
     history = [{"epoch": 1, "val_loss": 0.5, "epoch_s": 1.0}, {"epoch": 2, "val_loss": 0.3, "epoch_s": 3.0},
                {"epoch": 3, "val_loss": 0.2, "epoch_s": 2.0}]
@@ -148,7 +143,7 @@ def idle_while_waiting(events: list[Event], workers: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_no_worker_is_idle_while_a_job_waits(cluster: None, gated: Path) -> None:
+def test_no_worker_is_idle_while_a_job_waits(local_ray: None, gated: Path) -> None:
     """A slow job (held until the eight fast ones are done) and eight fast ones: the fast ones
     all run on the other worker, one after the other, and no worker idles while one waits."""
     pool = WorkerPool(2, cpus=1, gpus=0)
@@ -196,7 +191,7 @@ class SlowFirst:
 
 
 @pytest.mark.slow
-def test_no_worker_is_idle_while_a_trial_waits_in_a_search(cluster: None, tmp_path: Path, gated: Path) -> None:
+def test_no_worker_is_idle_while_a_trial_waits_in_a_search(local_ray: None, tmp_path: Path, gated: Path) -> None:
     # adam first: the workers warm up with the space's first family, which must not be held.
     spec = load_spec("digits", trials=6, epochs=2, optimizers="adam,gated_sgd", pruner="none",
                      concurrency=2, storage=f"sqlite:///{tmp_path / 's.db'}")

@@ -26,7 +26,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
+def gpu_ray() -> Iterator[None]:
     """A real local Ray declaring four CPUs and one GPU (a logical one: the scheduling is what
     is tested, the trials train on the CPU)."""
     own_ray()
@@ -53,7 +53,7 @@ def infos(pool: WorkerPool) -> list[dict[str, Any]]:
     return ray.get([w.info.remote() for w in pool.workers if w is not None])
 
 
-def test_a_study_runs_its_trials_on_concurrency_workers(cluster: None, workdir: Path) -> None:
+def test_a_study_runs_its_trials_on_concurrency_workers(gpu_ray: None, workdir: Path) -> None:
     spec = load_spec("digits", trials=4, epochs=1, concurrency=2, confirm=False,
                      storage=f"sqlite:///{workdir / 'autoopt.db'}",
                      mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
@@ -68,7 +68,7 @@ def test_a_study_runs_its_trials_on_concurrency_workers(cluster: None, workdir: 
 
 
 @pytest.mark.slow
-def test_warm_workers_load_the_dataset_once_and_take_trial_after_trial(cluster: None) -> None:
+def test_warm_workers_load_the_dataset_once_and_take_trial_after_trial(gpu_ray: None) -> None:
     pool = WorkerPool(2, cpus=1, gpus=0)
     try:
         pool.warm(digits_job(0))
@@ -87,7 +87,7 @@ def test_warm_workers_load_the_dataset_once_and_take_trial_after_trial(cluster: 
 
 
 @pytest.mark.slow
-def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(cluster: None) -> None:
+def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(gpu_ray: None) -> None:
     assert default_concurrency(1.0, 0.25) == 4
     pool = WorkerPool(4, cpus=1, gpus=0.25)
     extra = None
