@@ -25,7 +25,7 @@ from autoopt.decide.confirm import (
 )
 from autoopt.decide.race import Contender
 from autoopt.errors import UsageError
-from autoopt.evidence import Entry, Reused, Stats
+from autoopt.evidence import Entry, RaceStatus, Reused, Stats
 from autoopt.space import PORTFOLIO_PRIOR, TrialConfig, default_params
 from autoopt.spec import StudySpec
 from autoopt.study.record import TrialKind, trial_seed
@@ -50,6 +50,19 @@ def test_best_means_are_compared_and_a_baseline_that_is_best_is_the_recommendati
     pick = choose(table, ["trial_1", "trial_2"], ["adam_tutorial", "sgd_tutorial"], "maximize")
     assert (pick.tuned, pick.baseline) == ("trial_1", "adam_tutorial")  # 0.91 beats 0.895 on the mean
     assert pick.winner == "adam_tutorial" and pick.paired.verdict == "tie"  # two seeds: a wide interval
+
+
+def test_a_baseline_the_race_dropped_is_neither_compared_nor_picked() -> None:
+    """A default the race dropped after 3 seeds (behind its leader) can have a higher mean on
+    those 3 than the best baseline still racing has on 5 (digits_lstm at its defaults): the
+    verdict is decided against the one still racing, as the race decided it, and the dropped one
+    is never the pick."""
+    tuned = _entry([0.976, 0.979, 0.976, 0.969, 0.969])
+    racing = _entry([0.969, 0.976, 0.965, 0.948, 0.931])
+    dropped = _entry([0.955, 0.969, 0.965]).model_copy(update={"race": RaceStatus(status="dropped", reason="behind")})
+    table = {"trial_31": tuned, "prodigy_default": racing, "muon_default": dropped}
+    pick = choose(table, ["trial_31"], ["prodigy_default", "muon_default"], "maximize")
+    assert pick.baseline == "prodigy_default" and pick.winner in ("trial_31", "prodigy_default")
 
 
 def test_a_config_that_failed_on_a_seed_ranks_below_complete_ones() -> None:

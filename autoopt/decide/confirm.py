@@ -335,12 +335,15 @@ def fresh_paired(tuned: Entry, base: Entry) -> list[int]:
 def choose(table: Table, candidates: list[str], bases: list[str], direction: str, *,
            n_val: int | None = None) -> Pick:
     """The best tuned config and the best baseline by mean validation metric (entries marked
-    ``excluded`` left out), compared seed by seed; the tuned one is the recommendation only
-    when the verdict is ``better``, which needs a seed of the comparison on which the tuned
-    config ran in the race (its search run alone is no evidence for it)."""
+    ``excluded`` left out, and those the race dropped: beaten by its leader or behind it by more
+    than the margin, on fewer seeds, their mean is not comparable with the others'), compared
+    seed by seed; the tuned one is the recommendation only when the verdict is ``better``, which
+    needs a seed of the comparison on which the tuned config ran in the race (its search run
+    alone is no evidence for it)."""
     def best(names: list[str], baseline: bool) -> str | None:
         ok = [n for n in names if table[n].val.mean is not None and not table[n].excluded]
-        return min(ok, key=lambda n: rank_key(table[n], direction, baseline=baseline), default=None)
+        racing = [n for n in ok if table[n].race is None or table[n].race.status != Standing.DROPPED] or ok
+        return min(racing, key=lambda n: rank_key(table[n], direction, baseline=baseline), default=None)
 
     tuned, base = best(candidates, False), best(bases, True)
     if tuned is None or base is None:
