@@ -43,7 +43,7 @@ class FakeClock:
 
 
 def race(contenders: list[Contender], *, min_seeds: int = 3, max_seeds: int = 5, budget: Budget | None = None,
-         epochs: int = 1, clock: FakeClock | None = None) -> tuple[Race, list[list[str]]]:
+         epochs: int = 1, clock: FakeClock | None = None, seeds: int | None = None) -> tuple[Race, list[list[str]]]:
     rounds: list[list[str]] = []
     clock = clock or FakeClock()
 
@@ -54,7 +54,7 @@ def race(contenders: list[Contender], *, min_seeds: int = 3, max_seeds: int = 5,
             value = c.truth[seed]  # type: ignore[attr-defined]
             c.results[seed] = JobResult(JobState.COMPLETE, value, [{"epoch": 1, "epoch_s": c.s_per_epoch or 1.0}])
 
-    r = Race(contenders, list(range(max_seeds)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
+    r = Race(contenders, list(range(seeds or max_seeds)), direction="maximize", n_val=N_VAL, margin=lambda _: 0.01,
              min_seeds=min_seeds, max_seeds=max_seeds, workers=2, epochs=epochs, submit=submit, budget=budget,
              clock=clock)
     r.run()
@@ -74,6 +74,20 @@ def test_a_clearly_beaten_contender_leaves_after_two_seeds_and_a_decided_race_st
     assert sorted(hopeless.results) == [0, 1]
     assert rounds[2] == ["trial_1", "adam_default"] and len(rounds) == 3  # better, decided at three seeds
     assert r.rounds == 3
+
+
+def test_when_the_pair_changes_its_new_pair_still_gets_its_seeds() -> None:
+    """Means tie after the first seeds (common on a small validation set): the pair the verdict
+    is between is first trial_1 and adam_default, then, once they fall back, trial_2 and
+    sgd_default. The race goes on past ``max_seeds`` rounds until the new pair has its seeds (each
+    of the two at most ``max_seeds``), not stopping with it compared on three."""
+    t1 = contender("trial_1", [0.96, 0.94] + [0.90] * 6)
+    t2 = contender("trial_2", [0.94, 0.96] + [0.96] * 6)
+    a = contender("adam_default", [0.93, 0.95] + [0.90] * 6)
+    b = contender("sgd_default", [0.95, 0.93] + [0.93] * 6)
+    r, rounds = race([t1, t2, a, b], min_seeds=2, max_seeds=4, seeds=8)
+    assert rounds[2] == ["trial_1", "adam_default"] and rounds[3] == ["trial_2", "sgd_default"]
+    assert sorted(set(t2.results) & set(b.results)) == [0, 1, 3, 4] and r.rounds == 5
 
 
 def made(c: Contender, seed: int, trial: int = 7) -> Contender:

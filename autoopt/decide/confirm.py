@@ -94,6 +94,7 @@ MODERN = frozenset(preset("modern"))  # the registry's modern families
 SCREENED_BASELINES = 3  # best-screened published defaults beside the tutorial's three
 MIN_MODERN = 2  # of which at least this many modern families
 EXTRA_SEEDS = 2  # seeds the race may add to close contenders beyond the first ones
+RACE_ROUNDS = 2  # the race's seeds, in multiples of the seeds a contender may have (see ``confirm``)
 ALLOWANCE_FLOOR_S = 60.0  # without a budget, the race may spend at least this, or what the search took
 EQUIVALENCE_POINTS = 0.01  # an accuracy within one point of the pick's is equivalent
 EQUIVALENCE_RELATIVE = 0.01  # any other metric (RMSE) within 1% of the pick's
@@ -516,7 +517,10 @@ def confirm(spec: StudySpec, study: optuna.Study, task: Loaded, pool: WorkerPool
     test_key = f"test_{task.score}" if task.reports_test else None
     # A user's loop that never reports a test score makes no race run with one either.
     made = made_runs(study, entrants, spec, None if isinstance(task, UserLoop) else test_key)
-    seeds = race_seeds(spec.seed, list(made.values()), max_seeds)
+    # Rounds for the pair the verdict is between: each of its two has at most ``max_seeds``
+    # (``Race.entrants``), and the pair may change as the means move (ties are common on a small
+    # validation set), so the race has seeds for more rounds than that.
+    seeds = race_seeds(spec.seed, list(made.values()), RACE_ROUNDS * max_seeds)
     for c in entrants:
         if (m := made.get(c.name)) is not None and m.seed in seeds:
             c.offer(m.seed, m.trial, m.result)

@@ -165,7 +165,7 @@ class Race:
     # --- the race ----------------------------------------------------------------------------
 
     def run(self) -> list[Contender]:
-        for k, seed in enumerate(self.seeds[:self.max_seeds]):
+        for k, seed in enumerate(self.seeds):
             entrants = self.entrants(k)
             entrants = self.affordable(entrants, k)
             if not entrants:
