@@ -65,6 +65,18 @@ def test_a_baseline_the_race_dropped_is_neither_compared_nor_picked() -> None:
     assert pick.baseline == "prodigy_default" and pick.winner in ("trial_31", "prodigy_default")
 
 
+def test_baselines_are_ranked_on_the_seeds_they_share() -> None:
+    """The race gave the pair it decided between more seeds than the rest (digits_lstm at its
+    defaults: prodigy_default 5, muon_default 3): the best baseline is the best on the 3 seeds
+    both ran (prodigy_default, 0.973 against 0.965), not on means over 5 and over 3 seeds."""
+    prodigy = _entry([0.951, 0.976, 0.979, 0.965, 0.948]).model_copy(update={"seeds": (22, 23, 29, 10000, 10001)})
+    muon = _entry([0.958, 0.972, 0.965]).model_copy(update={"seeds": (23, 29, 10000)})
+    tuned = _entry([0.962, 0.976, 0.972, 0.972, 0.962]).model_copy(update={"seeds": (22, 23, 29, 10000, 10001)})
+    assert muon.val.mean is not None and prodigy.val.mean is not None and muon.val.mean > prodigy.val.mean
+    table = {"trial_29": tuned, "prodigy_default": prodigy, "muon_default": muon}
+    assert choose(table, ["trial_29"], ["prodigy_default", "muon_default"], "maximize").baseline == "prodigy_default"
+
+
 def test_a_config_that_failed_on_a_seed_ranks_below_complete_ones() -> None:
     # trial_1's surviving seed looks great, but it diverged on the other.
     table = {"trial_1": _entry([0.99, None, 0.99]), "trial_2": _entry([0.7, 0.72, 0.71]),

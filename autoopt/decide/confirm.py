@@ -248,14 +248,25 @@ def race_seeds(base_seed: int, made: list[Made], n: int) -> list[int]:
     return out + fresh[:n - len(out)]
 
 
-def rank_key(entry: Entry, direction: str, *, baseline: bool = False) -> tuple:
+def rank_key(entry: Entry, direction: str, *, baseline: bool = False, on: frozenset[int] = frozenset()) -> tuple:
     """Sort key, best first: configs that completed on every seed before those that failed on
-    some (a mean over the seeds that survived flatters them), then by mean validation metric,
+    some (a mean over the seeds that survived flatters them), then by mean validation metric
+    (over the seeds ``on`` where given and the entry has them all: the seeds its rivals share),
     then a baseline before a tuned config it ties with (the simpler choice)."""
     if entry.val.mean is None:
         return (2, 0.0, 1)
+    by_seed = dict(zip(entry.seeds or range(len(entry.val.values)), entry.val.values, strict=True))
+    shared = [v for s in on if (v := by_seed.get(s)) is not None]
+    mean = statistics.fmean(shared) if on and len(shared) == len(on) else entry.val.mean
     sign = -1.0 if direction == "maximize" else 1.0
-    return (0 if entry.val.all_complete else 1, round(sign * entry.val.mean, 9), 0 if baseline else 1)
+    return (0 if entry.val.all_complete else 1, round(sign * mean, 9), 0 if baseline else 1)
+
+
+def shared_seeds(entries: list[Entry]) -> frozenset[int]:
+    """The seeds on which every one of ``entries`` has a finished run."""
+    done = [{s for s, v in zip(e.seeds or range(len(e.val.values)), e.val.values, strict=True) if v is not None}
+            for e in entries]
+    return frozenset(set.intersection(*done)) if done else frozenset()
 
 
 Table = dict[str, Entry]
@@ -335,16 +346,17 @@ def fresh_paired(tuned: Entry, base: Entry) -> list[int]:
 
 def choose(table: Table, candidates: list[str], bases: list[str], direction: str, *,
            n_val: int | None = None) -> Pick:
-    """The best tuned config and the best baseline by mean validation metric (entries marked
-    ``excluded`` left out, and those the race dropped: beaten by its leader or behind it by more
-    than the margin, on fewer seeds, their mean is not comparable with the others'), compared
-    seed by seed; the tuned one is the recommendation only when the verdict is ``better``, which
-    needs a seed of the comparison on which the tuned config ran in the race (its search run
-    alone is no evidence for it)."""
+    """The best tuned config and the best baseline by mean validation metric over the seeds they
+    all share (the race gives some more seeds than others: a mean over more seeds is no match for
+    one over fewer), entries marked ``excluded`` left out, and those the race dropped (beaten by
+    its leader or behind it by more than the margin); compared seed by seed. The tuned one is the
+    recommendation only when the verdict is ``better``, which needs a seed of the comparison on
+    which the tuned config ran in the race (its search run alone is no evidence for it)."""
     def best(names: list[str], baseline: bool) -> str | None:
         ok = [n for n in names if table[n].val.mean is not None and not table[n].excluded]
         racing = [n for n in ok if table[n].race is None or table[n].race.status != Standing.DROPPED] or ok
-        return min(racing, key=lambda n: rank_key(table[n], direction, baseline=baseline), default=None)
+        on = shared_seeds([table[n] for n in racing])
+        return min(racing, key=lambda n: rank_key(table[n], direction, baseline=baseline, on=on), default=None)
 
     tuned, base = best(candidates, False), best(bases, True)
     if tuned is None or base is None:
