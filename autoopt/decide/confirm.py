@@ -262,6 +262,11 @@ def rank_key(entry: Entry, direction: str, *, baseline: bool = False, on: frozen
     return (0 if entry.val.all_complete else 1, round(sign * mean, 9), 0 if baseline else 1)
 
 
+def _dropped(entry: Entry) -> bool:
+    """Whether the race dropped ``entry`` (beaten by its leader, or behind it by the margin)."""
+    return entry.race is not None and entry.race.status == Standing.DROPPED
+
+
 def shared_seeds(entries: list[Entry]) -> frozenset[int]:
     """The seeds on which every one of ``entries`` has a finished run."""
     done = [{s for s, v in zip(e.seeds or range(len(e.val.values)), e.val.values, strict=True) if v is not None}
@@ -354,7 +359,7 @@ def choose(table: Table, candidates: list[str], bases: list[str], direction: str
     which the tuned config ran in the race (its search run alone is no evidence for it)."""
     def best(names: list[str], baseline: bool) -> str | None:
         ok = [n for n in names if table[n].val.mean is not None and not table[n].excluded]
-        racing = [n for n in ok if table[n].race is None or table[n].race.status != Standing.DROPPED] or ok
+        racing = [n for n in ok if not _dropped(table[n])] or ok
         on = shared_seeds([table[n] for n in racing])
         return min(racing, key=lambda n: rank_key(table[n], direction, baseline=baseline, on=on), default=None)
 
