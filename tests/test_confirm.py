@@ -75,6 +75,11 @@ def test_baselines_are_ranked_on_the_seeds_they_share() -> None:
     assert muon.val.mean is not None and prodigy.val.mean is not None and muon.val.mean > prodigy.val.mean
     table = {"trial_29": tuned, "prodigy_default": prodigy, "muon_default": muon}
     assert choose(table, ["trial_29"], ["prodigy_default", "muon_default"], "maximize").baseline == "prodigy_default"
+    # one left out for its cost after a single seed narrows no one's ranking to that seed
+    short = _entry([0.90]).model_copy(update={"seeds": (22,), "race": RaceStatus(status="unaffordable")})
+    table["soap_default"] = short
+    bases = ["prodigy_default", "muon_default", "soap_default"]
+    assert choose(table, ["trial_29"], bases, "maximize").baseline == "prodigy_default"
 
 
 def test_a_config_that_failed_on_a_seed_ranks_below_complete_ones() -> None:

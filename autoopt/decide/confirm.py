@@ -267,6 +267,11 @@ def _dropped(entry: Entry) -> bool:
     return entry.race is not None and entry.race.status == Standing.DROPPED
 
 
+def _unconfirmed(entry: Entry) -> bool:
+    """Whether the race left ``entry`` out for its cost before it had all its seeds."""
+    return entry.race is not None and entry.race.status == Standing.UNAFFORDABLE
+
+
 def shared_seeds(entries: list[Entry]) -> frozenset[int]:
     """The seeds on which every one of ``entries`` has a finished run."""
     done = [{s for s, v in zip(e.seeds or range(len(e.val.values)), e.val.values, strict=True) if v is not None}
@@ -360,7 +365,9 @@ def choose(table: Table, candidates: list[str], bases: list[str], direction: str
     def best(names: list[str], baseline: bool) -> str | None:
         ok = [n for n in names if table[n].val.mean is not None and not table[n].excluded]
         racing = [n for n in ok if not _dropped(table[n])] or ok
-        on = shared_seeds([table[n] for n in racing])
+        # the seeds of those the race confirmed: one it left unaffordable, or one that failed on a
+        # seed, ranks on its own mean rather than narrowing everyone's to its few seeds
+        on = shared_seeds([table[n] for n in racing if table[n].val.all_complete and not _unconfirmed(table[n])])
         return min(racing, key=lambda n: rank_key(table[n], direction, baseline=baseline, on=on), default=None)
 
     tuned, base = best(candidates, False), best(bases, True)
