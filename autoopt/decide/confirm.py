@@ -255,27 +255,32 @@ def rank_key(entry: Entry, direction: str, *, baseline: bool = False, on: frozen
     then a baseline before a tuned config it ties with (the simpler choice)."""
     if entry.val.mean is None:
         return (2, 0.0, 1)
-    by_seed = dict(zip(entry.seeds or range(len(entry.val.values)), entry.val.values, strict=True))
-    shared = [v for s in on if (v := by_seed.get(s)) is not None]
+    values = by_seed(entry)
+    shared = [v for s in on if (v := values.get(s)) is not None]
     mean = statistics.fmean(shared) if on and len(shared) == len(on) else entry.val.mean
     sign = -1.0 if direction == "maximize" else 1.0
     return (0 if entry.val.all_complete else 1, round(sign * mean, 9), 0 if baseline else 1)
 
 
-def _dropped(entry: Entry) -> bool:
-    """Whether the race dropped ``entry`` (beaten by its leader, or behind it by the margin)."""
-    return entry.race is not None and entry.race.status == Standing.DROPPED
+def by_seed(entry: Entry, split: str = "val") -> dict[int, float | None]:
+    """An entry's ``split`` values by seed (None where a run did not finish)."""
+    return dict(zip(entry.seeds or range(len(getattr(entry, split).values)), getattr(entry, split).values,
+                    strict=True))
 
 
-def _unconfirmed(entry: Entry) -> bool:
-    """Whether the race left ``entry`` out for its cost before it had all its seeds."""
-    return entry.race is not None and entry.race.status == Standing.UNAFFORDABLE
+def finished_seeds(entry: Entry) -> set[int]:
+    """The seeds on which ``entry`` has a finished run."""
+    return {s for s, v in by_seed(entry).items() if v is not None}
+
+
+def _left_as(entry: Entry, standing: Standing) -> bool:
+    """Whether the race left ``entry`` out as ``standing`` (dropped, or unaffordable)."""
+    return entry.race is not None and entry.race.status == standing
 
 
 def shared_seeds(entries: list[Entry]) -> frozenset[int]:
     """The seeds on which every one of ``entries`` has a finished run."""
-    done = [{s for s, v in zip(e.seeds or range(len(e.val.values)), e.val.values, strict=True) if v is not None}
-            for e in entries]
+    done = [finished_seeds(e) for e in entries]
     return frozenset(set.intersection(*done)) if done else frozenset()
 
 
@@ -311,16 +316,9 @@ class Pick:
 def align(a: Entry, b: Entry, split: str = "val") -> tuple[list[float | None], list[float | None]]:
     """Two entries' ``split`` values over the union of their seeds (None where one did not run
     it): what ``paired`` compares, seed by seed."""
-    def seeds_of(e: Entry) -> list[int]:
-        return list(e.seeds or range(len(getattr(e, split).values)))
-
-    seeds = sorted(set(seeds_of(a)) | set(seeds_of(b)))
-
-    def on(e: Entry) -> list[float | None]:
-        by_seed = dict(zip(seeds_of(e), getattr(e, split).values, strict=True))
-        return [by_seed.get(s) for s in seeds]
-
-    return on(a), on(b)
+    va, vb = by_seed(a, split), by_seed(b, split)
+    seeds = sorted(va.keys() | vb.keys())
+    return [va.get(s) for s in seeds], [vb.get(s) for s in seeds]
 
 
 def compare(a: Entry, b: Entry, direction: str, *, split: str = "val", n_val: int | None = None,
@@ -347,11 +345,7 @@ def fresh_paired(tuned: Entry, base: Entry) -> list[int]:
     """The seeds both completed on which the tuned config's run is the race's own, not a trial
     the study made already (which may be the run it won the search on)."""
     made = {r.seed for r in tuned.reused}
-
-    def done(e: Entry) -> set[int]:
-        return {s for s, v in zip(e.seeds or range(len(e.val.values)), e.val.values, strict=True) if v is not None}
-
-    return sorted((done(tuned) & done(base)) - made)
+    return sorted((finished_seeds(tuned) & finished_seeds(base)) - made)
 
 
 def choose(table: Table, candidates: list[str], bases: list[str], direction: str, *,
@@ -364,10 +358,11 @@ def choose(table: Table, candidates: list[str], bases: list[str], direction: str
     which the tuned config ran in the race (its search run alone is no evidence for it)."""
     def best(names: list[str], baseline: bool) -> str | None:
         ok = [n for n in names if table[n].val.mean is not None and not table[n].excluded]
-        racing = [n for n in ok if not _dropped(table[n])] or ok
+        racing = [n for n in ok if not _left_as(table[n], Standing.DROPPED)] or ok
         # the seeds of those the race confirmed: one it left unaffordable, or one that failed on a
         # seed, ranks on its own mean rather than narrowing everyone's to its few seeds
-        on = shared_seeds([table[n] for n in racing if table[n].val.all_complete and not _unconfirmed(table[n])])
+        on = shared_seeds([table[n] for n in racing
+                           if table[n].val.all_complete and not _left_as(table[n], Standing.UNAFFORDABLE)])
         return min(racing, key=lambda n: rank_key(table[n], direction, baseline=baseline, on=on), default=None)
 
     tuned, base = best(candidates, False), best(bases, True)
