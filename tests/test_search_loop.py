@@ -166,6 +166,16 @@ def test_the_budget_stops_the_search_before_its_reserve(tmp_path: Path) -> None:
     assert 4 <= len(finished) < 100
 
 
+def test_a_search_that_runs_all_its_trials_under_a_budget_says_so(tmp_path: Path) -> None:
+    clock = ManualClock()
+    budget = Budget(limit_s=1000, since=clock.time(), clock=clock.time)
+    loop, _ = loop_on(tmp_path, FakePool(clock, size=2, s_per_epoch=1.0), trials=6, epochs=2, budget=budget)
+    loop.run()
+    assert not loop.costs.spent and budget.used() < 20
+    assert any(n.startswith("the search ran all its 6 trials with") for n in budget.notes), budget.notes
+    assert not any(n.startswith("search stopped") for n in budget.notes)
+
+
 def test_a_trial_the_budget_cannot_afford_shows_as_skipped_not_failed(tmp_path: Path) -> None:
     clock = ManualClock()
     budget = Budget(limit_s=300, since=clock.time(), clock=clock.time)

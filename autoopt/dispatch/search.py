@@ -168,6 +168,10 @@ class SearchLoop:
             self._start()
             while not self._step():
                 pass
+            budget = self.costs.budget
+            if budget is not None and not self.over():  # it ended at its trials, not at the budget
+                budget.note(f"the search ran all its {self.spec.trials} trials with {budget.left():.0f}s of the "
+                            "budget left (a larger --trials lets the search spend them)")
             self.notify("search over")  # the display shows the study as it ended
         except StorageDown:
             raise  # nothing can be recorded: their heartbeats stop, and a later driver re-queues them

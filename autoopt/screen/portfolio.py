@@ -13,14 +13,9 @@ in the prior's order, records it (study attr ``prior``), and enqueues the prior'
 (trial attr ``warmstart``) once the whole portfolio is enqueued, within ``--trials``; a resumed
 study keeps the order it began with.
 
-After the screen, TPE proposes the rest over every family, seeing the screened trials.
-Steering the search to the families that screened best (the best three or five, by rank
-weights) measured worse than or level with it, paired over seeds against TPE over every family
-without a screen (``toy_regression:task``, 40 trials x 5 epochs, 8 seeds: top 3 +0.022 ± 0.015
-rmse, TPE after the screen +0.009 ± 0.022; ``digits_lstm``, 4-5 seeds: top 3 -0.008 ± 0.005
-accuracy, TPE after the screen -0.004 ± 0.006): families whose defaults screen badly but tune
-well (Muon on both) lose their trials when the search is steered. So the screen's evidence
-reaches the search through TPE alone.
+After the screen, the search tunes the families it found (``autoopt.screen.focus``): its survivors,
+at most five, each search trial's family chosen among them by a bandit per second, TPE tuning
+that family's settings. A screen of fewer than six families narrows nothing: TPE sees them all.
 """
 
 from __future__ import annotations
