@@ -177,6 +177,16 @@ def test_extra_seeds_go_to_the_decisive_pair_and_a_slow_one_gets_fewer() -> None
     assert len(other.results) == 3 and other.status == "racing"
 
 
+def test_a_slow_pair_gets_no_seed_past_the_cap() -> None:
+    # --confirm-seeds 1 (min = max = 1 seed) with both of the pair more than SLOW times slower
+    # than a cheap rival: one round, not the slow ones' "one extra seed" past the cap.
+    tuned = contender("trial_1", [0.90, 0.91], s_per_epoch=10.0)
+    base = contender("signmom_default", [0.90, 0.91], s_per_epoch=10.0)
+    cheap = contender("sgd_tutorial", [0.80, 0.81])
+    r, rounds = race([tuned, base, cheap], min_seeds=1, max_seeds=1, seeds=2)
+    assert len(rounds) == 1 and all(sorted(c.results) == [0] for c in (tuned, base, cheap)), rounds
+
+
 def test_a_contender_behind_by_more_than_the_margin_leaves_after_three_seeds() -> None:
     tuned = contender("trial_1", [0.950, 0.960, 0.955, 0.95, 0.95])
     base = contender("adam_default", [0.948, 0.962, 0.950, 0.95, 0.95])

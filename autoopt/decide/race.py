@@ -19,8 +19,8 @@ have none. Comparisons are over the seeds both contenders have. After each round
 * **behind**: from 3 seeds on, a contender behind the leader by more than the equivalence
   margin on the mean leaves too: on that evidence it is neither the pick nor equivalent to it;
 * **undecided**: otherwise a further seed goes to the two the verdict is decided between, up to
-  ``max_seeds`` for cheap ones and ``min_seeds + 1`` for those more than ``SLOW`` times the
-  cheapest per epoch.
+  ``max_seeds`` for cheap ones and ``min_seeds + 1`` (never above ``max_seeds``) for those more
+  than ``SLOW`` times the cheapest per epoch.
 
 Without a budget the race has an allowance: the seconds the screen and the search took (at
 least ``ALLOWANCE_FLOOR_S``), so that confirming never costs much more than searching; the two
@@ -198,7 +198,7 @@ class Race:
         cheapest = min((c.s_per_epoch for c in racing if c.s_per_epoch), default=None)
         for c in pair:
             slow = cheapest and c.s_per_epoch and c.s_per_epoch > SLOW * cheapest
-            if len(c.results) >= (self.min_seeds + 1 if slow else self.max_seeds):
+            if len(c.results) >= (min(self.min_seeds + 1, self.max_seeds) if slow else self.max_seeds):
                 return []  # one of the two has all its seeds: more for the other pairs nothing
         return pair
 
