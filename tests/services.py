@@ -274,7 +274,10 @@ class MlflowServer:
         argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", pg_url(self.backend_db),
                 "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
                 "--port", str(self.port), "--workers", "1"]
-        self.service = Service("mlflow", argv, self.root / "mlflow.log", service_env(), cwd=self.root).start()
+        # Without the server's job runner (MLflow 3's GenAI jobs, which autoopt never submits): a
+        # runner and a Huey consumer per queue, each a Python process importing MLflow.
+        env = service_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        self.service = Service("mlflow", argv, self.root / "mlflow.log", env, cwd=self.root).start()
 
         def healthy() -> bool:
             if not self.service.alive():

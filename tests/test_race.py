@@ -183,7 +183,7 @@ def test_a_slow_pair_gets_no_seed_past_the_cap() -> None:
     tuned = contender("trial_1", [0.90, 0.91], s_per_epoch=10.0)
     base = contender("signmom_default", [0.90, 0.91], s_per_epoch=10.0)
     cheap = contender("sgd_tutorial", [0.80, 0.81])
-    r, rounds = race([tuned, base, cheap], min_seeds=1, max_seeds=1, seeds=2)
+    _, rounds = race([tuned, base, cheap], min_seeds=1, max_seeds=1, seeds=2)
     assert len(rounds) == 1 and all(sorted(c.results) == [0] for c in (tuned, base, cheap)), rounds
 
 
