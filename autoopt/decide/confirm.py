@@ -255,9 +255,11 @@ def rank_key(entry: Entry, direction: str, *, baseline: bool = False, on: frozen
     then a baseline before a tuned config it ties with (the simpler choice)."""
     if entry.val.mean is None:
         return (2, 0.0, 1)
-    values = by_seed(entry)
-    shared = [v for s in on if (v := values.get(s)) is not None]
-    mean = statistics.fmean(shared) if on and len(shared) == len(on) else entry.val.mean
+    mean = entry.val.mean
+    if on:
+        values = by_seed(entry)
+        shared = [v for s in on if (v := values.get(s)) is not None]
+        mean = statistics.fmean(shared) if len(shared) == len(on) else mean
     sign = -1.0 if direction == "maximize" else 1.0
     return (0 if entry.val.all_complete else 1, round(sign * mean, 9), 0 if baseline else 1)
 

@@ -156,6 +156,7 @@ class Race:
         self.clock = clock  # the allowance's clock (a budget keeps its own)
         self.direction, self.n_val, self.margin = direction, n_val, margin
         self.min_seeds, self.max_seeds = min_seeds, max(min_seeds, max_seeds)
+        self.slow_max_seeds = min(min_seeds + 1, self.max_seeds)  # the cap of one ``SLOW`` times the cheapest
         self.workers, self.epochs, self.submit, self.budget = max(1, workers), epochs, submit, budget
         self.rounds = 0
         # Without a budget, the race may spend ``allowance_s`` (the search's time): a soft limit,
@@ -198,7 +199,7 @@ class Race:
         cheapest = min((c.s_per_epoch for c in racing if c.s_per_epoch), default=None)
         for c in pair:
             slow = cheapest and c.s_per_epoch and c.s_per_epoch > SLOW * cheapest
-            if len(c.results) >= (min(self.min_seeds + 1, self.max_seeds) if slow else self.max_seeds):
+            if len(c.results) >= (self.slow_max_seeds if slow else self.max_seeds):
                 return []  # one of the two has all its seeds: more for the other pairs nothing
         return pair
 
