@@ -316,12 +316,14 @@ def test_cli_unknown_optimizer_is_one_line_exit_2(workdir: Path, local_ray: None
 
 
 # The CLI's entry point, called once per argv (a JSON list of argv lists) in one fresh process,
-# on one Ray: prints each call's exit code, stdout and stderr as a JSON list.
+# on one Ray: prints each call's exit code, stdout and stderr as a JSON list. Each call is refused
+# before a worker is asked for: a bare one-CPU Ray (no worker importing torch at start, as
+# ``start_ray``'s do) keeps each call from starting its own while it checks its input.
 _CALLS = """
 import contextlib, io, json, logging, sys
+import ray
 from autoopt.cli import main
-from autoopt.dispatch.session import start_ray
-start_ray(None)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
 results = []
 for argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
