@@ -112,12 +112,16 @@ def shared_ray() -> None:
 
 def _cpus_free(ray: Any, wait_s: float = 10.0) -> bool:
     """All of the running Ray's CPUs free (a pool just shut down frees its workers' within
-    moments), or False after ``wait_s``."""
+    moments; those an earlier study left warm count as free: the next pool takes them), or
+    False after ``wait_s``."""
     import time
+
+    from autoopt.dispatch import spares
 
     deadline = time.monotonic() + wait_s
     while True:
-        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
+        free = ray.available_resources().get("CPU", 0.0) + spares.held("CPU")
+        if free >= ray.cluster_resources().get("CPU", 0.0):
             return True
         if time.monotonic() >= deadline:
             return False

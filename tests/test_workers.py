@@ -16,7 +16,7 @@ import torch
 from conftest import own_ray, refused
 
 from autoopt.commands.tuning import run
-from autoopt.dispatch import Job, JobResult, JobState, WorkerPool, default_concurrency, run_jobs
+from autoopt.dispatch import Job, JobResult, JobState, WorkerPool, default_concurrency, run_jobs, spares
 from autoopt.space import TrialConfig, suggest_config
 from autoopt.spec import load_spec
 from autoopt.study import GroupTPESampler, open_storage, open_study, trials_snapshot
@@ -276,3 +276,78 @@ def test_a_fresh_workers_first_runs_are_written_while_mlflow_imports(workdir: Pa
     runs = client.search_runs([str(ref.experiment_id)], f"tags.`mlflow.parentRunId` = '{ref.parent_run_id}'")
     assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_a_pool_takes_the_workers_a_finished_one_kept_and_they_forgot_its_study(local_ray: None) -> None:
+    spares.release()  # none kept by the tests before
+    first = WorkerPool(2, cpus=1, gpus=0)
+    first.warm(digits_job(0))
+    wait_ready(first)
+    before = infos(first)
+    assert [w["task_loads"] for w in before] == [1, 1]
+    first.shutdown(keep=True)  # a study that ended, its Ray staying up: its workers wait warm
+    assert first.workers == [None, None] and spares.held("CPU") == 2
+    # What they hold counts as free: the next pool takes it.
+    assert default_concurrency(1.0, 0.0) == int(ray.cluster_resources()["CPU"])
+    second = WorkerPool(2, cpus=1, gpus=0)
+    try:
+        assert spares.held("CPU") == 0
+        wait_ready(second)
+        after = infos(second)
+        assert {w["pid"] for w in after} == {w["pid"] for w in before}  # the same processes, no new start
+        assert [(w["task_loads"], w["trials_run"]) for w in after] == [(0, 0), (0, 0)]  # nothing of the first
+        results: list[JobResult] = []
+        run_jobs(second, [digits_job(1)], lambda _job, result: results.append(result))
+        assert [r.state for r in results] == [JobState.COMPLETE]
+    finally:
+        second.shutdown(keep=True)
+    # A pool of another shape starts its own, and the kept ones stop: it would wait for their CPUs.
+    other = WorkerPool(1, cpus=0.5, gpus=0)
+    try:
+        wait_ready(other, timeout_s=30)
+        assert infos(other)[0]["pid"] not in {w["pid"] for w in before} and spares.held("CPU") == 0
+    finally:
+        other.shutdown(keep=True)
+    assert spares.release() == 1 and spares.held("CPU") == 0  # what stop_ray does before Ray stops
+    total = ray.cluster_resources()["CPU"]
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0.0) == total  # every CPU back
+
+
+@pytest.mark.slow
+def test_kept_workers_nobody_takes_are_stopped_after_the_linger(local_ray: None) -> None:
+    spares.release()
+    pool = WorkerPool(1, cpus=1, gpus=0)
+    wait_ready(pool)
+    [actor] = pool.workers
+    spares.keep([actor], (1.0, 0.0), linger_s=0.5)
+    pool.workers = [None]
+    assert spares.held("CPU") == 1
+    deadline = time.monotonic() + 30
+    while spares.held("CPU") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert spares.held("CPU") == 0
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actor.info.remote(), timeout=30)
+
+
+@pytest.mark.slow
+def test_a_second_study_in_the_process_trains_on_the_first_ones_warm_workers(workdir: Path, local_ray: None) -> None:
+    """A notebook or pipeline that keeps its Ray up between ``tune`` calls: the second study
+    starts no worker process of its own (one worker each: the first's trials all ran on it)."""
+    import autoopt
+
+    spares.release()
+    pids = []
+    for name in ("first", "second"):
+        autoopt.tune("digits", study_name=name, trials=2, epochs=1, concurrency=1, confirm=False,
+                     storage=f"sqlite:///{workdir / 'autoopt.db'}", mlflow_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                     out=str(workdir / "recommendations"))
+        trials = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'autoopt.db'}").trials
+        assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+        pids.append({t.user_attrs["worker"]["pid"] for t in trials})
+    assert len(pids[0]) == 1 and pids[1] == pids[0], pids
+    assert spares.held("CPU") == 1  # kept again, for a third

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
+from autoopt.dispatch import spares
 from autoopt.dispatch.gpus import gpus_per_trial
 from autoopt.dispatch.results import JobResult
 from autoopt.dispatch.worker import Job, TrialWorker
@@ -34,11 +35,13 @@ log = logging.getLogger(__name__)
 
 def default_concurrency(cpus: float, gpus: float | None) -> int:
     """How many trials fit at once in what the cluster has free now (at least one; never more
-    than its total holds): on a shared cluster, the other drivers' workers keep theirs."""
+    than its total holds): on a shared cluster, the other drivers' workers keep theirs. The
+    workers an earlier study of this process left warm (``spares``) count as free: the pool
+    takes them."""
     share = gpus if gpus is not None else gpus_per_trial(None)
     kind, need = ("GPU", share) if share > 0 else ("CPU", cpus)
     total = ray.cluster_resources().get(kind, 0.0)
-    free = min(ray.available_resources().get(kind, 0.0), total)
+    free = min(ray.available_resources().get(kind, 0.0) + spares.held(kind), total)
     return slots(free, need)
 
 
@@ -170,11 +173,17 @@ class WorkerPool:
             self._start(i)
 
     def _start(self, index: int) -> None:
-        actor = self._remote.remote(max(1, int(self.cpus)), self.gpus)
+        """Start worker ``index``: one an earlier study of this process left warm, where one of
+        this shape waits (``spares``; it forgets that study first), else a new one."""
+        # Any: Ray types an actor's methods as the plain methods, without their ``.remote``.
+        actor: Any = spares.take((self.cpus, self.gpus))
+        if actor is not None:
+            actor.reset.remote()  # answered before the ping below: an actor runs its calls in order
+        else:
+            actor = self._remote.remote(max(1, int(self.cpus)), self.gpus)
         self.workers[index], self.load[index], self.ready[index] = actor, 0, False
-        # Ray types an actor's methods as the plain methods, without their ``.remote``.
-        ping = (actor.info.remote() if self._warm_job is None  # type: ignore[attr-defined]
-                else actor.warm.remote(self._warm_job, self._warm_task))  # type: ignore[attr-defined]
+        ping = (actor.info.remote() if self._warm_job is None
+                else actor.warm.remote(self._warm_job, self._warm_task))
         self._pings[ping] = (index, actor)
 
     @property
@@ -325,10 +334,16 @@ class WorkerPool:
         except Exception as exc:
             log.warning("could not flush a worker's tracking: %s", exc)
 
-    def shutdown(self) -> None:
+    def shutdown(self, keep: bool = False) -> None:
         """Kill the workers and wait until they are gone: ray.kill returns at once, and a worker
-        still alive could open an MLflow run after the driver closed the orphans."""
-        alive = [w for w in self.workers if w is not None]
+        still alive could open an MLflow run after the driver closed the orphans. With ``keep``
+        (the study ended and its Ray stays up), the idle workers are kept warm for the next
+        study of this process instead (``spares``; their writes were flushed; one still warming
+        up is kept too: it is ready sooner than a new one)."""
+        kept = [w for w, load in zip(self.workers, self.load, strict=True) if keep and w is not None and load == 0]
+        spares.keep(kept, (self.cpus, self.gpus))
+        alive = [w for w in self.workers if w is not None and all(w is not k for k in kept)]
+        self.workers = [None] * len(self.workers)
         self.ready = [False] * len(self.workers)  # nothing to flush on them any more: they are gone
         for w in alive:
             with contextlib.suppress(Exception):

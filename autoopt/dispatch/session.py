@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from autoopt.base.background import GATE_ENV, new_gate
+from autoopt.dispatch import spares
 from autoopt.errors import UsageError
 
 if TYPE_CHECKING:
@@ -71,7 +72,10 @@ _gates: list[str] = []  # the warm-up gates of the Rays this process started
 
 
 def stop_ray() -> None:
+    """Stop the workers earlier studies left warm (``spares``), then Ray."""
     try:
+        if ray.is_initialized():
+            spares.release()
         ray.shutdown()
     finally:
         while _gates:
@@ -85,7 +89,9 @@ class RunSession:
 
     On leaving, whatever ended the work: the pool's workers finish writing their runs (``flush``;
     not when ``flush_pool`` was turned off, as for a storage that went away: they would wait for
-    it) and stop; the ``on_close`` callbacks run (closing what dead trials left open); the parent
+    it) and stop, or, where the work ended normally and Ray stays up after the session (the
+    caller's ``ray.init``), stay warm a while for the next study (``spares``); the ``on_close``
+    callbacks run (closing what dead trials left open); the parent
     run ends ``FINISHED`` where the body set ``status`` so, ``KILLED`` on Ctrl-C, else ``FAILED``;
     then Ray stops, if this session started it.
 
@@ -124,7 +130,7 @@ class RunSession:
             if self.pool is not None:
                 if self.flush_pool:
                     self.pool.flush()
-                self.pool.shutdown()
+                self.pool.shutdown(keep=kind is None and self.flush_pool and not self.started_ray)
             for close in self.on_close:
                 close()
             if self.tracker is not None:

@@ -117,6 +117,20 @@ class TrialWorker:
     def flush(self) -> None:
         self.recorder.flush()
 
+    def reset(self) -> dict[str, Any]:
+        """Forget the study before (kept warm for the next one: ``autoopt.dispatch.spares``): its
+        tasks' data, its study handles, its counts and pruning reads. What the imports and torch's
+        first step paid for stays."""
+        self.recorder.flush()
+        self.tasks.clear()
+        self.studies.clear()
+        self.trials_run = self.task_loads = 0
+        self.setup_s = 0.0
+        self.reference = ReferenceTrials()
+        gc.unfreeze()  # the study's objects frozen by ``warm``: collectable again
+        gc.collect()
+        return self.info()
+
     def _task(self, job: Job, loaded: Task | None = None) -> Loaded:
         """``job``'s task on this worker's device, loaded once (or taken from ``loaded``, the
         task as the driver loaded it). A user's loop runs its setup here, once per worker: its
