@@ -304,34 +304,23 @@ def test_a_pool_takes_the_workers_a_finished_one_kept_and_they_forgot_its_study(
         second.shutdown(keep=True)
     # A pool of another shape starts its own, and the kept ones stop: it would wait for their CPUs.
     other = WorkerPool(1, cpus=0.5, gpus=0)
-    try:
-        wait_ready(other, timeout_s=30)
-        assert infos(other)[0]["pid"] not in {w["pid"] for w in before} and spares.held("CPU") == 0
-    finally:
-        other.shutdown(keep=True)
-    assert spares.release() == 1 and spares.held("CPU") == 0  # what stop_ray does before Ray stops
-    total = ray.cluster_resources()["CPU"]
-    deadline = time.monotonic() + 30
-    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0.0) == total  # every CPU back
-
-
-@pytest.mark.slow
-def test_kept_workers_nobody_takes_are_stopped_after_the_linger(local_ray: None) -> None:
-    spares.release()
-    pool = WorkerPool(1, cpus=1, gpus=0)
-    wait_ready(pool)
-    [actor] = pool.workers
-    spares.keep([actor], (1.0, 0.0), linger_s=0.5)
-    pool.workers = [None]
-    assert spares.held("CPU") == 1
+    wait_ready(other, timeout_s=30)
+    [actor] = other.workers
+    assert infos(other)[0]["pid"] not in {w["pid"] for w in before} and spares.held("CPU") == 0
+    # Kept, and taken by no pool: stopped after the linger, its CPUs back.
+    other.workers = [None]
+    spares.keep([actor], (0.5, 0.0), linger_s=0.5)
+    assert spares.held("CPU") == 0.5
     deadline = time.monotonic() + 30
     while spares.held("CPU") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert spares.held("CPU") == 0
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(actor.info.remote(), timeout=30)
+    total = ray.cluster_resources()["CPU"]
+    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0.0) == total  # every CPU back
 
 
 @pytest.mark.slow
@@ -350,4 +339,5 @@ def test_a_second_study_in_the_process_trains_on_the_first_ones_warm_workers(wor
         assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
         pids.append({t.user_attrs["worker"]["pid"] for t in trials})
     assert len(pids[0]) == 1 and pids[1] == pids[0], pids
-    assert spares.held("CPU") == 1  # kept again, for a third
+    assert spares.held("CPU") == 1  # kept again, for a third ...
+    assert spares.release() == 1 and spares.held("CPU") == 0  # ... unless let go (stop_ray does)
