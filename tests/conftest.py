@@ -36,6 +36,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(f"module:{item.module.__name__}"))  # type: ignore[attr-defined]
 
 
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the services group's last test on this worker (its tests run together, in one
+    batch: ``--dist loadgroup``), stop the shared cluster and MLflow server rather than leave
+    them idle, polling, until the session ends. (In one process, ``-n 0``, the group's tests
+    are spread over their modules: the services stay up.)"""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    if _in_services(item) and (nextitem is None or not _in_services(nextitem)):
+        from services import stop_shared
+
+        stop_shared()
+
+
+def _in_services(item: pytest.Item) -> bool:
+    return any(m.args == ("services",) for m in item.iter_markers("xdist_group"))
+
+
 @pytest.fixture(autouse=True)
 def registry_unchanged() -> Iterator[None]:
     """Every test leaves the optimizer registry as it found it: a family a test registers and

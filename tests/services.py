@@ -448,12 +448,29 @@ _SHARED: dict[str, Any] = {}
 
 def shared(config: Any, key: str, factory: Any) -> Any:
     """One instance per test session of an expensive service (a Ray cluster, an MLflow server),
-    whichever test module asks first; stopped when the session ends."""
+    whichever test module asks first; stopped after the services group's last test on this
+    worker (``stop_shared``: idle, they would keep polling for the rest of the session), or when
+    the session ends."""
     if key not in _SHARED:
         obj = factory()
         _SHARED[key] = obj
-        config.add_cleanup(obj.stop)
+        config.add_cleanup(lambda: _stop_if_shared(key, obj))
     return _SHARED[key]
+
+
+def _stop_if_shared(key: str, obj: Any) -> None:
+    if _SHARED.get(key) is obj:
+        del _SHARED[key]
+        obj.stop()
+
+
+def stop_shared() -> None:
+    """Stop the session's Ray cluster and MLflow server now (a later test that asks for one
+    starts it again)."""
+    for key in ("ray", "mlflow"):
+        obj = _SHARED.pop(key, None)
+        if obj is not None:
+            obj.stop()
 
 
 def session_root(config: Any) -> Path:

@@ -28,8 +28,6 @@ from services import (
     pg_url,
     runs_of,
     service_env,
-    shared_cluster,
-    shared_mlflow,
 )
 
 from autoopt.base.redact import mask_url, redact, redact_logs
@@ -52,10 +50,9 @@ def assert_no_secret(text: str, where: str) -> None:
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_passwords_never_show(request: pytest.FixtureRequest, owned_db: tuple[str, str],
+def test_passwords_never_show(cluster: RayCluster, mlflow_server: MlflowServer, owned_db: tuple[str, str],
                               tmp_path: Path) -> None:
-    cluster: RayCluster = shared_cluster(request.config)
-    server: MlflowServer = shared_mlflow(request.config)
+    server = mlflow_server
     role, dbname = owned_db
     storage = pg_url(dbname, user=role, password=PG_PASSWORD)
     tracking = server.url.replace("http://", f"http://tracker:{ML_PASSWORD}@")

@@ -5,6 +5,8 @@
   the stores open) and trains ``Job`` after ``Job`` with the job's own optimizer family.
 * ``pool``: ``WorkerPool`` (one job per worker at a time, the next one waiting in the driver
   for whichever worker frees first) and ``run_jobs`` for independent jobs.
+* ``spares``: the warm workers a finished study left for the next study of the same process
+  (where Ray stays up after it), for a minute.
 * ``results``: ``JobResult`` and ``JobState``, what every job gives back.
 * ``trials``: ``TrialBook``, the one owner of a search trial's life in a driver (asked, placed,
   running, told, re-queued) and of every move between those states.
