@@ -340,17 +340,13 @@ class WorkerPool:
         (the study ended and its Ray stays up), the idle workers are kept warm for the next
         study of this process instead (``spares``; their writes were flushed; one still warming
         up is kept too: it is ready sooner than a new one)."""
-        kept = [w for w, load in zip(self.workers, self.load, strict=True) if keep and w is not None and load == 0]
+        idle = [w for w, load in zip(self.workers, self.load, strict=True) if w is not None and load == 0]
+        kept = idle if keep else []
         spares.keep(kept, (self.cpus, self.gpus))
         alive = [w for w in self.workers if w is not None and all(w is not k for k in kept)]
         self.workers = [None] * len(self.workers)
         self.ready = [False] * len(self.workers)  # nothing to flush on them any more: they are gone
-        for w in alive:
-            with contextlib.suppress(Exception):
-                ray.kill(w)
-        for w in alive:
-            with contextlib.suppress(Exception):  # RayActorError: it is dead, as wanted
-                ray.get(w.__ray_ready__.remote(), timeout=10)
+        spares.stop(alive)
 
 
 def run_jobs(pool: WorkerPool, jobs: list[Job], on_result: Callable[[Job, JobResult], None]) -> None:

@@ -73,7 +73,7 @@ def take(shape: Shape) -> Any | None:
         other = [k for k in _kept if k.shape != shape]
         _kept[:] = [k for k in _kept if k.shape == shape]
         taken = _kept.pop(0).actor if _kept else None
-    _stop([k.actor for k in other])
+    stop([k.actor for k in other])
     return taken
 
 
@@ -92,7 +92,7 @@ def release() -> int:
     with _lock:
         _current()
         gone, _kept[:] = list(_kept), []
-    _stop([k.actor for k in gone])
+    stop([k.actor for k in gone])
     return len(gone)
 
 
@@ -112,13 +112,14 @@ def _expire(linger_s: float) -> None:
             _current()
             old = [k for k in _kept if k.since <= cutoff]
             _kept[:] = [k for k in _kept if k.since > cutoff]
-        _stop([k.actor for k in old])
+        stop([k.actor for k in old])
     except Exception as exc:
         log.debug("kept workers not stopped: %s", exc)
 
 
-def _stop(actors: list[Any]) -> None:
-    """Kill ``actors`` and wait until they are gone (``ray.kill`` returns at once)."""
+def stop(actors: list[Any]) -> None:
+    """Kill ``actors`` and wait until they are gone (``ray.kill`` returns at once): every worker
+    the driver lets go, kept or not (``WorkerPool.shutdown``)."""
     for actor in actors:
         with contextlib.suppress(Exception):
             ray.kill(actor)
