@@ -96,8 +96,18 @@ class CharLSTM(nn.Module):
 
 def char_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of each next character in nats: cross_entropy takes the classes on dim 1,
-    (B, V, T) against targets (B, T); computed in float32 from bf16 logits."""
+    (B, V, T) against targets (B, T); computed in float32 from bf16 logits under autocast."""
     return F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction=reduction)
+
+
+def bf16(device: torch.device) -> bool:
+    """Whether to run the model under bf16 autocast: on a GPU with bf16, or on a CPU with AVX512-BF16
+    instructions (there an epoch took 1.5 s on one core against float32's 2.2 s, at the same
+    perplexity). Elsewhere in float32: on a CPU with AVX2 only, oneDNN has no bf16 LSTM at all
+    ("could not create a primitive descriptor for the LSTM forward propagation primitive")."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
@@ -105,7 +115,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
     total, count = torch.zeros((), device=device), 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16(device)):
             total += char_loss(model(x), y, reduction="sum")
         count += y.numel()
     return total.item() / count
@@ -122,10 +132,7 @@ def train(run: autoopt.Run, data: Data) -> None:
         train_sum = torch.zeros((), device=run.device)
         for x, y in data.train:
             x, y = x.to(run.device), y.to(run.device)
-            # bf16 on the CPU too: on one core with AVX512-BF16 an epoch took 1.5 s against float32's
-            # 2.2 s, at the same perplexity. A CPU without bf16 instructions may be slower in bf16:
-            # there, autocast only where run.device.type == "cuda".
-            with torch.autocast(run.device.type, dtype=torch.bfloat16):
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16(run.device)):
                 loss = char_loss(model(x), y)
             opt.zero_grad()
             loss.backward()
