@@ -60,21 +60,56 @@ def held_pids(data: Path) -> set[int]:
     return {int(p.name) for p in folder.iterdir()} if folder.exists() else set()
 
 
-# The cluster's nodes (their CPUs) and the CPUs free now, as a driver joining it sees them.
+# The cluster's nodes (their CPUs) and the CPUs free, as a driver joining it sees them: once
+# argv[2] CPUs are free, or after argv[3] seconds (polled in this one process, not one per poll).
 CLUSTER_STATE = """
-import json, sys, ray
+import json, sys, time, ray
 from autoopt.dispatch import start_ray
 start_ray(sys.argv[1])
-nodes = {n["NodeID"]: n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]}
-print(json.dumps({"nodes": nodes, "free_cpus": ray.available_resources().get("CPU", 0.0)}))
+want, deadline = float(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while True:
+    nodes = {n["NodeID"]: n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]}
+    free = ray.available_resources().get("CPU", 0.0)
+    if free >= want or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+print(json.dumps({"nodes": nodes, "free_cpus": free}))
 """
 
 
-def cluster_state(cluster: RayCluster) -> dict:
-    done = subprocess.run([sys.executable, "-c", CLUSTER_STATE, cluster.address], env=driver_env(cluster),
-                          capture_output=True, text=True, timeout=180)
+# A job whose actors hold every CPU of the cluster (one 1-CPU actor each) while argv[2] exists.
+HOLD_CPUS = """
+import os, sys, time, ray
+from autoopt.dispatch import start_ray
+start_ray(sys.argv[1])
+
+@ray.remote(num_cpus=1)
+class Hold:
+    def pid(self):
+        return os.getpid()
+
+holds = [Hold.remote() for _ in range(int(ray.cluster_resources()["CPU"]))]
+ray.get([h.pid.remote() for h in holds])
+print("holding", flush=True)
+while os.path.exists(sys.argv[2]):
+    time.sleep(0.2)
+"""
+
+
+def cluster_state(cluster: RayCluster, free_cpus: float = 0.0, wait_s: float = 0.0) -> dict:
+    """The cluster's nodes and free CPUs, once ``free_cpus`` are free or after ``wait_s``."""
+    done = subprocess.run([sys.executable, "-c", CLUSTER_STATE, cluster.address, str(free_cpus), str(wait_s)],
+                          env=driver_env(cluster), capture_output=True, text=True, timeout=wait_s + 180)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def all_cpus_free(cluster: RayCluster) -> dict:
+    """The cluster's state once both its CPUs are free: a test before may leave actors that Ray
+    is still ending."""
+    state = cluster_state(cluster, free_cpus=2.0, wait_s=120)
+    assert state["free_cpus"] == 2.0, f"the cluster's CPUs were not all free within 120 s: {state}"
+    return state
 
 
 def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_server: MlflowServer,
@@ -89,12 +124,8 @@ def test_two_drivers_share_one_study_on_the_cluster(cluster: RayCluster, mlflow_
     total = 4
     # One worker per driver, one CPU each, on a cluster of two one-CPU nodes: the two workers sit
     # on different nodes, as Ray must place them (a node's one CPU holds one worker). That holds
-    # once nothing else holds a CPU: a test before may leave actors that Ray is still ending.
-    def free() -> dict | None:
-        now = cluster_state(cluster)
-        return now if now["free_cpus"] == 2.0 else None
-
-    state = wait_for(free, 120, "both CPUs of the cluster to be free")
+    # once nothing else holds a CPU.
+    state = all_cpus_free(cluster)
     assert sorted(state["nodes"].values()) == [1.0, 1.0], state
     # The first trials are held until both workers are busy with one, so neither driver can take
     # the whole budget while the other's worker warms up.
@@ -220,7 +251,7 @@ def test_three_drivers_at_default_concurrency_share_two_one_cpu_nodes(cluster: R
     one-CPU nodes: every driver ends, with exactly the total. (Before, a driver asked a trial for
     a worker Ray could not place, and the drivers holding the CPUs waited for that trial: all of
     them waited for ever.)"""
-    wait_for(lambda: cluster_state(cluster)["free_cpus"] == 2.0, 120, "both CPUs of the cluster to be free")
+    all_cpus_free(cluster)
     study, total = f"d{uuid.uuid4().hex[:8]}", 6
     args = ["--task", "digits", "--trials", str(total), "--epochs", "1", "--no-confirm", "--study", study,
             "--storage", pg_url(optuna_db), "--ray-address", cluster.address]
@@ -285,17 +316,16 @@ def test_requests_no_node_can_hold_are_refused_at_once(cluster: RayCluster, optu
 
 def test_a_driver_starved_of_workers_ends_at_its_timeout_and_says_why(cluster: RayCluster, optuna_db: str,
                                                                       tmp_path: Path) -> None:
-    """Another driver's trials hold both CPUs: a driver with ``--timeout`` asks no trial (none of
-    its workers is placed), says once what it waits for, and ends at its deadline."""
-    wait_for(lambda: cluster_state(cluster)["free_cpus"] == 2.0, 120, "both CPUs of the cluster to be free")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "hold").touch()
-    hog = Driver(["--task", "services:slow_digits", "--data-dir", str(data), "--trials", "2", "--epochs", "1",
-                  "--no-confirm", "--study", "hog", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
-                 tmp_path / "hog", driver_env(cluster), name="hog").start()
+    """Another job's actors hold both CPUs (as another driver's workers would, at a fraction of
+    a study's start-up): a driver with ``--timeout`` asks no trial (none of its workers is
+    placed), says once what it waits for, and ends at its deadline."""
+    all_cpus_free(cluster)
+    hold = tmp_path / "hold"
+    hold.touch()
+    hog = subprocess.Popen([sys.executable, "-c", HOLD_CPUS, cluster.address, str(hold)], env=driver_env(cluster),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: len(held_pids(data)) == 2, 300, "the first driver's two workers to be busy")
+        assert hog.stdout is not None and hog.stdout.readline().strip() == "holding", hog.communicate(60)[0][-2000:]
         starved = Driver(["--task", "digits", "--trials", "4", "--epochs", "1", "--no-confirm", "--study", "starved",
                           "--timeout", "10", "--storage", pg_url(optuna_db), "--ray-address", cluster.address],
                          tmp_path / "starved", driver_env(cluster, AUTOOPT_STARVED_S="3"), name="starved")
@@ -305,5 +335,9 @@ def test_a_driver_starved_of_workers_ends_at_its_timeout_and_says_why(cluster: R
         # Nothing asked for a worker never placed: the portfolio it enqueued waits for any driver.
         assert {t.state.name for t in load_trials(pg_url(optuna_db), "starved")} == {"WAITING"}
     finally:
-        (data / "hold").unlink()
-    assert hog.wait(300) == 0, hog.output()[-2000:]
+        hold.unlink()
+        try:
+            hog.wait(60)
+        finally:
+            hog.kill()
+    assert hog.returncode == 0
