@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import multiprocessing
 import os
 import shutil
 import socket
@@ -189,20 +188,30 @@ def test_a_read_only_mlflow_db_is_bad_input(mlflow_template: Path) -> None:
         assert _sha(db) == before
 
 
-def _open_parent(uri: str, name: str) -> str:
-    run = tracking.StudyRun(uri, "digits", name, {"who": name})
-    run.finish()
-    return run.run_id
+# One driver's start in a fresh process: it opens (creating the store where there is none) and
+# ends its parent run, and prints the run's id. Only ``autoopt.tracking`` is imported, as a
+# driver's tracking would be; not this test module with torch and Optuna behind it.
+OPEN_PARENT = """
+import sys
+from autoopt import tracking
+run = tracking.StudyRun(sys.argv[1], "digits", sys.argv[2], {"who": sys.argv[2]})
+run.finish()
+print(run.run_id)
+"""
 
 
 @pytest.mark.slow
 def test_drivers_creating_one_mlflow_db_at_once_all_succeed(workdir: Path) -> None:
     """Without the creation lock, MLflow's migrations race and some openers fail (or leave
     ``_alembic_tmp_*`` tables behind)."""
+    import subprocess
+
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        ids = pool.starmap(_open_parent, [(uri, f"d{i}") for i in range(4)])
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_PARENT, uri, f"d{i}"], cwd=workdir, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+    ids = [out.strip().splitlines()[-1] for out, _ in outs]
     assert len(set(ids)) == 4
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("autoopt/digits")
