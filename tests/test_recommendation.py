@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -106,19 +107,22 @@ def test_a_save_replaces_the_file_in_one_step(tmp_path: Path, monkeypatch: pytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]  # no temporary file left
 
 
-def _save_many(folder: str, i: int) -> None:
-    for j in range(30):
-        _rec(lr=i + j / 100).save(folder)
+# One process saving 100 recommendations of one study into argv[1]; only autoopt.recommendation
+# is imported, not this test module with torch behind it.
+SAVE_MANY = """
+import sys
+from autoopt.recommendation import Recommendation
+folder, i = sys.argv[1], int(sys.argv[2])
+for j in range(100):
+    Recommendation("digits", "adam", {"lr": i + j / 100}, study_name="digits", value=0.9, source="study").save(folder)
+"""
 
 
 def test_concurrent_saves_from_processes(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_save_many, args=(str(tmp_path), i)) for i in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    procs = [subprocess.Popen([sys.executable, "-c", SAVE_MANY, str(tmp_path), str(i)], stderr=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-2000:] for e in errs]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]
     assert Recommendation.load(tmp_path / "digits.json").optimizer == "adam"
 
