@@ -112,10 +112,10 @@ def bf16(device: torch.device) -> bool:
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
     """Mean loss per character over a split (inside ``run.evaluating``: eval mode, no_grad)."""
-    total, count = torch.zeros((), device=device), 0
+    total, count, low = torch.zeros((), device=device), 0, bf16(device)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16(device)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
             total += char_loss(model(x), y, reduction="sum")
         count += y.numel()
     return total.item() / count
@@ -127,12 +127,13 @@ def train(run: autoopt.Run, data: Data) -> None:
     model = CharLSTM(data.vocab).to(run.device)
     opt = run.optimizer(model)
     sched = run.scheduler(opt, steps_per_epoch=len(data.train))
+    low = bf16(run.device)
     for _ in range(run.epochs):
         model.train()
         train_sum = torch.zeros((), device=run.device)
         for x, y in data.train:
             x, y = x.to(run.device), y.to(run.device)
-            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16(run.device)):
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=low):
                 loss = char_loss(model(x), y)
             opt.zero_grad()
             loss.backward()

@@ -164,6 +164,17 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
 
 
+def scripts_at_once(script: str, argvs: list[list[str]], cwd: Path | None = None, timeout: float = 300,
+                    ) -> list[str]:
+    """Run ``python -c script`` once per argv, all started together (each a fresh process that
+    imports only what the script does), and return their outputs; every one must exit 0."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *argv], cwd=cwd, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in argvs]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), [err[-2000:] for _, err in outs]
+    return [out for out, _ in outs]
+
+
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run the real entry point (``autoopt.cli.main``) in this process, as the console script
     would: (exit code, stdout, stderr). For what needs no fresh process (bad input, --help)."""

@@ -23,7 +23,7 @@ from typing import Any
 import mlflow
 import optuna
 import pytest
-from conftest import as_nobody, shared_folder
+from conftest import as_nobody, scripts_at_once, shared_folder
 from rich.console import Console
 
 from autoopt import dispatch, tracking
@@ -204,14 +204,9 @@ print(run.run_id)
 def test_drivers_creating_one_mlflow_db_at_once_all_succeed(workdir: Path) -> None:
     """Without the creation lock, MLflow's migrations race and some openers fail (or leave
     ``_alembic_tmp_*`` tables behind)."""
-    import subprocess
-
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_PARENT, uri, f"d{i}"], cwd=workdir, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
-    ids = [out.strip().splitlines()[-1] for out, _ in outs]
+    outs = scripts_at_once(OPEN_PARENT, [[uri, f"d{i}"] for i in range(4)], cwd=workdir)
+    ids = [out.strip().splitlines()[-1] for out in outs]
     assert len(set(ids)) == 4
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("autoopt/digits")

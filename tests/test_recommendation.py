@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import scripts_at_once
 
 from autoopt import recommend
 from autoopt.errors import UsageError
@@ -119,10 +118,7 @@ for j in range(100):
 
 
 def test_concurrent_saves_from_processes(tmp_path: Path) -> None:
-    procs = [subprocess.Popen([sys.executable, "-c", SAVE_MANY, str(tmp_path), str(i)], stderr=subprocess.PIPE,
-                              text=True) for i in range(4)]
-    errs = [p.communicate(timeout=60)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-2000:] for e in errs]
+    scripts_at_once(SAVE_MANY, [[str(tmp_path), str(i)] for i in range(4)], timeout=60)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.json"]
     assert Recommendation.load(tmp_path / "digits.json").optimizer == "adam"
 
